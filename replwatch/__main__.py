@@ -1,0 +1,3 @@
+from replwatch.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,487 @@
+"""Typed, validated configuration.
+
+Every problem is reported as ``path: reason`` (``groups[1].replicas[0]: port must be 1-65535``);
+secrets are SecretStr and never appear in reprs, errors or logs.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import unquote, urlsplit
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from replwatch.errors import ConfigError
+
+# --------------------------------------------------------------------------- scalars
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+
+def parse_duration(value: Any) -> float:
+    """'250ms', '1s', '2m', '1h' or a number of seconds → seconds (float)."""
+    if isinstance(value, bool):
+        raise PydanticCustomError("duration", "duration must be like 250ms, 1s, 2m or seconds")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise PydanticCustomError("duration", "duration must not be negative")
+        return float(value)
+    if isinstance(value, str):
+        match = _DURATION_RE.match(value)
+        if match:
+            return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    raise PydanticCustomError(
+        "duration", "invalid duration '{value}': use 250ms, 1s, 2m, 1h or seconds", {"value": value}
+    )
+
+
+def parse_size(value: Any) -> int:
+    """'10MB', '512kb', '1gib' or a number of bytes → bytes (int). Units are powers of 1024,
+    as in redis.conf."""
+    if isinstance(value, bool):
+        raise PydanticCustomError("size", "size must be like 10MB, 512kb or bytes")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise PydanticCustomError("size", "size must not be negative")
+        return int(value)
+    if isinstance(value, str):
+        match = _SIZE_RE.match(value)
+        if match:
+            unit = (match.group(2) or "").lower().replace("i", "").rstrip("b")
+            return int(float(match.group(1)) * _SIZE_UNITS[unit])
+    raise PydanticCustomError(
+        "size", "invalid size '{value}': use 10MB, 512kb or a number of bytes", {"value": value}
+    )
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Size = Annotated[int, BeforeValidator(parse_size)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+
+# --------------------------------------------------------------------------- endpoints
+
+
+class TLSConfig(_Strict):
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    server_name: str | None = None
+    insecure_skip_verify: bool = False
+
+
+class RedisEndpoint(_Strict):
+    """One Redis node, parsed from a redis:// or rediss:// URL."""
+
+    host: str
+    port: int = 6379
+    db: int = 0
+    username: str | None = None
+    password: SecretStr | None = None
+    tls: bool = False
+
+    @property
+    def label(self) -> str:
+        """The node label used in metrics: host:port as written (IPv6 in brackets)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    def redacted_url(self) -> str:
+        scheme = "rediss" if self.tls else "redis"
+        auth = ""
+        if self.username or self.password:
+            auth = f"{self.username or ''}{':***' if self.password else ''}@"
+        return f"{scheme}://{auth}{self.label}/{self.db}"
+
+    def with_credentials(self, username: str | None, password: SecretStr | None) -> RedisEndpoint:
+        if self.password is not None or password is None:
+            return self
+        return self.model_copy(update={"username": self.username or username, "password": password})
+
+    @classmethod
+    def parse(cls, value: Any) -> RedisEndpoint:
+        if isinstance(value, RedisEndpoint):
+            return value
+        if isinstance(value, Mapping):
+            return cls.model_validate(value)
+        if not isinstance(value, str):
+            raise PydanticCustomError("url", "must be a redis:// or rediss:// URL")
+        return parse_redis_url(value)
+
+
+def parse_redis_url(url: str) -> RedisEndpoint:
+    """redis://[[user]:password@]host[:port][/db] → RedisEndpoint. Errors never echo the
+    password."""
+    if "://" not in url:
+        # host:port shorthand
+        url = "redis://" + url
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise PydanticCustomError("url", "port must be 1-65535") from None
+    if parts.scheme not in ("redis", "rediss"):
+        raise PydanticCustomError(
+            "url", "unsupported scheme '{scheme}': use redis:// or rediss://",
+            {"scheme": parts.scheme},
+        )
+    if not parts.hostname:
+        raise PydanticCustomError("url", "URL has no host")
+    if port is not None and not 1 <= port <= 65535:
+        raise PydanticCustomError("url", "port must be 1-65535")
+    if port == 0:
+        raise PydanticCustomError("url", "port must be 1-65535")
+    db = 0
+    path = parts.path.strip("/")
+    if path:
+        if not path.isdigit():
+            raise PydanticCustomError("url", "database must be a number, got '{db}'", {"db": path})
+        db = int(path)
+    username = unquote(parts.username) if parts.username else None
+    password = SecretStr(unquote(parts.password)) if parts.password else None
+    return RedisEndpoint(
+        host=parts.hostname,
+        port=port or 6379,
+        db=db,
+        username=username,
+        password=password,
+        tls=parts.scheme == "rediss",
+    )
+
+
+Endpoint = Annotated[RedisEndpoint, BeforeValidator(RedisEndpoint.parse)]
+
+
+def _listen_address(value: Any) -> str:
+    if not isinstance(value, str) or ":" not in value:
+        raise PydanticCustomError("listen", "must be host:port, e.g. 127.0.0.1:9750")
+    host, _, port = value.rpartition(":")
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise PydanticCustomError("listen", "port must be 0-65535")
+    return value
+
+
+ListenAddress = Annotated[str, BeforeValidator(_listen_address)]
+
+# --------------------------------------------------------------------------- sections
+
+
+class ExporterConfig(_Strict):
+    listen: ListenAddress = "127.0.0.1:9750"
+    web_config: Path | None = None
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]") or "0.0.0.0"
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
+class PollConfig(_Strict):
+    interval: Duration = 1.0
+    timeout: Duration = 0.5
+
+    @model_validator(mode="after")
+    def _check(self) -> PollConfig:
+        if self.interval < 0.1:
+            raise PydanticCustomError("poll", "interval: must be at least 100ms")
+        if self.timeout <= 0:
+            raise PydanticCustomError("poll", "timeout: must be above 0")
+        if self.timeout > self.interval:
+            raise PydanticCustomError(
+                "poll", "timeout: must not exceed interval (a slow node would delay the next cycle)"
+            )
+        return self
+
+
+class HeartbeatConfig(_Strict):
+    enabled: bool = True
+    interval: Duration = 0.25
+    key: str = "__replwatch:heartbeat"
+    ttl: Duration = 3600.0
+
+    @field_validator("interval")
+    @classmethod
+    def _interval(cls, v: float) -> float:
+        if v < 0.05:
+            raise PydanticCustomError("heartbeat", "must be at least 50ms")
+        return v
+
+    @field_validator("key")
+    @classmethod
+    def _key(cls, v: str) -> str:
+        if not v or any(c.isspace() for c in v):
+            raise PydanticCustomError("heartbeat", "must be a non-empty key without spaces")
+        return v
+
+
+class LagConfig(_Strict):
+    offset_clock_window: Duration = 600.0
+    offset_clock_max_points: int = Field(default=720, ge=8, le=100_000)
+
+
+class Auth(_Strict):
+    username: str | None = None
+    password: SecretStr | None = None
+    password_file: Path | None = None
+
+
+class GroupConfig(_Strict):
+    name: str
+    master: Endpoint
+    replicas: list[Endpoint] = Field(default_factory=list)
+    discover: bool = False
+    auth: Auth | None = None
+    tls: TLSConfig | None = None
+    sentinel: dict[str, Any] | None = None
+    cluster: dict[str, Any] | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_.:-]+", v):
+            raise PydanticCustomError("name", "must be letters, digits, _ . : - only")
+        return v
+
+    @field_validator("sentinel", "cluster")
+    @classmethod
+    def _not_yet(cls, v: Any) -> Any:
+        if v is not None:
+            raise PydanticCustomError(
+                "unsupported", "not supported in this version (Sentinel/Cluster discovery)"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _distinct(self) -> GroupConfig:
+        labels = [self.master.label] + [r.label for r in self.replicas]
+        dup = {x for x in labels if labels.count(x) > 1}
+        if dup:
+            raise PydanticCustomError(
+                "dup", "replicas: node {node} is listed twice", {"node": sorted(dup)[0]}
+            )
+        return self
+
+
+class Threshold(_Strict):
+    lag_seconds: Duration | None = None
+    lag_bytes: Size | None = None
+    for_: Duration = Field(default=0.0, alias="for")
+
+
+class RoutingConfig(_Strict):
+    trip: Threshold = Threshold.model_validate({"lag_seconds": 2, "lag_bytes": "10MB", "for": 1})
+    recover: Threshold = Threshold.model_validate({"lag_seconds": 0.5, "for": 5})
+
+
+class SyncTask(_Strict):
+    name: str
+    source: Endpoint
+    target: Endpoint
+    pair: str | None = None
+
+
+class SyncConfig(_Strict):
+    tasks: list[SyncTask] = Field(default_factory=list)
+
+
+class AdminConfig(_Strict):
+    token: SecretStr | None = None
+    token_file: Path | None = None
+
+
+class Config(_Strict):
+    exporter: ExporterConfig = ExporterConfig()
+    poll: PollConfig = PollConfig()
+    heartbeat: HeartbeatConfig = HeartbeatConfig()
+    lag: LagConfig = LagConfig()
+    tls: TLSConfig = TLSConfig()
+    groups: list[GroupConfig] = Field(default_factory=list)
+    routing: RoutingConfig = RoutingConfig()
+    sync: SyncConfig = SyncConfig()
+    admin: AdminConfig = AdminConfig()
+
+    @model_validator(mode="after")
+    def _unique_groups(self) -> Config:
+        names = [g.name for g in self.groups]
+        for name in names:
+            if names.count(name) > 1:
+                raise PydanticCustomError("dup", "groups: group name '{n}' is used twice", {"n": name})
+        return self
+
+    def nodes_of(self, group: GroupConfig) -> list[RedisEndpoint]:
+        return [group.master, *group.replicas]
+
+
+# --------------------------------------------------------------------------- loading
+
+_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _interpolate(node: Any, path: str, env: Mapping[str, str], problems: list[str]) -> Any:
+    if isinstance(node, str):
+
+        def repl(m: re.Match[str]) -> str:
+            name, default = m.group(1), m.group(2)
+            if name in env:
+                return env[name]
+            if default is not None:
+                return default
+            problems.append(f"{path or '<root>'}: environment variable {name} is not set")
+            return ""
+
+        return _ENV_RE.sub(repl, node)
+    if isinstance(node, dict):
+        return {k: _interpolate(v, _join(path, str(k)), env, problems) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_interpolate(v, f"{path}[{i}]", env, problems) for i, v in enumerate(node)]
+    return node
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _loc_to_path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif str(part).startswith("function-") or part in ("function-after", "function-before"):
+            continue
+        else:
+            out = _join(out, str(part))
+    return out or "<root>"
+
+
+def _format_errors(err: ValidationError) -> list[str]:
+    lines = []
+    for e in err.errors(include_url=False, include_input=False):
+        path = _loc_to_path(tuple(e["loc"]))
+        msg = e["msg"]
+        # model-level checks carry 'field: reason' in their message
+        if e["type"] in ("poll", "dup") and ": " in msg:
+            field, _, msg = msg.partition(": ")
+            path = _join(path if path != "<root>" else "", field)
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, ") :]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"{path}: {msg}")
+    return lines
+
+
+def _read_secret_file(path: Path, where: str, problems: list[str]) -> SecretStr | None:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        problems.append(f"{where}: cannot read {path}: {exc.strerror or exc}")
+        return None
+    value = text.strip()
+    if not value:
+        problems.append(f"{where}: {path} is empty")
+        return None
+    return SecretStr(value)
+
+
+def _apply_auth(cfg: Config, problems: list[str]) -> Config:
+    """Resolve group auth (password_file) into the endpoints that have no credentials."""
+    groups = []
+    for gi, group in enumerate(cfg.groups):
+        if group.auth is None:
+            groups.append(group)
+            continue
+        password = group.auth.password
+        if group.auth.password_file is not None:
+            password = _read_secret_file(
+                group.auth.password_file, f"groups[{gi}].auth.password_file", problems
+            )
+        master = group.master.with_credentials(group.auth.username, password)
+        replicas = [r.with_credentials(group.auth.username, password) for r in group.replicas]
+        groups.append(group.model_copy(update={"master": master, "replicas": replicas}))
+    admin = cfg.admin
+    if admin.token_file is not None:
+        token = _read_secret_file(admin.token_file, "admin.token_file", problems)
+        admin = admin.model_copy(update={"token": token})
+    return cfg.model_copy(update={"groups": groups, "admin": admin})
+
+
+def config_from_data(
+    data: Any, source: str = "<config>", env: Mapping[str, str] | None = None
+) -> Config:
+    """Validate already-parsed YAML data. Raises ConfigError listing every problem."""
+    problems: list[str] = []
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(source, ["<root>: must be a mapping of sections (exporter, groups, …)"])
+    data = _interpolate(data, "", os.environ if env is None else env, problems)
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as exc:
+        problems.extend(_format_errors(exc))
+        raise ConfigError(source, problems) from None
+    if problems:
+        raise ConfigError(source, problems)
+    cfg = _apply_auth(cfg, problems)
+    if problems:
+        raise ConfigError(source, problems)
+    return cfg
+
+
+def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(source, ["<file>: no such file"]) from None
+    except OSError as exc:
+        raise ConfigError(source, [f"<file>: cannot read: {exc.strerror or exc}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "<file>"
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(source, [f"{where}: {problem}"]) from None
+    return config_from_data(data, source, env)
+
+
+def iter_secrets(cfg: Config) -> Iterator[str]:
+    """Every secret value in the config (for tests that search outputs for leaks)."""
+    for group in cfg.groups:
+        for ep in cfg.nodes_of(group):
+            if ep.password is not None:
+                yield ep.password.get_secret_value()
+    for task in cfg.sync.tasks:
+        for ep in (task.source, task.target):
+            if ep.password is not None:
+                yield ep.password.get_secret_value()
+    if cfg.admin.token is not None:
+        yield cfg.admin.token.get_secret_value()
+
+
+Role = Literal["master", "replica"]

@@ -1,0 +1,164 @@
+"""One group's poll cycle: poll every node concurrently, feed the offset clock, compute.
+
+Each node has its own timeout inside the cycle, so one slow or black-holed node bounds the
+cycle at `poll.timeout` and never delays the other nodes or the other groups.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+from replwatch.config import (
+    GroupConfig,
+    HeartbeatConfig,
+    LagConfig,
+    PollConfig,
+    RedisEndpoint,
+    TLSConfig,
+)
+from replwatch.lag.compute import NodeSample, ReplicaMemory, compute_group
+from replwatch.lag.heartbeat import HeartbeatHistory
+from replwatch.lag.offset_clock import OffsetClock
+from replwatch.observe.heartbeat import HeartbeatWriter
+from replwatch.observe.info import ReplicationInfo
+from replwatch.observe.poller import NodePoller
+from replwatch.state import GroupSnapshot
+
+
+def discovered_endpoints(
+    template: RedisEndpoint, infos: list[ReplicationInfo], known: set[str]
+) -> list[RedisEndpoint]:
+    """Replicas named in the slave lines of the given INFOs that are not known yet; they take
+    the credentials, db and TLS setting of `template` (the group's master)."""
+    found: list[RedisEndpoint] = []
+    for info in infos:
+        for line in info.replicas:
+            if not line.ip or line.port <= 0:
+                continue
+            label = line.address
+            if label in known:
+                continue
+            known.add(label)
+            found.append(template.model_copy(update={"host": line.ip, "port": line.port}))
+    return found
+
+
+class GroupMonitor:
+    """Owns the pollers, offset clock, heartbeat history and memory of one group."""
+
+    def __init__(
+        self,
+        group: GroupConfig,
+        poll: PollConfig,
+        heartbeat: HeartbeatConfig,
+        lag: LagConfig,
+        tls: TLSConfig,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.group = group
+        self.poll_config = poll
+        self.heartbeat_config = heartbeat
+        self.tls = group.tls or tls
+        self._wall = wall_clock
+        hb_key = heartbeat.key if heartbeat.enabled else None
+        self.master = NodePoller(group.master, poll.timeout, self.tls)
+        self.configured = [r.label for r in group.replicas]
+        self.replicas: dict[str, NodePoller] = {
+            r.label: NodePoller(r, poll.timeout, self.tls, hb_key) for r in group.replicas
+        }
+        self.discovered: set[str] = set()
+        self.clock = OffsetClock(lag.offset_clock_window, lag.offset_clock_max_points)
+        self.history: HeartbeatHistory | None = None
+        self.writer: HeartbeatWriter | None = None
+        if heartbeat.enabled:
+            self.history = HeartbeatHistory()
+            self.writer = HeartbeatWriter(
+                group.master,
+                heartbeat.key,
+                heartbeat.ttl,
+                min(poll.timeout, max(heartbeat.interval, 0.05)),
+                self.history,
+                self.tls,
+            )
+        self.memory: dict[str, ReplicaMemory] = {}
+        self.cycle = 0
+        self.master_is_master: bool | None = None
+        self.last_snapshot: GroupSnapshot | None = None
+
+    @property
+    def name(self) -> str:
+        return self.group.name
+
+    async def write_heartbeat(self) -> bool | None:
+        """One heartbeat write; skipped (None) while the master is known to be a replica."""
+        if self.writer is None or self.master_is_master is False:
+            return None
+        return await self.writer.write_once()
+
+    async def poll_cycle(self) -> GroupSnapshot:
+        self.cycle += 1
+        labels = list(self.replicas)
+        results = await asyncio.gather(
+            self.master.poll(as_master=True),
+            *(self.replicas[label].poll(as_master=False) for label in labels),
+        )
+        master_sample: NodeSample = results[0]
+        samples = dict(zip(labels, results[1:], strict=True))
+        minfo = master_sample.info
+        if minfo is not None:
+            self.master_is_master = not minfo.is_replica
+            if not minfo.is_replica:
+                self.clock.observe(
+                    minfo.master_repl_offset, master_sample.at, minfo.replid, minfo.replid2
+                )
+        now_mono = time.monotonic()
+        writer = self.writer
+        snapshot, self.memory = compute_group(
+            name=self.group.name,
+            master_label=self.group.master.label,
+            replica_labels=labels,
+            discovered=frozenset(self.discovered),
+            master=master_sample,
+            replicas=samples,
+            clock=self.clock,
+            heartbeat=self.history,
+            memory=self.memory,
+            now_mono=now_mono,
+            now_wall=self._wall(),
+            cycle=self.cycle,
+            heartbeat_ok=writer.last_ok if writer else None,
+            heartbeat_error=writer.last_error if writer else None,
+        )
+        if self.group.discover:
+            self._update_discovery(master_sample, samples)
+        self.last_snapshot = snapshot
+        return snapshot
+
+    def _update_discovery(self, master: NodeSample, samples: dict[str, NodeSample]) -> None:
+        """Add replicas the master (and, for chains, each replica) lists; drop discovered
+        ones that no node lists any more (their series leave /metrics with them)."""
+        if master.info is None:
+            return  # cannot tell who left while the master is unseen
+        infos = [master.info] + [s.info for s in samples.values() if s.info is not None]
+        listed = {line.address for info in infos for line in info.replicas}
+        hb_key = self.heartbeat_config.key if self.heartbeat_config.enabled else None
+        known = set(self.replicas) | {self.group.master.label}
+        for endpoint in discovered_endpoints(self.group.master, infos, known):
+            self.replicas[endpoint.label] = NodePoller(
+                endpoint, self.poll_config.timeout, self.tls, hb_key
+            )
+            self.discovered.add(endpoint.label)
+        for label in list(self.discovered):
+            if label not in listed:
+                self.discovered.discard(label)
+                self.replicas.pop(label).close()
+                self.memory.pop(label, None)
+
+    def close(self) -> None:
+        self.master.close()
+        for poller in self.replicas.values():
+            poller.close()
+        if self.writer is not None:
+            self.writer.close()

@@ -1,0 +1,99 @@
+"""The heartbeat writer: stores the master's own TIME under a namespaced key.
+
+The script reads TIME and writes it; with effects replication (the default since Redis 5,
+the only mode since 7.0) the SET with the literal value is what replicates, so every follower
+sees the master's clock. The writer refuses to write when the configured master reports that
+it is a replica (after a failover) and says so instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+import hiredis
+
+from replwatch.config import RedisEndpoint, TLSConfig
+from replwatch.errors import RedisError
+from replwatch.lag.heartbeat import HeartbeatHistory
+from replwatch.observe.connection import Connection, classify_reply_error
+
+HEARTBEAT_SCRIPT = """\
+local info = redis.call('INFO', 'replication')
+if string.match(info, 'role:(%a+)') ~= 'master' then
+  return redis.error_reply('REPLWATCH not a master')
+end
+local t = redis.call('TIME')
+local v = t[1] .. string.format('%06d', tonumber(t[2]))
+redis.call('SET', KEYS[1], v, 'PX', ARGV[1])
+return v
+"""
+HEARTBEAT_SHA = hashlib.sha1(HEARTBEAT_SCRIPT.encode()).hexdigest()
+
+
+class HeartbeatWriter:
+    """Writes one heartbeat per call on its own connection to the master."""
+
+    def __init__(
+        self,
+        endpoint: RedisEndpoint,
+        key: str,
+        ttl_seconds: float,
+        timeout: float,
+        history: HeartbeatHistory,
+        tls: TLSConfig | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.key = key
+        self.ttl_ms = max(1000, int(ttl_seconds * 1000))
+        self.timeout = timeout
+        self.history = history
+        self.tls = tls
+        self._conn: Connection | None = None
+        self.last_ok: bool | None = None
+        self.last_error: str | None = None
+        self.writes_ok = 0
+        self.writes_failed = 0
+
+    async def write_once(self) -> bool:
+        started = time.monotonic()
+        try:
+            if self._conn is None or self._conn.closed:
+                self._conn = await Connection.open(
+                    self.endpoint, self.timeout, self.tls, client_name="replwatch-heartbeat"
+                )
+            sent = time.monotonic()
+            remaining = max(0.001, started + self.timeout - sent)
+            (reply,) = await self._conn.execute(
+                [("EVALSHA", HEARTBEAT_SHA, 1, self.key, self.ttl_ms)], remaining, False
+            )
+            if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT"):
+                sent = time.monotonic()
+                remaining = max(0.001, started + self.timeout - sent)
+                (reply,) = await self._conn.execute(
+                    [("EVAL", HEARTBEAT_SCRIPT, 1, self.key, self.ttl_ms)], remaining, False
+                )
+            received = time.monotonic()
+            if isinstance(reply, hiredis.ReplyError):
+                message = str(reply)
+                if "REPLWATCH not a master" in message or message.startswith("READONLY"):
+                    raise RedisError("configured master is a replica: not writing", "not_master")
+                raise classify_reply_error(message)
+            micros = int(reply)
+            self.history.record(micros / 1_000_000, sent, received)
+            self.last_ok, self.last_error = True, None
+            self.writes_ok += 1
+            return True
+        except (RedisError, ValueError, TypeError) as exc:
+            reason = getattr(exc, "reason", "protocol")
+            if self._conn is not None and reason != "not_master":
+                self._conn.close()
+                self._conn = None
+            self.last_ok, self.last_error = False, reason
+            self.writes_failed += 1
+            return False
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None

@@ -1,0 +1,124 @@
+"""Polls one node: INFO replication plus what its role needs, in one pipelined round trip."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import hiredis
+
+from replwatch.config import RedisEndpoint, TLSConfig
+from replwatch.errors import RedisError
+from replwatch.lag.compute import NodeSample
+from replwatch.lag.heartbeat import parse_heartbeat
+from replwatch.observe.connection import Connection
+from replwatch.observe.info import (
+    parse_client_list,
+    parse_output_buffer_limit,
+    parse_replication,
+)
+
+
+def _text(reply: Any) -> str | None:
+    if isinstance(reply, bytes):
+        return reply.decode("utf-8", "replace")
+    return None
+
+
+class NodePoller:
+    """Keeps one connection to one node and reconnects on the next poll after a failure."""
+
+    def __init__(
+        self,
+        endpoint: RedisEndpoint,
+        timeout: float,
+        tls: TLSConfig | None = None,
+        heartbeat_key: str | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self.tls = tls
+        self.heartbeat_key = heartbeat_key
+        self._conn: Connection | None = None
+        self._buffer_limit: int | None = None
+        self._buffer_limit_known = False
+
+    @property
+    def label(self) -> str:
+        return self.endpoint.label
+
+    async def _connection(self, deadline: float) -> Connection:
+        if self._conn is None or self._conn.closed:
+            self._conn = None
+            remaining = max(0.001, deadline - time.monotonic())
+            self._conn = await Connection.open(self.endpoint, remaining, self.tls)
+            self._buffer_limit_known = False
+        return self._conn
+
+    async def poll(self, as_master: bool) -> NodeSample:
+        """One poll. Never raises for Redis problems: the sample carries the error."""
+        started = time.monotonic()
+        deadline = started + self.timeout
+        try:
+            conn = await self._connection(deadline)
+            commands: list[tuple[str, ...]] = [("INFO", "replication")]
+            if as_master:
+                commands.append(("CLIENT", "LIST", "TYPE", "replica"))
+                if not self._buffer_limit_known:
+                    commands.append(("CONFIG", "GET", "client-output-buffer-limit"))
+            else:
+                commands.append(("CLIENT", "LIST", "TYPE", "master"))
+                if self.heartbeat_key is not None:
+                    commands.append(("GET", self.heartbeat_key))
+            remaining = max(0.001, deadline - time.monotonic())
+            replies = await conn.execute(commands, remaining, raise_errors=False)
+            finished = time.monotonic()
+            first = replies[0]
+            if isinstance(first, hiredis.ReplyError):
+                from replwatch.observe.connection import classify_reply_error
+
+                raise classify_reply_error(str(first))
+            text = _text(first)
+            if text is None:
+                raise RedisError("INFO returned no text", reason="protocol")
+            info = parse_replication(text)
+            clients = None
+            client_text = _text(replies[1])
+            if client_text is not None:
+                clients = tuple(parse_client_list(client_text))
+            heartbeat = None
+            if as_master and len(replies) > 2:
+                self._buffer_limit_known = True
+                reply = replies[2]
+                if isinstance(reply, list) and len(reply) == 2:
+                    self._buffer_limit = parse_output_buffer_limit(_text(reply[1]) or "")
+            elif not as_master and len(replies) > 2 and not isinstance(
+                replies[2], hiredis.ReplyError
+            ):
+                heartbeat = parse_heartbeat(replies[2])
+            return NodeSample(
+                label=self.label,
+                info=info,
+                heartbeat=heartbeat,
+                clients=clients,
+                output_buffer_limit=self._buffer_limit if as_master else None,
+                started=started,
+                finished=finished,
+            )
+        except RedisError as exc:
+            if self._conn is not None and exc.reason not in ("loading",):
+                self._conn.close()
+                self._conn = None
+            return NodeSample(
+                label=self.label,
+                info=None,
+                error_reason=exc.reason,
+                error_message=str(exc),
+                started=started,
+                finished=time.monotonic(),
+            )
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None

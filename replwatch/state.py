@@ -1,0 +1,114 @@
+"""The latest snapshot per group: immutable values, replaced whole.
+
+The scheduler's poll jobs put snapshots; the exporter, status output and (later) routing read
+them. A snapshot never changes after it is built, so readers on other threads need no lock.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class NodeView:
+    """One polled node (master or replica)."""
+
+    label: str
+    configured_role: str  # "master" or "replica" (as the config / discovery says)
+    role: str | None  # as the node reports it; None when it could not be polled
+    up: bool
+    error_reason: str | None = None
+    error_message: str | None = None
+    poll_seconds: float = 0.0
+    repl_offset: int | None = None
+    replid: str | None = None
+    backlog_size: int | None = None
+    discovered: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaView:
+    """What replwatch knows about one follower of a group's master."""
+
+    label: str
+    upstream: str | None  # host:port of the node it replicates from, as it reports it
+    reachable: bool
+    link_up: bool
+    sync_in_progress: bool
+    following_master: bool  # same replication stream (replid) as the group's master
+    chained: bool
+    applied_offset: int | None
+    read_offset: int | None
+    lag_bytes: int | None
+    lag_seconds: float | None  # best estimate
+    lag_source: str  # which estimate `lag_seconds` is: heartbeat, offset_clock, contact, none
+    heartbeat_lag_seconds: float | None
+    offset_lag_seconds: float | None
+    offset_lag_exact: bool
+    ack_age_seconds: float | None
+    link_down_seconds: float | None
+    backlog_usage_ratio: float | None
+    output_buffer_bytes: int | None
+    output_buffer_limit_bytes: int | None
+    seconds_since_contact: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class GroupSnapshot:
+    name: str
+    master: str
+    master_up: bool
+    master_role_ok: bool  # the configured master reports role master
+    master_offset: int | None
+    master_replid: str | None
+    backlog_size: int | None
+    nodes: tuple[NodeView, ...]
+    replicas: tuple[ReplicaView, ...]
+    taken_at: float  # wall clock, seconds
+    poll_seconds: float
+    cycle: int
+    offset_resets: int
+    heartbeat_enabled: bool
+    heartbeat_ok: bool | None = None
+    heartbeat_error: str | None = None
+    notes: tuple[str, ...] = field(default=())
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class SnapshotStore:
+    """Holds the newest GroupSnapshot per group name. put/get are atomic reference swaps."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._groups: dict[str, GroupSnapshot] = {}
+        self._expected: frozenset[str] = frozenset()
+
+    def expect(self, names: list[str]) -> None:
+        """Declare the groups that exist; snapshots of other groups are dropped."""
+        with self._lock:
+            self._expected = frozenset(names)
+            self._groups = {k: v for k, v in self._groups.items() if k in self._expected}
+
+    def put(self, snapshot: GroupSnapshot) -> None:
+        with self._lock:
+            if snapshot.name not in self._expected:
+                return
+            groups = dict(self._groups)
+            groups[snapshot.name] = snapshot
+            self._groups = groups
+
+    def get(self, name: str) -> GroupSnapshot | None:
+        return self._groups.get(name)
+
+    def all(self) -> list[GroupSnapshot]:
+        groups = self._groups
+        return [groups[k] for k in sorted(groups)]
+
+    def ready(self) -> bool:
+        """Every expected group has completed at least one poll."""
+        groups = self._groups
+        return bool(self._expected) and all(k in groups for k in self._expected)
