@@ -143,7 +143,8 @@ def parse_redis_url(url: str) -> RedisEndpoint:
         raise PydanticCustomError("url", "port must be 1-65535") from None
     if parts.scheme not in ("redis", "rediss"):
         raise PydanticCustomError(
-            "url", "unsupported scheme '{scheme}': use redis:// or rediss://",
+            "url",
+            "unsupported scheme '{scheme}': use redis:// or rediss://",
             {"scheme": parts.scheme},
         )
     if not parts.hostname:
@@ -176,7 +177,7 @@ Endpoint = Annotated[RedisEndpoint, BeforeValidator(RedisEndpoint.parse)]
 def _listen_address(value: Any) -> str:
     if not isinstance(value, str) or ":" not in value:
         raise PydanticCustomError("listen", "must be host:port, e.g. 127.0.0.1:9750")
-    host, _, port = value.rpartition(":")
+    _host, _, port = value.rpartition(":")
     if not port.isdigit() or not 0 <= int(port) <= 65535:
         raise PydanticCustomError("listen", "port must be 0-65535")
     return value
@@ -190,6 +191,16 @@ ListenAddress = Annotated[str, BeforeValidator(_listen_address)]
 class ExporterConfig(_Strict):
     listen: ListenAddress = "127.0.0.1:9750"
     web_config: Path | None = None
+
+    @field_validator("web_config")
+    @classmethod
+    def _web_config(cls, v: Path | None) -> Path | None:
+        if v is not None:
+            # refusing beats silently serving without the TLS / basic auth the file asks for
+            raise PydanticCustomError(
+                "unsupported", "TLS / basic auth web config is not supported in this version"
+            )
+        return v
 
     @property
     def host(self) -> str:
@@ -329,7 +340,9 @@ class Config(_Strict):
         names = [g.name for g in self.groups]
         for name in names:
             if names.count(name) > 1:
-                raise PydanticCustomError("dup", "groups: group name '{n}' is used twice", {"n": name})
+                raise PydanticCustomError(
+                    "dup", "groups: group name '{n}' is used twice", {"n": name}
+                )
         return self
 
     def nodes_of(self, group: GroupConfig) -> list[RedisEndpoint]:

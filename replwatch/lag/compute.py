@@ -61,7 +61,7 @@ def _match_line(lines: Sequence[ReplicaLine], label: str) -> ReplicaLine | None:
     for line in lines:
         if line.address == label:
             return line
-    host, _, port = label.rpartition(":")
+    _host, _, port = label.rpartition(":")
     by_port = [ln for ln in lines if str(ln.port) == port]
     if len(by_port) == 1:
         return by_port[0]
@@ -136,6 +136,7 @@ def compute_group(
             backlog_size=backlog,
         )
     ]
+    replica_set = frozenset(replica_labels)
     views: list[ReplicaView] = []
     new_memory: dict[str, ReplicaMemory] = {}
 
@@ -159,7 +160,9 @@ def compute_group(
             )
         )
         upstream = _upstream_label(info) if info is not None else None
-        chained = upstream is not None and upstream != master_label
+        # chained: replicates from another replica of the group (a proxy or NAT address
+        # that is not a known node is not a chain)
+        chained = upstream is not None and upstream in replica_set
         # the line that the upstream (or, failing that, the master) keeps for this follower
         line = None
         if upstream is not None and upstream in lines_by_node:
@@ -171,7 +174,9 @@ def compute_group(
         link_up = bool(reachable and info is not None and info.link_up)
         syncing = bool(reachable and info is not None and info.sync_in_progress)
         same_stream = bool(
-            reachable and info is not None and master_replid is not None
+            reachable
+            and info is not None
+            and master_replid is not None
             and info.replid == master_replid
         )
 

@@ -158,7 +158,9 @@ class Connection:
                 timeout,
             )
         except TimeoutError:
-            raise TimeoutFailure(f"connect to {endpoint.label} timed out after {timeout:g}s") from None
+            raise TimeoutFailure(
+                f"connect to {endpoint.label} timed out after {timeout:g}s"
+            ) from None
         except ConnectionRefusedError:
             raise RefusedFailure(f"connection to {endpoint.label} refused") from None
         except socket.gaierror as exc:
@@ -177,7 +179,7 @@ class Connection:
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        conn = cls(transport, protocol)  # type: ignore[arg-type]
+        conn = cls(transport, protocol)
         setup: list[Command] = []
         if endpoint.password is not None:
             secret = endpoint.password.get_secret_value()

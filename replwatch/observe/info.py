@@ -134,9 +134,7 @@ def parse_replication(text: str) -> ReplicationInfo:
         sync_in_progress=fields.get("master_sync_in_progress") == "1",
         applied_offset=_opt_int(fields, "slave_repl_offset"),
         read_offset=_opt_int(fields, "slave_read_repl_offset"),
-        link_down_since_seconds=(
-            float(down_since) if down_since not in (None, "", "-1") else None
-        ),
+        link_down_since_seconds=(float(down_since) if down_since not in (None, "", "-1") else None),
         read_only=None if read_only is None else read_only == "1",
     )
 

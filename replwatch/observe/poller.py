@@ -92,8 +92,10 @@ class NodePoller:
                 reply = replies[2]
                 if isinstance(reply, list) and len(reply) == 2:
                     self._buffer_limit = parse_output_buffer_limit(_text(reply[1]) or "")
-            elif not as_master and len(replies) > 2 and not isinstance(
-                replies[2], hiredis.ReplyError
+            elif (
+                not as_master
+                and len(replies) > 2
+                and not isinstance(replies[2], hiredis.ReplyError)
             ):
                 heartbeat = parse_heartbeat(replies[2])
             return NodeSample(

@@ -1,0 +1,103 @@
+"""Composition root: builds the store, monitors, scheduler and HTTP server, runs them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+
+from replwatch.config import Config
+from replwatch.errors import ReplwatchError
+from replwatch.exporter.collector import SnapshotCollector
+from replwatch.exporter.server import ExporterHTTPServer
+from replwatch.observe.group_monitor import GroupMonitor
+from replwatch.scheduler import MonitorScheduler, SchedulerStats
+from replwatch.state import SnapshotStore
+
+log = logging.getLogger("replwatch")
+
+
+def build_monitors(cfg: Config) -> list[GroupMonitor]:
+    return [GroupMonitor(g, cfg.poll, cfg.heartbeat, cfg.lag, cfg.tls) for g in cfg.groups]
+
+
+def build_registry(store: SnapshotStore, stats: SchedulerStats | None) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SnapshotCollector(store, stats))
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    return registry
+
+
+@dataclass
+class Daemon:
+    """A running replwatch: call `serve()` inside an event loop; `stop()` ends it."""
+
+    cfg: Config
+    store: SnapshotStore
+    stats: SchedulerStats
+    scheduler: MonitorScheduler
+    http: ExporterHTTPServer
+    _stop: asyncio.Event | None = None
+
+    @classmethod
+    def build(cls, cfg: Config) -> Daemon:
+        store = SnapshotStore()
+        store.expect([g.name for g in cfg.groups])
+        stats = SchedulerStats()
+        monitors = build_monitors(cfg)
+        scheduler = MonitorScheduler(
+            monitors,
+            store,
+            cfg.poll.interval,
+            cfg.heartbeat.interval if cfg.heartbeat.enabled else None,
+            stats,
+        )
+        registry = build_registry(store, stats)
+        try:
+            http = ExporterHTTPServer((cfg.exporter.host, cfg.exporter.port), registry, store.ready)
+        except OSError as exc:
+            scheduler.shutdown()
+            raise ReplwatchError(
+                f"exporter.listen: cannot listen on {cfg.exporter.listen}: {exc.strerror or exc}"
+            ) from None
+        return cls(cfg, store, stats, scheduler, http)
+
+    async def serve(self) -> None:
+        self._stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):  # not main thread
+                loop.add_signal_handler(sig, self._stop.set)
+        self.http.start()
+        log.info(
+            "replwatch listening on http://%s:%d/metrics, watching %d group(s)",
+            self.cfg.exporter.host,
+            self.http.bound_port,
+            len(self.cfg.groups),
+        )
+        try:
+            await self.scheduler.poll_all_once()
+            self.scheduler.start()
+            await self._stop.wait()
+        finally:
+            log.info("replwatch stopping")
+            self.scheduler.shutdown()
+            self.http.stop()
+
+    def stop(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
+
+
+def run_daemon(cfg: Config) -> None:
+    daemon = Daemon.build(cfg)
+    asyncio.run(daemon.serve())

@@ -1,0 +1,147 @@
+"""Command-line entry points. User errors print one line each and exit non-zero, no traceback."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+from replwatch import __version__
+from replwatch.config import Config, load_config
+from replwatch.errors import ConfigError, ReplwatchError
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_CONFIG = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="replwatch",
+        description="Redis replication lag monitor: true time lag, byte lag, Prometheus exporter.",
+    )
+    parser.add_argument("--version", action="version", version=f"replwatch {__version__}")
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="log verbosity (default: info)",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def with_config(p: argparse.ArgumentParser) -> None:
+        p.add_argument("-c", "--config", default="config.yaml", help="config file (YAML)")
+
+    p_run = sub.add_parser("run", help="run the monitor and exporter (the daemon)")
+    with_config(p_run)
+    p_check = sub.add_parser("check-config", help="validate a config file")
+    with_config(p_check)
+    p_status = sub.add_parser("status", help="poll once and print lag per replica")
+    with_config(p_status)
+    p_status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p_status.add_argument("--group", action="append", help="only this group (repeatable)")
+    p_demo = sub.add_parser(
+        "demo", help="start a local master with two replicas, a write load and the exporter"
+    )
+    p_demo.add_argument(
+        "--listen",
+        default="127.0.0.1:0",
+        help="exporter address (default: a free port on 127.0.0.1)",
+    )
+    p_demo.add_argument("--server", help="path of a redis-server / valkey-server binary")
+    p_demo.add_argument(
+        "--duration", default=None, help="stop after this long (e.g. 30s); default: until Ctrl-C"
+    )
+    return parser
+
+
+def _load(path: str) -> Config:
+    return load_config(path)
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    nodes = sum(1 + len(g.replicas) for g in cfg.groups)
+    print(f"{args.config}: OK ({len(cfg.groups)} group(s), {nodes} node(s) configured)")
+    return EXIT_OK
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from replwatch.app import run_daemon
+
+    cfg = _load(args.config)
+    if not cfg.groups:
+        raise ConfigError(args.config, ["groups: at least one group is needed to run"])
+    run_daemon(cfg)
+    return EXIT_OK
+
+
+async def _status_snapshots(cfg: Config, only: list[str] | None) -> list[object]:
+    from replwatch.app import build_monitors
+
+    monitors = [m for m in build_monitors(cfg) if not only or m.name in only]
+    try:
+        await asyncio.gather(*(m.write_heartbeat() for m in monitors))
+        snapshots = await asyncio.gather(*(m.poll_cycle() for m in monitors))
+        if any(m.group.discover for m in monitors):
+            # discovered replicas are polled from the second cycle on
+            await asyncio.gather(*(m.write_heartbeat() for m in monitors))
+            snapshots = await asyncio.gather(*(m.poll_cycle() for m in monitors))
+    finally:
+        for m in monitors:
+            m.close()
+    return list(snapshots)
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from replwatch.state import GroupSnapshot
+    from replwatch.status_view import render_json, render_table
+
+    cfg = _load(args.config)
+    unknown = sorted(set(args.group or []) - {g.name for g in cfg.groups})
+    if unknown:
+        raise ReplwatchError(f"--group: no group named {unknown[0]!r} in {args.config}")
+    snapshots = [
+        s for s in asyncio.run(_status_snapshots(cfg, args.group)) if isinstance(s, GroupSnapshot)
+    ]
+    print(render_json(snapshots) if args.json else render_table(snapshots))
+    all_up = all(n.up for s in snapshots for n in s.nodes)
+    return EXIT_OK if all_up else EXIT_FAILURE
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from replwatch.demo import run_demo
+
+    return run_demo(args.listen, args.server, args.duration)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    commands = {
+        "run": _cmd_run,
+        "check-config": _cmd_check_config,
+        "status": _cmd_status,
+        "demo": _cmd_demo,
+    }
+    if args.command is None:
+        parser.print_help()
+        return EXIT_CONFIG
+    try:
+        return commands[args.command](args)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"{exc.source}: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    except ReplwatchError as exc:
+        print(f"replwatch: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return 130

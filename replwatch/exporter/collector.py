@@ -1,0 +1,258 @@
+"""A prometheus_client Collector that renders the latest snapshots. No I/O at scrape time.
+
+A node that left the topology (or a group removed by a reload) is simply absent from the
+newest snapshot, so its series leave /metrics with it; nothing is cached between scrapes.
+Values that are unknown (a byte lag between two different replication streams, a heartbeat
+never seen) are left out rather than exported as 0.
+"""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Callable, Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from replwatch import __version__
+from replwatch.scheduler import SchedulerStats
+from replwatch.state import GroupSnapshot, ReplicaView, SnapshotStore
+
+_REPLICA_GAUGES: list[tuple[str, str, Callable[[ReplicaView], float | int | bool | None]]] = [
+    (
+        "replwatch_replica_lag_seconds",
+        "Best estimate of how far the replica's data is behind its master, in seconds "
+        "(heartbeat when available, else offset clock; never 0 while it cannot be seen).",
+        lambda r: r.lag_seconds,
+    ),
+    (
+        "replwatch_replica_heartbeat_lag_seconds",
+        "Time lag from the heartbeat key: master's clock now minus the first heartbeat the "
+        "replica has not applied.",
+        lambda r: r.heartbeat_lag_seconds,
+    ),
+    (
+        "replwatch_replica_offset_lag_seconds",
+        "Time lag from the offset clock: how long ago the master moved past the replica's offset.",
+        lambda r: r.offset_lag_seconds,
+    ),
+    (
+        "replwatch_replica_offset_lag_exact",
+        "1 when the offset clock's table reached back far enough for an exact answer, 0 when "
+        "replwatch_replica_offset_lag_seconds is only a lower bound.",
+        lambda r: None if r.offset_lag_seconds is None else r.offset_lag_exact,
+    ),
+    (
+        "replwatch_replica_ack_age_seconds",
+        "Seconds since the replica's last ACK as the master's INFO reports it (the lag= "
+        "field). This is not replication delay.",
+        lambda r: r.ack_age_seconds,
+    ),
+    (
+        "replwatch_replica_lag_bytes",
+        "Master replication offset minus the replica's applied offset, sampled together.",
+        lambda r: r.lag_bytes,
+    ),
+    (
+        "replwatch_replica_link_up",
+        "1 when the replica reports master_link_status:up, 0 otherwise (also when unreachable).",
+        lambda r: r.link_up,
+    ),
+    (
+        "replwatch_replica_sync_in_progress",
+        "1 while the replica is doing a full sync from its master.",
+        lambda r: r.sync_in_progress,
+    ),
+    (
+        "replwatch_replica_following_master",
+        "1 when the replica is on the same replication stream (replid) as the group's master.",
+        lambda r: r.following_master if r.reachable else None,
+    ),
+    (
+        "replwatch_replica_repl_offset_bytes",
+        "The replica's applied replication offset (slave_repl_offset).",
+        lambda r: r.applied_offset,
+    ),
+    (
+        "replwatch_replica_read_repl_offset_bytes",
+        "The replica's read (received) replication offset (slave_read_repl_offset, 7.0+).",
+        lambda r: r.read_offset,
+    ),
+    (
+        "replwatch_replica_backlog_usage_ratio",
+        "Byte lag divided by the master's repl_backlog_size: at 1 a reconnect needs a full resync.",
+        lambda r: r.backlog_usage_ratio,
+    ),
+    (
+        "replwatch_replica_output_buffer_bytes",
+        "Memory the master holds in this replica's output buffer (CLIENT LIST omem).",
+        lambda r: r.output_buffer_bytes,
+    ),
+    (
+        "replwatch_replica_output_buffer_usage_ratio",
+        "Replica output buffer divided by the master's replica hard limit "
+        "(client-output-buffer-limit); at 1 the master drops the replica.",
+        lambda r: (
+            r.output_buffer_bytes / r.output_buffer_limit_bytes
+            if r.output_buffer_bytes is not None and r.output_buffer_limit_bytes
+            else None
+        ),
+    ),
+    (
+        "replwatch_replica_link_down_seconds",
+        "Seconds the replica reports its master link down (master_link_down_since_seconds).",
+        lambda r: r.link_down_seconds,
+    ),
+    (
+        "replwatch_replica_seconds_since_contact",
+        "Seconds since replwatch last got an answer from the replica.",
+        lambda r: r.seconds_since_contact,
+    ),
+]
+
+
+class SnapshotCollector(Collector):
+    def __init__(self, store: SnapshotStore, stats: SchedulerStats | None = None) -> None:
+        self.store = store
+        self.stats = stats
+
+    def describe(self) -> list[Metric]:
+        return []  # collected metrics vary with the topology; no fixed description
+
+    def collect(self) -> Iterator[Metric]:
+        snapshots = self.store.all()
+        yield from self._group_metrics(snapshots)
+        yield from self._node_metrics(snapshots)
+        yield from self._replica_metrics(snapshots)
+        yield from self._scheduler_metrics()
+        build = GaugeMetricFamily(
+            "replwatch_build_info",
+            "replwatch version and Python version; always 1.",
+            labels=["version", "python_version"],
+        )
+        build.add_metric([__version__, platform.python_version()], 1)
+        yield build
+
+    def _group_metrics(self, snapshots: list[GroupSnapshot]) -> Iterator[Metric]:
+        offset = GaugeMetricFamily(
+            "replwatch_master_repl_offset_bytes",
+            "The master's replication offset (master_repl_offset).",
+            labels=["group"],
+        )
+        role_ok = GaugeMetricFamily(
+            "replwatch_master_role_ok",
+            "1 when the group's configured master answers and reports role master; 0 when it "
+            "is down or has become a replica (after a failover).",
+            labels=["group"],
+        )
+        duration = GaugeMetricFamily(
+            "replwatch_poll_duration_seconds",
+            "Wall time of the group's last poll cycle (all nodes polled concurrently).",
+            labels=["group"],
+        )
+        last = GaugeMetricFamily(
+            "replwatch_last_poll_timestamp_seconds",
+            "Unix time of the group's last completed poll cycle.",
+            labels=["group"],
+        )
+        resets = CounterMetricFamily(
+            "replwatch_offset_clock_resets",
+            "Times the master's offset went backwards or its replid changed without "
+            "continuing the old one (restart without persistence, different master).",
+            labels=["group"],
+        )
+        hb_ok = GaugeMetricFamily(
+            "replwatch_heartbeat_last_write_ok",
+            "1 when the group's last heartbeat write succeeded, 0 when it failed.",
+            labels=["group"],
+        )
+        for s in snapshots:
+            if s.master_offset is not None:
+                offset.add_metric([s.name], s.master_offset)
+            role_ok.add_metric([s.name], 1 if s.master_role_ok else 0)
+            duration.add_metric([s.name], s.poll_seconds)
+            last.add_metric([s.name], s.taken_at)
+            resets.add_metric([s.name], s.offset_resets)
+            if s.heartbeat_enabled and s.heartbeat_ok is not None:
+                hb_ok.add_metric([s.name], 1 if s.heartbeat_ok else 0)
+        yield from (offset, role_ok, duration, last, resets, hb_ok)
+
+    def _node_metrics(self, snapshots: list[GroupSnapshot]) -> Iterator[Metric]:
+        up = GaugeMetricFamily(
+            "replwatch_node_up",
+            "1 when the node answered its last poll. role is what the node reports (or the "
+            "configured role while it cannot be reached).",
+            labels=["group", "node", "role"],
+        )
+        err = GaugeMetricFamily(
+            "replwatch_node_last_error_info",
+            "Present (value 1) while the node's last poll failed; reason is a short class: "
+            "timeout, refused, auth, tls, dns, reset, protocol, loading, error.",
+            labels=["group", "node", "reason"],
+        )
+        node_duration = GaugeMetricFamily(
+            "replwatch_node_poll_duration_seconds",
+            "Round-trip time of the node's last poll (connect included when it reconnected).",
+            labels=["group", "node"],
+        )
+        backlog = GaugeMetricFamily(
+            "replwatch_backlog_size_bytes",
+            "The node's repl_backlog_size.",
+            labels=["group", "node"],
+        )
+        for s in snapshots:
+            for n in s.nodes:
+                up.add_metric([s.name, n.label, n.role or n.configured_role], 1 if n.up else 0)
+                if not n.up and n.error_reason:
+                    err.add_metric([s.name, n.label, n.error_reason], 1)
+                node_duration.add_metric([s.name, n.label], n.poll_seconds)
+                if n.backlog_size is not None:
+                    backlog.add_metric([s.name, n.label], n.backlog_size)
+        yield from (up, err, node_duration, backlog)
+
+    def _replica_metrics(self, snapshots: list[GroupSnapshot]) -> Iterator[Metric]:
+        families = [
+            (GaugeMetricFamily(name, doc, labels=["group", "replica"]), get)
+            for name, doc, get in _REPLICA_GAUGES
+        ]
+        info = GaugeMetricFamily(
+            "replwatch_replica_info",
+            "Topology facts about a replica; always 1. upstream is the node it replicates "
+            "from (its master, or another replica when chained).",
+            labels=["group", "replica", "upstream", "chained", "discovered"],
+        )
+        for s in snapshots:
+            discovered = {n.label for n in s.nodes if n.discovered}
+            for r in s.replicas:
+                labels = [s.name, r.label]
+                for family, get in families:
+                    value = get(r)
+                    if value is not None:
+                        family.add_metric(labels, float(value))
+                info.add_metric(
+                    [
+                        s.name,
+                        r.label,
+                        r.upstream or "",
+                        "true" if r.chained else "false",
+                        "true" if r.label in discovered else "false",
+                    ],
+                    1,
+                )
+        for family, _ in families:
+            yield family
+        yield info
+
+    def _scheduler_metrics(self) -> Iterator[Metric]:
+        if self.stats is None:
+            return
+        runs = CounterMetricFamily(
+            "replwatch_scheduler_runs",
+            "Scheduled job runs by job kind (poll, heartbeat), group and outcome: completed, "
+            "ok, failed, skipped (heartbeat while the master is a replica), missed / "
+            "skipped_overrun (the previous run still going), error.",
+            labels=["job", "group", "outcome"],
+        )
+        for (kind, group, what), count in self.stats.items():
+            runs.add_metric([kind, group, what], count)
+        yield runs
