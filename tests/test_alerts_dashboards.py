@@ -1,0 +1,100 @@
+"""The shipped alert rules pass promtool, every alert carries the required annotations and a
+runbook heading that exists, and every metric the rules and dashboard query is one replwatch
+really exports (names taken from the collector's docs table and a rendered snapshot)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+RULES = ROOT / "alerts" / "replwatch.rules.yml"
+RUNBOOKS = ROOT / "docs" / "runbooks.md"
+DASHBOARDS = sorted((ROOT / "grafana").glob("*.json"))
+
+
+def _exported_metric_names() -> set[str]:
+    """Names from the collector's own source (families it can yield)."""
+    source = (ROOT / "replwatch" / "exporter" / "collector.py").read_text()
+    names = set(re.findall(r'"(replwatch_[a-z_]+)"', source))
+    # counters are exposed with _total
+    for counter in re.findall(r'CounterMetricFamily\(\s*"(replwatch_[a-z_]+)"', source):
+        names.discard(counter)
+        names.add(counter + "_total")
+    return names
+
+
+def _metric_names_in(expr: str) -> set[str]:
+    return set(re.findall(r"\b(replwatch_[a-z_]+)\b", expr))
+
+
+def _promtool() -> str:
+    path = shutil.which("promtool")
+    if path is None:
+        pytest.fail("promtool not installed (Debian package prometheus; scripts/test installs it)")
+    return path
+
+
+def test_promtool_check_rules() -> None:
+    result = subprocess.run(
+        [_promtool(), "check", "rules", str(RULES)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
+
+
+def _alerts() -> list[dict[str, object]]:
+    data = yaml.safe_load(RULES.read_text())
+    return [r for g in data["groups"] for r in g["rules"] if "alert" in r]
+
+
+def _runbook_anchors() -> set[str]:
+    return {
+        line[3:].strip().lower()
+        for line in RUNBOOKS.read_text().splitlines()
+        if line.startswith("## ")
+    }
+
+
+@pytest.mark.parametrize("alert", _alerts(), ids=lambda a: str(a["alert"]))
+def test_alert_has_labels_annotations_and_runbook(alert: dict[str, object]) -> None:
+    labels = alert["labels"]
+    annotations = alert["annotations"]
+    assert isinstance(labels, dict) and isinstance(annotations, dict)
+    assert labels["severity"] in ("warning", "critical")
+    for key in ("summary", "description", "runbook_url"):
+        assert annotations.get(key), f"{alert['alert']} lacks {key}"
+    anchor = str(annotations["runbook_url"]).rsplit("#", 1)[1]
+    assert anchor in _runbook_anchors(), f"runbook heading for {anchor} missing"
+
+
+def test_rules_use_only_exported_metrics() -> None:
+    exported = _exported_metric_names()
+    data = yaml.safe_load(RULES.read_text())
+    for group in data["groups"]:
+        for rule in group["rules"]:
+            unknown = _metric_names_in(rule["expr"]) - exported
+            assert not unknown, f"{rule.get('alert') or rule.get('record')}: {unknown}"
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
+def test_dashboard_is_importable_and_queries_exported_metrics(path: Path) -> None:
+    dash = json.loads(path.read_text())
+    assert dash["title"] and dash["uid"] and isinstance(dash["schemaVersion"], int)
+    variables = {v["name"] for v in dash["templating"]["list"]}
+    assert "datasource" in variables
+    exported = _exported_metric_names()
+    assert dash["panels"]
+    for panel in dash["panels"]:
+        assert panel["datasource"]["uid"] == "${datasource}"
+        assert panel["fieldConfig"]["defaults"].get("unit"), panel["title"]
+        for target in panel["targets"]:
+            names = _metric_names_in(target["expr"])
+            assert names, target["expr"]
+            assert not names - exported, (panel["title"], names - exported)
