@@ -55,6 +55,7 @@ class ReplicaMemory:
     heartbeat: float | None = None
     current_at: float | None = None  # monotonic time it was last seen current (link up)
     contact_at: float | None = None  # monotonic time of the last successful poll
+    seen_at: float | None = None  # monotonic time replwatch first polled it (or tried)
 
 
 def _match_line(lines: Sequence[ReplicaLine], label: str) -> ReplicaLine | None:
@@ -224,10 +225,10 @@ def compute_group(
             best, source = offset_lag, "offset_clock"
         else:
             best, source = None, "none"
+        seen_at = mem.seen_at if mem.seen_at is not None else sample.at
         if not current:
-            floor: float | None = None
-            if current_at is not None:
-                floor = max(0.0, now_mono - current_at)
+            # never seen current: at least as old as the time replwatch has known it
+            floor: float | None = max(0.0, now_mono - (current_at if current_at is not None else seen_at))
             if info is not None and info.link_down_since_seconds is not None:
                 floor = max(floor or 0.0, info.link_down_since_seconds)
             if floor is not None and (best is None or floor > best):
@@ -277,6 +278,7 @@ def compute_group(
             heartbeat=hb_seen if hb_seen is not None else mem.heartbeat,
             current_at=current_at,
             contact_at=contact_at,
+            seen_at=seen_at,
         )
 
     started = min([master.started] + [s.started for s in replicas.values()])
