@@ -64,14 +64,23 @@ class RedisProc:
     """One server process. Always stop() it (the fixtures do, in finally blocks)."""
 
     def __init__(
-        self, binary: Path, workdir: Path, name: str, extra: list[str] | None = None,
-        port: int | None = None, bind: str = "127.0.0.1", netns: str | None = None,
+        self,
+        binary: Path,
+        workdir: Path,
+        name: str,
+        extra: list[str] | None = None,
+        port: int | None = None,
+        bind: str = "127.0.0.1",
+        netns: str | None = None,
     ) -> None:
         self.binary = binary
         self.name = name
         self.dir = workdir / name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.extra = list(extra or [])
+        self.password: str | None = None
+        if "--requirepass" in self.extra:
+            self.password = self.extra[self.extra.index("--requirepass") + 1]
         self.bind = bind
         self.netns = netns
         self.port = port or free_port()
@@ -88,9 +97,20 @@ class RedisProc:
 
     def start(self) -> None:
         args = [
-            str(self.binary), "--port", str(self.port), "--bind", self.bind,
-            "--save", "", "--appendonly", "no", "--dir", str(self.dir),
-            "--logfile", str(self.dir / "server.log"), *self.extra,
+            str(self.binary),
+            "--port",
+            str(self.port),
+            "--bind",
+            self.bind,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.dir),
+            "--logfile",
+            str(self.dir / "server.log"),
+            *self.extra,
         ]
         if self.netns:
             args = ["ip", "netns", "exec", self.netns, *args]
@@ -105,8 +125,13 @@ class RedisProc:
         return bool(self.client(timeout=0.3).ping())
 
     def client(self, timeout: float = 2.0) -> redis.Redis:
-        return redis.Redis(host=self.bind, port=self.port, socket_timeout=timeout,
-                           socket_connect_timeout=timeout)
+        return redis.Redis(
+            host=self.bind,
+            port=self.port,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            password=self.password,
+        )
 
     def log_tail(self) -> str:
         log = self.dir / "server.log"
@@ -144,8 +169,9 @@ class Servers:
         self.workdir = workdir
         self.procs: list[RedisProc] = []
 
-    def start(self, name: str, extra: list[str] | None = None,
-              replica_of: RedisProc | None = None) -> RedisProc:
+    def start(
+        self, name: str, extra: list[str] | None = None, replica_of: RedisProc | None = None
+    ) -> RedisProc:
         args = list(extra or [])
         if replica_of is not None:
             args += ["--replicaof", replica_of.bind, str(replica_of.port)]
@@ -162,8 +188,9 @@ def wait_linked(replica: RedisProc, master: RedisProc, timeout: float = 15) -> N
     def linked() -> bool:
         info = replica.client().info("replication")
         m_off = master.client().info("replication")["master_repl_offset"]
-        return bool(info.get("master_link_status") == "up"
-                    and info.get("slave_repl_offset") == m_off)
+        return bool(
+            info.get("master_link_status") == "up" and info.get("slave_repl_offset") == m_off
+        )
 
     wait_for(linked, timeout, f"{replica.name} linked to {master.name}")
 

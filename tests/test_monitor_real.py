@@ -54,16 +54,17 @@ def redis70(tmp_path: Path) -> Iterator[Servers]:
 
 
 def make_monitor(
-    master: str, replicas: list[str], discover: bool = False, heartbeat: bool = True,
+    master: str,
+    replicas: list[str],
+    discover: bool = False,
+    heartbeat: bool = True,
     timeout: str = "400ms",
 ) -> GroupMonitor:
     cfg = config_from_data(
         {
             "poll": {"interval": "500ms", "timeout": timeout},
             "heartbeat": {"enabled": heartbeat, "interval": "100ms"},
-            "groups": [
-                {"name": "g", "master": master, "replicas": replicas, "discover": discover}
-            ],
+            "groups": [{"name": "g", "master": master, "replicas": replicas, "discover": discover}],
         }
     )
     return GroupMonitor(cfg.groups[0], cfg.poll, cfg.heartbeat, cfg.lag, cfg.tls)
@@ -139,7 +140,8 @@ def test_healthy_then_paused_replica_lag_grows_and_recovers(servers: Servers) ->
     try:
         snap = drv.until(
             lambda s: replica(s, rep.label).heartbeat_lag_seconds is not None,
-            10, "heartbeat seen on the replica",
+            10,
+            "heartbeat seen on the replica",
         )
         r = replica(snap, rep.label)
         assert r.link_up and r.following_master and r.reachable
@@ -163,10 +165,13 @@ def test_healthy_then_paused_replica_lag_grows_and_recovers(servers: Servers) ->
 
         rep.resume()
         snap = drv.until(
-            lambda s: replica(s, rep.label).lag_seconds is not None
-            and replica(s, rep.label).lag_seconds < 0.5  # type: ignore[operator]
-            and replica(s, rep.label).reachable,
-            15, "lag back under 0.5s after SIGCONT",
+            lambda s: (
+                replica(s, rep.label).lag_seconds is not None
+                and replica(s, rep.label).lag_seconds < 0.5  # type: ignore[operator]
+                and replica(s, rep.label).reachable
+            ),
+            15,
+            "lag back under 0.5s after SIGCONT",
         )
         assert replica(snap, rep.label).link_up
     finally:
@@ -218,10 +223,13 @@ def test_master_restart_resets_offset_clock(redis70: Servers) -> None:
         snap = drv.until(lambda s: s.master_replid not in (None, old_replid), 10, "new replid")
         assert snap.offset_resets == resets + 1
         snap = drv.until(
-            lambda s: replica(s, rep.label).following_master
-            and replica(s, rep.label).lag_seconds is not None
-            and replica(s, rep.label).lag_seconds < 0.5,  # type: ignore[operator]
-            20, "replica resynced to the restarted master",
+            lambda s: (
+                replica(s, rep.label).following_master
+                and replica(s, rep.label).lag_seconds is not None
+                and replica(s, rep.label).lag_seconds < 0.5
+            ),  # type: ignore[operator]
+            20,
+            "replica resynced to the restarted master",
         )
         assert replica(snap, rep.label).lag_bytes is not None
     finally:
@@ -287,8 +295,13 @@ def test_chained_replica_measured_against_top_master(redis70: Servers) -> None:
             lambda s: replica(s, leaf.label).heartbeat_lag_seconds is not None, 10, "heartbeat"
         )
         writer.stop()
-        snap = drv.until(lambda s: replica(s, leaf.label).lag_bytes == 0
-                         and replica(s, leaf.label).lag_seconds == 0, 10, "leaf caught up")
+        snap = drv.until(
+            lambda s: (
+                replica(s, leaf.label).lag_bytes == 0 and replica(s, leaf.label).lag_seconds == 0
+            ),
+            10,
+            "leaf caught up",
+        )
         r = replica(snap, leaf.label)
         assert r.chained and r.upstream == middle.label and r.following_master
         assert not replica(snap, middle.label).chained

@@ -228,7 +228,8 @@ def compute_group(
         seen_at = mem.seen_at if mem.seen_at is not None else sample.at
         if not current:
             # never seen current: at least as old as the time replwatch has known it
-            floor: float | None = max(0.0, now_mono - (current_at if current_at is not None else seen_at))
+            since = current_at if current_at is not None else seen_at
+            floor: float | None = max(0.0, now_mono - since)
             if info is not None and info.link_down_since_seconds is not None:
                 floor = max(floor or 0.0, info.link_down_since_seconds)
             if floor is not None and (best is None or floor > best):
