@@ -117,7 +117,11 @@ class RedisProc:
         self.proc = subprocess.Popen(
             args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
-        wait_for(self._ping, 10, f"{self.name} to answer PING")
+        try:
+            wait_for(self._ping, 10, f"{self.name} to answer PING")
+        except BaseException:
+            self.stop()  # never leave a process behind when start-up fails
+            raise
 
     def _ping(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:
