@@ -112,6 +112,9 @@ class RedisProc:
             str(self.dir / "server.log"),
             *self.extra,
         ]
+        if not self.bind.startswith("127."):
+            # a test-namespace address: protected mode would refuse non-loopback clients
+            args += ["--protected-mode", "no"]
         if self.netns:
             args = ["ip", "netns", "exec", self.netns, *args]
         self.proc = subprocess.Popen(
