@@ -56,10 +56,21 @@ def build_ssl_context(tls: TLSConfig) -> ssl.SSLContext:
     return ctx
 
 
+class _Pending:
+    """One pipeline in flight: `count` replies collected into one future."""
+
+    __slots__ = ("count", "future", "replies")
+
+    def __init__(self, count: int, future: asyncio.Future[list[Any]]) -> None:
+        self.count = count
+        self.future = future
+        self.replies: list[Any] = []
+
+
 class _RespProtocol(asyncio.Protocol):
     def __init__(self) -> None:
         self.reader = hiredis.Reader()
-        self.waiters: deque[asyncio.Future[Any]] = deque()
+        self.waiters: deque[_Pending] = deque()
         self.transport: asyncio.Transport | None = None
         self.lost: BaseException | None = None
 
@@ -69,6 +80,7 @@ class _RespProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.reader.feed(data)
+        waiters = self.waiters
         while True:
             try:
                 reply = self.reader.gets()
@@ -79,15 +91,18 @@ class _RespProtocol(asyncio.Protocol):
                 return
             if reply is False:
                 return
-            if not self.waiters:
+            if not waiters:
                 # an unsolicited reply means we lost track of the stream
                 self._fail(ProtocolFailure("unexpected reply from server"))
                 if self.transport is not None:
                     self.transport.close()
                 return
-            waiter = self.waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(reply)
+            pending = waiters[0]
+            pending.replies.append(reply)
+            if len(pending.replies) == pending.count:
+                waiters.popleft()
+                if not pending.future.done():
+                    pending.future.set_result(pending.replies)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail(RedisError("connection closed by server", reason="reset"))
@@ -95,9 +110,9 @@ class _RespProtocol(asyncio.Protocol):
     def _fail(self, exc: BaseException) -> None:
         self.lost = exc
         while self.waiters:
-            waiter = self.waiters.popleft()
-            if not waiter.done():
-                waiter.set_exception(exc)
+            pending = self.waiters.popleft()
+            if not pending.future.done():
+                pending.future.set_exception(exc)
 
 
 def classify_reply_error(message: str) -> RedisError:
@@ -209,20 +224,33 @@ class Connection:
     ) -> list[Any]:
         """Send all commands in one write, await all replies. On timeout the connection is
         closed (its stream position is unknown) and TimeoutFailure raised."""
+        payload = b"".join(encode_command(c) for c in commands)
+        return await self.execute_encoded(payload, len(commands), timeout, raise_errors)
+
+    async def execute_encoded(
+        self, payload: bytes, count: int, timeout: float, raise_errors: bool = True
+    ) -> list[Any]:
+        """As execute(), for a pipeline already encoded (the poll hot path keeps its
+        pipelines encoded once)."""
         if self.closed:
             raise RedisError("connection is closed", reason="reset")
         loop = asyncio.get_running_loop()
-        futures = [loop.create_future() for _ in commands]
-        self._protocol.waiters.extend(futures)
-        self._transport.write(b"".join(encode_command(c) for c in commands))
+        future: asyncio.Future[list[Any]] = loop.create_future()
+        self._protocol.waiters.append(_Pending(count, future))
+        self._transport.write(payload)
+
+        def expire() -> None:
+            if not future.done():
+                future.set_exception(TimeoutFailure(f"no reply within {timeout:g}s"))
+
+        timer = loop.call_later(timeout, expire)
         try:
-            replies = await asyncio.wait_for(asyncio.gather(*futures), timeout)
-        except TimeoutError:
-            self.close()
-            raise TimeoutFailure(f"no reply within {timeout:g}s") from None
+            replies = await future
         except RedisError:
             self.close()
             raise
+        finally:
+            timer.cancel()
         if raise_errors:
             for reply in replies:
                 if isinstance(reply, hiredis.ReplyError):

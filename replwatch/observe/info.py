@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from replwatch.errors import ProtocolFailure
 
+_INFO_LINE = re.compile(r"^([^#\r\n:][^:\r\n]*):([^\r\n]*?)\s*$", re.M)
+_CLIENT_FIELD = re.compile(r"(?:^| )(addr|laddr|flags|omem|tot-mem)=(\S*)")
+
 
 def parse_info(text: str) -> dict[str, str]:
     """INFO text → {field: raw value}. Section headers and blank lines are skipped."""
-    out: dict[str, str] = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        key, sep, value = line.partition(":")
-        if sep:
-            out[key] = value.strip()
-    return out
+    return dict(_INFO_LINE.findall(text))
 
 
 def parse_kv_list(value: str) -> dict[str, str]:
@@ -154,11 +151,7 @@ def parse_client_list(text: str) -> list[ClientEntry]:
     for line in text.splitlines():
         if not line.strip():
             continue
-        kv: dict[str, str] = {}
-        for part in line.split(" "):
-            key, sep, val = part.partition("=")
-            if sep:
-                kv[key] = val
+        kv = dict(_CLIENT_FIELD.findall(line))
         try:
             out.append(
                 ClientEntry(

@@ -11,7 +11,7 @@ from replwatch.config import RedisEndpoint, TLSConfig
 from replwatch.errors import RedisError
 from replwatch.lag.compute import NodeSample
 from replwatch.lag.heartbeat import parse_heartbeat
-from replwatch.observe.connection import Connection
+from replwatch.observe.connection import Connection, classify_reply_error, encode_command
 from replwatch.observe.info import (
     parse_client_list,
     parse_output_buffer_limit,
@@ -25,8 +25,15 @@ def _text(reply: Any) -> str | None:
     return None
 
 
+def _encode(*commands: tuple[str, ...]) -> bytes:
+    return b"".join(encode_command(c) for c in commands)
+
+
 class NodePoller:
     """Keeps one connection to one node and reconnects on the next poll after a failure."""
+
+    _MASTER = _encode(("INFO", "replication"), ("CLIENT", "LIST", "TYPE", "replica"))
+    _MASTER_FIRST = _MASTER + _encode(("CONFIG", "GET", "client-output-buffer-limit"))
 
     def __init__(
         self,
@@ -42,6 +49,10 @@ class NodePoller:
         self._conn: Connection | None = None
         self._buffer_limit: int | None = None
         self._buffer_limit_known = False
+        replica_commands = [("INFO", "replication"), ("CLIENT", "LIST", "TYPE", "master")]
+        if heartbeat_key is not None:
+            replica_commands.append(("GET", heartbeat_key))
+        self._replica_payload = (_encode(*replica_commands), len(replica_commands))
 
     @property
     def label(self) -> str:
@@ -61,22 +72,17 @@ class NodePoller:
         deadline = started + self.timeout
         try:
             conn = await self._connection(deadline)
-            commands: list[tuple[str, ...]] = [("INFO", "replication")]
             if as_master:
-                commands.append(("CLIENT", "LIST", "TYPE", "replica"))
-                if not self._buffer_limit_known:
-                    commands.append(("CONFIG", "GET", "client-output-buffer-limit"))
+                payload, count = (
+                    (self._MASTER, 2) if self._buffer_limit_known else (self._MASTER_FIRST, 3)
+                )
             else:
-                commands.append(("CLIENT", "LIST", "TYPE", "master"))
-                if self.heartbeat_key is not None:
-                    commands.append(("GET", self.heartbeat_key))
+                payload, count = self._replica_payload
             remaining = max(0.001, deadline - time.monotonic())
-            replies = await conn.execute(commands, remaining, raise_errors=False)
+            replies = await conn.execute_encoded(payload, count, remaining, raise_errors=False)
             finished = time.monotonic()
             first = replies[0]
             if isinstance(first, hiredis.ReplyError):
-                from replwatch.observe.connection import classify_reply_error
-
                 raise classify_reply_error(str(first))
             text = _text(first)
             if text is None:
