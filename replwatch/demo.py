@@ -83,6 +83,17 @@ class ServerProcess:
             time.sleep(0.05)
         raise ReplwatchError(f"demo: {self.name} did not answer PING within {timeout:g}s")
 
+    def wait_linked(self, timeout: float = 30.0) -> None:
+        """Wait until this replica's link to its master is up (initial sync done)."""
+        client = redis.Redis(port=self.port, socket_timeout=0.5)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(redis.RedisError):
+                if client.info("replication").get("master_link_status") == "up":
+                    return
+            time.sleep(0.1)
+        raise ReplwatchError(f"demo: {self.name} did not finish its initial sync in {timeout:g}s")
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
@@ -198,6 +209,8 @@ def run_demo(listen: str, server: str | None, duration: str | None) -> int:
             servers.extend([fast, starved])
             for proc in (fast, starved):
                 await asyncio.to_thread(proc.wait_ready)
+            for proc in (fast, starved):
+                await asyncio.to_thread(proc.wait_linked)
             cfg = config_from_data(
                 {
                     "exporter": {"listen": listen},

@@ -137,6 +137,36 @@ def test_daemon_metrics_promtool_failure_and_sigterm(
         )
         assert metric_value(text, "replwatch_replica_link_up", replica=f"127.0.0.1:{rep.port}") == 1
 
+        assert (
+            metric_value(
+                text,
+                "replwatch_scheduler_runs_total",
+                job="poll",
+                group="cache",
+                outcome="completed",
+            )
+            or 0
+        ) >= 1
+        assert (
+            metric_value(
+                text, "replwatch_scheduler_runs_total", job="heartbeat", group="cache", outcome="ok"
+            )
+            or 0
+        ) >= 1
+        # the master's CLIENT LIST omem for this replica's link, and its share of the limit
+        assert (
+            metric_value(
+                text, "replwatch_replica_output_buffer_bytes", replica=f"127.0.0.1:{rep.port}"
+            )
+            is not None
+        )
+        assert (
+            metric_value(
+                text, "replwatch_replica_output_buffer_usage_ratio", replica=f"127.0.0.1:{rep.port}"
+            )
+            is not None
+        )
+
         promtool = shutil.which("promtool")
         assert promtool, "promtool (Debian package prometheus) is needed"
         check = subprocess.run(

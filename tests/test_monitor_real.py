@@ -383,3 +383,38 @@ def test_idle_master_without_heartbeat_reads_zero(redis70: Servers) -> None:
         assert r.lag_source == "offset_clock"
     finally:
         drv.close()
+
+
+@pytest.mark.timeout(60)
+def test_failover_configured_master_becomes_replica(redis70: Servers) -> None:
+    """After a failover the configured master reports role replica: the group says so
+    (master_role_ok False), the heartbeat writer refuses to write to it, and the old replica,
+    now a master, is no longer measured as a follower of the configured master."""
+    master = redis70.start("master")
+    rep = redis70.start("replica", replica_of=master)
+    wait_linked(rep, master)
+    drv = Driver(make_monitor(master.url, [rep.url]))
+    try:
+        snap = drv.until(lambda s: replica(s, rep.label).link_up, 10, "link up")
+        assert snap.master_role_ok
+        writes_before = drv.monitor.writer.writes_ok if drv.monitor.writer else 0
+        rep.client().replicaof("no", "one")
+        master.client().replicaof(rep.bind, rep.port)
+        wait_linked(master, rep)
+        snap = drv.until(lambda s: not s.master_role_ok, 10, "configured master seen as replica")
+        mnode = next(n for n in snap.nodes if n.label == master.label)
+        assert mnode.up and mnode.role == "replica"
+        r = replica(snap, rep.label)
+        # it answers, but as a master: not a follower any more, so no lag is claimed for it
+        assert r.reachable is False and not r.link_up and not r.following_master
+        assert r.lag_seconds is None and r.lag_bytes is None
+        rnode = next(n for n in snap.nodes if n.label == rep.label)
+        assert rnode.up and rnode.role == "master"
+        # the heartbeat writer never wrote to the node that is now a replica
+        for _ in range(3):
+            drv.cycle()
+        assert drv.monitor.writer is not None
+        assert drv.monitor.writer.writes_ok == writes_before
+        assert drv.monitor.writer.last_error in (None, "not_master")
+    finally:
+        drv.close()

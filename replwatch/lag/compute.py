@@ -8,6 +8,7 @@ Rules (each has a table test):
 - best estimate: heartbeat when available, else the offset clock; then, when the follower
   cannot be seen (unreachable, link down, full sync), at least the time since it was last
   known current — so a paused or cut-off follower's lag grows with real time and is never 0.
+- a node listed as a replica that reports role master is no follower: no lag is claimed.
 - a follower whose replid differs from the master's (another master, or still syncing) has
   no byte lag (None) — offsets on different streams do not compare.
 """
@@ -226,7 +227,10 @@ def compute_group(
         else:
             best, source = None, "none"
         seen_at = mem.seen_at if mem.seen_at is not None else sample.at
-        if not current:
+        if info is not None and not info.is_replica:
+            # it answers as a master (promoted, or misconfigured): not a follower, no lag
+            best, source, hb_lag, offset_lag = None, "none", None, None
+        elif not current:
             # never seen current: at least as old as the time replwatch has known it
             since = current_at if current_at is not None else seen_at
             floor: float | None = max(0.0, now_mono - since)
