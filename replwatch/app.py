@@ -18,8 +18,9 @@ from replwatch.errors import ReplwatchError
 from replwatch.exporter.collector import SnapshotCollector
 from replwatch.exporter.server import ExporterHTTPServer
 from replwatch.observe.group_monitor import GroupMonitor
+from replwatch.observe.probe import WaitProber
 from replwatch.scheduler import MonitorScheduler, SchedulerStats
-from replwatch.state import SnapshotStore
+from replwatch.state import ProbeStore, SnapshotStore
 
 log = logging.getLogger("replwatch")
 
@@ -28,9 +29,19 @@ def build_monitors(cfg: Config) -> list[GroupMonitor]:
     return [GroupMonitor(g, cfg.poll, cfg.heartbeat, cfg.lag, cfg.tls) for g in cfg.groups]
 
 
-def build_registry(store: SnapshotStore, stats: SchedulerStats | None) -> CollectorRegistry:
+def build_probers(cfg: Config) -> list[WaitProber]:
+    return [
+        WaitProber(g.name, g.master, cfg.probe_of(g), g.tls or cfg.tls)
+        for g in cfg.groups
+        if cfg.probe_of(g).enabled
+    ]
+
+
+def build_registry(
+    store: SnapshotStore, stats: SchedulerStats | None, probes: ProbeStore | None = None
+) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(SnapshotCollector(store, stats))
+    registry.register(SnapshotCollector(store, stats, probes))
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     GCCollector(registry=registry)
@@ -54,14 +65,19 @@ class Daemon:
         store.expect([g.name for g in cfg.groups])
         stats = SchedulerStats()
         monitors = build_monitors(cfg)
+        probe_store = ProbeStore()
+        probers = build_probers(cfg)
+        groups = {g.name: g for g in cfg.groups}
         scheduler = MonitorScheduler(
             monitors,
             store,
             cfg.poll.interval,
             cfg.heartbeat.interval if cfg.heartbeat.enabled else None,
             stats,
+            [(p, cfg.probe_of(groups[p.group]).interval) for p in probers],
+            probe_store,
         )
-        registry = build_registry(store, stats)
+        registry = build_registry(store, stats, probe_store)
         try:
             http = ExporterHTTPServer((cfg.exporter.host, cfg.exporter.port), registry, store.ready)
         except OSError as exc:

@@ -42,6 +42,10 @@ def _parser() -> argparse.ArgumentParser:
     with_config(p_status)
     p_status.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p_status.add_argument("--group", action="append", help="only this group (repeatable)")
+    p_probe = sub.add_parser("probe", help="run one WAIT probe per group and print the result")
+    with_config(p_probe)
+    p_probe.add_argument("--group", action="append", help="only this group (repeatable)")
+    p_probe.add_argument("--json", action="store_true", help="print JSON")
     p_demo = sub.add_parser(
         "demo", help="start a local master with two replicas, a write load and the exporter"
     )
@@ -111,6 +115,44 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK if all_up else EXIT_FAILURE
 
 
+def _cmd_probe(args: argparse.Namespace) -> int:
+    import json
+    from dataclasses import asdict
+
+    from replwatch.app import build_probers
+    from replwatch.observe.probe import ProbeResult
+
+    cfg = _load(args.config)
+    unknown = sorted(set(args.group or []) - {g.name for g in cfg.groups})
+    if unknown:
+        raise ReplwatchError(f"--group: no group named {unknown[0]!r} in {args.config}")
+    probers = [p for p in build_probers(cfg) if not args.group or p.group in args.group]
+    if not probers:
+        raise ReplwatchError(f"{args.config}: no group has probes enabled (probe.enabled)")
+
+    async def run() -> list[ProbeResult]:
+        try:
+            return list(await asyncio.gather(*(p.probe() for p in probers)))
+        finally:
+            for p in probers:
+                p.close()
+
+    results = asyncio.run(run())
+    if args.json:
+        print(json.dumps({"probes": [asdict(r) for r in results]}, indent=2))
+    else:
+        for r in results:
+            if r.result == "error":
+                print(f"{r.group}: error ({r.reason}): {r.message}")
+            else:
+                ms = (r.seconds or 0) * 1000
+                print(
+                    f"{r.group}: {r.result}: {r.acked}/{r.wanted} replicas acknowledged "
+                    f"in {ms:.1f} ms"
+                )
+    return EXIT_OK if all(r.result == "ok" for r in results) else EXIT_FAILURE
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from replwatch.demo import run_demo
 
@@ -129,6 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "run": _cmd_run,
         "check-config": _cmd_check_config,
         "status": _cmd_status,
+        "probe": _cmd_probe,
         "demo": _cmd_demo,
     }
     if args.command is None:

@@ -260,6 +260,66 @@ class Auth(_Strict):
     password_file: Path | None = None
 
 
+class Threshold(_Strict):
+    lag_seconds: Duration | None = None
+    lag_bytes: Size | None = None
+    for_: Duration = Field(default=0.0, alias="for")
+
+
+class RoutingConfig(_Strict):
+    """Per replica: out of read rotation when lag stays above `trip` for `trip.for`, back in
+    after it stays below `recover` for `recover.for`. Guards keep at least
+    `min_in_rotation` replicas serving (least lagged first) and take at most
+    `max_out_ratio` of the replicas out for lag."""
+
+    trip: Threshold = Threshold.model_validate({"lag_seconds": 2, "lag_bytes": "10MB", "for": 1})
+    recover: Threshold = Threshold.model_validate({"lag_seconds": 0.5, "for": 5})
+    min_in_rotation: int = Field(default=0, ge=0)
+    max_out_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _hysteresis(self) -> RoutingConfig:
+        t, r = self.trip, self.recover
+        if t.lag_seconds is None and t.lag_bytes is None:
+            raise PydanticCustomError("routing", "trip: needs lag_seconds and/or lag_bytes")
+        if (
+            t.lag_seconds is not None
+            and r.lag_seconds is not None
+            and r.lag_seconds > t.lag_seconds
+        ):
+            raise PydanticCustomError(
+                "routing", "recover.lag_seconds: must not exceed trip.lag_seconds (hysteresis)"
+            )
+        if t.lag_bytes is not None and r.lag_bytes is not None and r.lag_bytes > t.lag_bytes:
+            raise PydanticCustomError(
+                "routing", "recover.lag_bytes: must not exceed trip.lag_bytes (hysteresis)"
+            )
+        return self
+
+
+class ProbeConfig(_Strict):
+    """WAIT probes: write a probe key on the master, then WAIT <replicas> <timeout>."""
+
+    enabled: bool = True
+    interval: Duration = 1.0
+    timeout: Duration = 0.5
+    replicas: int | Literal["all"] = "all"
+    key: str = "__replwatch:probe"
+    ttl: Duration = 10.0
+
+    @model_validator(mode="after")
+    def _check(self) -> ProbeConfig:
+        if self.interval < 0.1:
+            raise PydanticCustomError("probe", "interval: must be at least 100ms")
+        if not 0 < self.timeout <= self.interval:
+            raise PydanticCustomError("probe", "timeout: must be above 0 and not exceed interval")
+        if isinstance(self.replicas, int) and self.replicas < 0:
+            raise PydanticCustomError("probe", "replicas: must be a count >= 0 or 'all'")
+        if not self.key or any(c.isspace() for c in self.key):
+            raise PydanticCustomError("probe", "key: must be a non-empty key without spaces")
+        return self
+
+
 class GroupConfig(_Strict):
     name: str
     master: Endpoint
@@ -269,6 +329,8 @@ class GroupConfig(_Strict):
     tls: TLSConfig | None = None
     sentinel: dict[str, Any] | None = None
     cluster: dict[str, Any] | None = None
+    routing: RoutingConfig | None = None  # overrides the top-level routing for this group
+    probe: ProbeConfig | None = None  # overrides the top-level probe for this group
 
     @field_validator("name")
     @classmethod
@@ -297,17 +359,6 @@ class GroupConfig(_Strict):
         return self
 
 
-class Threshold(_Strict):
-    lag_seconds: Duration | None = None
-    lag_bytes: Size | None = None
-    for_: Duration = Field(default=0.0, alias="for")
-
-
-class RoutingConfig(_Strict):
-    trip: Threshold = Threshold.model_validate({"lag_seconds": 2, "lag_bytes": "10MB", "for": 1})
-    recover: Threshold = Threshold.model_validate({"lag_seconds": 0.5, "for": 5})
-
-
 class SyncTask(_Strict):
     name: str
     source: Endpoint
@@ -332,6 +383,7 @@ class Config(_Strict):
     tls: TLSConfig = TLSConfig()
     groups: list[GroupConfig] = Field(default_factory=list)
     routing: RoutingConfig = RoutingConfig()
+    probe: ProbeConfig = ProbeConfig()
     sync: SyncConfig = SyncConfig()
     admin: AdminConfig = AdminConfig()
 
@@ -347,6 +399,12 @@ class Config(_Strict):
 
     def nodes_of(self, group: GroupConfig) -> list[RedisEndpoint]:
         return [group.master, *group.replicas]
+
+    def routing_of(self, group: GroupConfig) -> RoutingConfig:
+        return group.routing or self.routing
+
+    def probe_of(self, group: GroupConfig) -> ProbeConfig:
+        return group.probe or self.probe
 
 
 # --------------------------------------------------------------------------- loading
@@ -396,7 +454,7 @@ def _format_errors(err: ValidationError) -> list[str]:
         path = _loc_to_path(tuple(e["loc"]))
         msg = e["msg"]
         # model-level checks carry 'field: reason' in their message
-        if e["type"] in ("poll", "dup") and ": " in msg:
+        if e["type"] in ("poll", "dup", "routing", "probe") and ": " in msg:
             field, _, msg = msg.partition(": ")
             path = _join(path if path != "<root>" else "", field)
         if msg.startswith("Value error, "):

@@ -21,7 +21,8 @@ from apscheduler.events import (
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from replwatch.observe.group_monitor import GroupMonitor
-from replwatch.state import SnapshotStore
+from replwatch.observe.probe import WaitProber
+from replwatch.state import ProbeStore, SnapshotStore
 
 log = logging.getLogger("replwatch.scheduler")
 
@@ -50,8 +51,12 @@ class MonitorScheduler:
         poll_interval: float,
         heartbeat_interval: float | None,
         stats: SchedulerStats,
+        probers: Iterable[tuple[WaitProber, float]] = (),
+        probe_store: ProbeStore | None = None,
     ) -> None:
         self.monitors = {m.name: m for m in monitors}
+        self.probers = {p.group: (p, interval) for p, interval in probers}
+        self.probe_store = probe_store
         self.store = store
         self.stats = stats
         self.poll_interval = poll_interval
@@ -88,6 +93,13 @@ class MonitorScheduler:
         else:
             self.stats.add("heartbeat", name, "skipped")
 
+    async def probe_group(self, name: str) -> None:
+        prober, _ = self.probers[name]
+        result = await prober.probe()
+        if self.probe_store is not None:
+            self.probe_store.record(result)
+        self.stats.add("probe", name, "completed")
+
     async def poll_all_once(self) -> None:
         """One poll of every group, right away (start-up, so /-/ready comes quickly)."""
         import asyncio
@@ -111,6 +123,10 @@ class MonitorScheduler:
                     args=[name],
                     id=f"heartbeat:{name}",
                 )
+        for name, (_, interval) in self.probers.items():
+            self._scheduler.add_job(
+                self.probe_group, "interval", seconds=interval, args=[name], id=f"probe:{name}"
+            )
         self._scheduler.start()
 
     def shutdown(self) -> None:
@@ -118,3 +134,5 @@ class MonitorScheduler:
             self._scheduler.shutdown(wait=False)
         for monitor in self.monitors.values():
             monitor.close()
+        for prober, _ in self.probers.values():
+            prober.close()

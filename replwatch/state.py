@@ -112,3 +112,64 @@ class SnapshotStore:
         """Every expected group has completed at least one poll."""
         groups = self._groups
         return bool(self._expected) and all(k in groups for k in self._expected)
+
+
+PROBE_BUCKETS: tuple[float, ...] = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+)
+
+
+@dataclass
+class _ProbeGroupStats:
+    bucket_counts: list[int]
+    count: int = 0
+    total: float = 0.0
+    results: dict[str, int] = field(default_factory=dict)
+    last: Any = None  # the newest ProbeResult
+
+
+class ProbeStore:
+    """Accumulates WAIT probe results per group: a latency histogram (successful probes),
+    counts by result, and the newest result. Written by the scheduler, read by the exporter."""
+
+    def __init__(self, buckets: tuple[float, ...] = PROBE_BUCKETS) -> None:
+        self.buckets = buckets
+        self._lock = threading.Lock()
+        self._groups: dict[str, _ProbeGroupStats] = {}
+
+    def record(self, result: Any) -> None:
+        with self._lock:
+            stats = self._groups.setdefault(
+                result.group, _ProbeGroupStats(bucket_counts=[0] * len(self.buckets))
+            )
+            stats.results[result.result] = stats.results.get(result.result, 0) + 1
+            stats.last = result
+            if result.result == "ok" and result.seconds is not None:
+                stats.count += 1
+                stats.total += result.seconds
+                for i, bound in enumerate(self.buckets):
+                    if result.seconds <= bound:
+                        stats.bucket_counts[i] += 1
+
+    def forget_except(self, names: list[str]) -> None:
+        with self._lock:
+            self._groups = {k: v for k, v in self._groups.items() if k in names}
+
+    def snapshot(self) -> list[tuple[str, list[int], int, float, dict[str, int], Any]]:
+        with self._lock:
+            return [
+                (name, list(s.bucket_counts), s.count, s.total, dict(s.results), s.last)
+                for name, s in sorted(self._groups.items())
+            ]

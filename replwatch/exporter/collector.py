@@ -11,12 +11,17 @@ from __future__ import annotations
 import platform
 from collections.abc import Callable, Iterator
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from replwatch import __version__
 from replwatch.scheduler import SchedulerStats
-from replwatch.state import GroupSnapshot, ReplicaView, SnapshotStore
+from replwatch.state import GroupSnapshot, ProbeStore, ReplicaView, SnapshotStore
 
 _REPLICA_GAUGES: list[tuple[str, str, Callable[[ReplicaView], float | int | bool | None]]] = [
     (
@@ -112,9 +117,15 @@ _REPLICA_GAUGES: list[tuple[str, str, Callable[[ReplicaView], float | int | bool
 
 
 class SnapshotCollector(Collector):
-    def __init__(self, store: SnapshotStore, stats: SchedulerStats | None = None) -> None:
+    def __init__(
+        self,
+        store: SnapshotStore,
+        stats: SchedulerStats | None = None,
+        probes: ProbeStore | None = None,
+    ) -> None:
         self.store = store
         self.stats = stats
+        self.probes = probes
 
     def describe(self) -> list[Metric]:
         return []  # collected metrics vary with the topology; no fixed description
@@ -125,6 +136,7 @@ class SnapshotCollector(Collector):
         yield from self._node_metrics(snapshots)
         yield from self._replica_metrics(snapshots)
         yield from self._scheduler_metrics()
+        yield from self._probe_metrics()
         build = GaugeMetricFamily(
             "replwatch_build_info",
             "replwatch version and Python version; always 1.",
@@ -256,3 +268,49 @@ class SnapshotCollector(Collector):
         for (kind, group, what), count in self.stats.items():
             runs.add_metric([kind, group, what], count)
         yield runs
+
+    def _probe_metrics(self) -> Iterator[Metric]:
+        if self.probes is None:
+            return
+        wait = HistogramMetricFamily(
+            "replwatch_probe_wait_seconds",
+            "Time from writing the probe key on the master to WAIT's answer, for probes that "
+            "got every replica they asked for.",
+            labels=["group"],
+        )
+        acked = GaugeMetricFamily(
+            "replwatch_probe_acked_replicas",
+            "Replicas that acknowledged the newest probe write (WAIT's answer).",
+            labels=["group"],
+        )
+        wanted = GaugeMetricFamily(
+            "replwatch_probe_wanted_replicas",
+            "Replicas the newest probe waited for (probe.replicas, or the online count for all).",
+            labels=["group"],
+        )
+        total = CounterMetricFamily(
+            "replwatch_probe",
+            "WAIT probes by result: ok (enough replicas acknowledged in time), timeout (fewer "
+            "did), error (no answer, or the configured master is a replica).",
+            labels=["group", "result"],
+        )
+        error = GaugeMetricFamily(
+            "replwatch_probe_last_error_info",
+            "Present while the newest probe failed; reason e.g. not_master, timeout, refused.",
+            labels=["group", "reason"],
+        )
+        bounds = self.probes.buckets
+        for name, counts, count, total_seconds, results, last in self.probes.snapshot():
+            buckets = [(f"{b:g}", float(c)) for b, c in zip(bounds, counts, strict=True)]
+            buckets.append(("+Inf", float(count)))
+            wait.add_metric([name], buckets, total_seconds)
+            for result in ("ok", "timeout", "error"):
+                total.add_metric([name, result], results.get(result, 0))
+            if last is not None:
+                if last.acked is not None:
+                    acked.add_metric([name], last.acked)
+                if last.wanted is not None:
+                    wanted.add_metric([name], last.wanted)
+                if last.result == "error" and last.reason:
+                    error.add_metric([name, last.reason], 1)
+        yield from (wait, acked, wanted, total, error)

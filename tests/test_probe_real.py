@@ -1,0 +1,123 @@
+"""WAIT probes against real servers: ok, timeout (paused replica), a replica configured as
+master (nothing written), `replwatch probe` exit codes, and the exported probe metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from replwatch.config import config_from_data
+from replwatch.observe.probe import WaitProber
+from replwatch.state import ProbeStore
+
+from ._servers import Servers, server_builds, wait_linked
+
+
+@pytest.fixture
+def servers(tmp_path: Path) -> Iterator[Servers]:
+    build = next(b for b in server_builds() if b.name == "redis-7.0")
+    s = Servers(build, tmp_path)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def prober(master_url: str, **probe: object) -> WaitProber:
+    cfg = config_from_data(
+        {"probe": {"timeout": "300ms", **probe}, "groups": [{"name": "g", "master": master_url}]}
+    )
+    return WaitProber("g", cfg.groups[0].master, cfg.probe, cfg.tls)
+
+
+def run(p: WaitProber) -> object:
+    async def once() -> object:
+        try:
+            return await p.probe()
+        finally:
+            p.close()
+
+    return asyncio.run(once())
+
+
+@pytest.mark.timeout(60)
+def test_probe_ok_timeout_and_not_master(servers: Servers) -> None:
+    master = servers.start("master")
+    a = servers.start("a", replica_of=master)
+    b = servers.start("b", replica_of=master)
+    wait_linked(a, master)
+    wait_linked(b, master)
+
+    ok = run(prober(master.url))
+    assert ok.result == "ok" and ok.wanted == 2 and ok.acked == 2  # type: ignore[attr-defined]
+    assert 0 < ok.seconds < 0.3  # type: ignore[attr-defined]
+    assert master.client().get("__replwatch:probe") is not None
+    assert 0 < master.client().pttl("__replwatch:probe") <= 10_000
+
+    one = run(prober(master.url, replicas=1))
+    assert one.result == "ok" and one.wanted == 1  # type: ignore[attr-defined]
+
+    b.pause()
+    try:
+        slow = run(prober(master.url))
+        assert slow.result == "timeout"  # type: ignore[attr-defined]
+        assert slow.wanted == 2 and slow.acked == 1  # type: ignore[attr-defined]
+        assert slow.seconds >= 0.3  # type: ignore[attr-defined]
+    finally:
+        b.resume()
+
+    # a replica that accepts writes: the probe must still not write to it
+    a.client().config_set("replica-read-only", "no")
+    a.client().set("__replwatch:probe", "untouched")
+    refused = run(prober(a.url))
+    assert refused.result == "error" and refused.reason == "not_master"  # type: ignore[attr-defined]
+    assert a.client().get("__replwatch:probe") == b"untouched"
+
+
+@pytest.mark.timeout(60)
+def test_probe_command_and_histogram(servers: Servers, tmp_path: Path) -> None:
+    master = servers.start("master")
+    rep = servers.start("replica", replica_of=master)
+    wait_linked(rep, master)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        f'groups:\n  - {{name: good, master: "{master.url}"}}\n'
+        f'  - {{name: wrong, master: "{rep.url}"}}\n'
+    )
+    good = subprocess.run(
+        [sys.executable, "-m", "replwatch", "probe", "-c", str(cfg), "--group", "good"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert good.returncode == 0, good.stderr
+    assert "good: ok: 1/1 replicas acknowledged" in good.stdout
+    both = subprocess.run(
+        [sys.executable, "-m", "replwatch", "probe", "-c", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert both.returncode == 1
+    assert "wrong: error (not_master)" in both.stdout
+
+    store = ProbeStore()
+    for _ in range(3):
+        store.record(run(prober(master.url)))
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from replwatch.exporter.collector import SnapshotCollector
+    from replwatch.state import SnapshotStore
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SnapshotCollector(SnapshotStore(), None, store))
+    text = generate_latest(registry).decode()
+    assert 'replwatch_probe_wait_seconds_count{group="g"} 3.0' in text
+    assert 'replwatch_probe_total{group="g",result="ok"} 3.0' in text
+    assert 'replwatch_probe_acked_replicas{group="g"} 1.0' in text
+    assert 'replwatch_probe_wait_seconds_bucket{group="g",le="+Inf"} 3.0' in text
