@@ -19,6 +19,7 @@ from replwatch.exporter.collector import SnapshotCollector
 from replwatch.exporter.server import ExporterHTTPServer
 from replwatch.observe.group_monitor import GroupMonitor
 from replwatch.observe.probe import WaitProber
+from replwatch.routing.engine import RoutingEngine
 from replwatch.scheduler import MonitorScheduler, SchedulerStats
 from replwatch.state import ProbeStore, SnapshotStore
 
@@ -38,10 +39,13 @@ def build_probers(cfg: Config) -> list[WaitProber]:
 
 
 def build_registry(
-    store: SnapshotStore, stats: SchedulerStats | None, probes: ProbeStore | None = None
+    store: SnapshotStore,
+    stats: SchedulerStats | None,
+    probes: ProbeStore | None = None,
+    routing: RoutingEngine | None = None,
 ) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(SnapshotCollector(store, stats, probes))
+    registry.register(SnapshotCollector(store, stats, probes, routing))
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     GCCollector(registry=registry)
@@ -68,6 +72,7 @@ class Daemon:
         probe_store = ProbeStore()
         probers = build_probers(cfg)
         groups = {g.name: g for g in cfg.groups}
+        routing = RoutingEngine(lambda name: cfg.routing_of(groups[name]))
         scheduler = MonitorScheduler(
             monitors,
             store,
@@ -76,10 +81,13 @@ class Daemon:
             stats,
             [(p, cfg.probe_of(groups[p.group]).interval) for p in probers],
             probe_store,
+            routing,
         )
-        registry = build_registry(store, stats, probe_store)
+        registry = build_registry(store, stats, probe_store, routing)
         try:
-            http = ExporterHTTPServer((cfg.exporter.host, cfg.exporter.port), registry, store.ready)
+            http = ExporterHTTPServer(
+                (cfg.exporter.host, cfg.exporter.port), registry, store.ready, routing
+            )
         except OSError as exc:
             scheduler.shutdown()
             raise ReplwatchError(

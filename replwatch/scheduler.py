@@ -22,6 +22,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from replwatch.observe.group_monitor import GroupMonitor
 from replwatch.observe.probe import WaitProber
+from replwatch.routing.engine import RoutingEngine
 from replwatch.state import ProbeStore, SnapshotStore
 
 log = logging.getLogger("replwatch.scheduler")
@@ -53,7 +54,9 @@ class MonitorScheduler:
         stats: SchedulerStats,
         probers: Iterable[tuple[WaitProber, float]] = (),
         probe_store: ProbeStore | None = None,
+        routing: RoutingEngine | None = None,
     ) -> None:
+        self.routing = routing
         self.monitors = {m.name: m for m in monitors}
         self.probers = {p.group: (p, interval) for p, interval in probers}
         self.probe_store = probe_store
@@ -82,6 +85,8 @@ class MonitorScheduler:
         monitor = self.monitors[name]
         snapshot = await monitor.poll_cycle()
         self.store.put(snapshot)
+        if self.routing is not None:
+            self.routing.update(snapshot)
         self.stats.add("poll", name, "completed")
 
     async def heartbeat_group(self, name: str) -> None:

@@ -20,6 +20,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from replwatch import __version__
+from replwatch.routing.engine import RoutingEngine
 from replwatch.scheduler import SchedulerStats
 from replwatch.state import GroupSnapshot, ProbeStore, ReplicaView, SnapshotStore
 
@@ -122,7 +123,9 @@ class SnapshotCollector(Collector):
         store: SnapshotStore,
         stats: SchedulerStats | None = None,
         probes: ProbeStore | None = None,
+        routing: RoutingEngine | None = None,
     ) -> None:
+        self.routing = routing
         self.store = store
         self.stats = stats
         self.probes = probes
@@ -137,6 +140,7 @@ class SnapshotCollector(Collector):
         yield from self._replica_metrics(snapshots)
         yield from self._scheduler_metrics()
         yield from self._probe_metrics()
+        yield from self._routing_metrics()
         build = GaugeMetricFamily(
             "replwatch_build_info",
             "replwatch version and Python version; always 1.",
@@ -314,3 +318,42 @@ class SnapshotCollector(Collector):
                 if last.result == "error" and last.reason:
                     error.add_metric([name, last.reason], 1)
         yield from (wait, acked, wanted, total, error)
+
+    def _routing_metrics(self) -> Iterator[Metric]:
+        if self.routing is None:
+            return
+        in_rotation = GaugeMetricFamily(
+            "replwatch_routing_in_rotation",
+            "1 while the replica should serve reads (after guards), 0 while it is out.",
+            labels=["group", "replica"],
+        )
+        on_master = GaugeMetricFamily(
+            "replwatch_routing_reads_on_master",
+            "1 when no replica serves and reads go to the group's master.",
+            labels=["group"],
+        )
+        degraded = GaugeMetricFamily(
+            "replwatch_routing_degraded",
+            "1 when the group's master is unreachable (or not a master): reads are never sent "
+            "to it; answering replicas keep serving.",
+            labels=["group"],
+        )
+        serving = GaugeMetricFamily(
+            "replwatch_routing_replicas_in_rotation",
+            "Number of the group's replicas serving reads.",
+            labels=["group"],
+        )
+        for table in self.routing.tables():
+            for e in table.replicas:
+                in_rotation.add_metric([table.group, e.replica], 1 if e.in_rotation else 0)
+            on_master.add_metric([table.group], 1 if table.reads_on_master else 0)
+            degraded.add_metric([table.group], 1 if table.degraded else 0)
+            serving.add_metric([table.group], sum(e.in_rotation for e in table.replicas))
+        transitions = CounterMetricFamily(
+            "replwatch_routing_transitions",
+            "Times a replica went into (to=in) or out of (to=out) read rotation.",
+            labels=["group", "replica", "to"],
+        )
+        for (group, replica, to), count in self.routing.transitions():
+            transitions.add_metric([group, replica, to], count)
+        yield from (in_rotation, on_master, degraded, serving, transitions)

@@ -3,14 +3,18 @@ snapshot store (through the registry's collectors), so a slow Redis never slows 
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
+
+from replwatch.routing.engine import RoutingEngine
 
 log = logging.getLogger("replwatch.http")
 
@@ -50,6 +54,10 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(200, "text/plain; charset=utf-8", b"ready\n")
             else:
                 self._send(503, "text/plain; charset=utf-8", b"not ready: first poll pending\n")
+        elif path == "/routing" or path.startswith("/routing/"):
+            self._routing(path)
+        elif path.startswith("/health/replica/"):
+            self._replica_health(path)
         elif path == "/":
             body = (
                 b"<html><head><title>replwatch</title></head><body><h1>replwatch</h1>"
@@ -61,6 +69,62 @@ class _Handler(BaseHTTPRequestHandler):
 
     do_HEAD = do_GET
 
+    def _json(self, status: int, data: object) -> None:
+        body = (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()
+        self._send(status, "application/json", body)
+
+    def _routing(self, path: str) -> None:
+        routing = self.server.routing
+        if routing is None:
+            self._json(404, {"error": "routing is not enabled"})
+            return
+        if path == "/routing":
+            self._json(200, {"groups": [t.to_dict() for t in routing.tables()]})
+            return
+        group = unquote(path[len("/routing/") :])
+        table = routing.table(group)
+        if table is None:
+            self._json(404, {"error": f"no group {group!r}"})
+        else:
+            self._json(200, table.to_dict())
+
+    def _replica_health(self, path: str) -> None:
+        """200 while the replica is in rotation (and, with ?max_lag_seconds=, its lag is at
+        most that), else 503 — the contract HAProxy/Envoy/Kubernetes checks expect."""
+        routing = self.server.routing
+        parts = path[len("/health/replica/") :].split("/")
+        if routing is None or len(parts) != 2:
+            self._send(404, "text/plain; charset=utf-8", b"use /health/replica/<group>/<replica>\n")
+            return
+        group, replica = unquote(parts[0]), unquote(parts[1])
+        table = routing.table(group)
+        entry = table.entry(replica) if table is not None else None
+        if entry is None:
+            self._send(404, "text/plain; charset=utf-8", b"unknown group or replica\n")
+            return
+        query = parse_qs(urlsplit(self.path).query)
+        ok, why = entry.in_rotation, entry.reason
+        if ok and "max_lag_seconds" in query:
+            try:
+                limit = float(query["max_lag_seconds"][0])
+            except ValueError:
+                self._send(400, "text/plain; charset=utf-8", b"max_lag_seconds must be a number\n")
+                return
+            if entry.lag_seconds is None or entry.lag_seconds > limit:
+                ok, why = False, f"lag {entry.lag_seconds} > max_lag_seconds {limit:g}"
+        status = 200 if ok else 503
+        self._json(
+            status,
+            {
+                "group": group,
+                "replica": replica,
+                "in_rotation": ok,
+                "reason": why,
+                "lag_seconds": entry.lag_seconds,
+                "lag_bytes": entry.lag_bytes,
+            },
+        )
+
 
 class ExporterHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
@@ -71,7 +135,9 @@ class ExporterHTTPServer(ThreadingHTTPServer):
         address: tuple[str, int],
         registry: CollectorRegistry,
         is_ready: Callable[[], bool],
+        routing: RoutingEngine | None = None,
     ) -> None:
+        self.routing = routing
         self.registry = registry
         self.is_ready = is_ready
         super().__init__(address, _Handler)

@@ -1,0 +1,124 @@
+"""Routing against real servers through the daemon's HTTP API: a paused replica leaves
+rotation (health 503, reads move to the master when it was the only one), comes back after it
+recovers; a dead master makes the group degraded and is never offered for reads."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ._servers import RedisProc, Servers, free_port, server_builds, wait_for, wait_linked
+from .test_daemon_e2e import fetch, metric_value
+
+
+@pytest.fixture
+def servers(tmp_path: Path) -> Iterator[Servers]:
+    build = next(b for b in server_builds() if b.name == "redis-7.0")
+    s = Servers(build, tmp_path)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def start_daemon(
+    tmp_path: Path, master: RedisProc, replicas: list[RedisProc]
+) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    cfg = tmp_path / "c.yaml"
+    reps = ", ".join(f'"{r.url}"' for r in replicas)
+    cfg.write_text(
+        f'exporter: {{listen: "127.0.0.1:{port}"}}\n'
+        "poll: {interval: 250ms, timeout: 200ms}\nheartbeat: {interval: 100ms}\n"
+        "routing: {trip: {lag_seconds: 1, for: 500ms}, recover: {lag_seconds: 0.3, for: 1s}}\n"
+        f'groups: [{{name: g, master: "{master.url}", replicas: [{reps}]}}]\n'
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "replwatch", "run", "-c", str(cfg)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    wait_for(lambda: fetch(base + "/-/ready")[0] == 200, 15, "daemon ready")
+    return proc, base
+
+
+def stop_daemon(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+@pytest.mark.timeout(90)
+def test_paused_replica_leaves_and_rejoins_rotation(servers: Servers, tmp_path: Path) -> None:
+    master = servers.start("master")
+    a = servers.start("a", replica_of=master)
+    b = servers.start("b", replica_of=master)
+    wait_linked(a, master)
+    wait_linked(b, master)
+    proc, base = start_daemon(tmp_path, master, [a, b])
+    health_a = f"{base}/health/replica/g/{a.label}"
+    try:
+        wait_for(lambda: fetch(health_a)[0] == 200, 10, "a in rotation")
+        assert fetch(health_a + "?max_lag_seconds=0.000001")[0] in (200, 503)
+        a.pause()
+        wait_for(lambda: fetch(health_a)[0] == 503, 10, "a out of rotation")
+        body = json.loads(fetch(health_a)[1])
+        assert body["in_rotation"] is False and body["reason"]
+        table = json.loads(fetch(f"{base}/routing/g")[1])
+        assert table["read_from"] == [b.label] and table["reads_on_master"] is False
+        b.pause()
+        wait_for(
+            lambda: json.loads(fetch(f"{base}/routing/g")[1])["reads_on_master"],
+            10,
+            "reads moved to the master",
+        )
+        text = fetch(base + "/metrics")[1]
+        assert metric_value(text, "replwatch_routing_reads_on_master", group="g") == 1
+        assert metric_value(text, "replwatch_routing_in_rotation", replica=a.label) == 0
+        a.resume()
+        b.resume()
+        wait_for(lambda: fetch(health_a)[0] == 200, 15, "a back in rotation")
+        text = fetch(base + "/metrics")[1]
+        assert (
+            metric_value(text, "replwatch_routing_transitions_total", replica=a.label, to="out")
+            or 0
+        ) >= 1
+        assert (
+            metric_value(text, "replwatch_routing_transitions_total", replica=a.label, to="in") or 0
+        ) >= 1
+        whole = json.loads(fetch(base + "/routing")[1])
+        assert [g["group"] for g in whole["groups"]] == ["g"]
+        assert fetch(f"{base}/routing/nope")[0] == 404
+        assert fetch(f"{base}/health/replica/g/nope:1")[0] == 404
+    finally:
+        a.resume()
+        b.resume()
+        stop_daemon(proc)
+
+
+@pytest.mark.timeout(60)
+def test_dead_master_degrades_group(servers: Servers, tmp_path: Path) -> None:
+    master = servers.start("master")
+    a = servers.start("a", replica_of=master)
+    wait_linked(a, master)
+    proc, base = start_daemon(tmp_path, master, [a])
+    try:
+        master.stop()
+        wait_for(lambda: json.loads(fetch(f"{base}/routing/g")[1])["degraded"], 10, "degraded")
+        table = json.loads(fetch(f"{base}/routing/g")[1])
+        assert table["reads_on_master"] is False
+        assert master.label not in table["read_from"]
+        assert table["read_from"] == [a.label]  # answers: keeps serving, possibly stale
+        text = fetch(base + "/metrics")[1]
+        assert metric_value(text, "replwatch_routing_degraded", group="g") == 1
+    finally:
+        stop_daemon(proc)
