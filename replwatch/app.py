@@ -20,6 +20,7 @@ from replwatch.exporter.server import ExporterHTTPServer
 from replwatch.observe.group_monitor import GroupMonitor
 from replwatch.observe.probe import WaitProber
 from replwatch.routing.engine import RoutingEngine
+from replwatch.routing.publisher import RoutingPublisher
 from replwatch.scheduler import MonitorScheduler, SchedulerStats
 from replwatch.state import ProbeStore, SnapshotStore
 
@@ -82,6 +83,7 @@ class Daemon:
             [(p, cfg.probe_of(groups[p.group]).interval) for p in probers],
             probe_store,
             routing,
+            RoutingPublisher(cfg.publish, routing.tables, cfg.tls) if cfg.publish.url else None,
         )
         registry = build_registry(store, stats, probe_store, routing)
         try:

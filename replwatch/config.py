@@ -359,6 +359,23 @@ class GroupConfig(_Strict):
         return self
 
 
+class PublishConfig(_Strict):
+    """Where the routing table is published for applications (ReadRouter): a key holding the
+    whole table as JSON, and a pub/sub channel announcing it, on change and every interval."""
+
+    url: Endpoint | None = None
+    key: str = "replwatch:routing"
+    channel: str = "replwatch:routing"
+    interval: Duration = 2.0
+
+    @field_validator("interval")
+    @classmethod
+    def _interval(cls, v: float) -> float:
+        if v < 0.1:
+            raise PydanticCustomError("publish", "must be at least 100ms")
+        return v
+
+
 class SyncTask(_Strict):
     name: str
     source: Endpoint
@@ -384,6 +401,7 @@ class Config(_Strict):
     groups: list[GroupConfig] = Field(default_factory=list)
     routing: RoutingConfig = RoutingConfig()
     probe: ProbeConfig = ProbeConfig()
+    publish: PublishConfig = PublishConfig()
     sync: SyncConfig = SyncConfig()
     admin: AdminConfig = AdminConfig()
 

@@ -23,6 +23,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from replwatch.observe.group_monitor import GroupMonitor
 from replwatch.observe.probe import WaitProber
 from replwatch.routing.engine import RoutingEngine
+from replwatch.routing.publisher import RoutingPublisher
 from replwatch.state import ProbeStore, SnapshotStore
 
 log = logging.getLogger("replwatch.scheduler")
@@ -55,8 +56,10 @@ class MonitorScheduler:
         probers: Iterable[tuple[WaitProber, float]] = (),
         probe_store: ProbeStore | None = None,
         routing: RoutingEngine | None = None,
+        publisher: RoutingPublisher | None = None,
     ) -> None:
         self.routing = routing
+        self.publisher = publisher
         self.monitors = {m.name: m for m in monitors}
         self.probers = {p.group: (p, interval) for p, interval in probers}
         self.probe_store = probe_store
@@ -87,6 +90,8 @@ class MonitorScheduler:
         self.store.put(snapshot)
         if self.routing is not None:
             self.routing.update(snapshot)
+            if self.publisher is not None:
+                await self.publisher.publish_if_changed()
         self.stats.add("poll", name, "completed")
 
     async def heartbeat_group(self, name: str) -> None:
@@ -132,7 +137,19 @@ class MonitorScheduler:
             self._scheduler.add_job(
                 self.probe_group, "interval", seconds=interval, args=[name], id=f"probe:{name}"
             )
+        if self.publisher is not None:
+            self._scheduler.add_job(
+                self.publish_routing,
+                "interval",
+                seconds=self.publisher.config.interval,
+                id="publish:routing",
+            )
         self._scheduler.start()
+
+    async def publish_routing(self) -> None:
+        if self.publisher is not None:
+            ok = await self.publisher.publish()
+            self.stats.add("publish", "routing", "ok" if ok else "failed")
 
     def shutdown(self) -> None:
         if self._scheduler.running:
@@ -141,3 +158,5 @@ class MonitorScheduler:
             monitor.close()
         for prober, _ in self.probers.values():
             prober.close()
+        if self.publisher is not None:
+            self.publisher.close()

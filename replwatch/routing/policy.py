@@ -46,6 +46,7 @@ class RouteEntry:
     lag_seconds: float | None
     lag_bytes: int | None
     since: float  # when the replica's state machine last changed (wall-clock seconds)
+    applied_offset: int | None = None  # for read-your-writes in ReadRouter
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +58,15 @@ class RoutingTable:
     reads_on_master: bool
     replicas: tuple[RouteEntry, ...]
     updated_at: float
+    master_offset: int | None = None
+
+    def signature(self) -> tuple[object, ...]:
+        """What a change of is worth announcing at once."""
+        return (
+            self.degraded,
+            self.reads_on_master,
+            tuple((e.replica, e.in_rotation) for e in self.replicas),
+        )
 
     def entry(self, replica: str) -> RouteEntry | None:
         return next((e for e in self.replicas if e.replica == replica), None)
@@ -68,6 +78,7 @@ class RoutingTable:
             "master_up": self.master_up,
             "degraded": self.degraded,
             "reads_on_master": self.reads_on_master,
+            "master_offset": self.master_offset,
             "read_from": [e.replica for e in self.replicas if e.in_rotation]
             or ([self.master] if self.reads_on_master else []),
             "replicas": [
@@ -78,6 +89,7 @@ class RoutingTable:
                     "lag_seconds": e.lag_seconds,
                     "lag_bytes": e.lag_bytes,
                     "since": e.since,
+                    "applied_offset": e.applied_offset,
                 }
                 for e in self.replicas
             ],
@@ -204,6 +216,7 @@ def decide(
             lag_seconds=views[label].lag_seconds,
             lag_bytes=views[label].lag_bytes,
             since=new_states[label].changed_at,
+            applied_offset=(views[label].applied_offset if views[label].following_master else None),
         )
         for label in views
     )
@@ -215,5 +228,6 @@ def decide(
         reads_on_master=master_ok and not any(serving.values()),
         replicas=entries,
         updated_at=now,
+        master_offset=snapshot.master_offset,
     )
     return table, new_states
