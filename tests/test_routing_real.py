@@ -4,13 +4,17 @@ recovers; a dead master makes the group degraded and is never offered for reads.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from replwatch.demo import ThrottledRelay
 
 from ._servers import RedisProc, Servers, free_port, server_builds, wait_for, wait_linked
 from .test_daemon_e2e import fetch, metric_value
@@ -122,3 +126,92 @@ def test_dead_master_degrades_group(servers: Servers, tmp_path: Path) -> None:
         assert metric_value(text, "replwatch_routing_degraded", group="g") == 1
     finally:
         stop_daemon(proc)
+
+
+class Relays:
+    """Bandwidth-limited TCP relays (the demo's) on an event loop in a thread."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.relays: list[ThrottledRelay] = []
+
+    def add(self, upstream_port: int, rate: int) -> int:
+        relay = ThrottledRelay(upstream_port, rate)
+        asyncio.run_coroutine_threadsafe(relay.start(), self.loop).result(5)
+        self.relays.append(relay)
+        return relay.port
+
+    def close(self) -> None:
+        for relay in self.relays:
+            asyncio.run_coroutine_threadsafe(relay.close(), self.loop).result(5)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=5)
+
+
+@pytest.mark.timeout(90)
+def test_floor_guard_holds_when_every_replica_lags(servers: Servers, tmp_path: Path) -> None:
+    """Both replicas starved (reachable, but fed slower than the master writes): with
+    min_in_rotation 1 the less lagged one keeps serving; reads do not all go to the master."""
+    master = servers.start("master")
+    relays = Relays()
+    stop = threading.Event()
+    writer: threading.Thread | None = None
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        a = servers.start("a", ["--replicaof", "127.0.0.1", str(relays.add(master.port, 64_000))])
+        b = servers.start("b", ["--replicaof", "127.0.0.1", str(relays.add(master.port, 32_000))])
+        wait_linked(a, master)
+        wait_linked(b, master)
+        port = free_port()
+        cfg = tmp_path / "guard.yaml"
+        cfg.write_text(
+            f'exporter: {{listen: "127.0.0.1:{port}"}}\n'
+            "poll: {interval: 250ms, timeout: 200ms}\nheartbeat: {interval: 100ms}\n"
+            "routing: {trip: {lag_seconds: 1, for: 250ms}, recover: {lag_seconds: 0.3, for: 1s},"
+            " min_in_rotation: 1}\n"
+            f'groups: [{{name: g, master: "{master.url}", replicas: ["{a.url}", "{b.url}"]}}]\n'
+        )
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "replwatch", "run", "-c", str(cfg)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        base = f"http://127.0.0.1:{port}"
+        wait_for(lambda: fetch(base + "/-/ready")[0] == 200, 15, "daemon ready")
+
+        def write() -> None:
+            client = master.client()
+            value = "v" * 1000
+            n = 0
+            while not stop.is_set():
+                pipe = client.pipeline(transaction=False)
+                for _ in range(20):
+                    n += 1
+                    pipe.set(f"load:{n % 2000}", value)
+                pipe.execute()
+                stop.wait(0.1)  # ~200 KB/s, over both relays' rates
+
+        writer = threading.Thread(target=write, daemon=True)
+        writer.start()
+
+        def both_lag() -> bool:
+            t = json.loads(fetch(f"{base}/routing/g")[1])
+            return all((r["lag_seconds"] or 0) > 1.5 for r in t["replicas"])
+
+        wait_for(both_lag, 20, "both replicas lag past the trip threshold")
+        table = json.loads(fetch(f"{base}/routing/g")[1])
+        assert table["reads_on_master"] is False
+        assert table["read_from"] == [a.label]
+        lags = {r["replica"]: r["lag_seconds"] for r in table["replicas"]}
+        assert lags[a.label] < lags[b.label]
+        entry = next(r for r in table["replicas"] if r["replica"] == a.label)
+        assert "kept by guard" in entry["reason"]
+    finally:
+        stop.set()
+        if writer is not None:
+            writer.join(timeout=5)
+        if proc is not None:
+            stop_daemon(proc)
+        relays.close()

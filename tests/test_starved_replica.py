@@ -14,7 +14,9 @@ the replica has applied everything up to m; truth lag = now - m (resolution: one
 about 20 ms).
 
 Asserts, at several moments while the truth is above 3 s: replwatch's best estimate is within
-0.5 s of the truth, and INFO's ACK age (replwatch_replica_ack_age_seconds) stays <= 1.
+0.5 s of the truth, and INFO's ACK age (replwatch_replica_ack_age_seconds) stays <= 1. The
+routing engine takes the replica out of rotation on lag (it answers all along), and puts it
+back once the load stops and it has caught up: exactly one transition each way.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import pytest
 
 from replwatch.config import config_from_data
 from replwatch.observe.group_monitor import GroupMonitor
+from replwatch.routing.engine import RoutingEngine
 
 from ._servers import RedisProc, have_netns_tools, server_builds, wait_for
 from .test_monitor_real import Driver, replica
@@ -175,6 +178,7 @@ def test_starved_replica_true_lag_vs_ack_age(link: StarvedLink, tmp_path: Path) 
             }
         )
         drv = Driver(GroupMonitor(cfg.groups[0], cfg.poll, cfg.heartbeat, cfg.lag, cfg.tls))
+        routing = RoutingEngine(lambda _: cfg.routing)
 
         def write() -> None:
             client = master.client()
@@ -197,6 +201,7 @@ def test_starved_replica_true_lag_vs_ack_age(link: StarvedLink, tmp_path: Path) 
         deadline = time.monotonic() + 40
         while checked < 4 and time.monotonic() < deadline:
             snap = drv.cycle()
+            routing.update(snap)
             seen = rep_client.get("truth:marker")
             truth = time.time() - float(seen) if seen else None
             r = replica(snap, rep.label)
@@ -212,6 +217,22 @@ def test_starved_replica_true_lag_vs_ack_age(link: StarvedLink, tmp_path: Path) 
             time.sleep(0.5)
         assert checked == 4, "the replica never fell more than 3 s behind"
         assert max_ack_age <= 1.0
+        # routing saw it: out of rotation on lag (the replica answered all along)
+        entry = routing.table("g").entry(rep.label)  # type: ignore[union-attr]
+        assert entry is not None and not entry.in_rotation and entry.reason.startswith("lag")
+
+        # the load stops; the replica catches up through the same 1 Mbit/s and comes back
+        stop.set()
+        writer.join(timeout=5)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            routing.update(drv.cycle())
+            entry = routing.table("g").entry(rep.label)  # type: ignore[union-attr]
+            if entry is not None and entry.in_rotation:
+                break
+            time.sleep(0.25)
+        assert entry is not None and entry.in_rotation, entry
+        assert routing.transitions() == [(("g", rep.label, "in"), 1), (("g", rep.label, "out"), 1)]
     finally:
         stop.set()
         if writer is not None:
