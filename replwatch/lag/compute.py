@@ -235,7 +235,9 @@ def compute_group(
             since = current_at if current_at is not None else seen_at
             floor: float | None = max(0.0, now_mono - since)
             if info is not None and info.link_down_since_seconds is not None:
-                floor = max(floor or 0.0, info.link_down_since_seconds)
+                # a difference of two whole-second unix times: it reads 1 as soon as 0.1 s
+                # after the link broke, so only value - 1 is a floor
+                floor = max(floor or 0.0, info.link_down_since_seconds - 1.0)
             if floor is not None and (best is None or floor > best):
                 best, source = floor, "contact"
 

@@ -227,17 +227,23 @@ class Connection:
         payload = b"".join(encode_command(c) for c in commands)
         return await self.execute_encoded(payload, len(commands), timeout, raise_errors)
 
+    def send_encoded(self, payload: bytes, count: int) -> asyncio.Future[list[Any]]:
+        """Write a pipeline now; the future gets its `count` replies. No timeout: a caller
+        that gives up on it must close() the connection (its stream position is unknown)."""
+        if self.closed:
+            raise RedisError("connection is closed", reason="reset")
+        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        self._protocol.waiters.append(_Pending(count, future))
+        self._transport.write(payload)
+        return future
+
     async def execute_encoded(
         self, payload: bytes, count: int, timeout: float, raise_errors: bool = True
     ) -> list[Any]:
         """As execute(), for a pipeline already encoded (the poll hot path keeps its
         pipelines encoded once)."""
-        if self.closed:
-            raise RedisError("connection is closed", reason="reset")
+        future = self.send_encoded(payload, count)
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[list[Any]] = loop.create_future()
-        self._protocol.waiters.append(_Pending(count, future))
-        self._transport.write(payload)
 
         def expire() -> None:
             if not future.done():

@@ -8,15 +8,17 @@ it is a replica (after a failover) and says so instead.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
+from typing import Any
 
 import hiredis
 
 from replwatch.config import RedisEndpoint, TLSConfig
 from replwatch.errors import RedisError
 from replwatch.lag.heartbeat import HeartbeatHistory
-from replwatch.observe.connection import Connection, classify_reply_error
+from replwatch.observe.connection import Connection, classify_reply_error, encode_command
 
 HEARTBEAT_SCRIPT = """\
 local info = redis.call('INFO', 'replication')
@@ -50,6 +52,8 @@ class HeartbeatWriter:
         self.history = history
         self.tls = tls
         self._conn: Connection | None = None
+        # the same command every time: encoded once
+        self._evalsha = encode_command(("EVALSHA", HEARTBEAT_SHA, 1, key, self.ttl_ms))
         self.last_ok: bool | None = None
         self.last_error: str | None = None
         self.writes_ok = 0
@@ -64,34 +68,64 @@ class HeartbeatWriter:
                 )
             sent = time.monotonic()
             remaining = max(0.001, started + self.timeout - sent)
-            (reply,) = await self._conn.execute(
-                [("EVALSHA", HEARTBEAT_SHA, 1, self.key, self.ttl_ms)], remaining, False
-            )
+            (reply,) = await self._conn.execute_encoded(self._evalsha, 1, remaining, False)
             if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT"):
                 sent = time.monotonic()
                 remaining = max(0.001, started + self.timeout - sent)
                 (reply,) = await self._conn.execute(
                     [("EVAL", HEARTBEAT_SCRIPT, 1, self.key, self.ttl_ms)], remaining, False
                 )
-            received = time.monotonic()
-            if isinstance(reply, hiredis.ReplyError):
-                message = str(reply)
-                if "REPLWATCH not a master" in message or message.startswith("READONLY"):
-                    raise RedisError("configured master is a replica: not writing", "not_master")
-                raise classify_reply_error(message)
-            micros = int(reply)
-            self.history.record(micros / 1_000_000, sent, received)
-            self.last_ok, self.last_error = True, None
-            self.writes_ok += 1
-            return True
+            return self._handle_reply(reply, sent, time.monotonic())
         except (RedisError, ValueError, TypeError) as exc:
-            reason = getattr(exc, "reason", "protocol")
-            if self._conn is not None and reason != "not_master":
-                self._conn.close()
-                self._conn = None
-            self.last_ok, self.last_error = False, reason
-            self.writes_failed += 1
-            return False
+            return self._failed(getattr(exc, "reason", "protocol"))
+
+    def begin(self) -> tuple[asyncio.Future[list[Any]], float] | None:
+        """The fast path for a round of writes over many groups: send now on the open
+        connection and let the caller await all futures together. None when a connect is
+        needed first (use write_once)."""
+        if self._conn is None or self._conn.closed:
+            return None
+        try:
+            return self._conn.send_encoded(self._evalsha, 1), time.monotonic()
+        except RedisError:
+            return None
+
+    def finish(
+        self, future: asyncio.Future[list[Any]], sent: float, received: float | None
+    ) -> bool | None:
+        """Account for a begin()'s write. None: the script was not loaded yet (NOSCRIPT);
+        call write_once, which loads it."""
+        if not future.done():
+            return self._failed("timeout")
+        if future.exception() is not None:
+            return self._failed(getattr(future.exception(), "reason", "error"))
+        reply = future.result()[0]
+        if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT"):
+            return None
+        try:
+            return self._handle_reply(reply, sent, received or time.monotonic())
+        except (RedisError, ValueError, TypeError) as exc:
+            return self._failed(getattr(exc, "reason", "protocol"))
+
+    def _handle_reply(self, reply: Any, sent: float, received: float) -> bool:
+        if isinstance(reply, hiredis.ReplyError):
+            message = str(reply)
+            if "REPLWATCH not a master" in message or message.startswith("READONLY"):
+                raise RedisError("configured master is a replica: not writing", "not_master")
+            raise classify_reply_error(message)
+        micros = int(reply)
+        self.history.record(micros / 1_000_000, sent, received)
+        self.last_ok, self.last_error = True, None
+        self.writes_ok += 1
+        return True
+
+    def _failed(self, reason: str) -> bool:
+        if self._conn is not None and reason != "not_master":
+            self._conn.close()
+            self._conn = None
+        self.last_ok, self.last_error = False, reason
+        self.writes_failed += 1
+        return False
 
     def close(self) -> None:
         if self._conn is not None:
