@@ -215,3 +215,57 @@ def test_floor_guard_holds_when_every_replica_lags(servers: Servers, tmp_path: P
         if proc is not None:
             stop_daemon(proc)
         relays.close()
+
+
+@pytest.mark.timeout(90)
+def test_lag_hovering_around_threshold_does_not_flap(servers: Servers, tmp_path: Path) -> None:
+    """The replica stalls (paused until it is taken out) and recovers, again and again. Each
+    time replwatch sees it healthy again (reason "recovering") but, since it never stays
+    healthy for recover.for (3 s), keeps it out: one transition, not one per stall."""
+    master = servers.start("master")
+    a = servers.start("a", replica_of=master)
+    b = servers.start("b", replica_of=master)
+    wait_linked(a, master)
+    wait_linked(b, master)
+    port = free_port()
+    cfg = tmp_path / "hover.yaml"
+    cfg.write_text(
+        f'exporter: {{listen: "127.0.0.1:{port}"}}\n'
+        "poll: {interval: 200ms, timeout: 150ms}\nheartbeat: {interval: 100ms}\n"
+        "routing: {trip: {lag_seconds: 0.5, for: 200ms}, recover: {lag_seconds: 0.2, for: 3s}}\n"
+        f'groups: [{{name: g, master: "{master.url}", replicas: ["{a.url}", "{b.url}"]}}]\n'
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "replwatch", "run", "-c", str(cfg)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    health = f"{base}/health/replica/g/{a.label}"
+
+    def transitions(to: str) -> float:
+        text = fetch(base + "/metrics")[1]
+        return (
+            metric_value(text, "replwatch_routing_transitions_total", replica=a.label, to=to) or 0.0
+        )
+
+    try:
+        wait_for(lambda: fetch(health)[0] == 200, 15, "a in rotation")
+        for _ in range(5):
+            a.pause()
+            wait_for(lambda: fetch(health)[0] == 503, 5, "a out while stalled")
+            a.resume()
+            # caught up again (the replica answers and its link is up) ...
+            wait_for(
+                lambda: a.client().info("replication")["master_link_status"] == "up",
+                5,
+                "a answering again",
+            )
+            # ... but for less than recover.for: it must stay out
+            assert fetch(health)[0] == 503
+        assert transitions("out") == 1 and transitions("in") == 0
+        wait_for(lambda: fetch(health)[0] == 200, 10, "a back after a calm recover window")
+        assert transitions("in") == 1
+    finally:
+        a.resume()
+        stop_daemon(proc)
