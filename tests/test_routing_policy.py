@@ -64,13 +64,20 @@ MID = {"lag_seconds": 1.0}  # between recover (0.5) and trip (2)
 CASES = [
     ("healthy stays in", [(t, view()) for t in range(5)], [True] * 5),
     (
-        "brief spike shorter than trip.for",
-        [(0, view(**LAG)), (0.5, view()), (1.5, view())],
+        "byte lag spike shorter than trip.for",
+        [(0, view(lag_bytes=5000)), (0.5, view()), (1.5, view())],
         [True, True, True],
     ),
     (
-        "lag held for trip.for trips",
-        [(0, view(**LAG)), (0.5, view(**LAG)), (1.0, view(**LAG))],
+        "lag just over the threshold must hold for trip.for",
+        [(0, view(lag_seconds=2.2)), (0.5, view(lag_seconds=2.4)), (1.0, view(lag_seconds=2.5))],
+        [True, True, False],
+    ),
+    # 3 s of lag against a 2 s threshold proves 1 s above it already: out at once
+    ("lag proving trip.for: out at once", [(0, view(**LAG))], [False]),
+    (
+        "lag proving part of trip.for",
+        [(0, view(lag_seconds=2.5)), (0.4, view(lag_seconds=2.4)), (0.5, view(lag_seconds=2.5))],
         [True, True, False],
     ),
     ("byte lag trips too", [(0, view(lag_bytes=5000)), (1, view(lag_bytes=5000))], [True, False]),
@@ -114,7 +121,7 @@ def test_oscillating_lag_flaps_at_most_once_per_recover_window() -> None:
     # it trips in the first high phase and, never staying low for recover.for (5 s), stays out
     obs = [(t / 2, view(**(LAG if (t // 6) % 2 == 0 else LOW))) for t in range(120)]
     states = run(obs)
-    transitions = sum(1 for a, b in itertools.pairwise(states) if a != b)
+    transitions = sum(1 for a, b in itertools.pairwise([True, *states]) if a != b)
     assert transitions == 1 and states[-1] is False
 
 

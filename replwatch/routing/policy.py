@@ -3,7 +3,9 @@
 Per replica a state machine, in rotation <-> out:
 - out at once: unreachable, full sync in progress, link down, following another master, lag
   unknown (a hard reason);
-- out when lag (best estimate, seconds) or byte lag stays above `trip` for `trip.for`;
+- out when lag (best estimate, seconds) or byte lag stays above `trip` for `trip.for`; a lag of
+  L seconds proves the replica has been above a threshold T for L - T seconds already (its data
+  only moves forward), so that time counts towards `trip.for` too;
 - back in only after lag stays at or below `recover` (lower thresholds) for `recover.for`,
   whatever took it out: hysteresis both ways, so lag hovering at a threshold does not flap.
 
@@ -146,6 +148,12 @@ def step(
         if over is None:
             return replace(state, over_since=None, reason="ok")
         over_since = state.over_since if state.over_since is not None else now
+        t = cfg.trip.lag_seconds
+        if t is not None and r.lag_seconds is not None and r.lag_seconds > t:
+            # a replica whose data is L seconds old now had data at least L - (now - x) old at
+            # any earlier moment x (it only moves forward), so it has been above the threshold
+            # since now - (L - T) at the latest: `for` counts proven time above it
+            over_since = min(over_since, now - (r.lag_seconds - t))
         if now - over_since >= cfg.trip.for_:
             return ReplicaRouteState(False, over, now)
         return replace(state, over_since=over_since, reason=f"ok (over trip: {over})")
