@@ -1,0 +1,42 @@
+"""Fixtures for tests against real servers (see tests/harness.py).
+
+- `server_build`: parametrised over the four builds (ids redis-7.0, redis-6.2, valkey-8.1,
+  valkey-9.1). A build that is not installed fails its tests when CI=true and skips them
+  otherwise.
+- `redis_servers`: a ServerSet of that build; every process it started is stopped at teardown,
+  whatever the test did (paused processes are continued first).
+- `debian_servers`: a ServerSet of Debian's redis-server 7.0, for scenarios that run on one
+  build only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .harness import EXPECTED_BUILDS, ServerBuild, ServerSet, require_build
+
+
+@pytest.fixture(params=EXPECTED_BUILDS)
+def server_build(request: pytest.FixtureRequest) -> ServerBuild:
+    return require_build(request.param)
+
+
+@pytest.fixture
+def redis_servers(server_build: ServerBuild, tmp_path: Path) -> Iterator[ServerSet]:
+    servers = ServerSet(server_build, tmp_path)
+    try:
+        yield servers
+    finally:
+        servers.close()
+
+
+@pytest.fixture
+def debian_servers(tmp_path: Path) -> Iterator[ServerSet]:
+    servers = ServerSet(require_build("redis-7.0"), tmp_path)
+    try:
+        yield servers
+    finally:
+        servers.close()
