@@ -221,7 +221,9 @@ def test_master_restart_resets_offset_clock(redis70: Servers) -> None:
         old_replid = snap.master_replid
         master.restart()
         snap = drv.until(lambda s: s.master_replid not in (None, old_replid), 10, "new replid")
-        assert snap.offset_resets == resets + 1
+        # +1, or +2: a master restarted without persistence takes one more new replication id
+        # when its first replica attaches (a new backlog always gets a new id)
+        assert snap.offset_resets in (resets + 1, resets + 2)
         snap = drv.until(
             lambda s: (
                 replica(s, rep.label).following_master
