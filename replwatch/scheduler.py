@@ -101,8 +101,6 @@ class MonitorScheduler:
         self.store.put(snapshot)
         if self.routing is not None:
             self.routing.update(snapshot)
-            if self.publisher is not None:
-                await self.publisher.publish_if_changed()
         self.stats.add("poll", name, "completed")
 
     async def heartbeat_group(self, name: str) -> None:
@@ -129,6 +127,9 @@ class MonitorScheduler:
         """One poll cycle of every group, concurrently. Each node has its own timeout, so a
         slow or black-holed node bounds only its own group's cycle at poll.timeout."""
         await asyncio.gather(*(self.poll_group(name) for name in self.monitors))
+        if self.publisher is not None:
+            # once per cycle (not per group): announce at once when any group's routing changed
+            await self.publisher.publish_if_changed()
 
     async def heartbeat_all(self) -> None:
         """One heartbeat per group: every write is sent first, then all are awaited together

@@ -96,6 +96,7 @@ class HeartbeatWriter:
         """Account for a begin()'s write. None: the script was not loaded yet (NOSCRIPT);
         call write_once, which loads it."""
         if not future.done():
+            future.cancel()  # abandoned: closing the connection must not leave an error unread
             return self._failed("timeout")
         if future.exception() is not None:
             return self._failed(getattr(future.exception(), "reason", "error"))
