@@ -6,6 +6,7 @@ secrets are SecretStr and never appear in reprs, errors or logs.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Iterator, Mapping
@@ -41,6 +42,8 @@ def parse_duration(value: Any) -> float:
     if isinstance(value, bool):
         raise PydanticCustomError("duration", "duration must be like 250ms, 1s, 2m or seconds")
     if isinstance(value, int | float):
+        if not math.isfinite(value):
+            raise PydanticCustomError("duration", "duration must be a finite number of seconds")
         if value < 0:
             raise PydanticCustomError("duration", "duration must not be negative")
         return float(value)
@@ -59,6 +62,8 @@ def parse_size(value: Any) -> int:
     if isinstance(value, bool):
         raise PydanticCustomError("size", "size must be like 10MB, 512kb or bytes")
     if isinstance(value, int | float):
+        if not math.isfinite(value):
+            raise PydanticCustomError("size", "size must be a finite number of bytes")
         if value < 0:
             raise PydanticCustomError("size", "size must not be negative")
         return int(value)
@@ -100,6 +105,13 @@ class RedisEndpoint(_Strict):
     username: str | None = None
     password: SecretStr | None = None
     tls: bool = False
+
+    @field_validator("port")
+    @classmethod
+    def _port(cls, v: int) -> int:
+        if not 1 <= v <= 65535:
+            raise PydanticCustomError("url", "port must be 1-65535")
+        return v
 
     @property
     def label(self) -> str:
@@ -156,6 +168,11 @@ def parse_redis_url(url: str) -> RedisEndpoint:
     db = 0
     path = parts.path.strip("/")
     if path:
+        if "@" in path:
+            # an unescaped '/' in the password: the path holds the rest of it; never echo it
+            raise PydanticCustomError(
+                "url", "database must be a number (percent-encode '/' in a password as %2F)"
+            )
         if not path.isdigit():
             raise PydanticCustomError("url", "database must be a number, got '{db}'", {"db": path})
         db = int(path)
@@ -297,13 +314,21 @@ class RoutingConfig(_Strict):
         return self
 
 
+def _probe_replicas(value: Any) -> Any:
+    if isinstance(value, str) and value.strip().isdigit():  # e.g. from ${ENV} interpolation
+        return int(value)
+    if value == "all" or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+        return value
+    raise PydanticCustomError("replicas", "must be a count >= 0 or 'all'")
+
+
 class ProbeConfig(_Strict):
     """WAIT probes: write a probe key on the master, then WAIT <replicas> <timeout>."""
 
     enabled: bool = True
     interval: Duration = 1.0
     timeout: Duration = 0.5
-    replicas: int | Literal["all"] = "all"
+    replicas: Annotated[int | Literal["all"], BeforeValidator(_probe_replicas)] = "all"
     key: str = "__replwatch:probe"
     ttl: Duration = 10.0
 
