@@ -86,6 +86,17 @@ def _opt_int(fields: dict[str, str], key: str) -> int | None:
     return _int(fields, key) if key in fields else None
 
 
+def _opt_seconds(fields: dict[str, str], key: str) -> float | None:
+    """A seconds field where -1 (or absent / empty) means unknown."""
+    raw = fields.get(key)
+    if raw in (None, "", "-1"):
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        raise ProtocolFailure(f"INFO field {key} is not a number: {raw[:40]!r}") from None
+
+
 def parse_replication(text: str) -> ReplicationInfo:
     """Parse the text of `INFO replication` (Redis 5–7.4, Valkey 7.2–9)."""
     fields = parse_info(text)
@@ -110,8 +121,6 @@ def parse_replication(text: str) -> ReplicationInfo:
         except ValueError:
             raise ProtocolFailure(f"INFO slave{index} line is malformed") from None
         index += 1
-    last_io = fields.get("master_last_io_seconds_ago")
-    down_since = fields.get("master_link_down_since_seconds")
     read_only = fields.get("slave_read_only", fields.get("replica_read_only"))
     master_port = fields.get("master_port")
     return ReplicationInfo(
@@ -127,11 +136,11 @@ def parse_replication(text: str) -> ReplicationInfo:
         master_host=fields.get("master_host"),
         master_port=int(master_port) if master_port and master_port.isdigit() else None,
         link_up=fields.get("master_link_status") == "up",
-        last_io_seconds_ago=float(last_io) if last_io not in (None, "", "-1") else None,
+        last_io_seconds_ago=_opt_seconds(fields, "master_last_io_seconds_ago"),
         sync_in_progress=fields.get("master_sync_in_progress") == "1",
         applied_offset=_opt_int(fields, "slave_repl_offset"),
         read_offset=_opt_int(fields, "slave_read_repl_offset"),
-        link_down_since_seconds=(float(down_since) if down_since not in (None, "", "-1") else None),
+        link_down_since_seconds=_opt_seconds(fields, "master_link_down_since_seconds"),
         read_only=None if read_only is None else read_only == "1",
     )
 
