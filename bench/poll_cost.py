@@ -32,7 +32,6 @@ import contextlib
 import ctypes
 import json
 import logging
-import math
 import os
 import platform
 import re
@@ -57,7 +56,7 @@ from replwatch import __version__ as replwatch_version
 from replwatch.app import Daemon, build_registry
 from replwatch.config import Config, config_from_data
 from replwatch.observe.group_monitor import GroupMonitor
-from replwatch.scheduler import SchedulerStats
+from replwatch.scheduler import MonitorScheduler, SchedulerStats
 from replwatch.state import GroupSnapshot, SnapshotStore
 
 REDIS_SERVER = Path("/usr/bin/redis-server")
@@ -326,11 +325,28 @@ async def measure_replwatch(
     rss_created = rss_mb()
     writers = [m for m in monitors if m.writer is not None]
 
-    async def poll_all() -> list[GroupSnapshot]:
-        return list(await asyncio.gather(*(m.poll_cycle() for m in monitors)))
+    # the daemon's own code paths (MonitorScheduler.poll_all / heartbeat_all), driven at its
+    # cadence here instead of by APScheduler (phase 3 measures that too)
+    sched_stats = SchedulerStats()
+    sched = MonitorScheduler(
+        monitors, SnapshotStore(), poll_interval, heartbeat_interval, sched_stats
+    )
 
-    async def heartbeat_all() -> list[bool | None]:
-        return list(await asyncio.gather(*(m.write_heartbeat() for m in writers)))
+    async def poll_all(with_heartbeat: bool = True) -> list[GroupSnapshot]:
+        await sched.poll_all(with_heartbeat=with_heartbeat and bool(writers))
+        return [m.last_snapshot for m in monitors if m.last_snapshot is not None]
+
+    def heartbeats_failed() -> int:
+        return sum(
+            v
+            for (kind, _, what), v in sched_stats.items()
+            if (kind, what) == ("heartbeat", "failed")
+        )
+
+    async def heartbeat_all() -> int:
+        before = heartbeats_failed()
+        await sched.heartbeat_all()
+        return heartbeats_failed() - before
 
     try:
         # warm-up: connections opened, script loaded (NOSCRIPT → EVAL), buffer limit fetched,
@@ -341,51 +357,50 @@ async def measure_replwatch(
         warm = await poll_all()
         warmup_problems = snapshot_problems(warm)
 
-        # ---- paced: the daemon's cadence (poll every interval, heartbeat every hb interval)
+        # ---- paced: the daemon's cadence. As MonitorScheduler.tick does: a heartbeat round
+        # every heartbeat interval, every k-th of them the poll cycle carrying that round's
+        # heartbeats in the masters' pipelines (k = poll interval / heartbeat interval);
+        # overruns are coalesced (skipped and counted) as APScheduler does for the daemon
+        rounds_per_poll = sched.heartbeat_rounds_per_poll() or 1
+        tick_interval = poll_interval / rounds_per_poll
         poll_cpu = hb_cpu = 0.0
         cycle_wall: list[float] = []
         hb_wall: list[float] = []
         hb_failed = 0
         poll_problems = 0
         missed = 0
-        # the window is exactly cycles x interval: it holds `cycles` poll cycles and
-        # interval / heartbeat interval heartbeat rounds per cycle; overruns are coalesced
-        # (skipped and counted) as APScheduler does for the daemon
+        hb_missed = 0
         cycles = max(1, round(seconds / poll_interval))
         done_cycles = 0
-        hb_missed = 0
         pt0, ru0, w0 = time.process_time(), rusage_cpu(), time.monotonic()
-        next_poll = next_hb = w0
-        end = w0 + cycles * poll_interval
-        while True:
+        ticks = cycles * rounds_per_poll
+        tick = 0
+        while tick < ticks:
+            due = w0 + tick * tick_interval
             now = time.monotonic()
-            due = min(next_poll, next_hb if writers else math.inf)
-            if due >= end:
-                await asyncio.sleep(max(0.0, end - now))
-                break
             if due > now:
                 await asyncio.sleep(due - now)
-            if time.monotonic() >= next_poll:
-                c0, w = time.process_time(), time.monotonic()
+            c0, w = time.process_time(), time.monotonic()
+            if tick % rounds_per_poll == 0:
                 snaps = await poll_all()
                 cycle_wall.append((time.monotonic() - w) * 1000)
                 poll_cpu += time.process_time() - c0
                 poll_problems += snapshot_problems(snaps)
                 done_cycles += 1
-                next_poll += poll_interval
-                while next_poll <= time.monotonic():
-                    next_poll += poll_interval
-                    missed += 1
-            if writers and next_hb < end and time.monotonic() >= next_hb:
-                c0, w = time.process_time(), time.monotonic()
-                results = await heartbeat_all()
+            elif writers:
+                failed = await heartbeat_all()
                 hb_wall.append((time.monotonic() - w) * 1000)
                 hb_cpu += time.process_time() - c0
-                hb_failed += sum(1 for r in results if r is False)
-                next_hb += heartbeat_interval
-                while next_hb <= time.monotonic():
-                    next_hb += heartbeat_interval
+                hb_failed += failed
+            tick += 1
+            while w0 + tick * tick_interval <= time.monotonic() and tick < ticks:
+                if tick % rounds_per_poll == 0:
+                    missed += 1
+                else:
                     hb_missed += 1
+                tick += 1
+        end = w0 + ticks * tick_interval
+        await asyncio.sleep(max(0.0, end - time.monotonic()))
         paced_pt = time.process_time() - pt0
         paced_ru = rusage_cpu() - ru0
         paced_wall = time.monotonic() - w0
@@ -414,7 +429,7 @@ async def measure_replwatch(
         c0, ru0, w0 = time.process_time(), rusage_cpu(), time.monotonic()
         while time.monotonic() - w0 < flat_seconds or flat_cycles < 3:
             w = time.monotonic()
-            snaps = await poll_all()
+            snaps = await poll_all(with_heartbeat=False)
             flat_wall.append((time.monotonic() - w) * 1000)
             flat_problems += snapshot_problems(snaps)
             flat_cycles += 1
@@ -455,7 +470,9 @@ async def measure_replwatch(
         "cpu_ms_per_instance_poll": round(cpu_per_poll_ms, 4),
         "cpu_ms_per_instance_poll_process_time": round(paced_pt * 1000 / instance_polls, 4),
         "cpu_breakdown": {
-            "poll_only_cpu_ms_per_instance_poll": round(poll_cpu * 1000 / instance_polls, 4),
+            "poll_cycle_cpu_ms_per_instance_poll_incl_carried_heartbeat": round(
+                poll_cpu * 1000 / instance_polls, 4
+            ),
             "heartbeat_cpu_ms_per_write": round(hb_ms_per_write, 4) if hb_ms_per_write else None,
             "heartbeat_writes_per_cycle": round(hb_writes_per_cycle, 2),
             "heartbeat_cpu_ms_per_instance_poll": round(hb_cpu * 1000 / instance_polls, 4),
@@ -491,8 +508,8 @@ async def measure_replwatch(
         "flat_out_instance_polls_per_cpu_second": round(polls_per_cpu_s, 1),
         "extrapolated_cycle_seconds_1000_instances_one_core": round(1000 / polls_per_cpu_s, 4),
         "extrapolation": (
-            "flat out: back-to-back poll cycles of all N instances (asyncio.gather of every "
-            "GroupMonitor.poll_cycle, no heartbeats) on one event loop = one core; "
+            "flat out: back-to-back poll cycles of all N instances (MonitorScheduler.poll_all, "
+            "the daemon's cycle, no heartbeats) on one event loop = one core; "
             "instance-polls per CPU-second = N x cycles / process CPU seconds; the cycle time "
             "for 1,000 instances on one core = 1000 / that rate (CPU-bound: assumes per-poll "
             "CPU stays flat with N and Redis answers in less time than the CPU work). "

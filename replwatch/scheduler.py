@@ -8,13 +8,12 @@ group monitors and puts snapshots in the store; it never touches Prometheus obje
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import threading
-import time
 from collections import Counter
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
 
 from apscheduler.events import (
     EVENT_JOB_ERROR,
@@ -24,20 +23,30 @@ from apscheduler.events import (
 )
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from replwatch.observe.group_monitor import GroupMonitor
+from replwatch.observe.connection import InFlight
+from replwatch.observe.group_monitor import GroupMonitor, PollCycle
+from replwatch.observe.heartbeat import HeartbeatWriter
 from replwatch.observe.probe import WaitProber
 from replwatch.routing.engine import RoutingEngine
 from replwatch.routing.publisher import RoutingPublisher
-from replwatch.state import ProbeStore, SnapshotStore
+from replwatch.state import GroupSnapshot, ProbeStore, SnapshotStore
 
 log = logging.getLogger("replwatch.scheduler")
 
 
-def _stamp(
-    into: dict[str, float], name: str, clock: Any, _future: asyncio.Future[list[Any]]
-) -> None:
-    """Done-callback: when a heartbeat's reply arrived (for the master-clock estimate)."""
-    into[name] = clock()
+class _Countdown:
+    """Calls `then` once, when tick() has been called `count` times (a done-callback)."""
+
+    __slots__ = ("left", "then")
+
+    def __init__(self, count: int, then: Callable[[], None]) -> None:
+        self.left = count
+        self.then = then
+
+    def tick(self, _future: object = None) -> None:
+        self.left -= 1
+        if self.left == 0:
+            self.then()
 
 
 class SchedulerStats:
@@ -81,6 +90,9 @@ class MonitorScheduler:
         self._scheduler = AsyncIOScheduler(
             job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": None}
         )
+        self._ticks = 0
+        self._rounds_per_poll = 1
+        self._poll_task: asyncio.Task[None] | None = None
         self._scheduler.add_listener(
             self._on_event, EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES | EVENT_JOB_ERROR
         )
@@ -96,12 +108,26 @@ class MonitorScheduler:
             log.error("job %s failed: %s", event.job_id, getattr(event, "exception", "?"))
 
     async def poll_group(self, name: str) -> None:
-        monitor = self.monitors[name]
-        snapshot = await monitor.poll_cycle()
+        """One cycle of one group on its own."""
+        snapshot = await self.monitors[name].poll_cycle()
+        self._record(name, snapshot)
+
+    def _record(self, name: str, snapshot: GroupSnapshot) -> None:
         self.store.put(snapshot)
         if self.routing is not None:
             self.routing.update(snapshot)
         self.stats.add("poll", name, "completed")
+
+    def _finish_group(self, name: str, cycle: PollCycle) -> None:
+        try:
+            self._record(name, self.monitors[name].finish_cycle(cycle))
+            if cycle.heartbeat_carried:
+                result = cycle.heartbeat_result
+                what = "skipped" if result is None else "ok" if result else "failed"
+                self.stats.add("heartbeat", name, what)
+        except Exception:  # one group's bug must not cost the others their cycle
+            self.stats.add("poll", name, "error")
+            log.exception("poll of group %s failed", name)
 
     async def heartbeat_group(self, name: str) -> None:
         result = await self.monitors[name].write_heartbeat()
@@ -123,43 +149,82 @@ class MonitorScheduler:
         """One poll of every group, right away (start-up, so /-/ready comes quickly)."""
         await self.poll_all()
 
-    async def poll_all(self) -> None:
-        """One poll cycle of every group, concurrently. Each node has its own timeout, so a
-        slow or black-holed node bounds only its own group's cycle at poll.timeout."""
-        await asyncio.gather(*(self.poll_group(name) for name in self.monitors))
+    async def poll_all(self, with_heartbeat: bool = False) -> None:
+        """One poll cycle of every group; `with_heartbeat`: this is also a heartbeat round,
+        whose writes ride at the end of the masters' poll pipelines (groups whose master
+        needs a connect get an ordinary heartbeat write instead).
+
+        Every node's pipeline is sent first (nodes that must connect get a task), then all
+        are awaited under one deadline, the nodes' timeout; a group is finished (snapshot,
+        store, routing) the moment its last node answers, so a slow or black-holed node
+        delays only its own group, by at most poll.timeout. No task, gather or timer per
+        node: over hundreds of nodes a second the per-node asyncio overhead is what
+        costs."""
+        if not self.monitors:
+            return
+        loop = asyncio.get_running_loop()
+        all_done: asyncio.Future[None] = loop.create_future()
+        open_groups: dict[str, PollCycle] = {}
+        timeout = 0.0
+
+        def group_done(name: str, cycle: PollCycle) -> None:
+            if open_groups.pop(name, None) is None:
+                return
+            self._finish_group(name, cycle)
+            if not open_groups and not all_done.done():
+                all_done.set_result(None)
+
+        uncarried: list[str] = []
+        for name, monitor in self.monitors.items():
+            cycle = monitor.begin_cycle(with_heartbeat)
+            if with_heartbeat and monitor.writer is not None and not cycle.heartbeat_carried:
+                uncarried.append(name)
+            timeout = max(timeout, cycle.timeout)
+            open_groups[name] = cycle
+            awaitables = cycle.awaitables()
+            countdown = _Countdown(len(awaitables), functools.partial(group_done, name, cycle))
+            for waitable in awaitables:
+                waitable.add_done_callback(countdown.tick)
+        heartbeats = None
+        if uncarried:
+            heartbeats = asyncio.ensure_future(self.heartbeat_all(uncarried))
+        if open_groups:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(all_done), timeout)
+        for name, cycle in list(open_groups.items()):
+            group_done(name, cycle)  # what has not answered by now timed out
+        if heartbeats is not None:
+            await heartbeats
         if self.publisher is not None:
             # once per cycle (not per group): announce at once when any group's routing changed
             await self.publisher.publish_if_changed()
 
-    async def heartbeat_all(self) -> None:
-        """One heartbeat per group: every write is sent first, then all are awaited together
-        under one timeout (no task per write: at 4 rounds a second over hundreds of masters
-        the per-write overhead is what costs). Groups that need a connect or a script load
-        take the ordinary path."""
-        now = time.monotonic
-        fast: list[tuple[str, Any, asyncio.Future[list[Any]], float]] = []
+    async def heartbeat_all(self, names: Iterable[str] | None = None) -> None:
+        """One heartbeat per group (or per named group): every write is sent first, then all
+        are awaited together under one timeout (no task per write: at 4 rounds a second
+        over hundreds of masters the per-write overhead is what costs). Groups that need a
+        connect or a script load take the ordinary path."""
+        fast: list[tuple[str, HeartbeatWriter, InFlight]] = []
         slow: list[str] = []
-        received: dict[str, float] = {}
         timeout = 0.0
-        for name, monitor in self.monitors.items():
+        for name in self.monitors if names is None else names:
+            monitor = self.monitors[name]
             writer = monitor.writer
             if writer is None:
                 continue
             if monitor.master_is_master is False:
                 self.stats.add("heartbeat", name, "skipped")
                 continue
-            begun = writer.begin()
-            if begun is None:
+            inflight = writer.begin()
+            if inflight is None:
                 slow.append(name)
                 continue
-            future, sent = begun
-            future.add_done_callback(functools.partial(_stamp, received, name, now))
-            fast.append((name, writer, future, sent))
+            fast.append((name, writer, inflight))
             timeout = max(timeout, writer.timeout)
         if fast:
-            await asyncio.wait([f for _, _, f, _ in fast], timeout=timeout)
-            for name, writer, future, sent in fast:
-                result = writer.finish(future, sent, received.get(name))
+            await asyncio.wait([inflight.future for _, _, inflight in fast], timeout=timeout)
+            for name, writer, inflight in fast:
+                result = writer.finish(inflight)
                 if result is None:
                     slow.append(name)
                 else:
@@ -168,24 +233,55 @@ class MonitorScheduler:
             await asyncio.gather(*(self.heartbeat_group(name) for name in slow))
 
     async def probe_all(self, names: list[str]) -> None:
-        await asyncio.gather(*(self.probe_group(name) for name in names))
+        """One probe per named group, sent together and awaited under one timeout (as
+        heartbeat rounds are); groups that need a connect, a script load or a second WAIT
+        take the ordinary path."""
+        fast: list[tuple[str, WaitProber, InFlight]] = []
+        slow: list[str] = []
+        timeout = 0.0
+        for name in names:
+            prober, _ = self.probers[name]
+            inflight = prober.begin()
+            if inflight is None:
+                slow.append(name)
+            else:
+                fast.append((name, prober, inflight))
+                timeout = max(timeout, prober.wait_timeout)
+        if fast:
+            await asyncio.wait([inflight.future for _, _, inflight in fast], timeout=timeout)
+            for name, prober, inflight in fast:
+                result = prober.finish(inflight)
+                if result is None:
+                    slow.append(name)
+                    continue
+                if self.probe_store is not None:
+                    self.probe_store.record(result)
+                self.stats.add("probe", name, "completed")
+        if slow:
+            await asyncio.gather(*(self.probe_group(name) for name in slow))
 
     def start(self) -> None:
         # one job per kind for all groups (not one per group): the scheduler's own overhead
         # then does not grow with the fleet; max_instances=1 + coalescing still skip (and
         # count) a run whose predecessor overran
-        self._scheduler.add_job(
-            self.poll_all, "interval", seconds=self.poll_interval, id="poll:all"
-        )
-        if self.heartbeat_interval is not None and any(
-            m.writer is not None for m in self.monitors.values()
-        ):
+        rounds = self.heartbeat_rounds_per_poll()
+        if rounds is not None:
+            assert self.heartbeat_interval is not None
+            self._rounds_per_poll = rounds
             self._scheduler.add_job(
-                self.heartbeat_all,
-                "interval",
-                seconds=self.heartbeat_interval,
-                id="heartbeat:all",
+                self.tick, "interval", seconds=self.heartbeat_interval, id="tick:all"
             )
+        else:
+            self._scheduler.add_job(
+                self.poll_all, "interval", seconds=self.poll_interval, id="poll:all"
+            )
+            if self.heartbeat_interval is not None and self._has_writers():
+                self._scheduler.add_job(
+                    self.heartbeat_all,
+                    "interval",
+                    seconds=self.heartbeat_interval,
+                    id="heartbeat:all",
+                )
         by_interval: dict[float, list[str]] = {}
         for name, (_, interval) in self.probers.items():
             by_interval.setdefault(interval, []).append(name)
@@ -206,6 +302,44 @@ class MonitorScheduler:
             )
         self._scheduler.start()
 
+    def _has_writers(self) -> bool:
+        return any(m.writer is not None for m in self.monitors.values())
+
+    def heartbeat_rounds_per_poll(self) -> int | None:
+        """k when the poll interval is k heartbeat intervals (1s / 250ms: 4): then one job
+        ticks at the heartbeat interval and every k-th tick is also the poll cycle, which
+        carries that round's heartbeats in the masters' poll pipelines (one round trip per
+        master and second fewer). None: separate poll and heartbeat jobs."""
+        hb = self.heartbeat_interval
+        if hb is None or not self._has_writers():
+            return None
+        rounds = round(self.poll_interval / hb)
+        if rounds < 1 or abs(rounds * hb - self.poll_interval) > 1e-6:
+            return None
+        return rounds
+
+    async def tick(self) -> None:
+        """The combined job: a heartbeat round, and on every k-th tick the poll cycle with
+        that round's heartbeats carried along. The poll cycle runs as a task of its own, so
+        a node that makes it wait for poll.timeout never holds up the next heartbeat rounds;
+        a poll cycle still running when its next turn comes is skipped and counted, as
+        APScheduler's max_instances=1 does for separate jobs."""
+        tick, self._ticks = self._ticks, self._ticks + 1
+        if tick % self._rounds_per_poll:
+            await self.heartbeat_all()
+            return
+        if self._poll_task is not None and not self._poll_task.done():
+            self.stats.add("poll", "all", "skipped_overrun")
+            await self.heartbeat_all()
+            return
+        self._poll_task = asyncio.ensure_future(self.poll_all(with_heartbeat=True))
+        self._poll_task.add_done_callback(self._poll_task_done)
+
+    def _poll_task_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self.stats.add("poll", "all", "error")
+            log.error("poll cycle failed: %s", task.exception())
+
     async def publish_routing(self) -> None:
         if self.publisher is not None:
             ok = await self.publisher.publish()
@@ -214,6 +348,8 @@ class MonitorScheduler:
     def shutdown(self) -> None:
         if self._scheduler.running:
             self._scheduler.shutdown(wait=False)
+        if self._poll_task is not None:
+            self._poll_task.cancel()
         for monitor in self.monitors.values():
             monitor.close()
         for prober, _ in self.probers.values():

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import socket
 import ssl
+import time
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
@@ -56,21 +57,26 @@ def build_ssl_context(tls: TLSConfig) -> ssl.SSLContext:
     return ctx
 
 
-class _Pending:
-    """One pipeline in flight: `count` replies collected into one future."""
+class InFlight:
+    """One pipeline in flight: `count` replies collected into one future, and the monotonic
+    time its last reply was read (`received`; 0.0 until then). Callers that send many
+    pipelines at once await the futures together and read `received` instead of stamping
+    each one with a callback of their own."""
 
-    __slots__ = ("count", "future", "replies")
+    __slots__ = ("count", "future", "received", "replies", "sent")
 
-    def __init__(self, count: int, future: asyncio.Future[list[Any]]) -> None:
+    def __init__(self, count: int, future: asyncio.Future[list[Any]], sent: float) -> None:
         self.count = count
         self.future = future
         self.replies: list[Any] = []
+        self.sent = sent
+        self.received = 0.0
 
 
 class _RespProtocol(asyncio.Protocol):
     def __init__(self) -> None:
         self.reader = hiredis.Reader()
-        self.waiters: deque[_Pending] = deque()
+        self.waiters: deque[InFlight] = deque()
         self.transport: asyncio.Transport | None = None
         self.lost: BaseException | None = None
 
@@ -81,6 +87,7 @@ class _RespProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.reader.feed(data)
         waiters = self.waiters
+        now = 0.0
         while True:
             try:
                 reply = self.reader.gets()
@@ -101,6 +108,9 @@ class _RespProtocol(asyncio.Protocol):
             pending.replies.append(reply)
             if len(pending.replies) == pending.count:
                 waiters.popleft()
+                if not now:
+                    now = time.monotonic()
+                pending.received = now
                 if not pending.future.done():
                     pending.future.set_result(pending.replies)
 
@@ -227,15 +237,21 @@ class Connection:
         payload = b"".join(encode_command(c) for c in commands)
         return await self.execute_encoded(payload, len(commands), timeout, raise_errors)
 
-    def send_encoded(self, payload: bytes, count: int) -> asyncio.Future[list[Any]]:
-        """Write a pipeline now; the future gets its `count` replies. No timeout: a caller
-        that gives up on it must close() the connection (its stream position is unknown)."""
+    def send_pipeline(self, payload: bytes, count: int) -> InFlight:
+        """Write an encoded pipeline now; its future gets the `count` replies. No timeout: a
+        caller that gives up on it must close() the connection (its stream position is
+        unknown)."""
         if self.closed:
             raise RedisError("connection is closed", reason="reset")
         future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
-        self._protocol.waiters.append(_Pending(count, future))
+        inflight = InFlight(count, future, time.monotonic())
+        self._protocol.waiters.append(inflight)
         self._transport.write(payload)
-        return future
+        return inflight
+
+    def send_encoded(self, payload: bytes, count: int) -> asyncio.Future[list[Any]]:
+        """send_pipeline() for a caller that needs only the future."""
+        return self.send_pipeline(payload, count).future
 
     async def execute_encoded(
         self, payload: bytes, count: int, timeout: float, raise_errors: bool = True

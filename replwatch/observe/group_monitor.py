@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from typing import Any
 
 from replwatch.config import (
     GroupConfig,
@@ -21,6 +22,7 @@ from replwatch.config import (
 from replwatch.lag.compute import NodeSample, ReplicaMemory, compute_group
 from replwatch.lag.heartbeat import HeartbeatHistory
 from replwatch.lag.offset_clock import OffsetClock
+from replwatch.observe.connection import InFlight
 from replwatch.observe.heartbeat import HeartbeatWriter
 from replwatch.observe.info import ReplicationInfo
 from replwatch.observe.poller import NodePoller
@@ -43,6 +45,50 @@ def discovered_endpoints(
             known.add(label)
             found.append(template.model_copy(update={"host": line.ip, "port": line.port}))
     return found
+
+
+class PollCycle:
+    """One group's poll cycle in flight: per node, either a sent pipeline or a task."""
+
+    __slots__ = (
+        "heartbeat_carried",
+        "heartbeat_result",
+        "labels",
+        "pollers",
+        "sent",
+        "started",
+        "tasks",
+    )
+
+    def __init__(
+        self,
+        labels: list[str],
+        pollers: list[tuple[NodePoller, bool]],
+        sent: list[InFlight | None],
+        tasks: list[asyncio.Task[NodeSample] | None],
+    ) -> None:
+        self.labels = labels
+        self.pollers = pollers
+        self.sent = sent
+        self.tasks = tasks
+        self.started = time.monotonic()
+        self.heartbeat_carried = False  # this round's heartbeat rides the master's pipeline
+        self.heartbeat_result: bool | None = None  # its outcome, once finished
+
+    @property
+    def timeout(self) -> float:
+        """How long to wait for this cycle: the slowest node's own timeout (a node that
+        connects first bounds connect + poll by it inside its task)."""
+        return max(poller.timeout for poller, _ in self.pollers)
+
+    def awaitables(self) -> list[asyncio.Future[Any]]:
+        out: list[asyncio.Future[Any]] = []
+        for inflight, task in zip(self.sent, self.tasks, strict=True):
+            if inflight is not None:
+                out.append(inflight.future)
+            elif task is not None:
+                out.append(task)
+        return out
 
 
 class GroupMonitor:
@@ -97,15 +143,90 @@ class GroupMonitor:
             return None
         return await self.writer.write_once()
 
-    async def poll_cycle(self) -> GroupSnapshot:
+    def begin_cycle(self, with_heartbeat: bool = False) -> PollCycle:
+        """Start one poll cycle: every node with an open connection gets its pipeline sent
+        now; nodes that need a connect get a task of their own (PollCycle.awaitables).
+        `with_heartbeat`: this round's heartbeat write rides at the end of the master's
+        pipeline (PollCycle.heartbeat_carried says whether it could)."""
         self.cycle += 1
         labels = list(self.replicas)
-        results = await asyncio.gather(
-            self.master.poll(as_master=True),
-            *(self.replicas[label].poll(as_master=False) for label in labels),
-        )
-        master_sample: NodeSample = results[0]
-        samples = dict(zip(labels, results[1:], strict=True))
+        pollers = [(self.master, True)] + [(self.replicas[label], False) for label in labels]
+        sent: list[InFlight | None] = []
+        tasks: list[asyncio.Task[NodeSample] | None] = []
+        carried = False
+        for poller, as_master in pollers:
+            inflight: InFlight | None = None
+            if as_master and with_heartbeat and self.writer is not None:
+                write = self.writer.piggyback_command()
+                if write is not None and self.master_is_master is not False:
+                    inflight = poller.begin(True, write, 1)
+                    carried = inflight is not None
+            if inflight is None:
+                inflight = poller.begin(as_master)
+            sent.append(inflight)
+            tasks.append(
+                None if inflight is not None else asyncio.ensure_future(poller.poll(as_master))
+            )
+        cycle = PollCycle(labels, pollers, sent, tasks)
+        cycle.heartbeat_carried = carried
+        return cycle
+
+    def finish_cycle(self, cycle: PollCycle) -> GroupSnapshot:
+        """The snapshot of a begun cycle; a node still unanswered counts as timed out."""
+        results: list[NodeSample] = []
+        for (poller, as_master), inflight, task in zip(
+            cycle.pollers, cycle.sent, cycle.tasks, strict=True
+        ):
+            if inflight is not None:
+                carried = as_master and cycle.heartbeat_carried
+                if carried:
+                    self._record_carried_heartbeat(cycle, inflight)
+                results.append(poller.finish(inflight, as_master, 1 if carried else 0))
+            elif task is not None and task.done() and not task.cancelled():
+                results.append(task.result())
+            else:
+                if task is not None:
+                    task.cancel()
+                results.append(
+                    NodeSample(
+                        label=poller.label,
+                        info=None,
+                        error_reason="timeout",
+                        error_message=f"no answer within {poller.timeout:g}s",
+                        started=cycle.started,
+                        finished=time.monotonic(),
+                    )
+                )
+        return self._complete(cycle.labels, results[0], results[1:])
+
+    def _record_carried_heartbeat(self, cycle: PollCycle, inflight: InFlight) -> None:
+        writer = self.writer
+        if writer is None:
+            return
+        future = inflight.future
+        if not future.done():
+            cycle.heartbeat_result = writer.record_failure("timeout")
+        elif future.cancelled() or future.exception() is not None:
+            error = None if future.cancelled() else future.exception()
+            cycle.heartbeat_result = writer.record_failure(getattr(error, "reason", "error"))
+        else:
+            cycle.heartbeat_result = writer.record_piggyback(
+                future.result()[-1], inflight.sent, inflight.received
+            )
+
+    async def poll_cycle(self) -> GroupSnapshot:
+        """One whole cycle of this group on its own (status, tests); the daemon's scheduler
+        runs begin_cycle/finish_cycle over all groups at once."""
+        cycle = self.begin_cycle()
+        waitables = cycle.awaitables()
+        if waitables:
+            await asyncio.wait(waitables, timeout=cycle.timeout)
+        return self.finish_cycle(cycle)
+
+    def _complete(
+        self, labels: list[str], master_sample: NodeSample, replica_samples: list[NodeSample]
+    ) -> GroupSnapshot:
+        samples = dict(zip(labels, replica_samples, strict=True))
         minfo = master_sample.info
         if minfo is not None:
             self.master_is_master = not minfo.is_replica

@@ -8,7 +8,6 @@ it is a replica (after a failover) and says so instead.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import time
 from typing import Any
@@ -18,7 +17,12 @@ import hiredis
 from replwatch.config import RedisEndpoint, TLSConfig
 from replwatch.errors import RedisError
 from replwatch.lag.heartbeat import HeartbeatHistory
-from replwatch.observe.connection import Connection, classify_reply_error, encode_command
+from replwatch.observe.connection import (
+    Connection,
+    InFlight,
+    classify_reply_error,
+    encode_command,
+)
 
 HEARTBEAT_SCRIPT = """\
 local info = redis.call('INFO', 'replication')
@@ -79,22 +83,21 @@ class HeartbeatWriter:
         except (RedisError, ValueError, TypeError) as exc:
             return self._failed(getattr(exc, "reason", "protocol"))
 
-    def begin(self) -> tuple[asyncio.Future[list[Any]], float] | None:
+    def begin(self) -> InFlight | None:
         """The fast path for a round of writes over many groups: send now on the open
         connection and let the caller await all futures together. None when a connect is
         needed first (use write_once)."""
         if self._conn is None or self._conn.closed:
             return None
         try:
-            return self._conn.send_encoded(self._evalsha, 1), time.monotonic()
+            return self._conn.send_pipeline(self._evalsha, 1)
         except RedisError:
             return None
 
-    def finish(
-        self, future: asyncio.Future[list[Any]], sent: float, received: float | None
-    ) -> bool | None:
+    def finish(self, inflight: InFlight) -> bool | None:
         """Account for a begin()'s write. None: the script was not loaded yet (NOSCRIPT);
         call write_once, which loads it."""
+        future = inflight.future
         if not future.done():
             future.cancel()  # abandoned: closing the connection must not leave an error unread
             return self._failed("timeout")
@@ -104,9 +107,33 @@ class HeartbeatWriter:
         if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT"):
             return None
         try:
-            return self._handle_reply(reply, sent, received or time.monotonic())
+            return self._handle_reply(reply, inflight.sent, inflight.received)
         except (RedisError, ValueError, TypeError) as exc:
             return self._failed(getattr(exc, "reason", "protocol"))
+
+    def piggyback_command(self) -> bytes | None:
+        """The encoded write for another connection's pipeline to the same master (the poll
+        cycle carries one heartbeat round this way instead of a round trip of its own). None
+        until this writer has written once: the script may not be loaded yet."""
+        return self._evalsha if self.writes_ok else None
+
+    def record_piggyback(self, reply: Any, sent: float, received: float) -> bool | None:
+        """Account for a piggybacked write's reply. None: not written (the script was
+        flushed, NOSCRIPT); this writer's next write of its own loads it again."""
+        if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT"):
+            self.writes_ok = 0  # no piggybacking until a write of our own loaded it
+            return None
+        try:
+            return self._handle_reply(reply, sent, received)
+        except (RedisError, ValueError, TypeError) as exc:
+            return self.record_failure(getattr(exc, "reason", "protocol"))
+
+    def record_failure(self, reason: str) -> bool:
+        """A write that failed on another connection (a piggybacked one): counted, and this
+        writer's own connection is left alone."""
+        self.last_ok, self.last_error = False, reason
+        self.writes_failed += 1
+        return False
 
     def _handle_reply(self, reply: Any, sent: float, received: float) -> bool:
         if isinstance(reply, hiredis.ReplyError):

@@ -8,10 +8,15 @@ from typing import Any
 import hiredis
 
 from replwatch.config import RedisEndpoint, TLSConfig
-from replwatch.errors import RedisError
+from replwatch.errors import RedisError, TimeoutFailure
 from replwatch.lag.compute import NodeSample
 from replwatch.lag.heartbeat import parse_heartbeat
-from replwatch.observe.connection import Connection, classify_reply_error, encode_command
+from replwatch.observe.connection import (
+    Connection,
+    InFlight,
+    classify_reply_error,
+    encode_command,
+)
 from replwatch.observe.info import (
     parse_client_list,
     parse_output_buffer_limit,
@@ -66,65 +71,105 @@ class NodePoller:
             self._buffer_limit_known = False
         return self._conn
 
+    def _payload(self, as_master: bool) -> tuple[bytes, int]:
+        if as_master:
+            return (self._MASTER, 2) if self._buffer_limit_known else (self._MASTER_FIRST, 3)
+        return self._replica_payload
+
+    def begin(self, as_master: bool, extra: bytes = b"", extra_count: int = 0) -> InFlight | None:
+        """The fast path of a poll cycle over many nodes: send this node's pipeline now on
+        its open connection; the caller awaits every node's future together (one deadline
+        for the whole cycle, no task or timer per node) and then calls finish(). None when a
+        connect is needed first: use poll() for this node. `extra` commands (another
+        component's, e.g. a heartbeat write) ride at the end of the pipeline; their
+        `extra_count` replies are left to the caller (finish() is told how many)."""
+        conn = self._conn
+        if conn is None or conn.closed:
+            return None
+        payload, count = self._payload(as_master)
+        try:
+            return conn.send_pipeline(payload + extra, count + extra_count)
+        except RedisError:
+            return None
+
+    def finish(self, inflight: InFlight, as_master: bool, extra_count: int = 0) -> NodeSample:
+        """The sample of a begin()'s pipeline; one that has no answer yet timed out (its
+        connection is closed: the stream position is unknown)."""
+        future = inflight.future
+        try:
+            if not future.done():
+                future.cancel()
+                raise TimeoutFailure(f"no reply within {self.timeout:g}s")
+            error = future.exception()
+            if error is not None:
+                if isinstance(error, RedisError):
+                    raise error
+                raise RedisError(str(error), reason="error")
+            replies = future.result()
+            if extra_count:
+                replies = replies[: len(replies) - extra_count]
+            return self._sample(replies, as_master, inflight.sent, inflight.received)
+        except RedisError as exc:
+            return self._failed(exc, inflight.sent)
+
     async def poll(self, as_master: bool) -> NodeSample:
-        """One poll. Never raises for Redis problems: the sample carries the error."""
+        """One poll, connecting first when needed. Never raises for Redis problems: the
+        sample carries the error."""
         started = time.monotonic()
         deadline = started + self.timeout
         try:
             conn = await self._connection(deadline)
-            if as_master:
-                payload, count = (
-                    (self._MASTER, 2) if self._buffer_limit_known else (self._MASTER_FIRST, 3)
-                )
-            else:
-                payload, count = self._replica_payload
+            payload, count = self._payload(as_master)
             remaining = max(0.001, deadline - time.monotonic())
             replies = await conn.execute_encoded(payload, count, remaining, raise_errors=False)
-            finished = time.monotonic()
-            first = replies[0]
-            if isinstance(first, hiredis.ReplyError):
-                raise classify_reply_error(str(first))
-            text = _text(first)
-            if text is None:
-                raise RedisError("INFO returned no text", reason="protocol")
-            info = parse_replication(text)
-            clients = None
-            client_text = _text(replies[1])
-            if client_text is not None:
-                clients = tuple(parse_client_list(client_text))
-            heartbeat = None
-            if as_master and len(replies) > 2:
-                self._buffer_limit_known = True
-                reply = replies[2]
-                if isinstance(reply, list) and len(reply) == 2:
-                    self._buffer_limit = parse_output_buffer_limit(_text(reply[1]) or "")
-            elif (
-                not as_master
-                and len(replies) > 2
-                and not isinstance(replies[2], hiredis.ReplyError)
-            ):
-                heartbeat = parse_heartbeat(replies[2])
-            return NodeSample(
-                label=self.label,
-                info=info,
-                heartbeat=heartbeat,
-                clients=clients,
-                output_buffer_limit=self._buffer_limit if as_master else None,
-                started=started,
-                finished=finished,
-            )
+            return self._sample(replies, as_master, started, time.monotonic())
         except RedisError as exc:
-            if self._conn is not None and exc.reason not in ("loading",):
-                self._conn.close()
-                self._conn = None
-            return NodeSample(
-                label=self.label,
-                info=None,
-                error_reason=exc.reason,
-                error_message=str(exc),
-                started=started,
-                finished=time.monotonic(),
-            )
+            return self._failed(exc, started)
+
+    def _sample(
+        self, replies: list[Any], as_master: bool, started: float, finished: float
+    ) -> NodeSample:
+        first = replies[0]
+        if isinstance(first, hiredis.ReplyError):
+            raise classify_reply_error(str(first))
+        text = _text(first)
+        if text is None:
+            raise RedisError("INFO returned no text", reason="protocol")
+        info = parse_replication(text)
+        clients = None
+        client_text = _text(replies[1])
+        if client_text is not None:
+            clients = tuple(parse_client_list(client_text))
+        heartbeat = None
+        if as_master and len(replies) > 2:
+            self._buffer_limit_known = True
+            reply = replies[2]
+            if isinstance(reply, list) and len(reply) == 2:
+                self._buffer_limit = parse_output_buffer_limit(_text(reply[1]) or "")
+        elif not as_master and len(replies) > 2 and not isinstance(replies[2], hiredis.ReplyError):
+            heartbeat = parse_heartbeat(replies[2])
+        return NodeSample(
+            label=self.label,
+            info=info,
+            heartbeat=heartbeat,
+            clients=clients,
+            output_buffer_limit=self._buffer_limit if as_master else None,
+            started=started,
+            finished=finished,
+        )
+
+    def _failed(self, exc: RedisError, started: float) -> NodeSample:
+        if self._conn is not None and exc.reason not in ("loading",):
+            self._conn.close()
+            self._conn = None
+        return NodeSample(
+            label=self.label,
+            info=None,
+            error_reason=exc.reason,
+            error_message=str(exc),
+            started=started,
+            finished=time.monotonic(),
+        )
 
     def close(self) -> None:
         if self._conn is not None:
