@@ -684,8 +684,9 @@ def make_monitor(
 
 
 class MonitorLoop:
-    """Drives one GroupMonitor: each cycle is one heartbeat write then one poll cycle, as the
-    scheduler runs them; cycles are `period` seconds apart."""
+    """Drives one GroupMonitor: each cycle is one poll cycle carrying a heartbeat write, as the
+    scheduler runs them (GroupMonitor.poll_cycle(with_heartbeat=True)); cycles are `period`
+    seconds apart."""
 
     def __init__(self, monitor: GroupMonitor, period: float = 0.2) -> None:
         self.monitor = monitor
@@ -695,10 +696,8 @@ class MonitorLoop:
         self.cycles = 0
 
     async def cycle(self, heartbeat: bool = True) -> GroupSnapshot:
-        if heartbeat:
-            await self.monitor.write_heartbeat()
         started = time.monotonic()
-        snap = await self.monitor.poll_cycle()
+        snap = await self.monitor.poll_cycle(with_heartbeat=heartbeat)
         self.last_poll_seconds = time.monotonic() - started
         self.snapshot = snap
         self.cycles += 1

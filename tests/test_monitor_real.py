@@ -79,8 +79,7 @@ class Driver:
 
     def cycle(self) -> GroupSnapshot:
         async def once() -> GroupSnapshot:
-            await self.monitor.write_heartbeat()
-            return await self.monitor.poll_cycle()
+            return await self.monitor.poll_cycle(with_heartbeat=True)
 
         return self.loop.run_until_complete(once())
 

@@ -214,13 +214,21 @@ class GroupMonitor:
                 future.result()[-1], inflight.sent, inflight.received
             )
 
-    async def poll_cycle(self) -> GroupSnapshot:
-        """One whole cycle of this group on its own (status, tests); the daemon's scheduler
-        runs begin_cycle/finish_cycle over all groups at once."""
-        cycle = self.begin_cycle()
+    async def poll_cycle(self, with_heartbeat: bool = False) -> GroupSnapshot:
+        """One whole cycle of this group on its own (status, tests), as the daemon's
+        scheduler runs it: with `with_heartbeat`, this round's heartbeat write rides at the
+        end of the master's pipeline, or — before the first write loaded the script, or when
+        the master must be connected first — is written on its own alongside."""
+        cycle = self.begin_cycle(with_heartbeat)
         waitables = cycle.awaitables()
+        separate = None
+        if with_heartbeat and self.writer is not None and not cycle.heartbeat_carried:
+            separate = asyncio.ensure_future(self.write_heartbeat())
+            waitables.append(separate)
         if waitables:
             await asyncio.wait(waitables, timeout=cycle.timeout)
+        if separate is not None and not separate.done():
+            await separate  # bounded by the writer's own timeout
         return self.finish_cycle(cycle)
 
     def _complete(
