@@ -402,14 +402,77 @@ class PublishConfig(_Strict):
 
 
 class SyncTask(_Strict):
+    """One source → target copy (replwatch/sync). The checkpoint hash on the target
+    (`__replwatch:sync:<name>`) is the task's position and public record."""
+
     name: str
     source: Endpoint
     target: Endpoint
-    pair: str | None = None
+    pair: str | None = None  # the reverse task of a bidirectional pair (issue 5)
+    # start with a full sync even when the checkpoint could be continued
+    afresh: bool = False
+    # a first full sync into a target that already holds keys: refuse (default), flush the
+    # target first, or overwrite (keys of the source replace, other keys stay)
+    existing_keys: Literal["refuse", "flush", "overwrite"] = "refuse"
+    # a key of a module type in the snapshot: fail the task, or skip it (counted)
+    on_module_key: Literal["fail", "skip"] = "fail"
+    # commands per MULTI batch, and bytes: whichever is reached first closes a batch
+    batch_size: int = Field(default=2000, ge=1, le=1_000_000)
+    batch_bytes: Size = 4 * 1024 * 1024
+    # full sync: keys whose serialized value is larger are written as several commands
+    # instead of one RESTORE (memory and proto-max-bulk-len stay bounded)
+    big_key_bytes: Size = 16 * 1024 * 1024
+    # how the full sync writes keys: RESTORE when the target accepts the payload, else
+    # plain commands (auto); or always plain commands
+    write_mode: Literal["auto", "commands"] = "auto"
+    reconnect_min: Duration = 1.0
+    reconnect_max: Duration = 30.0
+    tls: TLSConfig | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", v):
+            raise PydanticCustomError("name", "must be letters, digits, _ . - only")
+        return v
+
+    @field_validator("batch_bytes", "big_key_bytes")
+    @classmethod
+    def _positive_size(cls, v: int) -> int:
+        if v < 1024:
+            raise PydanticCustomError("size", "must be at least 1kb")
+        return v
+
+    @model_validator(mode="after")
+    def _distinct(self) -> SyncTask:
+        if (self.source.host, self.source.port, self.source.db) == (
+            self.target.host,
+            self.target.port,
+            self.target.db,
+        ):
+            raise PydanticCustomError("same", "target: must not be the source itself")
+        if self.reconnect_max < self.reconnect_min:
+            raise PydanticCustomError(
+                "reconnect", "reconnect_max: must not be less than reconnect_min"
+            )
+        return self
 
 
 class SyncConfig(_Strict):
     tasks: list[SyncTask] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique(self) -> SyncConfig:
+        names = [t.name for t in self.tasks]
+        for name in names:
+            if names.count(name) > 1:
+                raise PydanticCustomError(
+                    "dup", "tasks: task name '{n}' is used twice", {"n": name}
+                )
+        return self
+
+    def task(self, name: str) -> SyncTask | None:
+        return next((t for t in self.tasks if t.name == name), None)
 
 
 class AdminConfig(_Strict):

@@ -1,0 +1,142 @@
+"""A sync task's checkpoint: the hash it keeps on the target, its public record.
+
+The writer updates it inside the same MULTI/EXEC as the data it applies, so the position it
+records is exactly what the target holds: a restart resumes there (PSYNC <replid>
+<offset+1>) and nothing is lost or applied twice. The monitor and `replwatch sync status` read
+it (plus the source's INFO) to report a task without talking to the syncer process.
+
+Key: `__replwatch:sync:<task name>` in db 0 of the target (`checkpoint_key`). Fields (all
+strings; times are unix milliseconds of the syncer's clock):
+
+    version                  schema version (1)
+    task, source             task name; the source as host:port (never a password)
+    state                    starting | full_sync | incremental | stopped | failed
+    replid, offset           the source replication stream and the last offset applied
+                             (during a full sync: the offset the snapshot was taken at)
+    updated_at               when the syncer last wrote the checkpoint
+    full_sync_started_at     when the current or last full sync began
+    full_sync_finished_at    when it ended (absent while one is running)
+    full_resyncs             full syncs done so far (the first one included)
+    applied_commands         commands applied from the replication stream (incremental)
+    rdb_bytes_total          size of the snapshot being loaded (0 when the source streamed
+                             it diskless: the size is not known in advance)
+    rdb_bytes_loaded         bytes of it read so far
+    keys_total               keys in the snapshot (sum of its RESIZEDB hints; 0 if absent)
+    keys_loaded              keys applied so far
+    skipped_keys             keys not applied (module types with on_module_key: skip)
+    last_error               the last error that stopped or restarted the task (no secrets)
+    pid, host                the process that writes it
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+CHECKPOINT_PREFIX = "__replwatch:sync:"
+CHECKPOINT_DB = 0
+SCHEMA_VERSION = 1
+STATES = ("starting", "full_sync", "incremental", "stopped", "failed")
+
+
+def checkpoint_key(task: str) -> str:
+    return CHECKPOINT_PREFIX + task
+
+
+def is_checkpoint_key(key: bytes) -> bool:
+    return key.startswith(CHECKPOINT_PREFIX.encode())
+
+
+def _text(raw: Mapping[bytes | str, bytes | str], name: str) -> str | None:
+    value = raw.get(name)
+    if value is None:
+        value = raw.get(name.encode())
+    if value is None:
+        return None
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def _int(raw: Mapping[bytes | str, bytes | str], name: str) -> int | None:
+    text = _text(raw, name)
+    if text is None or text == "":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """The checkpoint hash, typed. Absent or malformed numbers read as None."""
+
+    task: str
+    state: str = "starting"
+    source: str | None = None
+    replid: str | None = None
+    offset: int | None = None
+    updated_at: int | None = None
+    full_sync_started_at: int | None = None
+    full_sync_finished_at: int | None = None
+    full_resyncs: int = 0
+    applied_commands: int = 0
+    rdb_bytes_total: int | None = None
+    rdb_bytes_loaded: int | None = None
+    keys_total: int | None = None
+    keys_loaded: int | None = None
+    skipped_keys: int = 0
+    last_error: str | None = None
+    pid: int | None = None
+    host: str | None = None
+    extra: dict[str, str] = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def from_hash(cls, task: str, raw: Mapping[bytes | str, bytes | str]) -> Checkpoint | None:
+        """The checkpoint from HGETALL's reply; None when the hash is empty (no task has
+        written to this target yet)."""
+        if not raw:
+            return None
+        state = _text(raw, "state") or "starting"
+        return cls(
+            task=_text(raw, "task") or task,
+            state=state if state in STATES else "starting",
+            source=_text(raw, "source"),
+            replid=_text(raw, "replid") or None,
+            offset=_int(raw, "offset"),
+            updated_at=_int(raw, "updated_at"),
+            full_sync_started_at=_int(raw, "full_sync_started_at"),
+            full_sync_finished_at=_int(raw, "full_sync_finished_at"),
+            full_resyncs=_int(raw, "full_resyncs") or 0,
+            applied_commands=_int(raw, "applied_commands") or 0,
+            rdb_bytes_total=_int(raw, "rdb_bytes_total"),
+            rdb_bytes_loaded=_int(raw, "rdb_bytes_loaded"),
+            keys_total=_int(raw, "keys_total"),
+            keys_loaded=_int(raw, "keys_loaded"),
+            skipped_keys=_int(raw, "skipped_keys") or 0,
+            last_error=_text(raw, "last_error") or None,
+            pid=_int(raw, "pid"),
+            host=_text(raw, "host"),
+        )
+
+    @property
+    def resumable(self) -> bool:
+        """It names a position in a source stream that a PSYNC can continue from: only
+        after a full sync finished (a half-loaded snapshot cannot be continued)."""
+        return (
+            self.replid is not None
+            and self.offset is not None
+            and self.full_sync_finished_at is not None
+            and (
+                self.full_sync_started_at is None
+                or self.full_sync_finished_at >= self.full_sync_started_at
+            )
+        )
+
+    def progress(self) -> float | None:
+        """Share of a running full sync done (0–1): bytes when the size is known, else
+        keys; None when neither is known."""
+        if self.rdb_bytes_total and self.rdb_bytes_loaded is not None:
+            return min(1.0, self.rdb_bytes_loaded / self.rdb_bytes_total)
+        if self.keys_total and self.keys_loaded is not None:
+            return min(1.0, self.keys_loaded / self.keys_total)
+        return None

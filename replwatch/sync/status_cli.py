@@ -1,0 +1,205 @@
+"""`replwatch sync status [TASK]`: one poll of sync tasks, printed as a table or JSON.
+
+Reads what the monitor reads (the checkpoint on the target, INFO on the source) through
+SyncWatcher; it does not talk to the syncer process. During a full sync a progress line shows
+bytes and keys loaded of the total, with a text progress bar on a terminal.
+
+Time lag comes from the source's offset clock, which a one-shot command has a single sample
+of: behind the source it can only say ">=" (a lower bound); the daemon's
+replwatch_sync_lag_seconds has the whole table.
+
+Exit status: 0 when every task reported is in state incremental or full_sync and both its
+source and target answered; 1 otherwise (a side down, no checkpoint yet, stopped, failed,
+starting); 2 for a configuration problem (no task of that name, no tasks configured).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from typing import TextIO
+
+from replwatch.config import Config, SyncTask
+from replwatch.lag.offset_clock import OffsetClock
+from replwatch.sync.watch import SyncTaskView, SyncWatcher
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_CONFIG = 2
+
+BAR_WIDTH = 20
+_EPILOG = (
+    "exit status: 0 when every task shown is in state incremental or full_sync with source "
+    "and target answering, 1 otherwise, 2 for an unknown task name or no tasks configured"
+)
+
+
+def add_sync_status_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of `sync status` (the caller adds -c/--config)."""
+    parser.add_argument("task", nargs="?", help="only this task (default: every task)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.epilog = _EPILOG
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def format_bytes(value: int) -> str:
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if value >= size:
+            return f"{value / size:.1f} {unit}"
+    return f"{value} B"
+
+
+def format_seconds(value: float | None, exact: bool = True) -> str:
+    if value is None:
+        return "-"
+    return f"{'' if exact else '>='}{value:.2f}s"
+
+
+def progress_bar(ratio: float, width: int = BAR_WIDTH) -> str:
+    done = round(max(0.0, min(1.0, ratio)) * width)
+    return "[" + "#" * done + "." * (width - done) + "]"
+
+
+def progress_line(view: SyncTaskView, is_tty: bool) -> str:
+    """'[####....] 47%  1.2 GiB of 2.6 GiB, 1,234,567 of 2,600,000 keys' (bar on a tty)."""
+    parts: list[str] = []
+    loaded, total = view.rdb_bytes_loaded, view.rdb_bytes_total
+    if loaded is not None and total:
+        parts.append(f"{format_bytes(loaded)} of {format_bytes(total)}")
+    elif loaded is not None:
+        parts.append(f"{format_bytes(loaded)} (size unknown: diskless)")
+    keys, keys_total = view.keys_loaded, view.keys_total
+    if keys is not None and keys_total:
+        parts.append(f"{keys:,} of {keys_total:,} keys")
+    elif keys is not None:
+        parts.append(f"{keys:,} keys")
+    detail = ", ".join(parts) or "nothing loaded yet"
+    if view.progress is None:
+        return detail
+    percent = f"{view.progress:.0%}"
+    if is_tty:
+        return f"{progress_bar(view.progress)} {percent}  {detail}"
+    return f"{percent}  {detail}"
+
+
+def _count(value: int | None) -> str:
+    return "-" if value is None else f"{value:,}"
+
+
+def _source(view: SyncTaskView) -> str:
+    if not view.source_up:
+        return f"{view.source} (DOWN: {view.source_error_reason}: {view.source_error_message})"
+    return f"{view.source} (up, offset {view.source_offset})"
+
+
+def _target(view: SyncTaskView) -> str:
+    if not view.target_up:
+        return f"{view.target} (DOWN: {view.target_error_reason}: {view.target_error_message})"
+    return f"{view.target} (up)"
+
+
+def _lag(view: SyncTaskView) -> str:
+    if view.lag_bytes is None:
+        if view.checkpoint is not None and view.source_up and view.checkpoint.replid:
+            return "unknown (the checkpoint is on another replication stream than the source)"
+        return "-"
+    seconds = format_seconds(view.lag_seconds, view.lag_seconds_exact)
+    return f"{format_bytes(view.lag_bytes)} ({view.lag_bytes:,} bytes), {seconds}"
+
+
+def _checkpoint_age(view: SyncTaskView) -> str:
+    if view.seconds_since_update is None:
+        return "-"
+    text = f"updated {view.seconds_since_update:.1f}s ago"
+    return text + " (stale: the source moved on)" if view.stale else text
+
+
+def render_task(view: SyncTaskView, is_tty: bool) -> str:
+    """One task as a small key/value table."""
+    state = view.state
+    if view.checkpoint is None and view.target_up:
+        state += " (no checkpoint on the target yet)"
+    elif view.checkpoint is None:
+        state += " (the target cannot be read)"
+    rows = [
+        ("source", _source(view)),
+        ("target", _target(view)),
+        ("lag", _lag(view)),
+        ("applied offset", "-" if view.applied_offset is None else str(view.applied_offset)),
+    ]
+    if view.full_sync_running:
+        rows.append(("full sync", progress_line(view, is_tty)))
+    rows += [
+        ("full resyncs", _count(view.full_resyncs)),
+        ("applied commands", _count(view.applied_commands)),
+        ("checkpoint", _checkpoint_age(view)),
+        ("last error", view.last_error or "-"),
+    ]
+    width = max(len(key) for key, _ in rows)
+    lines = [f"sync task {view.task}: {state}  {view.source} -> {view.target}"]
+    lines += [f"  {key.ljust(width)}  {value}" for key, value in rows]
+    return "\n".join(lines)
+
+
+def render_table(views: Sequence[SyncTaskView], is_tty: bool) -> str:
+    return "\n\n".join(render_task(v, is_tty) for v in views) + "\n"
+
+
+def render_json(views: Sequence[SyncTaskView]) -> str:
+    data = {"tasks": [v.to_dict() for v in views], "ok": all(v.running for v in views)}
+    return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+
+# --------------------------------------------------------------------------- command
+
+
+async def poll_tasks(cfg: Config, tasks: Sequence[SyncTask]) -> list[SyncTaskView]:
+    """One poll of each task, concurrently; connections closed afterwards."""
+    watchers = [
+        SyncWatcher(
+            task,
+            cfg.poll.timeout,
+            cfg.tls,
+            OffsetClock(cfg.lag.offset_clock_window, cfg.lag.offset_clock_max_points),
+        )
+        for task in tasks
+    ]
+    try:
+        return list(await asyncio.gather(*(w.poll() for w in watchers)))
+    finally:
+        for watcher in watchers:
+            watcher.close()
+
+
+def run_sync_status(
+    cfg: Config,
+    task: str | None,
+    as_json: bool,
+    out: TextIO,
+    is_tty: bool,
+    *,
+    source: str = "<config>",
+    err: TextIO | None = None,
+) -> int:
+    """Poll the named task (or every configured task) once and print it. `source` names the
+    config in messages; errors go to `err` (stderr by default). Returns the exit status."""
+    errors = err if err is not None else sys.stderr
+    if task is not None:
+        found = cfg.sync.task(task)
+        if found is None:
+            print(f"sync status: no task named {task} in {source}", file=errors)
+            return EXIT_CONFIG
+        tasks = [found]
+    else:
+        tasks = list(cfg.sync.tasks)
+        if not tasks:
+            print(f"sync status: no sync tasks in {source} (sync.tasks)", file=errors)
+            return EXIT_CONFIG
+    views = asyncio.run(poll_tasks(cfg, tasks))
+    out.write(render_json(views) if as_json else render_table(views, is_tty))
+    return EXIT_OK if all(v.running for v in views) else EXIT_FAILURE

@@ -1,0 +1,376 @@
+"""Watching sync tasks from the monitor side: the target's checkpoint plus the source's INFO.
+
+A sync task is a follower of its source's replication stream. The checkpoint hash the syncer
+keeps on the target (replwatch/sync/checkpoint.py) names the replid and offset applied there,
+so the monitor reports a task without talking to the syncer process: SyncWatcher reads that
+hash and the source's INFO replication concurrently, feeds the source's offset clock and
+returns an immutable SyncTaskView (byte lag, time lag, state, full sync progress, counters).
+SyncStore keeps the newest view per task for the exporter and `replwatch sync status`.
+
+- byte lag = source master_repl_offset − checkpoint offset, only when the checkpoint is on
+  the source's offset line: same replid, or the source's replid2 with an offset inside the
+  shared history (offset < second_repl_offset: Redis sets second_repl_offset to the old
+  offset + 1 when it shifts ids). Otherwise unknown (None), never a number across streams.
+- time lag = the source's offset clock looked up at the checkpoint offset. During a full sync
+  the checkpoint offset is the snapshot's, so the time lag grows with the load: it is how old
+  the target's data is. A stale checkpoint (not updated for `stale_after` seconds while the
+  source moved past it) keeps the clock's answer; `stale` and `seconds_since_update` say so.
+- "unreachable" is not a state: source_up / target_up (with an error reason class) say who
+  could not be read; the state comes from the checkpoint, "unknown" when there is none.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Generic, TypeVar
+
+import hiredis
+
+from replwatch.config import Config, RedisEndpoint, SyncTask, TLSConfig
+from replwatch.errors import ProtocolFailure, RedisError, TimeoutFailure
+from replwatch.lag.offset_clock import OffsetClock
+from replwatch.observe.connection import Command, Connection, classify_reply_error
+from replwatch.observe.info import ReplicationInfo, parse_replication
+from replwatch.sync.checkpoint import CHECKPOINT_DB, STATES, Checkpoint, checkpoint_key
+
+UNKNOWN_STATE = "unknown"
+# every value SyncTaskView.state can take (replwatch_sync_state exports one series each)
+VIEW_STATES: tuple[str, ...] = (*STATES, UNKNOWN_STATE)
+# states in which a task is doing its job (`replwatch sync status` exits 0)
+RUNNING_STATES = frozenset({"full_sync", "incremental"})
+DEFAULT_STALE_AFTER = 30.0
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class SyncTaskView:
+    """One poll of one sync task, as the monitor sees it. Immutable; replaced whole."""
+
+    task: str
+    source: str  # source label, host:port (never a password)
+    target: str  # target label
+    state: str  # the checkpoint's state; "unknown" without a (readable) checkpoint
+    checkpoint: Checkpoint | None
+    source_up: bool
+    target_up: bool
+    source_error_reason: str | None = None
+    source_error_message: str | None = None
+    target_error_reason: str | None = None
+    target_error_message: str | None = None
+    source_offset: int | None = None  # the source's master_repl_offset
+    source_replid: str | None = None
+    applied_offset: int | None = None  # the checkpoint's offset
+    lag_bytes: int | None = None
+    lag_seconds: float | None = None
+    lag_seconds_exact: bool = True  # False: the offset clock gives only a lower bound
+    seconds_since_update: float | None = None  # now − the checkpoint's updated_at
+    stale: bool = False  # not updated for stale_after seconds while the source moved on
+    progress: float | None = None  # share of a running full sync done (0–1)
+    full_resyncs: int | None = None
+    applied_commands: int | None = None
+    keys_loaded: int | None = None
+    keys_total: int | None = None
+    rdb_bytes_loaded: int | None = None
+    rdb_bytes_total: int | None = None
+    last_error: str | None = None  # the checkpoint's last_error (the syncer's own)
+    taken_at: float = 0.0  # wall clock, seconds
+    poll_seconds: float = 0.0
+
+    @property
+    def running(self) -> bool:
+        """Both sides answer and the task is in full_sync or incremental."""
+        return self.source_up and self.target_up and self.state in RUNNING_STATES
+
+    @property
+    def full_sync_running(self) -> bool:
+        return self.state == "full_sync"
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["running"] = self.running
+        return data
+
+
+# --------------------------------------------------------------------------- pure parts
+
+
+def follower_lag_bytes(
+    replid: str | None, offset: int | None, source: ReplicationInfo
+) -> int | None:
+    """Bytes a follower at (replid, offset) is behind `source`; None when that position is
+    not on the source's offset line (another stream, or past the history the source shares
+    with its previous replid)."""
+    if not replid or offset is None:
+        return None
+    on_line = replid == source.replid or (
+        bool(source.replid2) and replid == source.replid2 and offset < source.second_repl_offset
+    )
+    if not on_line:
+        return None
+    # INFO and the checkpoint are read concurrently: a checkpoint written a moment after the
+    # INFO answer may be a few bytes ahead of it
+    return max(0, source.master_repl_offset - offset)
+
+
+def parse_hgetall(reply: Any) -> dict[bytes | str, bytes | str]:
+    """HGETALL's flat [field, value, …] reply (RESP2) or map (RESP3) → dict."""
+    if isinstance(reply, dict):
+        return {k: v for k, v in reply.items() if isinstance(k, bytes) and isinstance(v, bytes)}
+    if not isinstance(reply, list) or len(reply) % 2:
+        raise ProtocolFailure("HGETALL returned no field/value list")
+    pairs = zip(reply[0::2], reply[1::2], strict=True)
+    return {k: v for k, v in pairs if isinstance(k, bytes) and isinstance(v, bytes)}
+
+
+@dataclass(frozen=True, slots=True)
+class SideRead(Generic[T]):
+    """What one side's read gave: a value, or an error reason class and message."""
+
+    value: T | None
+    at: float  # monotonic time the answer (or the failure) came
+    error_reason: str | None = None
+    error_message: str | None = None
+
+    @property
+    def up(self) -> bool:
+        return self.error_reason is None
+
+
+def build_view(
+    task: SyncTask,
+    source: SideRead[ReplicationInfo],
+    target: SideRead[Checkpoint | None],
+    clock: OffsetClock,
+    now_mono: float,
+    now_wall: float,
+    stale_after: float,
+    poll_seconds: float = 0.0,
+) -> SyncTaskView:
+    """The view of one poll. `clock` must already have observed `source` (when it answered)."""
+    cp = target.value if target.up else None
+    info = source.value if source.up else None
+    lag_bytes = lag_seconds = None
+    exact = True
+    if cp is not None and info is not None:
+        lag_bytes = follower_lag_bytes(cp.replid, cp.offset, info)
+        if lag_bytes is not None and cp.offset is not None:
+            lag_seconds, exact = clock.lag_of(cp.offset, now_mono)
+    since_update = None
+    if cp is not None and cp.updated_at is not None:
+        since_update = max(0.0, now_wall - cp.updated_at / 1000.0)
+    stale = bool(
+        since_update is not None and since_update > stale_after and lag_bytes and lag_bytes > 0
+    )
+    running_full_sync = cp is not None and cp.state == "full_sync"
+    return SyncTaskView(
+        task=task.name,
+        source=task.source.label,
+        target=task.target.label,
+        state=cp.state if cp is not None else UNKNOWN_STATE,
+        checkpoint=cp,
+        source_up=source.up,
+        target_up=target.up,
+        source_error_reason=source.error_reason,
+        source_error_message=source.error_message,
+        target_error_reason=target.error_reason,
+        target_error_message=target.error_message,
+        source_offset=info.master_repl_offset if info is not None else None,
+        source_replid=info.replid if info is not None else None,
+        applied_offset=cp.offset if cp is not None else None,
+        lag_bytes=lag_bytes,
+        lag_seconds=lag_seconds,
+        lag_seconds_exact=exact,
+        seconds_since_update=since_update,
+        stale=stale,
+        progress=cp.progress() if cp is not None and running_full_sync else None,
+        full_resyncs=cp.full_resyncs if cp is not None else None,
+        applied_commands=cp.applied_commands if cp is not None else None,
+        keys_loaded=cp.keys_loaded if cp is not None else None,
+        keys_total=cp.keys_total if cp is not None else None,
+        rdb_bytes_loaded=cp.rdb_bytes_loaded if cp is not None else None,
+        rdb_bytes_total=cp.rdb_bytes_total if cp is not None else None,
+        last_error=cp.last_error if cp is not None else None,
+        taken_at=now_wall,
+        poll_seconds=poll_seconds,
+    )
+
+
+# --------------------------------------------------------------------------- I/O
+
+
+class _Link:
+    """One connection to one node, opened on first use and reopened on the next use after
+    it failed. Each use is bounded by `timeout`, connect and AUTH included."""
+
+    def __init__(self, endpoint: RedisEndpoint, timeout: float, tls: TLSConfig | None) -> None:
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self.tls = tls
+        self._conn: Connection | None = None
+
+    async def run(self, commands: Sequence[Command]) -> list[Any]:
+        """The replies; raises RedisError (reply errors classified, connection kept)."""
+        try:
+            replies = await asyncio.wait_for(self._run(commands), self.timeout)
+        except TimeoutError:
+            self.close()  # the stream position is unknown
+            raise TimeoutFailure(
+                f"no answer from {self.endpoint.label} within {self.timeout:g}s"
+            ) from None
+        for reply in replies:
+            if isinstance(reply, hiredis.ReplyError):
+                raise classify_reply_error(str(reply))
+        return replies
+
+    async def _run(self, commands: Sequence[Command]) -> list[Any]:
+        conn = self._conn
+        if conn is None or conn.closed:
+            self._conn = None
+            conn = await Connection.open(self.endpoint, self.timeout, self.tls)
+            self._conn = conn
+        return await conn.execute(commands, self.timeout, raise_errors=False)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+async def _read_side(link: _Link, command: Command, parse: Callable[[Any], T]) -> SideRead[T]:
+    try:
+        replies = await link.run([command])
+        return SideRead(parse(replies[0]), time.monotonic())
+    except RedisError as exc:
+        return SideRead(None, time.monotonic(), exc.reason, str(exc))
+
+
+def _info_text(reply: Any) -> ReplicationInfo:
+    if not isinstance(reply, bytes):
+        raise ProtocolFailure("INFO returned no text")
+    return parse_replication(reply.decode("utf-8", "replace"))
+
+
+class SyncWatcher:
+    """Polls one sync task: INFO replication on its source and the checkpoint hash in db 0
+    of its target, concurrently, each bounded by `timeout`. Owns the source's offset clock.
+    Not safe for concurrent polls; use it from one event loop."""
+
+    def __init__(
+        self,
+        task: SyncTask,
+        timeout: float,
+        tls: TLSConfig,
+        clock: OffsetClock | None = None,
+        stale_after: float = DEFAULT_STALE_AFTER,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.task = task
+        self.timeout = timeout
+        self.stale_after = stale_after
+        self.clock = clock if clock is not None else OffsetClock()
+        self._wall = wall_clock
+        effective_tls = task.tls or tls
+        self._source = _Link(task.source, timeout, effective_tls)
+        target = task.target.model_copy(update={"db": CHECKPOINT_DB})
+        self._target = _Link(target, timeout, effective_tls)
+        self._hgetall: Command = ("HGETALL", checkpoint_key(task.name))
+
+    @property
+    def name(self) -> str:
+        return self.task.name
+
+    async def poll(self) -> SyncTaskView:
+        """One poll. Never raises for Redis problems: the view carries them."""
+        started = time.monotonic()
+        name = self.task.name
+        source, target = await asyncio.gather(
+            _read_side(self._source, ("INFO", "replication"), _info_text),
+            _read_side(
+                self._target, self._hgetall, lambda r: Checkpoint.from_hash(name, parse_hgetall(r))
+            ),
+        )
+        info = source.value
+        if info is not None:
+            self.clock.observe(info.master_repl_offset, source.at, info.replid, info.replid2)
+        now = time.monotonic()
+        return build_view(
+            self.task,
+            source,
+            target,
+            self.clock,
+            now,
+            self._wall(),
+            self.stale_after,
+            now - started,
+        )
+
+    def close(self) -> None:
+        self._source.close()
+        self._target.close()
+
+
+def build_sync_watchers(cfg: Config, stale_after: float = DEFAULT_STALE_AFTER) -> list[SyncWatcher]:
+    """One watcher per configured task, with the poll timeout, TLS and offset clock size of
+    the config."""
+    return [
+        SyncWatcher(
+            task,
+            cfg.poll.timeout,
+            cfg.tls,
+            OffsetClock(cfg.lag.offset_clock_window, cfg.lag.offset_clock_max_points),
+            stale_after,
+        )
+        for task in cfg.sync.tasks
+    ]
+
+
+# --------------------------------------------------------------------------- store
+
+
+class SyncStore:
+    """The newest SyncTaskView per task. put() swaps the whole dict, so readers on other
+    threads (the exporter) need no lock."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._views: dict[str, SyncTaskView] = {}
+        self._expected: frozenset[str] = frozenset()
+
+    def expect(self, names: Iterable[str]) -> None:
+        """Declare the tasks that exist; views of other tasks are dropped (now and later)."""
+        with self._lock:
+            self._expected = frozenset(names)
+            self._views = {k: v for k, v in self._views.items() if k in self._expected}
+
+    def put(self, view: SyncTaskView) -> None:
+        with self._lock:
+            if view.task not in self._expected:
+                return
+            views = dict(self._views)
+            views[view.task] = view
+            self._views = views
+
+    def get(self, name: str) -> SyncTaskView | None:
+        return self._views.get(name)
+
+    def all(self) -> list[SyncTaskView]:
+        views = self._views
+        return [views[k] for k in sorted(views)]
+
+    def ready(self) -> bool:
+        """Every expected task has been polled at least once (True when none is expected)."""
+        views = self._views
+        return all(k in views for k in self._expected)
+
+
+async def poll_into(watchers: Sequence[SyncWatcher], store: SyncStore) -> list[SyncTaskView]:
+    """Poll every watcher concurrently and put the views into `store` (a scheduler job)."""
+    views = list(await asyncio.gather(*(w.poll() for w in watchers)))
+    for view in views:
+        store.put(view)
+    return views
