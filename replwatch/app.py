@@ -17,12 +17,15 @@ from replwatch.config import Config
 from replwatch.errors import ReplwatchError
 from replwatch.exporter.collector import SnapshotCollector
 from replwatch.exporter.server import ExporterHTTPServer
+from replwatch.exporter.sync_collector import SyncCollector
 from replwatch.observe.group_monitor import GroupMonitor
 from replwatch.observe.probe import WaitProber
 from replwatch.routing.engine import RoutingEngine
 from replwatch.routing.publisher import RoutingPublisher
 from replwatch.scheduler import MonitorScheduler, SchedulerStats
 from replwatch.state import ProbeStore, SnapshotStore
+from replwatch.sync.supervisor import SupervisorCollector, SyncSupervisor
+from replwatch.sync.watch import SyncStore, SyncWatcher, build_sync_watchers, poll_into
 
 log = logging.getLogger("replwatch")
 
@@ -44,9 +47,15 @@ def build_registry(
     stats: SchedulerStats | None,
     probes: ProbeStore | None = None,
     routing: RoutingEngine | None = None,
+    sync_store: SyncStore | None = None,
+    supervisor: SyncSupervisor | None = None,
 ) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(SnapshotCollector(store, stats, probes, routing))
+    if sync_store is not None:
+        registry.register(SyncCollector(sync_store))
+    if supervisor is not None:
+        registry.register(SupervisorCollector(supervisor))
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     GCCollector(registry=registry)
@@ -62,10 +71,27 @@ class Daemon:
     stats: SchedulerStats
     scheduler: MonitorScheduler
     http: ExporterHTTPServer
+    sync_store: SyncStore
+    sync_watchers: list[SyncWatcher]
+    supervisor: SyncSupervisor | None = None
     _stop: asyncio.Event | None = None
 
     @classmethod
-    def build(cls, cfg: Config) -> Daemon:
+    def build(cls, cfg: Config, config_path: str | None = None, log_level: str = "info") -> Daemon:
+        """Everything wired; sync task processes are supervised only when the config came
+        from a file (`config_path`: the children read the same file)."""
+        sync_store = SyncStore()
+        sync_store.expect([t.name for t in cfg.sync.tasks])
+        sync_watchers = build_sync_watchers(cfg)
+        supervisor = (
+            SyncSupervisor(cfg.sync.tasks, config_path, log_level)
+            if config_path is not None and cfg.sync.tasks
+            else None
+        )
+
+        async def poll_sync() -> None:
+            await poll_into(sync_watchers, sync_store)
+
         store = SnapshotStore()
         store.expect([g.name for g in cfg.groups])
         stats = SchedulerStats()
@@ -84,8 +110,9 @@ class Daemon:
             probe_store,
             routing,
             RoutingPublisher(cfg.publish, routing.tables, cfg.tls) if cfg.publish.url else None,
+            poll_sync if sync_watchers else None,
         )
-        registry = build_registry(store, stats, probe_store, routing)
+        registry = build_registry(store, stats, probe_store, routing, sync_store, supervisor)
         try:
             http = ExporterHTTPServer(
                 (cfg.exporter.host, cfg.exporter.port), registry, store.ready, routing
@@ -95,7 +122,7 @@ class Daemon:
             raise ReplwatchError(
                 f"exporter.listen: cannot listen on {cfg.exporter.listen}: {exc.strerror or exc}"
             ) from None
-        return cls(cfg, store, stats, scheduler, http)
+        return cls(cfg, store, stats, scheduler, http, sync_store, sync_watchers, supervisor)
 
     async def serve(self) -> None:
         self._stop = asyncio.Event()
@@ -105,18 +132,27 @@ class Daemon:
                 loop.add_signal_handler(sig, self._stop.set)
         self.http.start()
         log.info(
-            "replwatch listening on http://%s:%d/metrics, watching %d group(s)",
+            "replwatch listening on http://%s:%d/metrics, watching %d group(s), %d sync task(s)",
             self.cfg.exporter.host,
             self.http.bound_port,
             len(self.cfg.groups),
+            len(self.cfg.sync.tasks),
         )
         try:
+            if self.supervisor is not None:
+                self.supervisor.start()
             await self.scheduler.poll_all_once()
+            if self.sync_watchers:
+                await poll_into(self.sync_watchers, self.sync_store)
             self.scheduler.start()
             await self._stop.wait()
         finally:
             log.info("replwatch stopping")
             self.scheduler.shutdown()
+            for watcher in self.sync_watchers:
+                watcher.close()
+            if self.supervisor is not None:
+                await asyncio.to_thread(self.supervisor.stop)
             self.http.stop()
 
     def stop(self) -> None:
@@ -124,6 +160,6 @@ class Daemon:
             self._stop.set()
 
 
-def run_daemon(cfg: Config) -> None:
-    daemon = Daemon.build(cfg)
+def run_daemon(cfg: Config, config_path: str | None = None, log_level: str = "info") -> None:
+    daemon = Daemon.build(cfg, config_path, log_level)
     asyncio.run(daemon.serve())

@@ -58,6 +58,25 @@ def _parser() -> argparse.ArgumentParser:
     p_demo.add_argument(
         "--duration", default=None, help="stop after this long (e.g. 30s); default: until Ctrl-C"
     )
+    from replwatch.sync.compare import add_compare_parser
+    from replwatch.sync.status_cli import add_sync_status_arguments
+
+    add_compare_parser(sub)
+    p_sync = sub.add_parser("sync", help="the bundled syncer: run a task, show task status")
+    sync_sub = p_sync.add_subparsers(dest="sync_command", metavar="SYNC_COMMAND")
+    p_sync_run = sync_sub.add_parser(
+        "run", help="run one sync task in the foreground (replwatch run supervises them)"
+    )
+    with_config(p_sync_run)
+    p_sync_run.add_argument("--task", required=True, help="the task's name in sync.tasks")
+    p_sync_run.add_argument(
+        "--afresh", action="store_true", help="start with a full sync even if it could continue"
+    )
+    p_sync_status = sync_sub.add_parser(
+        "status", help="poll sync tasks once and print state, lag and full-sync progress"
+    )
+    with_config(p_sync_status)
+    add_sync_status_arguments(p_sync_status)
     return parser
 
 
@@ -76,9 +95,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from replwatch.app import run_daemon
 
     cfg = _load(args.config)
-    if not cfg.groups:
-        raise ConfigError(args.config, ["groups: at least one group is needed to run"])
-    run_daemon(cfg)
+    if not cfg.groups and not cfg.sync.tasks:
+        raise ConfigError(
+            args.config, ["groups: at least one group (or one sync task) is needed to run"]
+        )
+    run_daemon(cfg, config_path=args.config, log_level=args.log_level)
     return EXIT_OK
 
 
@@ -153,6 +174,39 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     return EXIT_OK if all(r.result == "ok" for r in results) else EXIT_FAILURE
 
 
+def _cmd_sync(args: argparse.Namespace) -> int:
+    if args.sync_command == "status":
+        from replwatch.sync.status_cli import run_sync_status
+
+        cfg = _load(args.config)
+        return run_sync_status(
+            cfg, args.task, args.json, sys.stdout, sys.stdout.isatty(), source=args.config
+        )
+    if args.sync_command == "run":
+        from replwatch.sync.task import run_task_foreground
+
+        cfg = _load(args.config)
+        task = cfg.sync.task(args.task)
+        if task is None:
+            names = ", ".join(t.name for t in cfg.sync.tasks) or "none"
+            raise ConfigError(
+                args.config, [f"sync.tasks: no task named {args.task} (configured: {names})"]
+            )
+        if args.afresh:
+            task = task.model_copy(update={"afresh": True})
+        return run_task_foreground(task, cfg.tls)
+    print(
+        "replwatch sync: name a command: run, status (see replwatch sync --help)", file=sys.stderr
+    )
+    return EXIT_CONFIG
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from replwatch.sync.compare import run_compare
+
+    return run_compare(args)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from replwatch.demo import run_demo
 
@@ -173,6 +227,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "status": _cmd_status,
         "probe": _cmd_probe,
         "demo": _cmd_demo,
+        "sync": _cmd_sync,
+        "compare": _cmd_compare,
     }
     if args.command is None:
         parser.print_help()

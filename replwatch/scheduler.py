@@ -13,7 +13,7 @@ import functools
 import logging
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 from apscheduler.events import (
     EVENT_JOB_ERROR,
@@ -77,7 +77,9 @@ class MonitorScheduler:
         probe_store: ProbeStore | None = None,
         routing: RoutingEngine | None = None,
         publisher: RoutingPublisher | None = None,
+        sync_poll: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
+        self.sync_poll = sync_poll
         self.routing = routing
         self.publisher = publisher
         self.monitors = {m.name: m for m in monitors}
@@ -293,6 +295,10 @@ class MonitorScheduler:
                 args=[names],
                 id=f"probe:every-{interval:g}s",
             )
+        if self.sync_poll is not None:
+            self._scheduler.add_job(
+                self.poll_sync_tasks, "interval", seconds=self.poll_interval, id="sync:all"
+            )
         if self.publisher is not None:
             self._scheduler.add_job(
                 self.publish_routing,
@@ -339,6 +345,12 @@ class MonitorScheduler:
         if not task.cancelled() and task.exception() is not None:
             self.stats.add("poll", "all", "error")
             log.error("poll cycle failed: %s", task.exception())
+
+    async def poll_sync_tasks(self) -> None:
+        """The sync tasks' checkpoints and their sources' offsets (replwatch/sync/watch)."""
+        if self.sync_poll is not None:
+            await self.sync_poll()
+            self.stats.add("sync", "all", "completed")
 
     async def publish_routing(self) -> None:
         if self.publisher is not None:

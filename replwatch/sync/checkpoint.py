@@ -13,6 +13,8 @@ strings; times are unix milliseconds of the syncer's clock):
     state                    starting | full_sync | incremental | stopped | failed
     replid, offset           the source replication stream and the last offset applied
                              (during a full sync: the offset the snapshot was taken at)
+    db                       the stream's selected database at that offset (a continued
+                             stream does not repeat its SELECT)
     updated_at               when the syncer last wrote the checkpoint
     full_sync_started_at     when the current or last full sync began
     full_sync_finished_at    when it ended (absent while one is running)
@@ -75,6 +77,7 @@ class Checkpoint:
     source: str | None = None
     replid: str | None = None
     offset: int | None = None
+    db: int | None = None
     updated_at: int | None = None
     full_sync_started_at: int | None = None
     full_sync_finished_at: int | None = None
@@ -103,6 +106,7 @@ class Checkpoint:
             source=_text(raw, "source"),
             replid=_text(raw, "replid") or None,
             offset=_int(raw, "offset"),
+            db=_int(raw, "db"),
             updated_at=_int(raw, "updated_at"),
             full_sync_started_at=_int(raw, "full_sync_started_at"),
             full_sync_finished_at=_int(raw, "full_sync_finished_at"),

@@ -1,0 +1,180 @@
+"""A snapshot key as writes for the target: one RESTORE when the target understands the
+payload, else plain commands (older targets, and keys too big for one RESTORE) split into
+chunks. Pure: no I/O; the encoded bytes go into the writer's batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import cast
+
+from replwatch.observe.connection import encode_command
+from replwatch.sync.dump import RestoreTarget, build_dump_payload
+from replwatch.sync.rdb import KeyEntry, StreamValue
+
+Args = Sequence[bytes | str | int | float]
+
+CHUNK_ELEMENTS = 512
+CHUNK_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class TargetCaps:
+    """What the target understands, from its INFO server."""
+
+    restore: RestoreTarget
+    set_pxat: bool  # SET … PXAT (6.2+)
+    stream_ids: bool  # XSETID ENTRIESADDED/MAXDELETEDID, XGROUP CREATE ENTRIESREAD (7.0+)
+    hash_field_ttl: bool  # HPEXPIREAT (Redis 7.4+, Valkey 9.0+)
+
+    @classmethod
+    def of(cls, restore: RestoreTarget) -> TargetCaps:
+        v = tuple(restore.version)
+        if restore.valkey:
+            return cls(restore, True, True, v >= (9, 0))
+        return cls(restore, v >= (6, 2), v >= (7, 0), v >= (7, 4))
+
+
+def _chunks(items: Sequence[bytes], per: int) -> Iterator[Sequence[bytes]]:
+    """Runs of at most `per` items and about CHUNK_BYTES."""
+    start = 0
+    size = 0
+    for i, item in enumerate(items):
+        size += len(item)
+        if i - start + 1 >= per or size >= CHUNK_BYTES:
+            yield items[start : i + 1]
+            start, size = i + 1, 0
+    if start < len(items):
+        yield items[start:]
+
+
+def _score(score: float) -> bytes:
+    if score != score:  # NaN cannot be stored; never in an RDB either
+        raise ValueError("NaN score")
+    return repr(score).encode()
+
+
+def restore_command(entry: KeyEntry, version: int) -> bytes:
+    assert entry.raw is not None
+    payload = build_dump_payload(entry.raw, version)
+    ttl = entry.expire_ms or 0
+    if ttl:
+        return encode_command((b"RESTORE", entry.key, ttl, payload, b"REPLACE", b"ABSTTL"))
+    return encode_command((b"RESTORE", entry.key, 0, payload, b"REPLACE"))
+
+
+def key_writes(
+    entry: KeyEntry,
+    caps: TargetCaps,
+    source_valkey: bool,
+    replace: bool,
+    chunk: int = CHUNK_ELEMENTS,
+) -> tuple[bytes, int]:
+    """The encoded writes for one key and how many replies they will get. `replace`: the
+    key may exist on the target already (DEL it first when writing plain commands)."""
+    if entry.kind == "string":
+        assert isinstance(entry.value, bytes)
+        if entry.expire_ms and caps.set_pxat:
+            return encode_command((b"SET", entry.key, entry.value, b"PXAT", entry.expire_ms)), 1
+        out = encode_command((b"SET", entry.key, entry.value))
+        if entry.expire_ms:
+            return out + encode_command((b"PEXPIREAT", entry.key, entry.expire_ms)), 2
+        return out, 1
+    if entry.raw is not None:
+        version = caps.restore.payload_version_for(entry.rdb_type, source_valkey=source_valkey)
+        if version is not None and not entry.field_expiry:
+            return restore_command(entry, version), 1
+    commands = list(plain_commands(entry, caps, chunk))
+    if replace:
+        commands.insert(0, (b"DEL", entry.key))
+    return b"".join(encode_command(c) for c in commands), len(commands)
+
+
+def plain_commands(
+    entry: KeyEntry, caps: TargetCaps, chunk: int = CHUNK_ELEMENTS
+) -> Iterator[Args]:
+    """The key as ordinary write commands (then its TTL)."""
+    key = entry.key
+    value = entry.value
+    kind = entry.kind
+    if kind == "string":
+        assert isinstance(value, bytes)
+        yield (b"SET", key, value)
+    elif kind == "list":
+        for part in _chunks(cast(list[bytes], value), chunk):
+            yield (b"RPUSH", key, *part)
+    elif kind == "set":
+        for part in _chunks(cast(list[bytes], value), chunk):
+            yield (b"SADD", key, *part)
+    elif kind == "zset":
+        flat: list[bytes] = []
+        for member, score in cast(list[tuple[bytes, float]], value):
+            flat += (_score(score), member)
+        for part in _chunks(flat, chunk * 2):
+            yield (b"ZADD", key, *part)
+    elif kind == "hash":
+        flat = []
+        for f, v in cast(list[tuple[bytes, bytes]], value):
+            flat += (f, v)
+        for part in _chunks(flat, chunk * 2):
+            yield (b"HSET", key, *part)
+        if entry.field_expiry and caps.hash_field_ttl:
+            for f, at in entry.field_expiry:
+                yield (b"HPEXPIREAT", key, at, b"FIELDS", 1, f)
+    elif kind == "stream":
+        assert isinstance(value, StreamValue)
+        yield from _stream_commands(key, value, caps)
+    else:
+        raise ValueError(f"a {kind} value cannot be written as plain commands")
+    if entry.expire_ms:
+        yield (b"PEXPIREAT", key, entry.expire_ms)
+
+
+def _stream_commands(key: bytes, stream: StreamValue, caps: TargetCaps) -> Iterator[Args]:
+    for entry in stream.entries:
+        flat: list[bytes] = []
+        for f, v in entry.fields:
+            flat += (f, v)
+        yield (b"XADD", key, entry.id.encode(), *flat)
+    zero = (stream.last_id.ms, stream.last_id.seq) == (0, 0)
+    if not stream.entries:
+        if zero:  # an empty stream that never had an entry: only XGROUP … MKSTREAM makes one
+            yield (b"XGROUP", b"CREATE", key, b"__replwatch_seed", b"0", b"MKSTREAM")
+            yield (b"XGROUP", b"DESTROY", key, b"__replwatch_seed")
+        else:  # one entry at the last id, trimmed away at once
+            yield (b"XADD", key, b"MAXLEN", 0, stream.last_id.encode(), b"-", b"-")
+    if not zero:
+        setid: list[bytes | int] = [b"XSETID", key, stream.last_id.encode()]
+        if caps.stream_ids and stream.entries_added is not None and stream.max_deleted_id:
+            setid += [
+                b"ENTRIESADDED",
+                stream.entries_added,
+                b"MAXDELETEDID",
+                stream.max_deleted_id.encode(),
+            ]
+        yield tuple(setid)
+    for group in stream.groups:
+        create: list[bytes | int] = [b"XGROUP", b"CREATE", key, group.name, group.last_id.encode()]
+        if caps.stream_ids and group.entries_read is not None and group.entries_read >= 0:
+            create += [b"ENTRIESREAD", group.entries_read]
+        yield tuple(create)
+        for consumer in group.consumers:
+            yield (b"XGROUP", b"CREATECONSUMER", key, group.name, consumer.name)
+        for pending in group.pending:
+            if pending.consumer is None:
+                continue
+            yield (
+                b"XCLAIM",
+                key,
+                group.name,
+                pending.consumer,
+                0,
+                pending.id.encode(),
+                b"TIME",
+                pending.delivery_time_ms,
+                b"RETRYCOUNT",
+                pending.delivery_count,
+                b"FORCE",
+                b"JUSTID",
+            )

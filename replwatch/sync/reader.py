@@ -1,0 +1,377 @@
+"""The source side of a sync task: a replica-protocol client on a blocking socket.
+
+Handshake as a replica does it (PING, AUTH, REPLCONF listening-port / capa eof / capa
+psync2, PSYNC), then either a full sync payload — disk (`$<len>`) or diskless
+(`$EOF:<40-byte mark>` … mark), preceded by keepalive newlines while the source prepares it —
+or `+CONTINUE` and straight into the command stream. The stream is RESP arrays; each
+command's exact encoded length advances the replication offset. `REPLCONF GETACK` is
+answered at once by the caller (it owns the applied offset) and ACKs go out about once a
+second; `-LOADING` / `-NOMASTERLINK` replies to PSYNC mean "retry later".
+
+A sync task runs in its own process, so plain blocking sockets with timeouts are the
+simplest correct model here: no event loop to share with the monitor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import ssl
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import hiredis
+
+from replwatch.config import RedisEndpoint, TLSConfig
+from replwatch.errors import (
+    AuthFailure,
+    ProtocolFailure,
+    RedisError,
+    RefusedFailure,
+    TimeoutFailure,
+)
+from replwatch.observe.connection import build_ssl_context, classify_reply_error, encode_command
+
+EOF_MARK_LEN = 40
+RECV_SIZE = 256 * 1024
+
+
+class SourceRetryLater(RedisError):
+    """The source cannot serve a replica right now (-LOADING, -NOMASTERLINK): retry."""
+
+    reason = "source_busy"
+
+
+def open_socket(endpoint: RedisEndpoint, tls: TLSConfig | None, timeout: float) -> socket.socket:
+    """A connected (TLS-wrapped for rediss://) blocking socket, or a RedisError naming the
+    endpoint by its label (never its password)."""
+    try:
+        sock = socket.create_connection((endpoint.host, endpoint.port), timeout=timeout)
+    except ConnectionRefusedError:
+        raise RefusedFailure(f"connection to {endpoint.label} refused") from None
+    except TimeoutError:
+        raise TimeoutFailure(f"connect to {endpoint.label} timed out after {timeout:g}s") from None
+    except socket.gaierror as exc:
+        raise RedisError(f"cannot resolve {endpoint.host}: {exc.strerror}", reason="dns") from None
+    except OSError as exc:
+        raise RedisError(
+            f"cannot connect to {endpoint.label}: {exc.strerror or exc}", reason="unreachable"
+        ) from None
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    if endpoint.tls:
+        cfg = tls or TLSConfig()
+        ctx = build_ssl_context(cfg)
+        try:
+            sock = ctx.wrap_socket(sock, server_hostname=cfg.server_name or endpoint.host)
+        except ssl.SSLError as exc:
+            sock.close()
+            raise RedisError(
+                f"TLS handshake with {endpoint.label} failed: {exc.reason}", reason="tls"
+            ) from None
+    return sock
+
+
+class BufferedSocket:
+    """A socket with a read buffer: lines, exact reads, and 'what is there now'."""
+
+    def __init__(self, sock: socket.socket, label: str) -> None:
+        self.sock = sock
+        self.label = label
+        self.buf = bytearray()
+        self.pos = 0  # start of unread data in buf
+
+    def _compact(self) -> None:
+        if self.pos > 1 << 20 or (self.pos and self.pos == len(self.buf)):
+            del self.buf[: self.pos]
+            self.pos = 0
+
+    def available(self) -> int:
+        return len(self.buf) - self.pos
+
+    def fill(self) -> int:
+        """Read what the socket has (blocking up to its timeout); the byte count read."""
+        self._compact()
+        try:
+            data = self.sock.recv(RECV_SIZE)
+        except TimeoutError:
+            raise TimeoutFailure(f"no data from {self.label} within the timeout") from None
+        except ssl.SSLWantReadError:
+            return 0
+        except OSError as exc:
+            raise RedisError(
+                f"connection to {self.label} failed: {exc.strerror or exc}", reason="reset"
+            ) from None
+        if not data:
+            raise RedisError(f"{self.label} closed the connection", reason="reset")
+        self.buf += data
+        return len(data)
+
+    def read_line(self) -> bytes:
+        """The next line without its CRLF."""
+        while True:
+            end = self.buf.find(b"\n", self.pos)
+            if end >= 0:
+                line = bytes(self.buf[self.pos : end])
+                self.pos = end + 1
+                return line[:-1] if line.endswith(b"\r") else line
+            if self.available() > 64 * 1024:
+                raise ProtocolFailure(f"{self.label} sent a line longer than 64 KiB")
+            self.fill()
+
+    def read_exact(self, n: int) -> bytes:
+        while self.available() < n:
+            self.fill()
+        data = bytes(self.buf[self.pos : self.pos + n])
+        self.pos += n
+        return data
+
+    def take(self, max_n: int) -> bytes:
+        """Up to max_n buffered bytes (at least one: fills when empty)."""
+        if not self.available():
+            self.fill()
+        n = min(max_n, self.available())
+        data = bytes(self.buf[self.pos : self.pos + n])
+        self.pos += n
+        return data
+
+    def send(self, data: bytes) -> None:
+        try:
+            self.sock.sendall(data)
+        except TimeoutError:
+            raise TimeoutFailure(f"sending to {self.label} timed out") from None
+        except OSError as exc:
+            raise RedisError(
+                f"connection to {self.label} failed: {exc.strerror or exc}", reason="reset"
+            ) from None
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+
+class RdbPayload:
+    """The snapshot as an RDB source for rdb.parse_rdb: read()/read_some() never return a
+    byte past the end of the snapshot (for a diskless payload: the end mark is held back
+    until it is certain it is not the start of the mark), `loaded` counts bytes read."""
+
+    def __init__(self, conn: BufferedSocket, length: int | None, eof_mark: bytes | None) -> None:
+        self.conn = conn
+        self.length = length  # disk payload: exact size
+        self.eof_mark = eof_mark  # diskless payload: the 40-byte end mark
+        self.loaded = 0
+        self._ended = False  # diskless: the mark was found at the end of the buffer view
+
+    @property
+    def remaining(self) -> int | None:
+        return None if self.length is None else self.length - self.loaded
+
+    def _readable(self) -> int:
+        """Bytes that may be handed out now without passing the snapshot's end."""
+        conn = self.conn
+        if self.length is not None:
+            left = self.length - self.loaded
+            if left <= 0:
+                return 0
+            if not conn.available():
+                conn.fill()
+            return min(left, conn.available())
+        assert self.eof_mark is not None
+        while True:
+            if self._ended:
+                return 0
+            view_end = len(conn.buf)
+            found = conn.buf.find(self.eof_mark, conn.pos, view_end)
+            if found >= 0:
+                # only the end of what was sent can be the mark: the RDB ends with its EOF
+                # opcode and checksum, after which the source sends the mark and then the
+                # command stream (after our first ACK)
+                if found == conn.pos:
+                    self._ended = True
+                    return 0
+                return found - conn.pos
+            safe = conn.available() - (EOF_MARK_LEN - 1)
+            if safe > 0:
+                return safe
+            conn.fill()
+
+    def read_some(self, max_n: int, /) -> bytes:
+        n = min(max_n, self._readable())
+        if n <= 0:
+            raise EOFError("end of the snapshot")
+        data = bytes(self.conn.buf[self.conn.pos : self.conn.pos + n])
+        self.conn.pos += n
+        self.loaded += n
+        return data
+
+    def read(self, n: int, /) -> bytes:
+        parts: list[bytes] = []
+        wanted = n
+        while wanted:
+            chunk = self.read_some(wanted)
+            parts.append(chunk)
+            wanted -= len(chunk)
+        return b"".join(parts) if len(parts) != 1 else parts[0]
+
+    def finish(self) -> None:
+        """After the parser saw the RDB's end: consume the diskless end mark (or check a
+        disk payload was read whole)."""
+        if self.length is not None:
+            left = self.length - self.loaded
+            if left:
+                raise ProtocolFailure(f"{left} bytes of the snapshot left after its EOF opcode")
+            return
+        assert self.eof_mark is not None
+        mark = self.conn.read_exact(EOF_MARK_LEN)
+        if mark != self.eof_mark:
+            raise ProtocolFailure("the diskless snapshot did not end with its end mark")
+
+
+@dataclass(frozen=True, slots=True)
+class FullResync:
+    replid: str
+    offset: int  # the stream continues at offset + 1
+
+
+@dataclass(frozen=True, slots=True)
+class Continue:
+    replid: str | None  # a new replid when the source switched streams (after a failover)
+
+
+def command_length(argv: list[bytes]) -> int:
+    """Bytes of a command as RESP multibulk: how far it moves the replication offset."""
+    total = 3 + len(str(len(argv)))  # *<n>\r\n
+    for arg in argv:
+        size = len(arg)
+        total += 5 + len(str(size)) + size  # $<len>\r\n<arg>\r\n
+    return total
+
+
+class SourceLink:
+    """One replication connection to the source."""
+
+    def __init__(
+        self,
+        endpoint: RedisEndpoint,
+        tls: TLSConfig | None,
+        timeout: float,
+        listening_port: int = 0,
+    ) -> None:
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self.conn = BufferedSocket(open_socket(endpoint, tls, timeout), endpoint.label)
+        self.listening_port = listening_port
+        self.reader = hiredis.Reader()
+
+    def _call(self, *args: str | int) -> bytes:
+        self.conn.send(encode_command(args))
+        return self.conn.read_line()
+
+    def handshake(self) -> None:
+        ep = self.endpoint
+        # PING first, as replicas do; -NOAUTH here is expected before AUTH
+        self._call("PING")
+        if ep.password is not None:
+            secret = ep.password.get_secret_value()
+            reply = self._call(
+                *(("AUTH", ep.username, secret) if ep.username else ("AUTH", secret))
+            )
+            if reply.startswith(b"-"):
+                raise AuthFailure(
+                    f"AUTH to {ep.label} failed: {reply[1:120].decode('utf-8', 'replace')}"
+                )
+        for args in (
+            ("REPLCONF", "listening-port", str(self.listening_port)),
+            ("REPLCONF", "capa", "eof", "capa", "psync2"),
+        ):
+            reply = self._call(*args)
+            if reply.startswith(b"-"):
+                err = classify_reply_error(reply[1:].decode("utf-8", "replace"))
+                if isinstance(err, AuthFailure):
+                    raise AuthFailure(f"{ep.label}: {err}")
+                raise RedisError(
+                    f"{ep.label} refused {args[0]} {args[1]}: {err}", reason=err.reason
+                )
+
+    def psync(self, replid: str | None, offset: int | None) -> FullResync | Continue:
+        """PSYNC <replid> <offset+1> to continue after `offset`, or PSYNC ? -1."""
+        if replid is None or offset is None:
+            self.conn.send(encode_command(("PSYNC", "?", "-1")))
+        else:
+            self.conn.send(encode_command(("PSYNC", replid, offset + 1)))
+        line = self.conn.read_line()
+        while line == b"":  # keepalive newlines while the source gets ready
+            line = self.conn.read_line()
+        text = line.decode("utf-8", "replace")
+        if text.startswith("+FULLRESYNC"):
+            parts = text.split()
+            if len(parts) != 3 or not parts[2].lstrip("-").isdigit():
+                raise ProtocolFailure(f"malformed FULLRESYNC reply from {self.endpoint.label}")
+            return FullResync(parts[1], int(parts[2]))
+        if text.startswith("+CONTINUE"):
+            parts = text.split()
+            return Continue(parts[1] if len(parts) > 1 else None)
+        if text.startswith("-"):
+            upper = text[1:].upper()
+            if upper.startswith(("LOADING", "NOMASTERLINK", "MASTERDOWN")):
+                raise SourceRetryLater(f"{self.endpoint.label}: {text[1:200]}")
+            raise classify_reply_error(text[1:])
+        raise ProtocolFailure(f"unexpected PSYNC reply from {self.endpoint.label}: {text[:80]!r}")
+
+    def payload(self) -> RdbPayload:
+        """The full sync payload's header, then the payload as an RDB source."""
+        line = self.conn.read_line()
+        while line == b"":
+            line = self.conn.read_line()
+        if line.startswith(b"-"):
+            raise classify_reply_error(line[1:].decode("utf-8", "replace"))
+        if not line.startswith(b"$"):
+            raise ProtocolFailure(
+                f"expected a snapshot from {self.endpoint.label}, got {line[:40]!r}"
+            )
+        if line.startswith(b"$EOF:"):
+            mark = line[5:]
+            if len(mark) != EOF_MARK_LEN:
+                raise ProtocolFailure(f"bad diskless end mark from {self.endpoint.label}")
+            return RdbPayload(self.conn, None, mark)
+        try:
+            length = int(line[1:])
+        except ValueError:
+            raise ProtocolFailure(f"bad snapshot length from {self.endpoint.label}") from None
+        return RdbPayload(self.conn, length, None)
+
+    def ack(self, offset: int) -> None:
+        self.conn.send(encode_command(("REPLCONF", "ACK", offset)))
+
+    def commands(self) -> Iterator[list[bytes]]:
+        """The commands buffered or readable now (the socket is read once when nothing is
+        buffered; a TimeoutFailure means nothing arrived within the timeout)."""
+        reader = self.reader
+        conn = self.conn
+        if conn.available():
+            reader.feed(bytes(conn.buf[conn.pos :]))
+            conn.pos = len(conn.buf)
+        while True:
+            try:
+                item = reader.gets()
+            except hiredis.ProtocolError as exc:
+                raise ProtocolFailure(
+                    f"bad replication stream from {self.endpoint.label}: {exc}"
+                ) from None
+            if item is False:
+                return
+            if not isinstance(item, list):
+                raise ProtocolFailure(
+                    f"replication stream from {self.endpoint.label} holds a non-command reply"
+                )
+            yield item
+
+    def receive(self) -> None:
+        """Read what the socket has into the command parser (blocking up to the timeout)."""
+        self.conn.fill()
+
+    def settimeout(self, seconds: float | None) -> None:
+        self.conn.sock.settimeout(seconds)
+
+    def close(self) -> None:
+        self.conn.close()

@@ -1,0 +1,190 @@
+"""`replwatch run` keeps every configured sync task running, each in its own process.
+
+A full sync parses and writes gigabytes: in a process of its own it never slows the monitor's
+event loop, and a crash of one task takes nothing else down. A task process that exits is
+started again with backoff (1 s doubling to 30 s; back to 1 s after a minute of uptime); one
+that exits 1 (a problem retrying cannot fix, e.g. a non-empty target) is retried every 60 s,
+so fixing the cause is enough. On shutdown every child gets SIGTERM (it finishes its batch,
+keeps its checkpoint) and, after a grace period, SIGKILL.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from replwatch.config import SyncTask
+
+log = logging.getLogger("replwatch.sync.supervisor")
+
+BACKOFF_MIN = 1.0
+BACKOFF_MAX = 30.0
+FATAL_RETRY = 60.0
+HEALTHY_AFTER = 60.0
+EXIT_FATAL = 1
+
+
+@dataclass
+class TaskProcess:
+    name: str
+    proc: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+    restarts: int = 0
+    next_start: float = 0.0
+    backoff: float = BACKOFF_MIN
+    last_exit: int | None = None
+    history: list[int] = field(default_factory=list)
+
+
+def task_command(config_path: str, task: str, log_level: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "replwatch",
+        "--log-level",
+        log_level,
+        "sync",
+        "run",
+        "-c",
+        config_path,
+        "--task",
+        task,
+    ]
+
+
+class SyncSupervisor:
+    """Starts, watches and restarts one child process per task."""
+
+    def __init__(
+        self,
+        tasks: Sequence[SyncTask],
+        config_path: str,
+        log_level: str = "info",
+        grace: float = 15.0,
+    ) -> None:
+        self.config_path = config_path
+        self.log_level = log_level
+        self.grace = grace
+        self.tasks = {t.name: TaskProcess(t.name) for t in tasks}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if not self.tasks:
+            return
+        self._thread = threading.Thread(target=self._loop, name="sync-supervisor", daemon=True)
+        self._thread.start()
+
+    def _spawn(self, tp: TaskProcess) -> None:
+        cmd = task_command(self.config_path, tp.name, self.log_level)
+        try:
+            tp.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
+        except OSError as exc:
+            log.error("sync task %s: cannot start: %s", tp.name, exc)
+            tp.proc = None
+            tp.next_start = time.monotonic() + tp.backoff
+            return
+        tp.started_at = time.monotonic()
+        log.info("sync task %s: started (pid %d)", tp.name, tp.proc.pid)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            now = time.monotonic()
+            with self._lock:
+                for tp in self.tasks.values():
+                    if tp.proc is not None:
+                        code = tp.proc.poll()
+                        if code is None:
+                            continue
+                        tp.proc = None
+                        tp.last_exit = code
+                        uptime = now - tp.started_at
+                        if uptime >= HEALTHY_AFTER:
+                            tp.backoff = BACKOFF_MIN
+                        wait = FATAL_RETRY if code == EXIT_FATAL else tp.backoff
+                        tp.backoff = min(BACKOFF_MAX, tp.backoff * 2)
+                        tp.next_start = now + wait
+                        tp.restarts += 1
+                        log.warning(
+                            "sync task %s: exited with %d after %.0fs; restarting in %.0fs",
+                            tp.name,
+                            code,
+                            uptime,
+                            wait,
+                        )
+                    elif now >= tp.next_start:
+                        self._spawn(tp)
+            self._stop.wait(0.2)
+
+    def stop(self) -> None:
+        """SIGTERM every child, wait up to `grace`, then SIGKILL what is left."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        with self._lock:
+            procs = [tp.proc for tp in self.tasks.values() if tp.proc is not None]
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + self.grace
+        for proc in procs:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("sync task pid %d did not stop in %.0fs: killing", proc.pid, self.grace)
+                proc.kill()
+                proc.wait()
+
+    def pids(self) -> dict[str, int | None]:
+        with self._lock:
+            return {
+                name: (tp.proc.pid if tp.proc is not None and tp.proc.poll() is None else None)
+                for name, tp in self.tasks.items()
+            }
+
+    def snapshot(self) -> list[tuple[str, bool, int, int | None]]:
+        """(task, running, restarts, last exit code) per task."""
+        with self._lock:
+            return [
+                (
+                    tp.name,
+                    tp.proc is not None and tp.proc.poll() is None,
+                    tp.restarts,
+                    tp.last_exit,
+                )
+                for tp in self.tasks.values()
+            ]
+
+
+class SupervisorCollector(Collector):
+    """replwatch_sync_process_up{task}, replwatch_sync_process_restarts_total{task}."""
+
+    def __init__(self, supervisor: SyncSupervisor) -> None:
+        self.supervisor = supervisor
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily(
+            "replwatch_sync_process_up",
+            "1 while the task's syncer process runs under replwatch run.",
+            labels=["task"],
+        )
+        restarts = CounterMetricFamily(
+            "replwatch_sync_process_restarts",
+            "Times the task's syncer process exited and was started again.",
+            labels=["task"],
+        )
+        for name, running, count, _code in self.supervisor.snapshot():
+            up.add_metric([name], 1.0 if running else 0.0)
+            restarts.add_metric([name], float(count))
+        yield up
+        yield restarts

@@ -1,0 +1,712 @@
+"""One sync task: source → target, full sync then the command stream, resumable.
+
+A session: connect to the target, read the checkpoint; connect to the source as a replica
+and ask to continue after the checkpoint's position (PSYNC <replid> <offset+1>) when it names
+one, else for everything (PSYNC ? -1). A full sync loads the snapshot into the target
+(RESTORE when the target understands the payload, plain commands otherwise) and ends with a
+checkpoint naming the snapshot's position; then the stream is applied in batches, each one
+`MULTI … <commands> … HSET <checkpoint> offset … EXEC`, so the target's data and the recorded
+position never disagree: after a crash the task continues exactly there. The source is
+ACKed the offset applied to the target (about once a second, and at once on GETACK).
+
+Sessions end on errors and are retried with backoff; a problem retrying cannot fix (a
+non-empty target with existing_keys: refuse, a module key with on_module_key: fail, the
+target refusing the snapshot's data) stops the task (FatalTaskError).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import hiredis
+
+from replwatch.config import SyncTask, TLSConfig
+from replwatch.errors import RedisError, ReplwatchError, TimeoutFailure
+from replwatch.observe.connection import encode_command
+from replwatch.sync.checkpoint import (
+    CHECKPOINT_DB,
+    CHECKPOINT_PREFIX,
+    SCHEMA_VERSION,
+    Checkpoint,
+    checkpoint_key,
+    is_checkpoint_key,
+)
+from replwatch.sync.commands import TargetCaps, key_writes
+from replwatch.sync.dump import restore_target_from_info
+from replwatch.sync.rdb import (
+    FunctionEntry,
+    KeyEntry,
+    RdbEnd,
+    RdbHeader,
+    RdbModuleError,
+    ResizeDb,
+    parse_rdb,
+)
+from replwatch.sync.reader import Continue, FullResync, SourceLink, command_length
+from replwatch.sync.writer import Batch, TargetLink, TargetRejected, now_ms
+
+log = logging.getLogger("replwatch.sync")
+
+IO_TIMEOUT = 10.0  # connect and reply timeout for both sides
+ACK_EVERY = 1.0
+PROGRESS_EVERY = 1.0
+MAX_IN_FLIGHT = 8
+_DROPPED = (b"PING", b"REPLCONF")
+
+
+class FatalTaskError(ReplwatchError):
+    """A problem that retrying cannot fix: the task stops (state failed)."""
+
+
+@dataclass
+class TaskCounters:
+    """What this process did (the checkpoint holds the totals across restarts)."""
+
+    sessions: int = 0
+    full_syncs: int = 0
+    keys_loaded: int = 0
+    commands_applied: int = 0
+    batches: int = 0
+    command_errors: int = 0
+    transactions_dropped: int = 0
+
+
+class SyncTaskRunner:
+    """Runs one task until stop() or a fatal error."""
+
+    def __init__(
+        self,
+        task: SyncTask,
+        tls: TLSConfig,
+        stop: threading.Event | None = None,
+        io_timeout: float = IO_TIMEOUT,
+    ) -> None:
+        self.task = task
+        self.tls = task.tls or tls
+        self.stop_event = stop or threading.Event()
+        self.io_timeout = io_timeout
+        self.counters = TaskCounters()
+        self.key = checkpoint_key(task.name)
+        self.pair_key = checkpoint_key(task.pair).encode() if task.pair else None
+        self._afresh = task.afresh
+        self._host = socket.gethostname()
+        self.state = "starting"
+        # for tests and status: the applied offset and replid after each batch
+        self.replid: str | None = None
+        self.offset: int | None = None
+        self.on_progress: Callable[[SyncTaskRunner], None] | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self.stop_event.is_set()
+
+    def run(self) -> int:
+        """Sessions with backoff until stopped (0) or a fatal error (1)."""
+        delay = self.task.reconnect_min
+        while not self.stopping:
+            started = time.monotonic()
+            try:
+                self.session()
+            except FatalTaskError as exc:
+                log.error("task %s failed: %s", self.task.name, exc)
+                self._record_end("failed", str(exc))
+                return 1
+            except (RedisError, OSError, EOFError, ReplwatchError) as exc:
+                if self.stopping:
+                    break
+                log.warning(
+                    "task %s: session ended: %s; retrying in %.1fs", self.task.name, exc, delay
+                )
+                self._record_error(str(exc))
+                if self.stop_event.wait(delay):
+                    break
+                if time.monotonic() - started > 30:
+                    delay = self.task.reconnect_min
+                else:
+                    delay = min(self.task.reconnect_max, delay * 2)
+                continue
+            if not self.stopping:
+                delay = self.task.reconnect_min
+        self._record_end("stopped", None)
+        return 0
+
+    def _side_conn(self) -> TargetLink | None:
+        try:
+            return TargetLink(self.task.target, self.tls, self.io_timeout, 1)
+        except (RedisError, OSError):
+            return None
+
+    def _record_error(self, message: str) -> None:
+        target = self._side_conn()
+        if target is None:
+            return
+        try:
+            target.call("HSET", self.key, "last_error", message[:500], "updated_at", now_ms())
+        except (RedisError, OSError):
+            pass
+        finally:
+            target.close()
+
+    def _record_end(self, state: str, error: str | None) -> None:
+        self.state = state
+        target = self._side_conn()
+        if target is None:
+            return
+        try:
+            # a failure is recorded even before the task ever wrote (e.g. a refused target)
+            if error is not None or target.call("EXISTS", self.key):
+                fields: list[Any] = ["state", state, "updated_at", now_ms()]
+                if error is not None:
+                    fields += ["last_error", error[:500], *self._identity()]
+                target.call("HSET", self.key, *fields)
+        except (RedisError, OSError):
+            pass
+        finally:
+            target.close()
+
+    # ------------------------------------------------------------------ one session
+
+    def session(self) -> None:
+        self.counters.sessions += 1
+        target = TargetLink(self.task.target, self.tls, self.io_timeout, MAX_IN_FLIGHT)
+        source: SourceLink | None = None
+        try:
+            checkpoint = target.read_checkpoint(self.task.name)
+            source = SourceLink(self.task.source, self.tls, self.io_timeout)
+            source.handshake()
+            resume = checkpoint is not None and checkpoint.resumable and not self._afresh
+            if resume:
+                assert checkpoint is not None
+                reply = source.psync(checkpoint.replid, checkpoint.offset)
+            else:
+                reply = source.psync(None, None)
+            self._afresh = False  # afresh applies to the first session of a start only
+            if isinstance(reply, FullResync):
+                self.full_sync(source, target, checkpoint, reply)
+                offset, replid = reply.offset, reply.replid
+            else:
+                assert checkpoint is not None and checkpoint.offset is not None
+                assert isinstance(reply, Continue)
+                replid = reply.replid or checkpoint.replid or ""
+                offset = checkpoint.offset
+                log.info("task %s: continuing %s after offset %d", self.task.name, replid, offset)
+            self.incremental(source, target, checkpoint, replid, offset)
+        finally:
+            if source is not None:
+                source.close()
+            target.close()
+
+    # ------------------------------------------------------------------ full sync
+
+    def _prepare_target(self, target: TargetLink, checkpoint: Checkpoint | None) -> bool:
+        """Make the target ready for a snapshot; True when keys may already exist on it
+        (overwrite), so plain-command writes must delete a key first."""
+        ours_before = checkpoint is not None and checkpoint.full_resyncs > 0
+        if ours_before:
+            self._flush_keeping_checkpoints(target)
+            return False
+        foreign = target.keys_outside(CHECKPOINT_PREFIX.encode())
+        if not foreign:
+            return False
+        policy = self.task.existing_keys
+        if policy == "refuse":
+            raise FatalTaskError(
+                f"target {self.task.target.label} already holds {foreign} keys; a full sync "
+                f"would mix them with the source's: set existing_keys: flush (delete them "
+                f"first) or overwrite (keep keys the source does not have) on task "
+                f"{self.task.name}"
+            )
+        if policy == "flush":
+            self._flush_keeping_checkpoints(target)
+            return False
+        return True
+
+    def _flush_keeping_checkpoints(self, target: TargetLink) -> None:
+        """FLUSHALL, then put back every sync checkpoint that was on the target (other
+        tasks' too)."""
+        target.select(CHECKPOINT_DB)
+        saved: dict[bytes, list[bytes]] = {}
+        cursor = b"0"
+        while True:
+            cursor, keys = target.call(
+                "SCAN", cursor, "MATCH", CHECKPOINT_PREFIX + "*", "COUNT", 1000
+            )
+            for key in keys:
+                saved[key] = target.call("HGETALL", key)
+            if cursor == b"0":
+                break
+        target.call("FLUSHALL")
+        for key, flat in saved.items():
+            if flat:
+                target.call("HSET", key, *flat)
+
+    def full_sync(
+        self,
+        source: SourceLink,
+        target: TargetLink,
+        checkpoint: Checkpoint | None,
+        reply: FullResync,
+    ) -> None:
+        task = self.task
+        self.state = "full_sync"
+        log.info(
+            "task %s: full sync from %s (replid %s offset %d)",
+            task.name,
+            task.source.label,
+            reply.replid,
+            reply.offset,
+        )
+        replace = self._prepare_target(target, checkpoint)
+        started_at = now_ms()
+        resyncs = (checkpoint.full_resyncs if checkpoint else 0) + 1
+        target.select(CHECKPOINT_DB)
+        target.call("HDEL", self.key, "full_sync_finished_at")
+        target.call(
+            "HSET",
+            self.key,
+            *self._identity(),
+            "state",
+            "full_sync",
+            "replid",
+            reply.replid,
+            "offset",
+            reply.offset,
+            "full_sync_started_at",
+            started_at,
+            "full_resyncs",
+            resyncs,
+            "rdb_bytes_loaded",
+            0,
+            "keys_loaded",
+            0,
+            "keys_total",
+            0,
+            "updated_at",
+            started_at,
+        )
+        payload = source.payload()
+        target.call("HSET", self.key, "rdb_bytes_total", payload.length or 0)
+        caps = TargetCaps.of(restore_target_from_info(target.info))
+        loader = _SnapshotLoader(self, target, caps, replace)
+        source.settimeout(self.io_timeout)
+        events = parse_rdb(
+            payload,
+            raw_limit=task.big_key_bytes,
+            on_module="skip" if task.on_module_key == "skip" else "error",
+        )
+        try:
+            for event in events:
+                if isinstance(event, KeyEntry):
+                    loader.key(event)
+                elif isinstance(event, ResizeDb):
+                    loader.keys_total += event.db_size
+                elif isinstance(event, RdbHeader):
+                    loader.source_valkey = event.valkey
+                elif isinstance(event, FunctionEntry):
+                    loader.function(event.code)
+                elif isinstance(event, RdbEnd):
+                    break
+                if self.stopping:
+                    raise RedisError("stopped during the full sync", reason="stopped")
+                loader.maybe_progress(payload.loaded)
+        except RdbModuleError as exc:
+            raise FatalTaskError(
+                f"{exc} (task {task.name}: set on_module_key: skip to leave such keys out)"
+            ) from None
+        payload.finish()
+        loader.flush()
+        target.drain()
+        finished = now_ms()
+        target.select(CHECKPOINT_DB)
+        target.call(
+            "HSET",
+            self.key,
+            "state",
+            "incremental",
+            "replid",
+            reply.replid,
+            "offset",
+            reply.offset,
+            "full_sync_finished_at",
+            max(finished, started_at),
+            "keys_loaded",
+            loader.keys_loaded,
+            "keys_total",
+            max(loader.keys_total, loader.keys_loaded),
+            "rdb_bytes_loaded",
+            payload.loaded,
+            "skipped_keys",
+            loader.skipped,
+            "updated_at",
+            finished,
+        )
+        self.counters.full_syncs += 1
+        self.counters.keys_loaded += loader.keys_loaded
+        log.info(
+            "task %s: full sync done: %d keys, %d bytes in %.1fs",
+            task.name,
+            loader.keys_loaded,
+            payload.loaded,
+            (finished - started_at) / 1000,
+        )
+        # a diskless source waits for this first ACK before it streams commands
+        source.ack(reply.offset)
+
+    def _identity(self) -> list[Any]:
+        return [
+            "version",
+            SCHEMA_VERSION,
+            "task",
+            self.task.name,
+            "source",
+            self.task.source.label,
+            "pid",
+            os.getpid(),
+            "host",
+            self._host,
+        ]
+
+    # ------------------------------------------------------------------ incremental
+
+    def incremental(
+        self,
+        source: SourceLink,
+        target: TargetLink,
+        checkpoint: Checkpoint | None,
+        replid: str,
+        offset: int,
+    ) -> None:
+        self.state = "incremental"
+        fresh = target.read_checkpoint(self.task.name)
+        if checkpoint is not None and fresh is not None and fresh.db is not None:
+            # a continued stream goes on in the database it had selected at that offset
+            target.select(fresh.db)
+        stream = _StreamApplier(self, target, replid, offset)
+        stream.full_sync_started_at = fresh.full_sync_started_at if fresh else None
+        stream.full_sync_finished_at = fresh.full_sync_finished_at if fresh else None
+        if fresh is not None and fresh.replid != replid:
+            # +CONTINUE with a new replid (the source switched streams after a failover):
+            # the same offsets, a new name
+            stream.flush(force=True)
+        target.call("HSET", self.key, "state", "incremental", "updated_at", now_ms())
+        last_ack = 0.0
+        source.settimeout(0.05)
+        while not self.stopping:
+            try:
+                source.receive()
+            except TimeoutFailure:
+                stream.flush()
+                target.poll_replies()
+                if time.monotonic() - last_ack >= ACK_EVERY:
+                    source.ack(stream.applied)
+                    last_ack = time.monotonic()
+                continue
+            for argv in source.commands():
+                if stream.add(argv):
+                    # REPLCONF GETACK: everything before it applied, then say where we are
+                    stream.flush(force=stream.pending_offset > stream.applied)
+                    target.drain()
+                    source.ack(stream.applied)
+                    last_ack = time.monotonic()
+            if not source.conn.available():
+                stream.flush()
+            target.poll_replies()
+            if time.monotonic() - last_ack >= ACK_EVERY:
+                source.ack(stream.applied)
+                last_ack = time.monotonic()
+        stream.flush()
+        target.drain()
+        source.ack(stream.applied)
+
+
+class _SnapshotLoader:
+    """Applies snapshot keys in pipelined batches (no MULTI: a half-loaded snapshot is
+    never resumed, a restart loads it again) and reports progress into the checkpoint."""
+
+    def __init__(
+        self, runner: SyncTaskRunner, target: TargetLink, caps: TargetCaps, replace: bool
+    ) -> None:
+        self.runner = runner
+        self.target = target
+        self.caps = caps
+        self.replace = replace
+        self.source_valkey = False
+        self.db = target.db
+        self.parts: list[bytes] = []
+        self.expect = 0
+        self.size = 0
+        self.keys_in_batch = 0
+        self.keys_loaded = 0
+        self.keys_total = 0
+        self.skipped = 0
+        self._last_progress = time.monotonic()
+
+    def key(self, entry: KeyEntry) -> None:
+        if entry.kind == "module" and self.runner.task.on_module_key == "skip":
+            self.skipped += 1
+            log.warning(
+                "task %s: skipped module key %r in db %d",
+                self.runner.task.name,
+                entry.key[:100],
+                entry.db,
+            )
+            return
+        if entry.db != self.db:
+            self.parts.append(encode_command(("SELECT", entry.db)))
+            self.expect += 1
+            self.db = entry.db
+        try:
+            data, replies = key_writes(entry, self.caps, self.source_valkey, self.replace)
+        except ValueError as exc:
+            raise FatalTaskError(
+                f"key {entry.key[:100]!r} in db {entry.db} cannot be written to "
+                f"{self.runner.task.target.label}: {exc}"
+            ) from None
+        self.parts.append(data)
+        self.expect += replies
+        self.size += len(data)
+        self.keys_in_batch += 1
+        task = self.runner.task
+        if self.keys_in_batch >= task.batch_size or self.size >= task.batch_bytes:
+            self.flush()
+
+    def function(self, code: bytes) -> None:
+        self.parts.append(encode_command(("FUNCTION", "LOAD", "REPLACE", code)))
+        self.expect += 1
+
+    def flush(self) -> None:
+        if not self.parts:
+            return
+        keys = self.keys_in_batch
+        payload = b"".join(self.parts)
+        self.target.db = self.db
+        self.target.send(payload, Batch(self.expect, self._checked(keys), "snapshot"))
+        self.parts, self.expect, self.size, self.keys_in_batch = [], 0, 0, 0
+
+    def _checked(self, keys: int) -> Callable[[list[Any]], None]:
+        def done(replies: list[Any]) -> None:
+            for reply in replies:
+                if isinstance(reply, hiredis.ReplyError):
+                    raise TargetRejected(
+                        f"target {self.runner.task.target.label} refused a snapshot write: "
+                        f"{str(reply)[:200]}"
+                    )
+            self.keys_loaded += keys
+
+        return done
+
+    def maybe_progress(self, loaded_bytes: int) -> None:
+        now = time.monotonic()
+        if now - self._last_progress < PROGRESS_EVERY:
+            return
+        self._last_progress = now
+        self.flush()
+        back = self.db
+        cmds = []
+        if back != CHECKPOINT_DB:
+            cmds.append(encode_command(("SELECT", CHECKPOINT_DB)))
+        cmds.append(
+            encode_command(
+                (
+                    "HSET",
+                    self.runner.key,
+                    "keys_loaded",
+                    self.keys_loaded,
+                    "keys_total",
+                    max(self.keys_total, self.keys_loaded),
+                    "rdb_bytes_loaded",
+                    loaded_bytes,
+                    "skipped_keys",
+                    self.skipped,
+                    "updated_at",
+                    now_ms(),
+                )
+            )
+        )
+        if back != CHECKPOINT_DB:
+            cmds.append(encode_command(("SELECT", back)))
+        self.target.send(b"".join(cmds), Batch(len(cmds), self._progress_checked, "progress"))
+
+    def _progress_checked(self, replies: list[Any]) -> None:
+        for reply in replies:
+            if isinstance(reply, hiredis.ReplyError):
+                raise TargetRejected(f"checkpoint write refused: {str(reply)[:200]}")
+
+
+class _StreamApplier:
+    """The command stream in MULTI batches with the checkpoint; source transactions are
+    kept whole inside one batch."""
+
+    def __init__(
+        self, runner: SyncTaskRunner, target: TargetLink, replid: str, offset: int
+    ) -> None:
+        self.runner = runner
+        self.target = target
+        self.replid = replid
+        self.applied = offset  # confirmed by the target (EXEC answered)
+        self.pending_offset = offset  # after the last command read
+        self.batch_offset = offset  # what the batch being built ends at
+        self.parts: list[bytes] = []
+        self.count = 0  # commands in the batch being built
+        self.size = 0
+        self.db = target.db  # the stream's current db (and the target connection's)
+        self.tx: list[list[bytes]] | None = None
+        self.tx_dropped = False
+        self.sent_offset = offset  # what the last batch sent ends at
+        self.full_sync_started_at: int | None = None
+        self.full_sync_finished_at: int | None = None
+        runner.replid, runner.offset = replid, offset
+
+    def add(self, argv: list[bytes]) -> bool:
+        """Take one command of the stream; True for REPLCONF GETACK (answer it now)."""
+        self.pending_offset += command_length(argv)
+        name = argv[0].upper()
+        if name == b"MULTI":
+            self.tx = []
+            self.tx_dropped = False
+            return False
+        if name == b"EXEC":
+            tx, self.tx = self.tx or [], None
+            if self.tx_dropped:
+                self.runner.counters.transactions_dropped += 1
+            else:
+                for command in tx:
+                    self._append(command)
+            self.batch_offset = self.pending_offset
+            self._maybe_flush()
+            return False
+        if name in _DROPPED:
+            getack = name == b"REPLCONF" and len(argv) > 1 and argv[1].upper() == b"GETACK"
+            if self.tx is None:
+                self.batch_offset = self.pending_offset
+            return getack
+        if len(argv) > 1 and is_checkpoint_key(argv[1]):
+            # another task's checkpoint write: from our pair, the whole transaction is an
+            # echo of what we wrote (drop it); from another task, just not ours to copy
+            if self.tx is not None and argv[1] == self.runner.pair_key:
+                self.tx_dropped = True
+            if self.tx is None:
+                self.batch_offset = self.pending_offset
+            return False
+        if self.tx is not None:
+            self.tx.append(argv)
+            return False
+        self._append(argv)
+        self.batch_offset = self.pending_offset
+        self._maybe_flush()
+        return False
+
+    def _append(self, argv: list[bytes]) -> None:
+        data = encode_command(argv)
+        self.parts.append(data)
+        self.count += 1
+        self.size += len(data)
+        if argv[0].upper() == b"SELECT" and len(argv) > 1:
+            with contextlib.suppress(ValueError):
+                self.db = int(argv[1])
+
+    def _maybe_flush(self) -> None:
+        task = self.runner.task
+        if self.count >= task.batch_size or self.size >= task.batch_bytes:
+            self.flush()
+
+    def flush(self, force: bool = False) -> None:
+        """Send the batch built so far (MULTI … checkpoint … EXEC); with nothing but
+        skipped commands (PINGs) since the last batch, a checkpoint-only batch moves the
+        recorded offset (`force`, or when the position moved)."""
+        end = self.batch_offset
+        if not self.parts and not force and end <= self.sent_offset:
+            return
+        runner = self.runner
+        count = self.count
+        head = [encode_command(("MULTI",))]
+        tail: list[bytes] = []
+        if self.db != CHECKPOINT_DB:
+            tail.append(encode_command(("SELECT", CHECKPOINT_DB)))
+        fields: list[Any] = [
+            "state",
+            "incremental",
+            "replid",
+            self.replid,
+            "offset",
+            end,
+            "db",
+            self.db,
+            "updated_at",
+            now_ms(),
+        ]
+        if self.full_sync_finished_at is not None:
+            fields += ["full_sync_finished_at", self.full_sync_finished_at]
+        if self.full_sync_started_at is not None:
+            fields += ["full_sync_started_at", self.full_sync_started_at]
+        tail.append(encode_command(("HSET", runner.key, *fields)))
+        tail.append(encode_command(("HINCRBY", runner.key, "applied_commands", count)))
+        if self.db != CHECKPOINT_DB:
+            tail.append(encode_command(("SELECT", self.db)))
+        tail.append(encode_command(("EXEC",)))
+        payload = b"".join(head + self.parts + tail)
+        expect = 1 + count + len(tail)
+        self.target.db = self.db
+        self.sent_offset = end
+        self.target.send(payload, Batch(expect, self._done(end, count), "stream"))
+        self.parts, self.count, self.size = [], 0, 0
+
+    def _done(self, end: int, count: int) -> Callable[[list[Any]], None]:
+        def done(replies: list[Any]) -> None:
+            exec_reply = replies[-1]
+            if isinstance(exec_reply, hiredis.ReplyError) or exec_reply is None:
+                first = next(
+                    (r for r in replies[1:-1] if isinstance(r, hiredis.ReplyError)), exec_reply
+                )
+                raise TargetRejected(
+                    f"target {self.runner.task.target.label} refused a batch of the stream: "
+                    f"{str(first)[:200]}"
+                )
+            if isinstance(exec_reply, list):
+                errors = [r for r in exec_reply if isinstance(r, hiredis.ReplyError)]
+                if errors:
+                    self.runner.counters.command_errors += len(errors)
+                    log.warning(
+                        "task %s: %d commands failed on the target, e.g. %s",
+                        self.runner.task.name,
+                        len(errors),
+                        str(errors[0])[:200],
+                    )
+            self.applied = end
+            self.runner.counters.commands_applied += count
+            self.runner.counters.batches += 1
+            self.runner.offset = end
+            if self.runner.on_progress is not None:
+                self.runner.on_progress(self.runner)
+
+        return done
+
+
+def run_task_foreground(task: SyncTask, tls: TLSConfig) -> int:
+    """`replwatch sync run`: the task until SIGTERM/SIGINT (exit 0, checkpoint kept) or a
+    fatal error (exit 1)."""
+    import signal
+
+    runner = SyncTaskRunner(task, tls)
+
+    def on_signal(signum: int, frame: object) -> None:
+        log.info("task %s: stopping (signal %d)", task.name, signum)
+        runner.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    log.info("task %s: %s -> %s", task.name, task.source.label, task.target.label)
+    return runner.run()

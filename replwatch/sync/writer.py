@@ -1,0 +1,186 @@
+"""The target side of a sync task: pipelined writes with replies checked in order.
+
+Batches are sent without waiting and their replies read later (a few batches in flight), so
+the target's round trip does not bound throughput. Every incremental batch is one
+`MULTI … EXEC` that ends with the checkpoint write, so data and position move together.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import hiredis
+
+from replwatch.config import RedisEndpoint, TLSConfig
+from replwatch.errors import AuthFailure, ProtocolFailure, RedisError
+from replwatch.observe.connection import classify_reply_error, encode_command
+from replwatch.observe.info import parse_info
+from replwatch.sync.checkpoint import CHECKPOINT_DB, Checkpoint, checkpoint_key
+from replwatch.sync.reader import BufferedSocket, open_socket
+
+
+class TargetRejected(RedisError):
+    """The target refused what the task must write (a fatal problem for the task: retrying
+    would refuse it again)."""
+
+    reason = "target_rejected"
+
+
+@dataclass(slots=True)
+class Batch:
+    """Commands sent together; `expect` replies will come back for them."""
+
+    expect: int
+    on_done: Callable[[list[Any]], None] | None = None
+    what: str = "batch"
+    replies: list[Any] = field(default_factory=list)
+
+
+class TargetLink:
+    """One connection to the target with a queue of batches in flight."""
+
+    def __init__(
+        self, endpoint: RedisEndpoint, tls: TLSConfig | None, timeout: float, max_in_flight: int
+    ) -> None:
+        self.endpoint = endpoint
+        self.conn = BufferedSocket(open_socket(endpoint, tls, timeout), endpoint.label)
+        self.reader = hiredis.Reader()
+        self.in_flight: deque[Batch] = deque()
+        self.max_in_flight = max_in_flight
+        self.db = 0
+        self.info: dict[str, str] = {}
+        self._setup()
+
+    # ------------------------------------------------------------------ simple calls
+
+    def call(self, *args: Any) -> Any:
+        """One command, waited for (nothing may be in flight)."""
+        self.drain()
+        self.conn.send(encode_command(args))
+        reply = self._next_reply()
+        if isinstance(reply, hiredis.ReplyError):
+            raise classify_reply_error(str(reply))
+        return reply
+
+    def _setup(self) -> None:
+        ep = self.endpoint
+        if ep.password is not None:
+            secret = ep.password.get_secret_value()
+            args = ("AUTH", ep.username, secret) if ep.username else ("AUTH", secret)
+            self.conn.send(encode_command(args))
+            reply = self._next_reply()
+            if isinstance(reply, hiredis.ReplyError):
+                raise AuthFailure(f"AUTH to {ep.label} failed: {str(reply)[:120]}")
+        self.conn.send(encode_command(("CLIENT", "SETNAME", "replwatch-sync")))
+        self._next_reply()  # may be refused by ACL: not fatal
+        self.call("PING")
+        info = self.call("INFO", "server")
+        self.info = parse_info(info.decode("utf-8", "replace") if isinstance(info, bytes) else "")
+
+    def select(self, db: int) -> None:
+        """Switch the connection's database (a new connection starts in db 0)."""
+        if db != self.db:
+            self.call("SELECT", db)
+            self.db = db
+
+    # ------------------------------------------------------------------ pipelining
+
+    def _next_reply(self) -> Any:
+        while True:
+            try:
+                reply = self.reader.gets()
+            except hiredis.ProtocolError as exc:
+                raise ProtocolFailure(f"bad reply from {self.endpoint.label}: {exc}") from None
+            if reply is not False:
+                return reply
+            conn = self.conn
+            if conn.available():
+                self.reader.feed(bytes(conn.buf[conn.pos :]))
+                conn.pos = len(conn.buf)
+                continue
+            conn.fill()
+
+    def send(self, payload: bytes, batch: Batch) -> None:
+        """Send a batch; when too many are in flight, first finish the oldest."""
+        while len(self.in_flight) >= self.max_in_flight:
+            self._finish_oldest()
+        self.conn.send(payload)
+        self.in_flight.append(batch)
+
+    def _finish_oldest(self) -> None:
+        batch = self.in_flight[0]
+        while len(batch.replies) < batch.expect:
+            batch.replies.append(self._next_reply())
+        self.in_flight.popleft()
+        if batch.on_done is not None:
+            batch.on_done(batch.replies)
+
+    def poll_replies(self) -> None:
+        """Finish the batches whose replies have all arrived, without blocking."""
+        conn = self.conn
+        if conn.available():
+            self.reader.feed(bytes(conn.buf[conn.pos :]))
+            conn.pos = len(conn.buf)
+        while self.in_flight:
+            batch = self.in_flight[0]
+            while len(batch.replies) < batch.expect:
+                reply = self.reader.gets()
+                if reply is False:
+                    return
+                batch.replies.append(reply)
+            self.in_flight.popleft()
+            if batch.on_done is not None:
+                batch.on_done(batch.replies)
+
+    def drain(self) -> None:
+        while self.in_flight:
+            self._finish_oldest()
+
+    # ------------------------------------------------------------------ checkpoint
+
+    def read_checkpoint(self, task: str) -> Checkpoint | None:
+        self.select(CHECKPOINT_DB)
+        reply = self.call("HGETALL", checkpoint_key(task))
+        if not isinstance(reply, list):
+            raise ProtocolFailure("HGETALL of the checkpoint returned no list")
+        raw = dict(zip(reply[::2], reply[1::2], strict=True))
+        return Checkpoint.from_hash(task, raw)
+
+    def keys_outside(self, ignore_prefix: bytes) -> int:
+        """How many keys the target holds besides the checkpoint keys (INFO keyspace, then
+        a SCAN of small databases to leave out the checkpoint keys)."""
+        keyspace = self.call("INFO", "keyspace")
+        text = keyspace.decode("utf-8", "replace") if isinstance(keyspace, bytes) else ""
+        total = 0
+        for name, value in parse_info(text).items():
+            if not name.startswith("db"):
+                continue
+            keys = int(value.split(",")[0].partition("=")[2] or 0)
+            if keys > 100:
+                total += keys  # plainly not just checkpoints
+                continue
+            db = int(name[2:])
+            self.select(db)
+            cursor = b"0"
+            while True:
+                cursor, found = self.call("SCAN", cursor, "COUNT", 1000)
+                total += sum(1 for k in found if not k.startswith(ignore_prefix))
+                if cursor == b"0":
+                    break
+        self.select(CHECKPOINT_DB)
+        return total
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def encode_many(commands: Sequence[Sequence[Any]]) -> bytes:
+    return b"".join(encode_command(c) for c in commands)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
