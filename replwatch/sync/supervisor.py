@@ -10,6 +10,8 @@ keeps its checkpoint) and, after a grace period, SIGKILL.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
 import signal
 import subprocess
@@ -43,6 +45,14 @@ class TaskProcess:
     backoff: float = BACKOFF_MIN
     last_exit: int | None = None
     history: list[int] = field(default_factory=list)
+
+
+def _die_with_parent() -> None:
+    """preexec_fn: the kernel sends the child SIGTERM when replwatch run dies, even by
+    kill -9, so no task process outlives its supervisor (Linux; elsewhere a no-op)."""
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def task_command(config_path: str, task: str, log_level: str) -> list[str]:
@@ -88,7 +98,9 @@ class SyncSupervisor:
     def _spawn(self, tp: TaskProcess) -> None:
         cmd = task_command(self.config_path, tp.name, self.log_level)
         try:
-            tp.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
+            tp.proc = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent
+            )
         except OSError as exc:
             log.error("sync task %s: cannot start: %s", tp.name, exc)
             tp.proc = None

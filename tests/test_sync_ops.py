@@ -1,0 +1,247 @@
+"""The syncer as the source and the daemon see it: it acknowledges what the target holds
+(WAIT on the source counts it, INFO shows its offset), big keys go as plain commands, a
+source that cannot serve a replica yet (-NOMASTERLINK) is retried, and `replwatch run`
+supervises task processes (restarts one killed -9, exports sync metrics, stops them all)."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from replwatch.config import TLSConfig
+from replwatch.sync.task import SyncTaskRunner
+
+from .datasets import connect
+from .harness import ServerSet, closed_port, wait_for
+from .test_cli_daemon import http_get, parse_metrics, value
+from .test_sync_engine import (
+    TASK,
+    assert_equal,
+    checkpoint,
+    make_task,
+    source_position,
+    wait_caught_up,
+)
+
+
+class Runner:
+    def __init__(self, runner: SyncTaskRunner) -> None:
+        self.runner = runner
+        self.thread = threading.Thread(target=runner.run, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.runner.stop()
+        self.thread.join(20)
+        assert not self.thread.is_alive()
+
+
+@pytest.fixture
+def runner_box() -> Iterator[list[Runner]]:
+    box: list[Runner] = []
+    try:
+        yield box
+    finally:
+        for r in box:
+            if r.thread.is_alive():
+                r.stop()
+
+
+def start(task: object, box: list[Runner]) -> Runner:
+    r = Runner(SyncTaskRunner(task, TLSConfig(), io_timeout=5))  # type: ignore[arg-type]
+    box.append(r)
+    return r
+
+
+@pytest.mark.timeout(60)
+def test_source_sees_the_applied_offset_and_wait_counts_the_syncer(
+    debian_servers: ServerSet, runner_box: list[Runner]
+) -> None:
+    source = debian_servers.start("source")
+    target = debian_servers.start("target")
+    start(make_task(source, target), runner_box)
+    wait_caught_up(source, target)
+    with connect(source) as client:
+        client.set("k", "v")
+        # WAIT sends REPLCONF GETACK; the syncer applies what came before and answers at once
+        started = time.monotonic()
+        assert client.execute_command("WAIT", 1, 5000) == 1
+        assert time.monotonic() - started < 2.0
+    with connect(target) as client:
+        assert client.get("k") == b"v"  # acknowledged means applied on the target
+    _replid, offset = source_position(source)
+
+    def acked() -> bool:
+        with connect(source) as client:
+            info = client.info("replication")
+        line = info.get("slave0")
+        return isinstance(line, dict) and int(line["offset"]) == offset
+
+    wait_for(acked, 5, "the source's INFO to show the syncer's ACKed offset")
+    cp = checkpoint(target)
+    assert cp is not None and cp.offset == offset
+
+
+@pytest.mark.timeout(90)
+def test_big_keys_are_written_as_plain_commands(
+    debian_servers: ServerSet, runner_box: list[Runner]
+) -> None:
+    source = debian_servers.start("source")
+    target = debian_servers.start("target")
+    with connect(source) as client:
+        client.rpush("big:list", *[f"item-{i}" for i in range(5000)])
+        client.sadd("big:set", *[f"m-{i}" for i in range(5000)])
+        client.hset("big:hash", mapping={f"f-{i}": f"v-{i}" for i in range(3000)})
+        client.zadd("big:zset", {f"z-{i}": i / 3 for i in range(3000)})
+        for i in range(2000):
+            client.xadd("big:stream", {"n": i, "pad": "x" * 20})
+        client.xgroup_create("big:stream", "g", id="0")
+        client.xreadgroup("g", "c1", {"big:stream": ">"}, count=500)
+        client.pexpire("big:hash", 900_000)
+        client.set("small", "s")
+    # every value above 1 KiB goes as commands (RPUSH/SADD/HSET/ZADD/XADD … in chunks)
+    start(make_task(source, target, big_key_bytes="1kb"), runner_box)
+    cp = wait_caught_up(source, target)
+    assert cp.keys_loaded == 6
+    assert_equal(source, target)
+    with connect(target) as client:
+        assert client.object("encoding", "big:list") == b"quicklist"
+        assert 890_000 < client.pttl("big:hash") <= 900_000
+        assert client.xpending("big:stream", "g")["pending"] == 500
+
+
+@pytest.mark.timeout(90)
+def test_source_without_its_master_is_retried(
+    debian_servers: ServerSet, runner_box: list[Runner]
+) -> None:
+    # a source that is itself a replica of a master that is not there answers PSYNC with
+    # -NOMASTERLINK: the task retries (with backoff) and syncs once the source can serve
+    source = debian_servers.start("source", extra=["--replicaof", "127.0.0.1", str(closed_port())])
+    target = debian_servers.start("target")
+    r = start(make_task(source, target, reconnect_min="200ms", reconnect_max="500ms"), runner_box)
+
+    def retried() -> bool:
+        cp = checkpoint(target)
+        return (
+            cp is not None and cp.last_error is not None and "NOMASTERLINK" in cp.last_error.upper()
+        )
+
+    wait_for(retried, 15, "the task to record -NOMASTERLINK and retry")
+    assert r.runner.counters.sessions >= 1 and r.runner.counters.full_syncs == 0
+    with connect(source) as client:
+        client.execute_command("REPLICAOF", "NO", "ONE")
+        client.set("now-a-master", 1)
+    wait_caught_up(source, target)
+    with connect(target) as client:
+        assert client.get("now-a-master") == b"1"
+
+
+# --------------------------------------------------------------------------- supervision
+
+
+def scrape(base: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    status, text = http_get(base + "/metrics")
+    assert status == 200, text
+    return parse_metrics(text)
+
+
+def child_pids(parent: int) -> list[int]:
+    out = subprocess.run(
+        ["pgrep", "-P", str(parent)], capture_output=True, text=True, check=False
+    ).stdout
+    return [int(p) for p in out.split()]
+
+
+@pytest.mark.timeout(120)
+def test_daemon_supervises_task_processes(debian_servers: ServerSet, tmp_path: Path) -> None:
+    source = debian_servers.start("source", extra=["--repl-backlog-size", "32mb"])
+    target = debian_servers.start("target")
+    with connect(source) as client:
+        client.set("before", 1)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "exporter": {"listen": "127.0.0.1:0"},
+                "poll": {"interval": "200ms", "timeout": "150ms"},
+                "sync": {"tasks": [{"name": TASK, "source": source.url, "target": target.url}]},
+            }
+        )
+    )
+    log = tmp_path / "daemon.log"
+    with log.open("wb") as err:
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "replwatch", "run", "-c", str(cfg)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+    try:
+        base = wait_for(
+            lambda: (
+                (m := re.search(r"listening on (http://[\d.:]+)/metrics", log.read_text()))
+                and m.group(1)
+            ),
+            15,
+            "the daemon to listen",
+        )
+        wait_caught_up(source, target)
+
+        def metrics_show_incremental() -> bool:
+            s = scrape(base)
+            return (
+                value(s, "replwatch_sync_state", task=TASK, state="incremental") == 1
+                and value(s, "replwatch_sync_process_up", task=TASK) == 1
+                and value(s, "replwatch_sync_lag_bytes", task=TASK) == 0
+            )
+
+        wait_for(metrics_show_incremental, 10, "sync metrics for the running task")
+        children = child_pids(daemon.pid)
+        assert len(children) == 1, children
+
+        # kill -9 the task: the supervisor starts it again, it continues from the checkpoint
+        subprocess.run(["kill", "-9", str(children[0])], check=True)
+        with connect(source) as client:
+            for _ in range(100):
+                client.incr("during-restart")
+
+        def restarted() -> bool:
+            s = scrape(base)
+            return (value(s, "replwatch_sync_process_restarts_total", task=TASK) or 0) >= 1 and (
+                value(s, "replwatch_sync_process_up", task=TASK) == 1
+            )
+
+        wait_for(restarted, 15, "the supervisor to restart the task")
+        cp = wait_caught_up(source, target)
+        assert cp.full_resyncs == 1  # continued, not synced again
+        with connect(target) as client:
+            assert client.get("during-restart") == b"100"
+        new_children = child_pids(daemon.pid)
+        assert len(new_children) == 1 and new_children != children
+
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(30) == 0
+        wait_for(
+            lambda: (
+                subprocess.run(["kill", "-0", str(new_children[0])], check=False).returncode != 0
+            ),
+            10,
+            "the task process to be gone",
+        )
+        cp = checkpoint(target)
+        assert cp is not None and cp.state == "stopped"
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+        for pid in child_pids(daemon.pid):
+            subprocess.run(["kill", "-9", str(pid)], check=False)
