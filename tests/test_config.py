@@ -3,10 +3,12 @@ sizes, ${ENV} interpolation and password files; secrets never appear in errors o
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from replwatch.config import (
     Config,
@@ -665,3 +667,18 @@ def test_checked_in_example_config_is_valid() -> None:
     # the example's passwords are redacted like any other
     for secret in iter_secrets(cfg):
         assert secret not in repr(cfg)
+
+
+def test_example_sync_task_in_config_yaml_is_valid() -> None:
+    """The commented sync task in config.yaml, uncommented, is a valid task with the
+    documented defaults."""
+    text = (REPO / "config.yaml").read_text()
+    block = re.search(r"^  tasks: \[\]\n((?:  #.*\n)+)", text, re.M)
+    assert block is not None, "config.yaml should show a commented sync task"
+    lines = [line.replace("  #", "  ", 1) for line in block.group(1).splitlines()]
+    data = {"sync": {"tasks": yaml.safe_load("\n".join(lines))}}
+    cfg = config_from_data(data, env={"TARGET_PASSWORD": "pw"})
+    task = cfg.sync.tasks[0]
+    assert task.name == "a_to_b" and task.target.port == 6479
+    assert task.existing_keys == "refuse" and task.on_module_key == "fail"
+    assert task.big_key_bytes == 16 * 1024 * 1024 and task.reconnect_max == 30

@@ -491,3 +491,16 @@ def test_sync_run_and_status_cli(pair: tuple[RedisProcess, RedisProcess], tmp_pa
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.timeout(90)
+def test_write_mode_commands_copies_every_type(
+    debian_servers: ServerSet, runners: list[RunnerThread]
+) -> None:
+    source = debian_servers.start("source")
+    target = debian_servers.start("target")
+    keys = build_dataset(source)
+    runners.append(RunnerThread(make_task(source, target, write_mode="commands")))
+    cp = wait_caught_up(source, target)
+    assert cp.keys_loaded == keys
+    assert_equal(source, target)

@@ -70,9 +70,12 @@ def key_writes(
     source_valkey: bool,
     replace: bool,
     chunk: int = CHUNK_ELEMENTS,
+    use_restore: bool = True,
 ) -> tuple[bytes, int]:
     """The encoded writes for one key and how many replies they will get. `replace`: the
-    key may exist on the target already (DEL it first when writing plain commands)."""
+    key may exist on the target already (DEL it first when writing plain commands);
+    `use_restore`: False writes plain commands even where RESTORE would do (module values,
+    which have no commands, still go by RESTORE)."""
     if entry.kind == "string":
         assert isinstance(entry.value, bytes)
         if entry.expire_ms and caps.set_pxat:
@@ -81,7 +84,7 @@ def key_writes(
         if entry.expire_ms:
             return out + encode_command((b"PEXPIREAT", entry.key, entry.expire_ms)), 2
         return out, 1
-    if entry.raw is not None:
+    if entry.raw is not None and (use_restore or entry.kind == "module"):
         version = caps.restore.payload_version_for(entry.rdb_type, source_valkey=source_valkey)
         if version is not None and not entry.field_expiry:
             return restore_command(entry, version), 1

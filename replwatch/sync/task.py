@@ -469,7 +469,13 @@ class _SnapshotLoader:
             self.expect += 1
             self.db = entry.db
         try:
-            data, replies = key_writes(entry, self.caps, self.source_valkey, self.replace)
+            data, replies = key_writes(
+                entry,
+                self.caps,
+                self.source_valkey,
+                self.replace,
+                use_restore=self.runner.task.write_mode == "auto",
+            )
         except ValueError as exc:
             raise FatalTaskError(
                 f"key {entry.key[:100]!r} in db {entry.db} cannot be written to "
