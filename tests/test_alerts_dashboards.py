@@ -19,14 +19,25 @@ RUNBOOKS = ROOT / "docs" / "runbooks.md"
 DASHBOARDS = sorted((ROOT / "grafana").glob("*.json"))
 
 
+COLLECTORS = [
+    ROOT / "replwatch" / "exporter" / "collector.py",
+    ROOT / "replwatch" / "exporter" / "sync_collector.py",
+    ROOT / "replwatch" / "sync" / "supervisor.py",
+]
+
+
 def _exported_metric_names() -> set[str]:
-    """Names from the collector's own source (families it can yield)."""
-    source = (ROOT / "replwatch" / "exporter" / "collector.py").read_text()
-    names = set(re.findall(r'"(replwatch_[a-z_]+)"', source))
-    # counters are exposed with _total
-    for counter in re.findall(r'CounterMetricFamily\(\s*"(replwatch_[a-z_]+)"', source):
-        names.discard(counter)
-        names.add(counter + "_total")
+    """Names from the collectors' own source (families they can yield)."""
+    names: set[str] = set()
+    for path in COLLECTORS:
+        source = path.read_text()
+        found = set(re.findall(r'"(replwatch_[a-z_]+)"', source))
+        # counters are exposed with _total: declared inline, or in a _COUNTERS table
+        counters = set(re.findall(r'CounterMetricFamily\(\s*"(replwatch_[a-z_]+)"', source))
+        table = re.search(r"_COUNTERS[^=]*=\s*\[(.*?)\n\]", source, re.S)
+        if table:
+            counters |= set(re.findall(r'"(replwatch_[a-z_]+)"', table.group(1)))
+        names |= (found - counters) | {c + "_total" for c in counters}
     return names
 
 
