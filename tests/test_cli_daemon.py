@@ -222,7 +222,9 @@ def test_run_without_groups_is_a_config_error(tmp_path: Path) -> None:
     cfg.write_text("poll: {interval: 1s}\n")
     result = cli("run", "-c", str(cfg))
     assert result.returncode == 2
-    assert result.stderr.splitlines() == [f"{cfg}: groups: at least one group (or one sync task) is needed to run"]
+    assert result.stderr.splitlines() == [
+        f"{cfg}: groups: at least one group (or one sync task) is needed to run"
+    ]
 
 
 def test_status_table_json_and_down_replica(

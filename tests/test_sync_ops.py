@@ -245,3 +245,51 @@ def test_daemon_supervises_task_processes(debian_servers: ServerSet, tmp_path: P
             daemon.wait()
         for pid in child_pids(daemon.pid):
             subprocess.run(["kill", "-9", str(pid)], check=False)
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("diskless", ["yes", "no"])
+def test_slow_snapshot_with_keepalives(
+    debian_servers: ServerSet, runner_box: list[Runner], diskless: str
+) -> None:
+    # rdb-key-save-delay makes the snapshot child slow: the source sends keepalive newlines
+    # before the payload (disk) and the payload arrives in small pieces (diskless: the end
+    # mark is split across reads)
+    source = debian_servers.start(
+        "source",
+        extra=[
+            "--repl-diskless-sync",
+            diskless,
+            "--repl-diskless-sync-delay",
+            "0",
+            "--rdb-key-save-delay",
+            "1500",
+        ],
+    )
+    target = debian_servers.start("target")
+    with connect(source) as client:
+        client.execute_command("DEBUG", "POPULATE", 1500, "slow", 64)
+    started = time.monotonic()
+    start(make_task(source, target), runner_box)
+    cp = wait_caught_up(source, target, timeout=60)
+    assert time.monotonic() - started > 1.5  # the snapshot really was slow
+    assert cp.keys_loaded == 1500
+    assert_equal(source, target)
+
+
+@pytest.mark.timeout(60)
+def test_functions_are_copied(debian_servers: ServerSet, runner_box: list[Runner]) -> None:
+    source = debian_servers.start("source")
+    target = debian_servers.start("target")
+    lib = "#!lua name=snap\nredis.register_function('snapfn', function() return 'snap' end)"
+    live = "#!lua name=live\nredis.register_function('livefn', function() return 'live' end)"
+    with connect(source) as client:
+        client.execute_command("FUNCTION", "LOAD", lib)
+    start(make_task(source, target), runner_box)
+    wait_caught_up(source, target)
+    with connect(source) as client:
+        client.execute_command("FUNCTION", "LOAD", live)  # through the stream
+    wait_caught_up(source, target)
+    with connect(target) as client:
+        assert client.execute_command("FCALL", "snapfn", 0) == b"snap"
+        assert client.execute_command("FCALL", "livefn", 0) == b"live"
