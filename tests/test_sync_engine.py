@@ -72,6 +72,10 @@ def wait_caught_up(source: RedisProcess, target: RedisProcess, timeout: float = 
 
 
 def assert_equal(source: RedisProcess, target: RedisProcess) -> None:
+    """compare passes (it ignores __replwatch:* keys), and the checkpoint is in db 0 only."""
+    for db in range(1, 16):
+        with connect(target, db) as client:
+            assert not client.exists(checkpoint_key(TASK)), f"a checkpoint in db {db}"
     report = compare_databases(
         make_task(source, target).source,
         make_task(source, target).target,

@@ -98,9 +98,7 @@ class SyncSupervisor:
     def _spawn(self, tp: TaskProcess) -> None:
         cmd = task_command(self.config_path, tp.name, self.log_level)
         try:
-            tp.proc = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent
-            )
+            tp.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
         except OSError as exc:
             log.error("sync task %s: cannot start: %s", tp.name, exc)
             tp.proc = None

@@ -390,7 +390,8 @@ class SyncTaskRunner:
         offset: int,
     ) -> None:
         self.state = "incremental"
-        fresh = target.read_checkpoint(self.task.name)
+        fresh = target.read_checkpoint(self.task.name)  # (in the checkpoint's db)
+        target.call("HSET", self.key, "state", "incremental", "updated_at", now_ms())
         if checkpoint is not None and fresh is not None and fresh.db is not None:
             # a continued stream goes on in the database it had selected at that offset
             target.select(fresh.db)
@@ -401,7 +402,6 @@ class SyncTaskRunner:
             # +CONTINUE with a new replid (the source switched streams after a failover):
             # the same offsets, a new name
             stream.flush(force=True)
-        target.call("HSET", self.key, "state", "incremental", "updated_at", now_ms())
         last_ack = 0.0
         source.settimeout(0.05)
         while not self.stopping:
