@@ -293,3 +293,27 @@ def test_functions_are_copied(debian_servers: ServerSet, runner_box: list[Runner
     with connect(target) as client:
         assert client.execute_command("FCALL", "snapfn", 0) == b"snap"
         assert client.execute_command("FCALL", "livefn", 0) == b"live"
+
+
+@pytest.mark.timeout(60)
+def test_flushall_on_the_source_keeps_a_whole_checkpoint(
+    debian_servers: ServerSet, runner_box: list[Runner]
+) -> None:
+    source = debian_servers.start("source")
+    target = debian_servers.start("target")
+    with connect(source) as client:
+        client.set("gone-soon", 1)
+    first = start(make_task(source, target), runner_box)
+    wait_caught_up(source, target)
+    with connect(source) as client:
+        client.flushall()
+        client.set("after-flush", 1)
+    cp = wait_caught_up(source, target)
+    with connect(target) as client:
+        assert not client.exists("gone-soon") and client.get("after-flush") == b"1"
+    # the FLUSHALL deleted the checkpoint inside the batch that rewrote it: nothing forgotten
+    assert cp.resumable and cp.full_resyncs == 1 and cp.source == source.label, cp
+    first.stop()
+    second = start(make_task(source, target), runner_box)
+    wait_caught_up(source, target)
+    assert second.runner.counters.full_syncs == 0

@@ -398,6 +398,7 @@ class SyncTaskRunner:
         stream = _StreamApplier(self, target, replid, offset)
         stream.full_sync_started_at = fresh.full_sync_started_at if fresh else None
         stream.full_sync_finished_at = fresh.full_sync_finished_at if fresh else None
+        stream.full_resyncs = fresh.full_resyncs if fresh else 0
         if fresh is not None and fresh.replid != replid:
             # +CONTINUE with a new replid (the source switched streams after a failover):
             # the same offsets, a new name
@@ -574,6 +575,7 @@ class _StreamApplier:
         self.sent_offset = offset  # what the last batch sent ends at
         self.full_sync_started_at: int | None = None
         self.full_sync_finished_at: int | None = None
+        self.full_resyncs = 0
         runner.replid, runner.offset = replid, offset
 
     def add(self, argv: list[bytes]) -> bool:
@@ -654,6 +656,10 @@ class _StreamApplier:
             "updated_at",
             now_ms(),
         ]
+        # the record's core, whole in every batch: a FLUSHALL/FLUSHDB from the source (applied
+        # in this same transaction) must not leave a checkpoint that forgot its history
+        fields += ["task", runner.task.name, "source", runner.task.source.label]
+        fields += ["full_resyncs", self.full_resyncs]
         if self.full_sync_finished_at is not None:
             fields += ["full_sync_finished_at", self.full_sync_finished_at]
         if self.full_sync_started_at is not None:
