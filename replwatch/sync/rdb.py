@@ -332,7 +332,7 @@ Value: TypeAlias = (
 )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per key, and a frozen __init__ costs 4x
 class KeyEntry:
     """One key. `value` by kind: string → bytes; list, set → list[bytes]; zset →
     list[(member, score)]; hash → list[(field, value)]; stream → StreamValue; module →
@@ -1115,11 +1115,13 @@ class _Parser:
         verify_checksum: bool,
         on_module: OnModule,
         max_string: int,
+        keep_string_raw: bool = True,
     ) -> None:
         if on_module not in ("error", "skip"):
             raise ValueError(f"on_module must be 'error' or 'skip', not {on_module!r}")
         self.r = _Reader(source, track_crc=verify_checksum, max_string=max_string)
         self.raw_limit = raw_limit
+        self.keep_string_raw = keep_string_raw
         self.verify_checksum = verify_checksum
         self.on_module = on_module
         self.magic = "REDIS"
@@ -1198,7 +1200,7 @@ class _Parser:
             t = r.byte()
             if t == RDB_TYPE_STRING:
                 key = r.string()
-                if raw_limit:
+                if raw_limit and self.keep_string_raw:
                     r.begin_capture(raw_limit)
                     value: Value = r.string()
                     captured = r.end_capture()
@@ -1603,6 +1605,7 @@ def parse_rdb(
     verify_checksum: bool = True,
     on_module: OnModule = "skip",
     max_string_bytes: int = DEFAULT_MAX_STRING_BYTES,
+    keep_string_raw: bool = True,
 ) -> Iterator[RdbEvent]:
     """Events of the RDB read from `source`, one at a time, ending with RdbEnd.
 
@@ -1610,7 +1613,8 @@ def parse_rdb(
     (0 = never). verify_checksum: check the CRC-64 trailer (RdbChecksumError). on_module:
     "skip" yields module values as KeyEntry(kind="module", raw=...) and module aux data as
     ModuleAux; "error" raises RdbModuleError. max_string_bytes: a declared string length over
-    this is refused (RdbFormatError) before anything is read.
+    this is refused (RdbFormatError) before anything is read. keep_string_raw=False: no
+    `raw` for plain strings (a writer that SETs them does not need it; saves a copy per key).
     Nothing is read past the EOF opcode and its checksum."""
     parser = _Parser(
         source,
@@ -1618,6 +1622,7 @@ def parse_rdb(
         verify_checksum=verify_checksum,
         on_module=on_module,
         max_string=max_string_bytes,
+        keep_string_raw=keep_string_raw,
     )
     return parser.events()
 

@@ -239,12 +239,12 @@ class Continue:
 
 
 def command_length(argv: list[bytes]) -> int:
-    """Bytes of a command as RESP multibulk: how far it moves the replication offset."""
-    total = 3 + len(str(len(argv)))  # *<n>\r\n
-    for arg in argv:
-        size = len(arg)
-        total += 5 + len(str(size)) + size  # $<len>\r\n<arg>\r\n
-    return total
+    """Bytes of a command as RESP multibulk: how far it moves the replication offset.
+    (`*<n>\r\n`, then `$<len>\r\n<arg>\r\n` per argument; the per-argument sums run in
+    C through map, this is on the path of every command of the stream.)"""
+    n = len(argv)
+    sizes = list(map(len, argv))
+    return 3 + len(str(n)) + 5 * n + sum(sizes) + sum(map(len, map(str, sizes)))
 
 
 class SourceLink:
@@ -262,6 +262,8 @@ class SourceLink:
         self.conn = BufferedSocket(open_socket(endpoint, tls, timeout), endpoint.label)
         self.listening_port = listening_port
         self.reader = hiredis.Reader()
+        self.raw = bytearray()  # stream bytes fed to the reader, not yet consumed
+        self.raw_pos = 0
 
     def _call(self, *args: str | int) -> bytes:
         self.conn.send(encode_command(args))
@@ -343,28 +345,41 @@ class SourceLink:
     def ack(self, offset: int) -> None:
         self.conn.send(encode_command(("REPLCONF", "ACK", offset)))
 
-    def commands(self) -> Iterator[list[bytes]]:
-        """The commands buffered or readable now (the socket is read once when nothing is
-        buffered; a TimeoutFailure means nothing arrived within the timeout)."""
+    def commands(self) -> Iterator[tuple[list[bytes], int, int]]:
+        """The commands buffered or readable now, each with its span in `self.raw` (the
+        stream's exact bytes: a caller forwards them without encoding them again). Spans
+        are valid until the next call, which drops what was consumed."""
         reader = self.reader
         conn = self.conn
+        raw = self.raw
+        if self.raw_pos:
+            del raw[: self.raw_pos]
+            self.raw_pos = 0
         if conn.available():
-            reader.feed(bytes(conn.buf[conn.pos :]))
+            data = bytes(conn.buf[conn.pos :])
             conn.pos = len(conn.buf)
-        while True:
-            try:
-                item = reader.gets()
-            except hiredis.ProtocolError as exc:
-                raise ProtocolFailure(
-                    f"bad replication stream from {self.endpoint.label}: {exc}"
-                ) from None
-            if item is False:
-                return
-            if not isinstance(item, list):
-                raise ProtocolFailure(
-                    f"replication stream from {self.endpoint.label} holds a non-command reply"
-                )
-            yield item
+            reader.feed(data)
+            raw += data
+        pos = 0
+        try:
+            while True:
+                try:
+                    item = reader.gets()
+                except hiredis.ProtocolError as exc:
+                    raise ProtocolFailure(
+                        f"bad replication stream from {self.endpoint.label}: {exc}"
+                    ) from None
+                if item is False:
+                    return
+                if not isinstance(item, list):
+                    raise ProtocolFailure(
+                        f"replication stream from {self.endpoint.label} holds a non-command reply"
+                    )
+                end = pos + command_length(item)
+                yield item, pos, end
+                pos = end
+        finally:
+            self.raw_pos = pos
 
     def receive(self) -> None:
         """Read what the socket has into the command parser (blocking up to the timeout)."""

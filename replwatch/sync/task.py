@@ -37,8 +37,8 @@ from replwatch.sync.checkpoint import (
     SCHEMA_VERSION,
     Checkpoint,
     checkpoint_key,
-    is_checkpoint_key,
 )
+from replwatch.sync.commands import SET_COMMAND as _SET
 from replwatch.sync.commands import TargetCaps, key_writes
 from replwatch.sync.dump import restore_target_from_info
 from replwatch.sync.rdb import (
@@ -50,7 +50,7 @@ from replwatch.sync.rdb import (
     ResizeDb,
     parse_rdb,
 )
-from replwatch.sync.reader import Continue, FullResync, SourceLink, command_length
+from replwatch.sync.reader import Continue, FullResync, SourceLink
 from replwatch.sync.writer import Batch, TargetLink, TargetRejected, now_ms
 
 log = logging.getLogger("replwatch.sync")
@@ -59,7 +59,10 @@ IO_TIMEOUT = 10.0  # connect and reply timeout for both sides
 ACK_EVERY = 1.0
 PROGRESS_EVERY = 1.0
 MAX_IN_FLIGHT = 8
-_DROPPED = (b"PING", b"REPLCONF")
+_SPECIAL = frozenset((b"MULTI", b"EXEC", b"SELECT", b"PING", b"REPLCONF"))
+_CHECKPOINT_PREFIX = CHECKPOINT_PREFIX.encode()
+# heads of encoded commands that answer +OK: `$3\r\nSET\r\n`, `$7\r\nRESTORE\r\n`
+_OK_COMMAND_HEADS = (b"$3\r\nSET\r\n", b"$7\r\nRESTORE\r\n")
 
 
 class FatalTaskError(ReplwatchError):
@@ -306,11 +309,17 @@ class SyncTaskRunner:
             payload,
             raw_limit=task.big_key_bytes,
             on_module="skip" if task.on_module_key == "skip" else "error",
+            keep_string_raw=False,  # strings are written with SET
         )
+        add_key = loader.key
+        seen = 0
         try:
             for event in events:
-                if isinstance(event, KeyEntry):
-                    loader.key(event)
+                if type(event) is KeyEntry:
+                    add_key(event)
+                    seen += 1
+                    if seen & 1023:
+                        continue
                 elif isinstance(event, ResizeDb):
                     loader.keys_total += event.db_size
                 elif isinstance(event, RdbHeader):
@@ -319,6 +328,7 @@ class SyncTaskRunner:
                     loader.function(event.code)
                 elif isinstance(event, RdbEnd):
                     break
+                # every 1024 keys (and on other events): stop requests, progress
                 if self.stopping:
                     raise RedisError("stopped during the full sync", reason="stopped")
                 loader.maybe_progress(payload.loaded)
@@ -395,7 +405,7 @@ class SyncTaskRunner:
         if checkpoint is not None and fresh is not None and fresh.db is not None:
             # a continued stream goes on in the database it had selected at that offset
             target.select(fresh.db)
-        stream = _StreamApplier(self, target, replid, offset)
+        stream = _StreamApplier(self, target, source, replid, offset)
         stream.full_sync_started_at = fresh.full_sync_started_at if fresh else None
         stream.full_sync_finished_at = fresh.full_sync_finished_at if fresh else None
         stream.full_resyncs = fresh.full_resyncs if fresh else 0
@@ -415,13 +425,14 @@ class SyncTaskRunner:
                     source.ack(stream.applied)
                     last_ack = time.monotonic()
                 continue
-            for argv in source.commands():
-                if stream.add(argv):
+            for argv, start, end in source.commands():
+                if stream.add(argv, start, end):
                     # REPLCONF GETACK: everything before it applied, then say where we are
                     stream.flush(force=stream.pending_offset > stream.applied)
                     target.drain()
                     source.ack(stream.applied)
                     last_ack = time.monotonic()
+            stream.end_round()
             if not source.conn.available():
                 stream.flush()
             target.poll_replies()
@@ -454,8 +465,24 @@ class _SnapshotLoader:
         self.keys_total = 0
         self.skipped = 0
         self._last_progress = time.monotonic()
+        self.use_restore = runner.task.write_mode == "auto"
+        self.all_ok = True  # the batch being built gets only +OK replies
+        self.batch_size = runner.task.batch_size
+        self.batch_bytes = runner.task.batch_bytes
 
     def key(self, entry: KeyEntry) -> None:
+        value = entry.value
+        if entry.kind == "string" and not entry.expire_ms and entry.db == self.db:
+            # the common case, inline: a plain string as SET (answers +OK)
+            key = entry.key
+            data = _SET % (len(key), key, len(value), value)  # type: ignore[arg-type]
+            self.parts.append(data)
+            self.expect += 1
+            self.size += len(data)
+            self.keys_in_batch += 1
+            if self.keys_in_batch >= self.batch_size or self.size >= self.batch_bytes:
+                self.flush()
+            return
         if entry.kind == "module" and self.runner.task.on_module_key == "skip":
             self.skipped += 1
             log.warning(
@@ -471,11 +498,7 @@ class _SnapshotLoader:
             self.db = entry.db
         try:
             data, replies = key_writes(
-                entry,
-                self.caps,
-                self.source_valkey,
-                self.replace,
-                use_restore=self.runner.task.write_mode == "auto",
+                entry, self.caps, self.source_valkey, self.replace, use_restore=self.use_restore
             )
         except ValueError as exc:
             raise FatalTaskError(
@@ -486,13 +509,15 @@ class _SnapshotLoader:
         self.expect += replies
         self.size += len(data)
         self.keys_in_batch += 1
-        task = self.runner.task
-        if self.keys_in_batch >= task.batch_size or self.size >= task.batch_bytes:
+        if replies != 1 or not data.startswith(_OK_COMMAND_HEADS, 4):
+            self.all_ok = False
+        if self.keys_in_batch >= self.batch_size or self.size >= self.batch_bytes:
             self.flush()
 
     def function(self, code: bytes) -> None:
         self.parts.append(encode_command(("FUNCTION", "LOAD", "REPLACE", code)))
         self.expect += 1
+        self.all_ok = False  # FUNCTION LOAD answers with the library's name
 
     def flush(self) -> None:
         if not self.parts:
@@ -500,8 +525,11 @@ class _SnapshotLoader:
         keys = self.keys_in_batch
         payload = b"".join(self.parts)
         self.target.db = self.db
-        self.target.send(payload, Batch(self.expect, self._checked(keys), "snapshot"))
+        self.target.send(
+            payload, Batch(self.expect, self._checked(keys), "snapshot", all_ok=self.all_ok)
+        )
         self.parts, self.expect, self.size, self.keys_in_batch = [], 0, 0, 0
+        self.all_ok = True
 
     def _checked(self, keys: int) -> Callable[[list[Any]], None]:
         def done(replies: list[Any]) -> None:
@@ -528,7 +556,7 @@ class _SnapshotLoader:
         cmds.append(
             encode_command(
                 (
-                    "HSET",
+                    "HMSET",  # not HSET: HMSET answers +OK, so the batch takes the fast path
                     self.runner.key,
                     "keys_loaded",
                     self.keys_loaded,
@@ -545,7 +573,9 @@ class _SnapshotLoader:
         )
         if back != CHECKPOINT_DB:
             cmds.append(encode_command(("SELECT", back)))
-        self.target.send(b"".join(cmds), Batch(len(cmds), self._progress_checked, "progress"))
+        self.target.send(
+            b"".join(cmds), Batch(len(cmds), self._progress_checked, "progress", all_ok=True)
+        )
 
     def _progress_checked(self, replies: list[Any]) -> None:
         for reply in replies:
@@ -555,13 +585,20 @@ class _SnapshotLoader:
 
 class _StreamApplier:
     """The command stream in MULTI batches with the checkpoint; source transactions are
-    kept whole inside one batch."""
+    kept whole inside one batch. Commands are forwarded as the stream's own bytes (spans of
+    SourceLink.raw, joined into runs), not encoded again."""
 
     def __init__(
-        self, runner: SyncTaskRunner, target: TargetLink, replid: str, offset: int
+        self,
+        runner: SyncTaskRunner,
+        target: TargetLink,
+        source: SourceLink,
+        replid: str,
+        offset: int,
     ) -> None:
         self.runner = runner
         self.target = target
+        self.raw = source.raw
         self.replid = replid
         self.applied = offset  # confirmed by the target (EXEC answered)
         self.pending_offset = offset  # after the last command read
@@ -569,72 +606,123 @@ class _StreamApplier:
         self.parts: list[bytes] = []
         self.count = 0  # commands in the batch being built
         self.size = 0
+        self.run_start = self.run_end = -1  # the open run of forwarded bytes in `raw`
         self.db = target.db  # the stream's current db (and the target connection's)
-        self.tx: list[list[bytes]] | None = None
+        self.in_tx = False
+        self.tx_parts: list[bytes] = []
+        self.tx_count = 0
+        self.tx_size = 0
+        self.tx_run_start = self.tx_run_end = -1
         self.tx_dropped = False
         self.sent_offset = offset  # what the last batch sent ends at
         self.full_sync_started_at: int | None = None
         self.full_sync_finished_at: int | None = None
         self.full_resyncs = 0
+        self.batch_size = runner.task.batch_size
+        self.batch_bytes = runner.task.batch_bytes
+        self.pair_key = runner.pair_key
         runner.replid, runner.offset = replid, offset
 
-    def add(self, argv: list[bytes]) -> bool:
-        """Take one command of the stream; True for REPLCONF GETACK (answer it now)."""
-        self.pending_offset += command_length(argv)
+    def add(self, argv: list[bytes], start: int, end: int) -> bool:
+        """Take one command of the stream (its bytes are raw[start:end]); True for
+        REPLCONF GETACK (answer it now)."""
+        self.pending_offset += end - start
         name = argv[0].upper()
+        if name in _SPECIAL:
+            return self._special(name, argv, start, end)
+        if len(argv) > 1 and argv[1].startswith(_CHECKPOINT_PREFIX):
+            # another task's checkpoint write: from our pair, the whole transaction is an
+            # echo of what we wrote (drop it); from another task, just not ours to copy
+            if self.in_tx and argv[1] == self.pair_key:
+                self.tx_dropped = True
+            if not self.in_tx:
+                self.batch_offset = self.pending_offset
+            return False
+        if self.in_tx:
+            if start != self.tx_run_end:
+                self._close_tx_run()
+                self.tx_run_start = start
+            self.tx_run_end = end
+            self.tx_count += 1
+            self.tx_size += end - start
+            return False
+        if start != self.run_end:
+            self._close_run()
+            self.run_start = start
+        self.run_end = end
+        self.count += 1
+        self.size += end - start
+        self.batch_offset = self.pending_offset
+        if self.count >= self.batch_size or self.size >= self.batch_bytes:
+            self.flush()
+        return False
+
+    def _special(self, name: bytes, argv: list[bytes], start: int, end: int) -> bool:
         if name == b"MULTI":
-            self.tx = []
+            self.in_tx = True
             self.tx_dropped = False
+            self.tx_parts, self.tx_count, self.tx_size = [], 0, 0
+            self.tx_run_start = self.tx_run_end = -1
             return False
         if name == b"EXEC":
-            tx, self.tx = self.tx or [], None
+            self._close_tx_run()
+            self.in_tx = False
             if self.tx_dropped:
                 self.runner.counters.transactions_dropped += 1
             else:
-                for command in tx:
-                    self._append(command)
+                self._close_run()
+                self.parts.extend(self.tx_parts)
+                self.count += self.tx_count
+                self.size += self.tx_size
+            self.tx_parts = []
             self.batch_offset = self.pending_offset
-            self._maybe_flush()
+            if self.count >= self.batch_size or self.size >= self.batch_bytes:
+                self.flush()
             return False
-        if name in _DROPPED:
-            getack = name == b"REPLCONF" and len(argv) > 1 and argv[1].upper() == b"GETACK"
-            if self.tx is None:
-                self.batch_offset = self.pending_offset
-            return getack
-        if len(argv) > 1 and is_checkpoint_key(argv[1]):
-            # another task's checkpoint write: from our pair, the whole transaction is an
-            # echo of what we wrote (drop it); from another task, just not ours to copy
-            if self.tx is not None and argv[1] == self.runner.pair_key:
-                self.tx_dropped = True
-            if self.tx is None:
-                self.batch_offset = self.pending_offset
+        if name == b"SELECT":
+            if len(argv) > 1:
+                with contextlib.suppress(ValueError):
+                    self.db = int(argv[1])
+            if self.in_tx:
+                if start != self.tx_run_end:
+                    self._close_tx_run()
+                    self.tx_run_start = start
+                self.tx_run_end = end
+                self.tx_count += 1
+                return False
+            if start != self.run_end:
+                self._close_run()
+                self.run_start = start
+            self.run_end = end
+            self.count += 1
+            self.batch_offset = self.pending_offset
             return False
-        if self.tx is not None:
-            self.tx.append(argv)
-            return False
-        self._append(argv)
-        self.batch_offset = self.pending_offset
-        self._maybe_flush()
-        return False
+        # PING, REPLCONF: not applied; they move the offset
+        if not self.in_tx:
+            self.batch_offset = self.pending_offset
+        return name == b"REPLCONF" and len(argv) > 1 and argv[1].upper() == b"GETACK"
 
-    def _append(self, argv: list[bytes]) -> None:
-        data = encode_command(argv)
-        self.parts.append(data)
-        self.count += 1
-        self.size += len(data)
-        if argv[0].upper() == b"SELECT" and len(argv) > 1:
-            with contextlib.suppress(ValueError):
-                self.db = int(argv[1])
+    def _close_run(self) -> None:
+        if self.run_end > self.run_start >= 0:
+            self.parts.append(bytes(self.raw[self.run_start : self.run_end]))
+        self.run_start = self.run_end = -1
 
-    def _maybe_flush(self) -> None:
-        task = self.runner.task
-        if self.count >= task.batch_size or self.size >= task.batch_bytes:
-            self.flush()
+    def _close_tx_run(self) -> None:
+        if self.tx_run_end > self.tx_run_start >= 0:
+            self.tx_parts.append(bytes(self.raw[self.tx_run_start : self.tx_run_end]))
+        self.tx_run_start = self.tx_run_end = -1
+
+    def end_round(self) -> None:
+        """Before the source link reads again (and drops the bytes consumed): copy out the
+        open runs."""
+        self._close_run()
+        self._close_tx_run()
 
     def flush(self, force: bool = False) -> None:
         """Send the batch built so far (MULTI … checkpoint … EXEC); with nothing but
         skipped commands (PINGs) since the last batch, a checkpoint-only batch moves the
         recorded offset (`force`, or when the position moved)."""
+        self._close_run()
         end = self.batch_offset
         if not self.parts and not force and end <= self.sent_offset:
             return
