@@ -21,7 +21,7 @@ from replwatch.config import TLSConfig
 from replwatch.sync.task import SyncTaskRunner
 
 from .datasets import connect
-from .harness import ServerSet, closed_port, wait_for
+from .harness import ServerSet, closed_port, require_build, wait_for
 from .test_cli_daemon import http_get, parse_metrics, value
 from .test_sync_engine import (
     TASK,
@@ -70,6 +70,17 @@ def test_source_sees_the_applied_offset_and_wait_counts_the_syncer(
     target = debian_servers.start("target")
     start(make_task(source, target), runner_box)
     wait_caught_up(source, target)
+
+    def acked_offset() -> int | None:
+        with connect(source) as client:
+            line = client.info("replication").get("slave0")
+        return int(line["offset"]) if isinstance(line, dict) else None
+
+    # without WAIT: the periodic ACK (about every second) carries the applied offset
+    with connect(source) as client:
+        client.set("quiet", "1")
+    _replid, quiet_offset = source_position(source)
+    wait_for(lambda: acked_offset() == quiet_offset, 5, "the periodic ACK of the new offset")
     with connect(source) as client:
         client.set("k", "v")
         # WAIT sends REPLCONF GETACK; the syncer applies what came before and answers at once
@@ -79,14 +90,7 @@ def test_source_sees_the_applied_offset_and_wait_counts_the_syncer(
     with connect(target) as client:
         assert client.get("k") == b"v"  # acknowledged means applied on the target
     _replid, offset = source_position(source)
-
-    def acked() -> bool:
-        with connect(source) as client:
-            info = client.info("replication")
-        line = info.get("slave0")
-        return isinstance(line, dict) and int(line["offset"]) == offset
-
-    wait_for(acked, 5, "the source's INFO to show the syncer's ACKed offset")
+    wait_for(lambda: acked_offset() == offset, 5, "the source's INFO to show the ACKed offset")
     cp = checkpoint(target)
     assert cp is not None and cp.offset == offset
 
@@ -317,3 +321,43 @@ def test_flushall_on_the_source_keeps_a_whole_checkpoint(
     second = start(make_task(source, target), runner_box)
     wait_caught_up(source, target)
     assert second.runner.counters.full_syncs == 0
+
+
+@pytest.mark.timeout(90)
+def test_target_errors_counted_or_fatal(tmp_path: Path, runner_box: list[Runner]) -> None:
+    sources = ServerSet(require_build("redis-7.0"), tmp_path / "s")
+    targets = ServerSet(require_build("redis-6.2"), tmp_path / "t")
+    try:
+        source = sources.start("source")
+        target = targets.start("target")
+        with connect(target) as client:
+            client.rpush("typed", "a-list-on-the-target")
+        r = start(make_task(source, target, existing_keys="overwrite"), runner_box)
+        wait_caught_up(source, target)
+        with connect(source) as client:
+            client.incr("typed")  # WRONGTYPE on the target: counted, the stream goes on
+            client.set("after", 1)
+        wait_caught_up(source, target)
+        # (the checkpoint is on the target before the task has read EXEC's answer)
+        wait_for(lambda: r.runner.counters.command_errors >= 1, 5, "the error to be counted")
+        assert r.runner.counters.command_errors == 1, r.runner.counters
+        with connect(target) as client:
+            assert client.get("after") == b"1"
+        # a command the 6.2 target does not know: the batch is refused whole, the task stops
+        with connect(source) as client:
+            client.execute_command(
+                "FUNCTION",
+                "LOAD",
+                "#!lua name=x\nredis.register_function('f', function() return 1 end)",
+            )
+        r.thread.join(20)
+        assert not r.thread.is_alive()
+        cp = checkpoint(target)
+        assert cp is not None and cp.state == "failed", cp
+        assert cp.last_error is not None and "unknown command" in cp.last_error.lower(), cp
+    finally:
+        for box in runner_box:
+            if box.thread.is_alive():
+                box.stop()
+        sources.close()
+        targets.close()

@@ -15,6 +15,7 @@ simplest correct model here: no event loop to share with the monitor.
 from __future__ import annotations
 
 import contextlib
+import select
 import socket
 import ssl
 from collections.abc import Iterator
@@ -106,6 +107,14 @@ class BufferedSocket:
             raise RedisError(f"{self.label} closed the connection", reason="reset")
         self.buf += data
         return len(data)
+
+    def fill_ready(self) -> int:
+        """fill() only when the socket has data now (never blocks); bytes read."""
+        sock = self.sock
+        pending = sock.pending() if isinstance(sock, ssl.SSLSocket) else 0
+        if not pending and not select.select([sock], [], [], 0)[0]:
+            return 0
+        return self.fill()
 
     def read_line(self) -> bytes:
         """The next line without its CRLF."""

@@ -51,7 +51,14 @@ from replwatch.sync.rdb import (
     parse_rdb,
 )
 from replwatch.sync.reader import Continue, FullResync, SourceLink
-from replwatch.sync.writer import Batch, TargetLink, TargetRejected, now_ms
+from replwatch.sync.writer import (
+    OK_REPLY,
+    QUEUED_REPLY,
+    Batch,
+    TargetLink,
+    TargetRejected,
+    now_ms,
+)
 
 log = logging.getLogger("replwatch.sync")
 
@@ -123,18 +130,20 @@ class SyncTaskRunner:
             started = time.monotonic()
             try:
                 self.session()
-            except FatalTaskError as exc:
-                log.error("task %s failed: %s", self.task.name, exc)
-                self._record_end("failed", str(exc))
-                return 1
+            except (FatalTaskError, TargetRejected) as exc:
+                # a full target (OOM) may make room: retried like a network error below
+                if not (isinstance(exc, TargetRejected) and "OOM" in str(exc)):
+                    log.error("task %s failed: %s", self.task.name, exc)
+                    self._record_end("failed", str(exc))
+                    return 1
+                if self._retry_wait(exc, delay):
+                    break
+                delay = min(self.task.reconnect_max, delay * 2)
+                continue
             except (RedisError, OSError, EOFError, ReplwatchError) as exc:
                 if self.stopping:
                     break
-                log.warning(
-                    "task %s: session ended: %s; retrying in %.1fs", self.task.name, exc, delay
-                )
-                self._record_error(str(exc))
-                if self.stop_event.wait(delay):
+                if self._retry_wait(exc, delay):
                     break
                 if time.monotonic() - started > 30:
                     delay = self.task.reconnect_min
@@ -145,6 +154,12 @@ class SyncTaskRunner:
                 delay = self.task.reconnect_min
         self._record_end("stopped", None)
         return 0
+
+    def _retry_wait(self, exc: Exception, delay: float) -> bool:
+        """Record the error, wait `delay`; True when stopped meanwhile."""
+        log.warning("task %s: session ended: %s; retrying in %.1fs", self.task.name, exc, delay)
+        self._record_error(str(exc))
+        return self.stop_event.wait(delay)
 
     def _side_conn(self) -> TargetLink | None:
         try:
@@ -525,8 +540,9 @@ class _SnapshotLoader:
         keys = self.keys_in_batch
         payload = b"".join(self.parts)
         self.target.db = self.db
+        prefix = OK_REPLY * self.expect if self.all_ok else None
         self.target.send(
-            payload, Batch(self.expect, self._checked(keys), "snapshot", all_ok=self.all_ok)
+            payload, Batch(self.expect, self._checked(keys), "snapshot", prefix=prefix)
         )
         self.parts, self.expect, self.size, self.keys_in_batch = [], 0, 0, 0
         self.all_ok = True
@@ -574,7 +590,8 @@ class _SnapshotLoader:
         if back != CHECKPOINT_DB:
             cmds.append(encode_command(("SELECT", back)))
         self.target.send(
-            b"".join(cmds), Batch(len(cmds), self._progress_checked, "progress", all_ok=True)
+            b"".join(cmds),
+            Batch(len(cmds), self._progress_checked, "progress", prefix=OK_REPLY * len(cmds)),
         )
 
     def _progress_checked(self, replies: list[Any]) -> None:
@@ -761,7 +778,11 @@ class _StreamApplier:
         expect = 1 + count + len(tail)
         self.target.db = self.db
         self.sent_offset = end
-        self.target.send(payload, Batch(expect, self._done(end, count), "stream"))
+        # MULTI's +OK, a +QUEUED per command, then EXEC's array
+        prefix = OK_REPLY + QUEUED_REPLY * (count + len(tail) - 1)
+        self.target.send(
+            payload, Batch(expect, self._done(end, count), "stream", prefix=prefix, tail=1)
+        )
         self.parts, self.count, self.size = [], 0, 0
 
     def _done(self, end: int, count: int) -> Callable[[list[Any]], None]:

@@ -38,12 +38,15 @@ class Batch:
     on_done: Callable[[list[Any]], None] | None = None
     what: str = "batch"
     replies: list[Any] = field(default_factory=list)
-    # every reply is expected to be +OK (SET, RESTORE, SELECT): checked by comparing the
-    # reply bytes in one go; on_done then gets an empty list (nothing to look at)
-    all_ok: bool = False
+    # the exact bytes the first replies are expected to be (a run of +OK / +QUEUED), then
+    # `tail` replies to parse: checked by one comparison; on_done then gets only the tail
+    # replies. Anything else (an error reply) falls back to parsing reply by reply.
+    prefix: bytes | None = None
+    tail: int = 0
 
 
-_OK = b"+OK\r\n"
+OK_REPLY = b"+OK\r\n"
+QUEUED_REPLY = b"+QUEUED\r\n"
 
 
 class TargetLink:
@@ -117,21 +120,50 @@ class TargetLink:
         self.conn.send(payload)
         self.in_flight.append(batch)
 
+    def _fast(self, batch: Batch, block: bool) -> bool | None:
+        """Finish `batch` from the raw reply bytes when they are what it expects: its
+        `prefix` (the +OK / +QUEUED run) compared in one go, then its `tail` replies (an
+        EXEC's array) parsed by a reader of their own. True: finished; False: the bytes
+        differ (an error somewhere: parse reply by reply); None: not all here yet (only
+        when not `block`)."""
+        conn = self.conn
+        prefix = batch.prefix
+        assert prefix is not None
+        need = len(prefix)
+        while conn.available() < need:
+            if not block:
+                return None
+            conn.fill()
+        if conn.buf[conn.pos : conn.pos + need] != prefix:
+            return False
+        rel = need  # offsets relative to conn.pos: fill() may compact the buffer
+        tail: list[Any] = []
+        for _ in range(batch.tail):
+            while True:
+                reader = hiredis.Reader()
+                reader.feed(bytes(conn.buf[conn.pos + rel :]))
+                try:
+                    reply = reader.gets()
+                except hiredis.ProtocolError as exc:
+                    raise ProtocolFailure(f"bad reply from {self.endpoint.label}: {exc}") from None
+                if reply is not False:
+                    rel = len(conn.buf) - conn.pos - reader.len()
+                    tail.append(reply)
+                    break
+                if not block:
+                    return None
+                conn.fill()
+        conn.pos += rel
+        self.in_flight.popleft()
+        if batch.on_done is not None:
+            batch.on_done(tail)
+        return True
+
     def _finish_oldest(self) -> None:
         batch = self.in_flight[0]
-        if batch.all_ok and not batch.replies and not self.reader.len():
-            # fast path: the replies are bytes in the buffer nobody has parsed yet; all +OK
-            # is one comparison (an error reply is longer, so the wait below always ends)
-            need = len(_OK) * batch.expect
-            conn = self.conn
-            while conn.available() < need:
-                conn.fill()
-            if conn.buf[conn.pos : conn.pos + need] == _OK * batch.expect:
-                conn.pos += need
-                self.in_flight.popleft()
-                if batch.on_done is not None:
-                    batch.on_done([])
-                return
+        fast = batch.prefix is not None and not batch.replies and not self.reader.len()
+        if fast and self._fast(batch, block=True):
+            return
         while len(batch.replies) < batch.expect:
             batch.replies.append(self._next_reply())
         self.in_flight.popleft()
@@ -141,11 +173,19 @@ class TargetLink:
     def poll_replies(self) -> None:
         """Finish the batches whose replies have all arrived, without blocking."""
         conn = self.conn
-        if conn.available():
-            self.reader.feed(bytes(conn.buf[conn.pos :]))
-            conn.pos = len(conn.buf)
+        if self.in_flight:
+            conn.fill_ready()
         while self.in_flight:
             batch = self.in_flight[0]
+            if batch.prefix is not None and not batch.replies and not self.reader.len():
+                done = self._fast(batch, block=False)
+                if done is None:
+                    return
+                if done:
+                    continue
+            if conn.available():
+                self.reader.feed(bytes(conn.buf[conn.pos :]))
+                conn.pos = len(conn.buf)
             while len(batch.replies) < batch.expect:
                 reply = self.reader.gets()
                 if reply is False:
