@@ -43,8 +43,10 @@ class Batch:
     # replies. Anything else (an error reply) falls back to parsing reply by reply.
     prefix: bytes | None = None
     tail: int = 0
+    prefix_done: bool = False  # the prefix was matched and consumed; replies = tail so far
 
 
+_NOTHING = object()
 OK_REPLY = b"+OK\r\n"
 QUEUED_REPLY = b"+QUEUED\r\n"
 
@@ -120,48 +122,53 @@ class TargetLink:
         self.conn.send(payload)
         self.in_flight.append(batch)
 
+    def _reply_now(self) -> Any:
+        """The next reply if it is here already, else _NOTHING (never blocks)."""
+        try:
+            reply = self.reader.gets()
+            if reply is False and self.conn.available():
+                conn = self.conn
+                self.reader.feed(bytes(conn.buf[conn.pos :]))
+                conn.pos = len(conn.buf)
+                reply = self.reader.gets()
+        except hiredis.ProtocolError as exc:
+            raise ProtocolFailure(f"bad reply from {self.endpoint.label}: {exc}") from None
+        return _NOTHING if reply is False else reply
+
     def _fast(self, batch: Batch, block: bool) -> bool | None:
         """Finish `batch` from the raw reply bytes when they are what it expects: its
-        `prefix` (the +OK / +QUEUED run) compared in one go, then its `tail` replies (an
-        EXEC's array) parsed by a reader of their own. True: finished; False: the bytes
-        differ (an error somewhere: parse reply by reply); None: not all here yet (only
-        when not `block`)."""
+        `prefix` (the +OK / +QUEUED run) compared in one go while no reply bytes sit in
+        the reader, then its `tail` replies (EXEC's array) parsed by the reader. True:
+        finished; False: the bytes differ (an error somewhere) or the reader holds bytes:
+        parse reply by reply; None: not all here yet (only when not `block`)."""
         conn = self.conn
-        prefix = batch.prefix
-        assert prefix is not None
-        need = len(prefix)
-        while conn.available() < need:
-            if not block:
-                return None
-            conn.fill()
-        if conn.buf[conn.pos : conn.pos + need] != prefix:
-            return False
-        rel = need  # offsets relative to conn.pos: fill() may compact the buffer
-        tail: list[Any] = []
-        for _ in range(batch.tail):
-            while True:
-                reader = hiredis.Reader()
-                reader.feed(bytes(conn.buf[conn.pos + rel :]))
-                try:
-                    reply = reader.gets()
-                except hiredis.ProtocolError as exc:
-                    raise ProtocolFailure(f"bad reply from {self.endpoint.label}: {exc}") from None
-                if reply is not False:
-                    rel = len(conn.buf) - conn.pos - reader.len()
-                    tail.append(reply)
-                    break
+        if not batch.prefix_done:
+            prefix = batch.prefix
+            assert prefix is not None
+            if self.reader.has_data():
+                return False
+            need = len(prefix)
+            while conn.available() < need:
                 if not block:
                     return None
                 conn.fill()
-        conn.pos += rel
+            if conn.buf[conn.pos : conn.pos + need] != prefix:
+                return False
+            conn.pos += need
+            batch.prefix_done = True
+        while len(batch.replies) < batch.tail:
+            reply = self._next_reply() if block else self._reply_now()
+            if reply is _NOTHING:
+                return None
+            batch.replies.append(reply)
         self.in_flight.popleft()
         if batch.on_done is not None:
-            batch.on_done(tail)
+            batch.on_done(batch.replies)
         return True
 
     def _finish_oldest(self) -> None:
         batch = self.in_flight[0]
-        fast = batch.prefix is not None and not batch.replies and not self.reader.len()
+        fast = batch.prefix is not None and (batch.prefix_done or not batch.replies)
         if fast and self._fast(batch, block=True):
             return
         while len(batch.replies) < batch.expect:
@@ -177,18 +184,15 @@ class TargetLink:
             conn.fill_ready()
         while self.in_flight:
             batch = self.in_flight[0]
-            if batch.prefix is not None and not batch.replies and not self.reader.len():
+            if batch.prefix is not None and (batch.prefix_done or not batch.replies):
                 done = self._fast(batch, block=False)
                 if done is None:
                     return
                 if done:
                     continue
-            if conn.available():
-                self.reader.feed(bytes(conn.buf[conn.pos :]))
-                conn.pos = len(conn.buf)
             while len(batch.replies) < batch.expect:
-                reply = self.reader.gets()
-                if reply is False:
+                reply = self._reply_now()
+                if reply is _NOTHING:
                     return
                 batch.replies.append(reply)
             self.in_flight.popleft()
