@@ -5,13 +5,14 @@ chunks. Pure: no I/O; the encoded bytes go into the writer's batches.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import cast
 
 from replwatch.observe.connection import encode_command
 from replwatch.sync.dump import RestoreTarget, build_dump_payload
-from replwatch.sync.rdb import KeyEntry, StreamValue
+from replwatch.sync.rdb import KeyEntry, StreamValue, decode_serialized_value
 
 Args = Sequence[bytes | str | int | float]
 
@@ -93,6 +94,11 @@ def key_writes(
         version = caps.restore.payload_version_for(entry.rdb_type, source_valkey=source_valkey)
         if version is not None and not entry.field_expiry:
             return restore_command(entry, version), 1
+    if entry.value is None and entry.raw is not None:  # not decoded by the parser
+        decoded = decode_serialized_value(
+            entry.raw, rdb_version=caps.restore.rdb_version, valkey=source_valkey
+        )
+        entry = dataclasses.replace(entry, value=decoded.value, field_expiry=decoded.field_expiry)
     commands = list(plain_commands(entry, caps, chunk))
     if replace:
         commands.insert(0, (b"DEL", entry.key))

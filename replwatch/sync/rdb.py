@@ -149,6 +149,8 @@ _F32_LE = struct.Struct("<f")
 _F64_LE = struct.Struct("<d")
 _STREAM_ID = struct.Struct(">QQ")
 _TYPE_PREFIX = tuple(bytes((t,)) for t in range(256))
+# value types stored as one RDB string (or quicklist nodes): read as bytes with skip_decode
+_SKIPPABLE = frozenset((9, 10, 11, 12, 13, 14, 16, 17, 18, 20))
 
 Kind = Literal["string", "list", "set", "zset", "hash", "stream", "module"]
 OnModule = Literal["error", "skip"]
@@ -343,7 +345,7 @@ class KeyEntry:
     db: int
     key: bytes
     kind: Kind
-    value: Value
+    value: Value | None  # None: not decoded (parse_rdb's skip_decode); raw holds it
     expire_ms: int | None
     raw: bytes | None
     rdb_type: int
@@ -552,6 +554,28 @@ class _Reader:
                     self._pos = end
                     return buf[pos + 2 : end]
         return self._string_slow()
+
+    def skip_string(self) -> None:
+        """Read past an RDB string without decoding it (no LZF decompression): its bytes
+        still count for the CRC and for a capture."""
+        b = self.byte()
+        if b < 0x40:
+            n = b
+        elif b < 0x80:
+            n = ((b & 0x3F) << 8) | self.byte()
+        elif b == 0x80:
+            n = int(_U32_BE.unpack(self.read(4))[0])
+        elif b == 0x81:
+            n = int(_U64_BE.unpack(self.read(8))[0])
+        elif b in (0xC0, 0xC1, 0xC2):
+            n = {0xC0: 1, 0xC1: 2, 0xC2: 4}[b]
+        elif b == 0xC3:
+            n = self.length()  # compressed length
+            self.length()  # plain length
+        else:
+            raise RdbFormatError(f"unknown string encoding byte {b:#04x}", self.offset - 1)
+        if n:
+            self.read(n)
 
     def _string_slow(self) -> bytes:
         start = self.offset
@@ -1116,12 +1140,14 @@ class _Parser:
         on_module: OnModule,
         max_string: int,
         keep_string_raw: bool = True,
+        skip_decode: Callable[[int], bool] | None = None,
     ) -> None:
         if on_module not in ("error", "skip"):
             raise ValueError(f"on_module must be 'error' or 'skip', not {on_module!r}")
         self.r = _Reader(source, track_crc=verify_checksum, max_string=max_string)
         self.raw_limit = raw_limit
         self.keep_string_raw = keep_string_raw
+        self.skip_decode = skip_decode
         self.verify_checksum = verify_checksum
         self.on_module = on_module
         self.magic = "REDIS"
@@ -1196,6 +1222,7 @@ class _Parser:
         raw_limit = self.raw_limit
         kinds = self.kinds
         decoders = self.decoders
+        skip = self.skip_decode
         while True:
             t = r.byte()
             if t == RDB_TYPE_STRING:
@@ -1221,6 +1248,8 @@ class _Parser:
                 key = r.string()
                 if kind == "module":
                     entry = self.module_key(t, db, key, expire_ms, idle, freq)
+                elif skip is not None and t in _SKIPPABLE and skip(t):
+                    entry = self.undecoded_key(t, db, key, kind, expire_ms, idle, freq)
                 else:
                     if raw_limit:
                         r.begin_capture(raw_limit)
@@ -1289,6 +1318,42 @@ class _Parser:
         return RdbEnd(checksum, True)
 
     # -- helpers
+
+    def undecoded_key(
+        self,
+        t: int,
+        db: int,
+        key: bytes,
+        kind: Kind,
+        expire_ms: int | None,
+        idle: int | None,
+        freq: int | None,
+    ) -> KeyEntry:
+        """skip_decode: a compact value (one string, or quicklist nodes) read as bytes only;
+        `value` stays None and `raw` carries it. One over raw_limit is decoded from those
+        bytes after all (the consumer then needs its elements)."""
+        r = self.r
+        r.begin_capture(self.r.max_string)
+        if t == RDB_TYPE_LIST_QUICKLIST:
+            for _ in range(self.count(r.length(), 1, "quicklist nodes")):
+                r.skip_string()
+        elif t == RDB_TYPE_LIST_QUICKLIST_2:
+            for _ in range(self.count(r.length(), 2, "quicklist nodes")):
+                r.length()
+                r.skip_string()
+        else:
+            r.skip_string()
+        body = r.end_capture()
+        assert body is not None  # the capture limit is the string cap, enforced by reads
+        raw = _TYPE_PREFIX[t] + body
+        if len(body) <= self.raw_limit:
+            return KeyEntry(db, key, kind, None, expire_ms, raw, t, idle, freq)
+        decoded = decode_serialized_value(
+            raw, rdb_version=self.version, valkey=self.magic == "VALKEY"
+        )
+        return KeyEntry(
+            db, key, kind, decoded.value, expire_ms, None, t, idle, freq, decoded.field_expiry
+        )
 
     def count(self, n: int, min_bytes_each: int, what: str) -> int:
         """A declared element count, refused at once when the input cannot hold it."""
@@ -1606,6 +1671,7 @@ def parse_rdb(
     on_module: OnModule = "skip",
     max_string_bytes: int = DEFAULT_MAX_STRING_BYTES,
     keep_string_raw: bool = True,
+    skip_decode: Callable[[int], bool] | None = None,
 ) -> Iterator[RdbEvent]:
     """Events of the RDB read from `source`, one at a time, ending with RdbEnd.
 
@@ -1615,6 +1681,9 @@ def parse_rdb(
     ModuleAux; "error" raises RdbModuleError. max_string_bytes: a declared string length over
     this is refused (RdbFormatError) before anything is read. keep_string_raw=False: no
     `raw` for plain strings (a writer that SETs them does not need it; saves a copy per key).
+    skip_decode(rdb_type) → True: a compact value of that type (ziplist, listpack, intset,
+    zipmap, quicklist) is not decoded: KeyEntry.value is None and raw holds it (a writer
+    that RESTOREs it needs nothing more; decode_serialized_value gives the elements).
     Nothing is read past the EOF opcode and its checksum."""
     parser = _Parser(
         source,
@@ -1623,6 +1692,7 @@ def parse_rdb(
         on_module=on_module,
         max_string=max_string_bytes,
         keep_string_raw=keep_string_raw,
+        skip_decode=skip_decode,
     )
     return parser.events()
 
@@ -1653,6 +1723,7 @@ def decode_serialized_value(
         raise RdbFormatError(f"unknown value type {t} for RDB version {rdb_version}", 0)
     if kind == "module":
         entry = parser.module_key(t, 0, b"", None, None, None)
+        assert entry.value is not None
         result = DecodedValue("module", entry.value, None)
     elif t == RDB_TYPE_STRING:
         result = DecodedValue("string", parser.r.string(), None)

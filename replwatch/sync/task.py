@@ -325,6 +325,7 @@ class SyncTaskRunner:
             raw_limit=task.big_key_bytes,
             on_module="skip" if task.on_module_key == "skip" else "error",
             keep_string_raw=False,  # strings are written with SET
+            skip_decode=loader.restorable,  # values that go by RESTORE are not decoded
         )
         add_key = loader.key
         seen = 0
@@ -482,6 +483,7 @@ class _SnapshotLoader:
         self._last_progress = time.monotonic()
         self.use_restore = runner.task.write_mode == "auto"
         self.all_ok = True  # the batch being built gets only +OK replies
+        self._restorable: dict[int, bool] = {}
         self.batch_size = runner.task.batch_size
         self.batch_bytes = runner.task.batch_bytes
 
@@ -528,6 +530,18 @@ class _SnapshotLoader:
             self.all_ok = False
         if self.keys_in_batch >= self.batch_size or self.size >= self.batch_bytes:
             self.flush()
+
+    def restorable(self, rdb_type: int) -> bool:
+        """Will a value of this type go to the target by RESTORE (then the parser need
+        not decode it)?"""
+        known = self._restorable.get(rdb_type)
+        if known is None:
+            known = self.use_restore and (
+                self.caps.restore.payload_version_for(rdb_type, source_valkey=self.source_valkey)
+                is not None
+            )
+            self._restorable[rdb_type] = known
+        return known
 
     def function(self, code: bytes) -> None:
         self.parts.append(encode_command(("FUNCTION", "LOAD", "REPLACE", code)))
