@@ -39,7 +39,7 @@ from replwatch.sync.checkpoint import (
     checkpoint_key,
 )
 from replwatch.sync.commands import SET_COMMAND as _SET
-from replwatch.sync.commands import TargetCaps, key_writes
+from replwatch.sync.commands import TargetCaps, key_writes, plain_commands
 from replwatch.sync.dump import restore_target_from_info
 from replwatch.sync.rdb import (
     FunctionEntry,
@@ -68,6 +68,7 @@ PROGRESS_EVERY = 1.0
 MAX_IN_FLIGHT = 8
 _SPECIAL = frozenset((b"MULTI", b"EXEC", b"SELECT", b"PING", b"REPLCONF"))
 _CHECKPOINT_PREFIX = CHECKPOINT_PREFIX.encode()
+_COLLECTIONS = frozenset(("list", "set", "zset", "hash", "stream"))
 # heads of encoded commands that answer +OK: `$3\r\nSET\r\n`, `$7\r\nRESTORE\r\n`
 _OK_COMMAND_HEADS = (b"$3\r\nSET\r\n", b"$7\r\nRESTORE\r\n")
 
@@ -513,6 +514,9 @@ class _SnapshotLoader:
             self.parts.append(encode_command(("SELECT", entry.db)))
             self.expect += 1
             self.db = entry.db
+        if entry.raw is None and entry.kind in _COLLECTIONS:
+            self._big_key(entry)
+            return
         try:
             data, replies = key_writes(
                 entry, self.caps, self.source_valkey, self.replace, use_restore=self.use_restore
@@ -530,6 +534,31 @@ class _SnapshotLoader:
             self.all_ok = False
         if self.keys_in_batch >= self.batch_size or self.size >= self.batch_bytes:
             self.flush()
+
+    def _big_key(self, entry: KeyEntry) -> None:
+        """A value over big_key_bytes: its plain commands go into the batches chunk by
+        chunk as they are encoded, so memory holds the decoded value and one batch, not
+        the whole key encoded (and joined) on top."""
+        self.all_ok = False
+        if self.replace:
+            self._add_command(encode_command((b"DEL", entry.key)))
+        try:
+            for command in plain_commands(entry, self.caps):
+                self._add_command(encode_command(command))
+        except ValueError as exc:
+            raise FatalTaskError(
+                f"key {entry.key[:100]!r} in db {entry.db} cannot be written to "
+                f"{self.runner.task.target.label}: {exc}"
+            ) from None
+        self.keys_in_batch += 1
+
+    def _add_command(self, data: bytes) -> None:
+        self.parts.append(data)
+        self.expect += 1
+        self.size += len(data)
+        if self.size >= self.batch_bytes:
+            self.flush()  # counts the keys completed before; the big key counts at its end
+            self.all_ok = False
 
     def restorable(self, rdb_type: int) -> bool:
         """Will a value of this type go to the target by RESTORE (then the parser need
