@@ -5,7 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from replwatch.sync.rdb import FileSource, KeyEntry, decode_serialized_value, parse_rdb
+from replwatch.sync.rdb import (
+    ChunkedValue,
+    FileSource,
+    KeyEntry,
+    decode_serialized_value,
+    parse_rdb,
+)
 
 from .datasets import build_dataset, connect
 from .harness import ServerSet
@@ -56,3 +62,36 @@ def test_skip_decode_keeps_bytes_that_decode_the_same(debian_servers: ServerSet)
         }
     assert tiny[(0, b"list:nodes")].raw is None
     assert tiny[(0, b"list:nodes")].value == [f"n{i}".encode() for i in range(20)]
+
+
+def test_stream_over_reads_big_collections_in_chunks(debian_servers: ServerSet) -> None:
+    server = debian_servers.start("source")
+    with connect(server) as client:
+        client.config_set("list-max-listpack-size", 16)
+        client.hset("big:hash", mapping={f"f{i}": f"v{i}" for i in range(3000)})
+        client.sadd("big:set", *[f"m{i}" for i in range(3000)])
+        client.zadd("big:zset", {f"z{i}": i / 7 for i in range(3000)})
+        client.rpush("big:list", *[f"e{i}" for i in range(3000)])
+        client.set("after", "still aligned")
+        client.save()
+    rdb = server.dir / "dump.rdb"
+    decoded = keys(rdb)
+    for consume in (True, False):
+        with rdb.open("rb") as f:
+            seen: dict[bytes, object] = {}
+            for e in parse_rdb(FileSource(f), raw_limit=1 << 20, stream_over=1000):
+                if not isinstance(e, KeyEntry):
+                    continue
+                if isinstance(e.value, ChunkedValue):
+                    assert e.raw is None
+                    chunks = list(e.value) if consume else []
+                    assert all(len(c) <= 512 for c in chunks)
+                    seen[e.key] = [x for c in chunks for x in c]
+                else:
+                    seen[e.key] = e.value
+        assert seen[b"after"] == b"still aligned"  # a half-read value is skipped whole
+        for name in (b"big:hash", b"big:set", b"big:zset", b"big:list"):
+            if consume:
+                assert seen[name] == decoded[(0, name)].value, name
+            else:
+                assert seen[name] == [], name

@@ -361,3 +361,25 @@ def test_target_errors_counted_or_fatal(tmp_path: Path, runner_box: list[Runner]
                 box.stop()
         sources.close()
         targets.close()
+
+
+@pytest.mark.timeout(90)
+def test_big_collections_are_streamed_and_equal(
+    debian_servers: ServerSet, runner_box: list[Runner]
+) -> None:
+    source = debian_servers.start("source")
+    target = debian_servers.start("target")
+    n = 25_000  # over the syncer's STREAM_ELEMENTS_OVER: read while written
+    with connect(source) as client:
+        client.hset("huge:hash", mapping={f"f{i}": f"v{i}" for i in range(n)})
+        client.sadd("huge:set", *[f"m{i}" for i in range(n)])
+        client.zadd("huge:zset", {f"z{i}": i / 3 for i in range(n)})
+        client.rpush("huge:list", *[f"e{i}" for i in range(n)])
+        client.expire("huge:hash", 900)
+        client.set("small", 1)
+    start(make_task(source, target), runner_box)
+    cp = wait_caught_up(source, target)
+    assert cp.keys_loaded == 5
+    assert_equal(source, target)
+    with connect(target) as client:
+        assert client.hlen("huge:hash") == n and 890 < client.ttl("huge:hash") <= 900

@@ -12,13 +12,14 @@ from typing import cast
 
 from replwatch.observe.connection import encode_command
 from replwatch.sync.dump import RestoreTarget, build_dump_payload
-from replwatch.sync.rdb import KeyEntry, StreamValue, decode_serialized_value
+from replwatch.sync.rdb import ChunkedValue, KeyEntry, StreamValue, decode_serialized_value
 
 Args = Sequence[bytes | str | int | float]
 
 SET_COMMAND = b"*3\r\n$3\r\nSET\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n"
 _SET_PXAT = b"*5\r\n$3\r\nSET\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$4\r\nPXAT\r\n$%d\r\n%b\r\n"
 CHUNK_ELEMENTS = 512
+_CHUNK_VERBS = {"list": b"RPUSH", "set": b"SADD", "zset": b"ZADD", "hash": b"HSET"}
 CHUNK_BYTES = 1024 * 1024
 
 
@@ -112,6 +113,18 @@ def plain_commands(
     key = entry.key
     value = entry.value
     kind = entry.kind
+    if isinstance(value, ChunkedValue):  # a big collection, read while it is written
+        verb = _CHUNK_VERBS[kind]
+        for piece in value:
+            if kind == "zset":
+                yield (verb, key, *[x for m, sc in piece for x in (_score(sc), m)])
+            elif kind == "hash":
+                yield (verb, key, *[x for pair in piece for x in pair])
+            else:
+                yield (verb, key, *piece)
+        if entry.expire_ms:
+            yield (b"PEXPIREAT", key, entry.expire_ms)
+        return
     if kind == "string":
         assert isinstance(value, bytes)
         yield (b"SET", key, value)

@@ -36,7 +36,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import BinaryIO, Literal, Protocol, TypeAlias
+from typing import Any, BinaryIO, Literal, Protocol, TypeAlias
 
 from replwatch.errors import ReplwatchError
 from replwatch.sync.dump import crc64
@@ -45,6 +45,7 @@ __all__ = [
     "DEFAULT_MAX_STRING_BYTES",
     "AuxField",
     "BytesSource",
+    "ChunkedValue",
     "DecodedValue",
     "FileSource",
     "FunctionEntry",
@@ -151,6 +152,8 @@ _STREAM_ID = struct.Struct(">QQ")
 _TYPE_PREFIX = tuple(bytes((t,)) for t in range(256))
 # value types stored as one RDB string (or quicklist nodes): read as bytes with skip_decode
 _SKIPPABLE = frozenset((9, 10, 11, 12, 13, 14, 16, 17, 18, 20))
+# value types whose element count comes first: can be read chunk by chunk (stream_over)
+_STREAMABLE = frozenset((1, 2, 3, 4, 5, 14, 18))
 
 Kind = Literal["string", "list", "set", "zset", "hash", "stream", "module"]
 OnModule = Literal["error", "skip"]
@@ -324,6 +327,21 @@ class ModuleValue:
         return self.module_id & 1023
 
 
+class ChunkedValue:
+    """A big collection's elements, read from the RDB chunk by chunk while the consumer
+    iterates (parse_rdb's stream_over): lists of bytes (list, set), (member, score) (zset)
+    or (field, value) (hash). It must be consumed before the next event is asked for; what
+    is left is skipped then. Memory holds one chunk, not the collection."""
+
+    __slots__ = ("_chunks",)
+
+    def __init__(self, chunks: Iterator[list[Any]]) -> None:
+        self._chunks = chunks
+
+    def __iter__(self) -> Iterator[list[Any]]:
+        return self._chunks
+
+
 Value: TypeAlias = (
     bytes
     | list[bytes]
@@ -331,6 +349,7 @@ Value: TypeAlias = (
     | list[tuple[bytes, bytes]]
     | StreamValue
     | ModuleValue
+    | ChunkedValue
 )
 
 
@@ -1141,6 +1160,7 @@ class _Parser:
         max_string: int,
         keep_string_raw: bool = True,
         skip_decode: Callable[[int], bool] | None = None,
+        stream_over: int = 0,
     ) -> None:
         if on_module not in ("error", "skip"):
             raise ValueError(f"on_module must be 'error' or 'skip', not {on_module!r}")
@@ -1148,6 +1168,7 @@ class _Parser:
         self.raw_limit = raw_limit
         self.keep_string_raw = keep_string_raw
         self.skip_decode = skip_decode
+        self.stream_over = stream_over
         self.verify_checksum = verify_checksum
         self.on_module = on_module
         self.magic = "REDIS"
@@ -1248,8 +1269,19 @@ class _Parser:
                 key = r.string()
                 if kind == "module":
                     entry = self.module_key(t, db, key, expire_ms, idle, freq)
-                elif skip is not None and t in _SKIPPABLE and skip(t):
-                    entry = self.undecoded_key(t, db, key, kind, expire_ms, idle, freq)
+                elif (skip is not None and t in _SKIPPABLE and skip(t)) or (
+                    self.stream_over and t in _STREAMABLE
+                ):
+                    if skip is not None and t in _SKIPPABLE and skip(t):
+                        entry = self.undecoded_key(t, db, key, kind, expire_ms, idle, freq)
+                    else:
+                        entry = self.maybe_streamed_key(t, db, key, kind, expire_ms, idle, freq)
+                    yield entry
+                    if isinstance(entry.value, ChunkedValue):
+                        for _ in entry.value:  # whatever the consumer left
+                            pass
+                    expire_ms = idle = freq = None
+                    continue
                 else:
                     if raw_limit:
                         r.begin_capture(raw_limit)
@@ -1319,6 +1351,80 @@ class _Parser:
 
     # -- helpers
 
+    def maybe_streamed_key(
+        self,
+        t: int,
+        db: int,
+        key: bytes,
+        kind: Kind,
+        expire_ms: int | None,
+        idle: int | None,
+        freq: int | None,
+    ) -> KeyEntry:
+        """stream_over: a collection with more elements (quicklists: more nodes than
+        stream_over / 128) comes as a ChunkedValue read while it is consumed; a smaller one
+        is decoded as usual (and captured as raw)."""
+        r = self.r
+        raw_limit = self.raw_limit
+        if raw_limit:
+            r.begin_capture(raw_limit)
+        n = r.length()
+        quicklist = t in (RDB_TYPE_LIST_QUICKLIST, RDB_TYPE_LIST_QUICKLIST_2)
+        if n > (max(1, self.stream_over // 128) if quicklist else self.stream_over):
+            if raw_limit:
+                r.end_capture()  # no raw: the value is never held whole
+            chunks = self.chunks(t, self.count(n, 1, f"{kind} elements"))
+            return KeyEntry(db, key, kind, ChunkedValue(chunks), expire_ms, None, t, idle, freq)
+        value, field_expiry = self.counted(t, self.count(n, 1, f"{kind} elements"))
+        captured = r.end_capture() if raw_limit else None
+        raw = None if captured is None else _TYPE_PREFIX[t] + captured
+        return KeyEntry(db, key, kind, value, expire_ms, raw, t, idle, freq, field_expiry)
+
+    def counted(self, t: int, n: int) -> _Decoded:
+        """A streamable type's value after its count was read, decoded whole."""
+        items: list[Any] = []
+        for chunk in self.chunks(t, n):
+            items.extend(chunk)
+        return items, None
+
+    def chunks(self, t: int, n: int, size: int = 512) -> Iterator[list[Any]]:
+        r = self.r
+        if t in (RDB_TYPE_LIST, RDB_TYPE_SET):
+            while n:
+                take = min(n, size)
+                n -= take
+                yield [r.string() for _ in range(take)]
+        elif t in (RDB_TYPE_ZSET, RDB_TYPE_ZSET_2):
+            read_score = self.binary_double if t == RDB_TYPE_ZSET_2 else self.string_double
+            while n:
+                take = min(n, size)
+                n -= take
+                pairs: list[Any] = []
+                for _ in range(take):
+                    member = r.string()
+                    pairs.append((member, read_score()))
+                yield pairs
+        elif t == RDB_TYPE_HASH:
+            while n:
+                take = min(n, size)
+                n -= take
+                yield [(r.string(), r.string()) for _ in range(take)]
+        elif t == RDB_TYPE_LIST_QUICKLIST:
+            for _ in range(n):
+                at = r.offset
+                yield _ziplist(r.string(), at)
+        else:  # RDB_TYPE_LIST_QUICKLIST_2
+            for _ in range(n):
+                container = r.length()
+                at = r.offset
+                node = r.string()
+                if container == QUICKLIST_NODE_CONTAINER_PACKED:
+                    yield _listpack_strings(node, at)
+                elif container == QUICKLIST_NODE_CONTAINER_PLAIN:
+                    yield [node]
+                else:
+                    raise RdbFormatError(f"quicklist node container {container} unknown", at)
+
     def undecoded_key(
         self,
         t: int,
@@ -1334,12 +1440,15 @@ class _Parser:
         bytes after all (the consumer then needs its elements)."""
         r = self.r
         r.begin_capture(self.r.max_string)
-        if t == RDB_TYPE_LIST_QUICKLIST:
-            for _ in range(self.count(r.length(), 1, "quicklist nodes")):
-                r.skip_string()
-        elif t == RDB_TYPE_LIST_QUICKLIST_2:
-            for _ in range(self.count(r.length(), 2, "quicklist nodes")):
-                r.length()
+        if t in (RDB_TYPE_LIST_QUICKLIST, RDB_TYPE_LIST_QUICKLIST_2):
+            nodes = self.count(r.length(), 1, "quicklist nodes")
+            if self.stream_over and nodes > max(1, self.stream_over // 128):
+                r.end_capture()  # a big list: read while consumed, never held whole
+                chunks = self.chunks(t, nodes)
+                return KeyEntry(db, key, kind, ChunkedValue(chunks), expire_ms, None, t, idle, freq)
+            for _ in range(nodes):
+                if t == RDB_TYPE_LIST_QUICKLIST_2:
+                    r.length()
                 r.skip_string()
         else:
             r.skip_string()
@@ -1672,6 +1781,7 @@ def parse_rdb(
     max_string_bytes: int = DEFAULT_MAX_STRING_BYTES,
     keep_string_raw: bool = True,
     skip_decode: Callable[[int], bool] | None = None,
+    stream_over: int = 0,
 ) -> Iterator[RdbEvent]:
     """Events of the RDB read from `source`, one at a time, ending with RdbEnd.
 
@@ -1684,6 +1794,8 @@ def parse_rdb(
     skip_decode(rdb_type) → True: a compact value of that type (ziplist, listpack, intset,
     zipmap, quicklist) is not decoded: KeyEntry.value is None and raw holds it (a writer
     that RESTOREs it needs nothing more; decode_serialized_value gives the elements).
+    stream_over > 0: a list, set, zset or hash (hashtable, skiplist, linked list or quicklist
+    encoding) with more elements than that comes as a ChunkedValue, read while consumed.
     Nothing is read past the EOF opcode and its checksum."""
     parser = _Parser(
         source,
@@ -1693,6 +1805,7 @@ def parse_rdb(
         max_string=max_string_bytes,
         keep_string_raw=keep_string_raw,
         skip_decode=skip_decode,
+        stream_over=stream_over,
     )
     return parser.events()
 

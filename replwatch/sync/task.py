@@ -66,6 +66,9 @@ IO_TIMEOUT = 10.0  # connect and reply timeout for both sides
 ACK_EVERY = 1.0
 PROGRESS_EVERY = 1.0
 MAX_IN_FLIGHT = 8
+# collections with more elements are read from the snapshot chunk by chunk as they are
+# written (plain commands), never held whole: memory stays flat whatever the biggest key
+STREAM_ELEMENTS_OVER = 20_000
 _SPECIAL = frozenset((b"MULTI", b"EXEC", b"SELECT", b"PING", b"REPLCONF"))
 _CHECKPOINT_PREFIX = CHECKPOINT_PREFIX.encode()
 _COLLECTIONS = frozenset(("list", "set", "zset", "hash", "stream"))
@@ -327,6 +330,7 @@ class SyncTaskRunner:
             on_module="skip" if task.on_module_key == "skip" else "error",
             keep_string_raw=False,  # strings are written with SET
             skip_decode=loader.restorable,  # values that go by RESTORE are not decoded
+            stream_over=STREAM_ELEMENTS_OVER,  # big collections are read while written
         )
         add_key = loader.key
         seen = 0
