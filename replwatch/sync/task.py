@@ -489,6 +489,7 @@ class _SnapshotLoader:
         self.use_restore = runner.task.write_mode == "auto"
         self.all_ok = True  # the batch being built gets only +OK replies
         self._restorable: dict[int, bool] = {}
+        self.keys_sent = 0  # in batches sent (keys_loaded: confirmed by the target)
         self.batch_size = runner.task.batch_size
         self.batch_bytes = runner.task.batch_bytes
 
@@ -585,6 +586,7 @@ class _SnapshotLoader:
         if not self.parts:
             return
         keys = self.keys_in_batch
+        self.keys_sent += keys
         payload = b"".join(self.parts)
         self.target.db = self.db
         prefix = OK_REPLY * self.expect if self.all_ok else None
@@ -621,10 +623,10 @@ class _SnapshotLoader:
                 (
                     "HMSET",  # not HSET: HMSET answers +OK, so the batch takes the fast path
                     self.runner.key,
-                    "keys_loaded",
-                    self.keys_loaded,
+                    "keys_loaded",  # progress: sent (the final count: confirmed)
+                    self.keys_sent,
                     "keys_total",
-                    max(self.keys_total, self.keys_loaded),
+                    max(self.keys_total, self.keys_sent),
                     "rdb_bytes_loaded",
                     loaded_bytes,
                     "skipped_keys",
