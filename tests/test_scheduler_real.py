@@ -214,7 +214,7 @@ def test_probe_rounds_batched_and_replica_count_changes(servers: Servers) -> Non
     wait_linked(b, master)
     cfg = make_config(
         [{"name": "g", "master": master.url}],
-        probe={"timeout": "300ms", "interval": "1s"},
+        probe={"timeout": "1s", "interval": "1s"},  # room for a loaded CI box
     )
     sched, stats, _ = make_scheduler(cfg, probes=True)
     prober, _interval = sched.probers["g"]
@@ -246,13 +246,13 @@ def test_probe_rounds_batched_and_replica_count_changes(servers: Servers) -> Non
             assert prober.finish(inflight) is not None
             fast = await probe()
             assert (fast.result, fast.wanted, fast.acked) == ("ok", 2, 2)
-            assert fast.seconds is not None and 0 < fast.seconds < 0.3
+            assert fast.seconds is not None and 0 < fast.seconds < 1.0
 
             b.pause()
             try:
                 slow = await probe()
                 assert (slow.result, slow.wanted, slow.acked) == ("timeout", 2, 1)
-                assert slow.seconds is not None and slow.seconds >= 0.3
+                assert slow.seconds is not None and slow.seconds >= 1.0
             finally:
                 b.resume()
             wait_linked(b, master)

@@ -10,8 +10,9 @@ import threading
 import pytest
 
 from replwatch.errors import RedisError
+from replwatch.observe.connection import encode_command
 from replwatch.sync.rdb import BytesSource, KeyEntry, RdbEnd, parse_rdb
-from replwatch.sync.reader import EOF_MARK_LEN, BufferedSocket, RdbPayload
+from replwatch.sync.reader import EOF_MARK_LEN, BufferedSocket, RdbPayload, command_length
 
 # a tiny RDB 10: one string key "k" = "v", EOF, zero checksum (not verified)
 RDB = b"REDIS0010" + b"\x00\x01k\x01v" + b"\xff" + b"\x00" * 8
@@ -74,3 +75,11 @@ def test_same_events_as_from_bytes() -> None:
     from_socket = events_of(RdbPayload(conn, None, MARK))
     from_bytes = list(parse_rdb(BytesSource(RDB), raw_limit=1024, verify_checksum=False))
     assert from_socket == from_bytes
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [[b"SET", b"k", b"v"], [b"X" * 12345, b""], [b"a"] * 11, [b"PING"], [b"x" * 9, b"y" * 10]],
+)
+def test_command_length_is_the_encoded_length(argv: list[bytes]) -> None:
+    assert command_length(argv) == len(encode_command(argv))

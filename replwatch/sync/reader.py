@@ -18,7 +18,6 @@ import contextlib
 import select
 import socket
 import ssl
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import hiredis
@@ -354,41 +353,19 @@ class SourceLink:
     def ack(self, offset: int) -> None:
         self.conn.send(encode_command(("REPLCONF", "ACK", offset)))
 
-    def commands(self) -> Iterator[tuple[list[bytes], int, int]]:
-        """The commands buffered or readable now, each with its span in `self.raw` (the
-        stream's exact bytes: a caller forwards them without encoding them again). Spans
-        are valid until the next call, which drops what was consumed."""
-        reader = self.reader
-        conn = self.conn
+    def feed_buffered(self) -> None:
+        """Move what the socket delivered into the command reader (and `raw`), dropping
+        the bytes of `raw` already consumed (their runs must have been copied out)."""
         raw = self.raw
         if self.raw_pos:
             del raw[: self.raw_pos]
             self.raw_pos = 0
+        conn = self.conn
         if conn.available():
             data = bytes(conn.buf[conn.pos :])
             conn.pos = len(conn.buf)
-            reader.feed(data)
+            self.reader.feed(data)
             raw += data
-        pos = 0
-        try:
-            while True:
-                try:
-                    item = reader.gets()
-                except hiredis.ProtocolError as exc:
-                    raise ProtocolFailure(
-                        f"bad replication stream from {self.endpoint.label}: {exc}"
-                    ) from None
-                if item is False:
-                    return
-                if not isinstance(item, list):
-                    raise ProtocolFailure(
-                        f"replication stream from {self.endpoint.label} holds a non-command reply"
-                    )
-                end = pos + command_length(item)
-                yield item, pos, end
-                pos = end
-        finally:
-            self.raw_pos = pos
 
     def receive(self) -> None:
         """Read what the socket has into the command parser (blocking up to the timeout)."""

@@ -29,7 +29,7 @@ from typing import Any
 import hiredis
 
 from replwatch.config import SyncTask, TLSConfig
-from replwatch.errors import RedisError, ReplwatchError, TimeoutFailure
+from replwatch.errors import ProtocolFailure, RedisError, ReplwatchError, TimeoutFailure
 from replwatch.observe.connection import encode_command
 from replwatch.sync.checkpoint import (
     CHECKPOINT_DB,
@@ -446,13 +446,13 @@ class SyncTaskRunner:
                     source.ack(stream.applied)
                     last_ack = time.monotonic()
                 continue
-            for argv, start, end in source.commands():
-                if stream.add(argv, start, end):
-                    # REPLCONF GETACK: everything before it applied, then say where we are
-                    stream.flush(force=stream.pending_offset > stream.applied)
-                    target.drain()
-                    source.ack(stream.applied)
-                    last_ack = time.monotonic()
+            source.feed_buffered()
+            while stream.consume(source):
+                # REPLCONF GETACK: everything before it applied, then say where we are
+                stream.flush(force=stream.pending_offset > stream.applied)
+                target.drain()
+                source.ack(stream.applied)
+                last_ack = time.monotonic()
             stream.end_round()
             if not source.conn.available():
                 stream.flush()
@@ -688,6 +688,54 @@ class _StreamApplier:
         self.batch_bytes = runner.task.batch_bytes
         self.pair_key = runner.pair_key
         runner.replid, runner.offset = replid, offset
+
+    def consume(self, link: SourceLink) -> bool:
+        """Take the commands the link's reader holds (SourceLink.feed_buffered), the common
+        case inline; True when it stopped right after a REPLCONF GETACK (answer it, then
+        call again). A command's span in `raw` comes from its exact RESP length."""
+        gets = link.reader.gets
+        pos = link.raw_pos
+        special = _SPECIAL
+        prefix = _CHECKPOINT_PREFIX
+        try:
+            while True:
+                try:
+                    argv = gets()
+                except hiredis.ProtocolError as exc:
+                    raise ProtocolFailure(
+                        f"bad replication stream from {link.endpoint.label}: {exc}"
+                    ) from None
+                if argv is False:
+                    return False
+                if type(argv) is not list:
+                    raise ProtocolFailure(
+                        f"replication stream from {link.endpoint.label} holds a non-command reply"
+                    )
+                n = len(argv)
+                sizes = list(map(len, argv))
+                start = pos  # reader.command_length(argv), inline: this runs per command
+                pos += 3 + len(str(n)) + 5 * n + sum(sizes) + sum(map(len, map(str, sizes)))
+                if (
+                    self.in_tx
+                    or argv[0].upper() in special
+                    or (n > 1 and argv[1].startswith(prefix))
+                ):
+                    if self.add(argv, start, pos):
+                        return True
+                    continue
+                length = pos - start
+                self.pending_offset += length
+                if start != self.run_end:
+                    self._close_run()
+                    self.run_start = start
+                self.run_end = pos
+                self.count += 1
+                self.size += length
+                self.batch_offset = self.pending_offset
+                if self.count >= self.batch_size or self.size >= self.batch_bytes:
+                    self.flush()
+        finally:
+            link.raw_pos = pos
 
     def add(self, argv: list[bytes], start: int, end: int) -> bool:
         """Take one command of the stream (its bytes are raw[start:end]); True for
