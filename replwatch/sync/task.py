@@ -691,12 +691,16 @@ class _StreamApplier:
 
     def consume(self, link: SourceLink) -> bool:
         """Take the commands the link's reader holds (SourceLink.feed_buffered), the common
-        case inline; True when it stopped right after a REPLCONF GETACK (answer it, then
-        call again). A command's span in `raw` comes from its exact RESP length."""
+        case inline with its counters in locals; True when it stopped right after a
+        REPLCONF GETACK (answer it, then call again). A command's span in `raw` comes from
+        its exact RESP length (reader.command_length, inline: per argument 5 bytes plus its
+        size plus its size's digits, and the digits of all sizes are len(repr(sizes)) - 2n)."""
         gets = link.reader.gets
         pos = link.raw_pos
         special = _SPECIAL
         prefix = _CHECKPOINT_PREFIX
+        batch_size, batch_bytes = self.batch_size, self.batch_bytes
+        count, size, pending, run_end = self.count, self.size, self.pending_offset, self.run_end
         try:
             while True:
                 try:
@@ -713,29 +717,44 @@ class _StreamApplier:
                     )
                 n = len(argv)
                 sizes = list(map(len, argv))
-                start = pos  # reader.command_length(argv), inline: this runs per command
-                pos += 3 + len(str(n)) + 5 * n + sum(sizes) + sum(map(len, map(str, sizes)))
+                start = pos
+                pos += 3 + len(str(n)) + 3 * n + sum(sizes) + len(repr(sizes))
                 if (
                     self.in_tx
                     or argv[0].upper() in special
                     or (n > 1 and argv[1].startswith(prefix))
                 ):
-                    if self.add(argv, start, pos):
+                    self.count, self.size, self.pending_offset = count, size, pending
+                    self.run_end = run_end
+                    if not self.in_tx and run_end == start:
+                        # the command before was forwarded: the batch ends after it so far
+                        self.batch_offset = pending
+                    getack = self.add(argv, start, pos)
+                    count, size, pending = self.count, self.size, self.pending_offset
+                    run_end = self.run_end
+                    if getack:
                         return True
                     continue
-                length = pos - start
-                self.pending_offset += length
-                if start != self.run_end:
+                if start != run_end:
+                    self.run_end = run_end
                     self._close_run()
                     self.run_start = start
-                self.run_end = pos
-                self.count += 1
-                self.size += length
-                self.batch_offset = self.pending_offset
-                if self.count >= self.batch_size or self.size >= self.batch_bytes:
+                run_end = pos
+                count += 1
+                size += pos - start
+                pending += pos - start
+                if count >= batch_size or size >= batch_bytes:
+                    self.count, self.size, self.pending_offset = count, size, pending
+                    self.run_end = run_end
+                    self.batch_offset = pending
                     self.flush()
+                    count, size, run_end = self.count, self.size, self.run_end
         finally:
             link.raw_pos = pos
+            self.count, self.size, self.pending_offset = count, size, pending
+            self.run_end = run_end
+            if not self.in_tx and run_end == pos:
+                self.batch_offset = pending
 
     def add(self, argv: list[bytes], start: int, end: int) -> bool:
         """Take one command of the stream (its bytes are raw[start:end]); True for
