@@ -18,6 +18,11 @@ Args = Sequence[bytes | str | int | float]
 
 SET_COMMAND = b"*3\r\n$3\r\nSET\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n"
 _SET_PXAT = b"*5\r\n$3\r\nSET\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$4\r\nPXAT\r\n$%d\r\n%b\r\n"
+_RESTORE = b"*5\r\n$7\r\nRESTORE\r\n$%d\r\n%b\r\n$1\r\n0\r\n$%d\r\n%b\r\n$7\r\nREPLACE\r\n"
+_RESTORE_AT = (
+    b"*6\r\n$7\r\nRESTORE\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n"
+    b"$7\r\nREPLACE\r\n$6\r\nABSTTL\r\n"
+)
 CHUNK_ELEMENTS = 512
 _CHUNK_VERBS = {"list": b"RPUSH", "set": b"SADD", "zset": b"ZADD", "hash": b"HSET"}
 CHUNK_BYTES = 1024 * 1024
@@ -60,12 +65,14 @@ def _score(score: float) -> bytes:
 
 
 def restore_command(entry: KeyEntry, version: int) -> bytes:
+    """RESTORE key ttl payload REPLACE [ABSTTL], encoded by one format operation."""
     assert entry.raw is not None
     payload = build_dump_payload(entry.raw, version)
-    ttl = entry.expire_ms or 0
-    if ttl:
-        return encode_command((b"RESTORE", entry.key, ttl, payload, b"REPLACE", b"ABSTTL"))
-    return encode_command((b"RESTORE", entry.key, 0, payload, b"REPLACE"))
+    key = entry.key
+    if entry.expire_ms:
+        at = b"%d" % entry.expire_ms
+        return _RESTORE_AT % (len(key), key, len(at), at, len(payload), payload)
+    return _RESTORE % (len(key), key, len(payload), payload)
 
 
 def key_writes(

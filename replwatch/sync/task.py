@@ -39,7 +39,7 @@ from replwatch.sync.checkpoint import (
     checkpoint_key,
 )
 from replwatch.sync.commands import SET_COMMAND as _SET
-from replwatch.sync.commands import TargetCaps, key_writes, plain_commands
+from replwatch.sync.commands import TargetCaps, key_writes, plain_commands, restore_command
 from replwatch.sync.dump import restore_target_from_info
 from replwatch.sync.rdb import (
     FunctionEntry,
@@ -489,6 +489,7 @@ class _SnapshotLoader:
         self.use_restore = runner.task.write_mode == "auto"
         self.all_ok = True  # the batch being built gets only +OK replies
         self._restorable: dict[int, bool] = {}
+        self._versions: dict[int, int] = {}  # RDB version stamped on RESTORE, by type
         self.keys_sent = 0  # in batches sent (keys_loaded: confirmed by the target)
         self.batch_size = runner.task.batch_size
         self.batch_bytes = runner.task.batch_bytes
@@ -521,6 +522,20 @@ class _SnapshotLoader:
             self.db = entry.db
         if entry.raw is None and entry.kind in _COLLECTIONS:
             self._big_key(entry)
+            return
+        if (
+            entry.raw is not None
+            and entry.kind != "string"
+            and not entry.field_expiry
+            and self.restorable(entry.rdb_type)
+        ):
+            data = restore_command(entry, self._versions[entry.rdb_type])  # answers +OK
+            self.parts.append(data)
+            self.expect += 1
+            self.size += len(data)
+            self.keys_in_batch += 1
+            if self.keys_in_batch >= self.batch_size or self.size >= self.batch_bytes:
+                self.flush()
             return
         try:
             data, replies = key_writes(
@@ -570,10 +585,12 @@ class _SnapshotLoader:
         not decode it)?"""
         known = self._restorable.get(rdb_type)
         if known is None:
-            known = self.use_restore and (
-                self.caps.restore.payload_version_for(rdb_type, source_valkey=self.source_valkey)
-                is not None
+            version = self.caps.restore.payload_version_for(
+                rdb_type, source_valkey=self.source_valkey
             )
+            known = self.use_restore and version is not None
+            if version is not None:
+                self._versions[rdb_type] = version
             self._restorable[rdb_type] = known
         return known
 
