@@ -383,3 +383,24 @@ def test_big_collections_are_streamed_and_equal(
     assert_equal(source, target)
     with connect(target) as client:
         assert client.hlen("huge:hash") == n and 890 < client.ttl("huge:hash") <= 900
+
+
+@pytest.mark.timeout(60)
+def test_stop_during_a_full_sync_of_strings(
+    debian_servers: ServerSet, runner_box: list[Runner]
+) -> None:
+    source = debian_servers.start("source", extra=["--rdb-key-save-delay", "20"])
+    target = debian_servers.start("target")
+    with connect(source) as client:
+        client.execute_command("DEBUG", "POPULATE", 200_000, "s", 8)  # ~4 s to snapshot
+    r = start(make_task(source, target), runner_box)
+    wait_for(
+        lambda: (cp := checkpoint(target)) is not None and (cp.keys_loaded or 0) > 5000,
+        20,
+        "the full sync to be under way",
+    )
+    started = time.monotonic()
+    r.stop()
+    assert time.monotonic() - started < 5
+    cp = checkpoint(target)
+    assert cp is not None and cp.state == "stopped" and not cp.resumable, cp

@@ -1161,6 +1161,7 @@ class _Parser:
         keep_string_raw: bool = True,
         skip_decode: Callable[[int], bool] | None = None,
         stream_over: int = 0,
+        string_sink: Callable[[int, bytes, bytes], None] | None = None,
     ) -> None:
         if on_module not in ("error", "skip"):
             raise ValueError(f"on_module must be 'error' or 'skip', not {on_module!r}")
@@ -1169,6 +1170,7 @@ class _Parser:
         self.keep_string_raw = keep_string_raw
         self.skip_decode = skip_decode
         self.stream_over = stream_over
+        self.string_sink = string_sink
         self.verify_checksum = verify_checksum
         self.on_module = on_module
         self.magic = "REDIS"
@@ -1244,10 +1246,14 @@ class _Parser:
         kinds = self.kinds
         decoders = self.decoders
         skip = self.skip_decode
+        sink = self.string_sink
         while True:
             t = r.byte()
             if t == RDB_TYPE_STRING:
                 key = r.string()
+                if sink is not None and expire_ms is None and idle is None and freq is None:
+                    sink(db, key, r.string())  # the common case, no event object at all
+                    continue
                 if raw_limit and self.keep_string_raw:
                     r.begin_capture(raw_limit)
                     value: Value = r.string()
@@ -1782,6 +1788,7 @@ def parse_rdb(
     keep_string_raw: bool = True,
     skip_decode: Callable[[int], bool] | None = None,
     stream_over: int = 0,
+    string_sink: Callable[[int, bytes, bytes], None] | None = None,
 ) -> Iterator[RdbEvent]:
     """Events of the RDB read from `source`, one at a time, ending with RdbEnd.
 
@@ -1796,6 +1803,8 @@ def parse_rdb(
     that RESTOREs it needs nothing more; decode_serialized_value gives the elements).
     stream_over > 0: a list, set, zset or hash (hashtable, skiplist, linked list or quicklist
     encoding) with more elements than that comes as a ChunkedValue, read while consumed.
+    string_sink(db, key, value): plain strings without a TTL (or LRU/LFU data) are handed to
+    it instead of being yielded as KeyEntry events (a loader's fast path).
     Nothing is read past the EOF opcode and its checksum."""
     parser = _Parser(
         source,
@@ -1806,6 +1815,7 @@ def parse_rdb(
         keep_string_raw=keep_string_raw,
         skip_decode=skip_decode,
         stream_over=stream_over,
+        string_sink=string_sink,
     )
     return parser.events()
 

@@ -50,7 +50,7 @@ from replwatch.sync.rdb import (
     ResizeDb,
     parse_rdb,
 )
-from replwatch.sync.reader import Continue, FullResync, SourceLink
+from replwatch.sync.reader import Continue, FullResync, RdbPayload, SourceLink
 from replwatch.sync.writer import (
     OK_REPLY,
     QUEUED_REPLY,
@@ -331,7 +331,9 @@ class SyncTaskRunner:
             keep_string_raw=False,  # strings are written with SET
             skip_decode=loader.restorable,  # values that go by RESTORE are not decoded
             stream_over=STREAM_ELEMENTS_OVER,  # big collections are read while written
+            string_sink=loader.string_key,  # plain strings straight to SET bytes
         )
+        loader.payload = payload
         add_key = loader.key
         seen = 0
         try:
@@ -491,8 +493,29 @@ class _SnapshotLoader:
         self._restorable: dict[int, bool] = {}
         self._versions: dict[int, int] = {}  # RDB version stamped on RESTORE, by type
         self.keys_sent = 0  # in batches sent (keys_loaded: confirmed by the target)
+        self.payload: RdbPayload | None = None  # the snapshot being read (progress)
         self.batch_size = runner.task.batch_size
         self.batch_bytes = runner.task.batch_bytes
+
+    def string_key(self, db: int, key: bytes, value: bytes) -> None:
+        """A plain string without TTL, from the parser's loop (no event object)."""
+        if db != self.db:
+            self.parts.append(encode_command(("SELECT", db)))
+            self.expect += 1
+            self.db = db
+        data = _SET % (len(key), key, len(value), value)
+        self.parts.append(data)
+        self.expect += 1
+        self.size += len(data)
+        self.keys_in_batch += 1
+        if self.keys_in_batch >= self.batch_size or self.size >= self.batch_bytes:
+            self.flush()
+            # the parser's loop does not come back to the full sync's loop for these keys:
+            # stop requests and progress are looked at here, once a batch
+            if self.runner.stopping:
+                raise RedisError("stopped during the full sync", reason="stopped")
+            if self.payload is not None:
+                self.maybe_progress(self.payload.loaded)
 
     def key(self, entry: KeyEntry) -> None:
         value = entry.value
