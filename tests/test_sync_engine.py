@@ -312,6 +312,14 @@ def test_non_empty_target_policies(debian_servers: ServerSet, runners: list[Runn
     with connect(target) as client:
         assert client.exists("already-there") and client.exists("from-source")
     overwrite.stop()
+    # a later full resync under overwrite deletes nothing either
+    again = RunnerThread(make_task(source, target, existing_keys="overwrite", afresh=True))
+    runners.append(again)
+    cp = wait_caught_up(source, target)
+    assert cp.full_resyncs == 2 and again.runner.counters.full_syncs == 1
+    with connect(target) as client:
+        assert client.exists("already-there") and client.exists("from-source")
+    again.stop()
 
     with connect(target) as client:
         client.delete(checkpoint_key(TASK))  # a new task, as far as the target can tell

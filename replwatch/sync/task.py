@@ -236,25 +236,26 @@ class SyncTaskRunner:
     def _prepare_target(self, target: TargetLink, checkpoint: Checkpoint | None) -> bool:
         """Make the target ready for a snapshot; True when keys may already exist on it
         (overwrite), so plain-command writes must delete a key first."""
+        if self.task.existing_keys == "overwrite":
+            return True  # never deletes: keys the source does not have stay on the target
         ours_before = checkpoint is not None and checkpoint.full_resyncs > 0
         if ours_before:
+            # the target holds this task's copy: a new full sync replaces it whole, so keys
+            # deleted on the source meanwhile go too
             self._flush_keeping_checkpoints(target)
             return False
         foreign = target.keys_outside(CHECKPOINT_PREFIX.encode())
         if not foreign:
             return False
-        policy = self.task.existing_keys
-        if policy == "refuse":
+        if self.task.existing_keys == "refuse":
             raise FatalTaskError(
                 f"target {self.task.target.label} already holds {foreign} keys; a full sync "
                 f"would mix them with the source's: set existing_keys: flush (delete them "
                 f"first) or overwrite (keep keys the source does not have) on task "
                 f"{self.task.name}"
             )
-        if policy == "flush":
-            self._flush_keeping_checkpoints(target)
-            return False
-        return True
+        self._flush_keeping_checkpoints(target)  # existing_keys: flush
+        return False
 
     def _flush_keeping_checkpoints(self, target: TargetLink) -> None:
         """FLUSHALL, then put back every sync checkpoint that was on the target (other
