@@ -45,10 +45,6 @@ def checkpoint_key(task: str) -> str:
     return CHECKPOINT_PREFIX + task
 
 
-def is_checkpoint_key(key: bytes) -> bool:
-    return key.startswith(CHECKPOINT_PREFIX.encode())
-
-
 def _text(raw: Mapping[bytes | str, bytes | str], name: str) -> str | None:
     value = raw.get(name)
     if value is None:

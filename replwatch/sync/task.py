@@ -116,7 +116,6 @@ class SyncTaskRunner:
         # for tests and status: the applied offset and replid after each batch
         self.replid: str | None = None
         self.offset: int | None = None
-        self.on_progress: Callable[[SyncTaskRunner], None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -967,8 +966,6 @@ class _StreamApplier:
             self.runner.counters.commands_applied += count
             self.runner.counters.batches += 1
             self.runner.offset = end
-            if self.runner.on_progress is not None:
-                self.runner.on_progress(self.runner)
 
         return done
 

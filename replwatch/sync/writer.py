@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -239,10 +239,6 @@ class TargetLink:
 
     def close(self) -> None:
         self.conn.close()
-
-
-def encode_many(commands: Sequence[Sequence[Any]]) -> bytes:
-    return b"".join(encode_command(c) for c in commands)
 
 
 def now_ms() -> int:
