@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
 import json
 import logging
 import os
@@ -37,7 +36,6 @@ import platform
 import re
 import resource
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -50,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from _procs import CLK_TCK, Processes, proc_cpu_seconds, reserve_ports
 from prometheus_client import generate_latest
 
 from replwatch import __version__ as replwatch_version
@@ -62,7 +61,6 @@ from replwatch.state import GroupSnapshot, SnapshotStore
 REDIS_SERVER = Path("/usr/bin/redis-server")
 EXPORTER = Path("/usr/bin/prometheus-redis-exporter")
 RESULTS = Path(__file__).resolve().parent / "results" / "poll_cost.json"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 INSTALL_HINT = "apt-get install -y redis-server prometheus-redis-exporter (see bench/README.md)"
 
 # Small, quiet servers: no persistence, few clients, no diskless-sync delay (so replicas link
@@ -84,67 +82,6 @@ REDIS_ARGS = [
 
 
 # --------------------------------------------------------------------------- processes
-
-
-def _die_with_parent() -> None:
-    """preexec_fn: ask the kernel to SIGTERM the child if the bench itself is killed -9
-    (the normal path stops every child by pid in a finally block)."""
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-def reserve_ports(count: int) -> list[int]:
-    """`count` distinct free loopback ports (all sockets held open together, then closed)."""
-    socks = []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-class Processes:
-    """Every child process the bench starts; stop_all() ends them by pid."""
-
-    def __init__(self) -> None:
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def start(self, args: list[str], log: Path) -> subprocess.Popen[bytes]:
-        with open(log, "ab") as out:
-            proc = subprocess.Popen(
-                args,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # a terminal's Ctrl-C reaches the bench, not them
-                preexec_fn=_die_with_parent,
-            )
-        self.procs.append(proc)
-        return proc
-
-    def stop_all(self, grace: float = 10.0) -> int:
-        """SIGTERM every child still running, wait, SIGKILL stragglers. Returns how many."""
-        alive = [p for p in self.procs if p.poll() is None]
-        for p in alive:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(p.pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        for p in alive:
-            try:
-                p.wait(max(0.01, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(p.pid, signal.SIGKILL)
-                p.wait()
-        for p in self.procs:  # reap anything that exited on its own
-            with contextlib.suppress(Exception):
-                p.wait(0)
-        return len(alive)
 
 
 @dataclass(eq=False)
@@ -262,14 +199,6 @@ def rss_mb() -> float:
 def rusage_cpu() -> float:
     ru = resource.getrusage(resource.RUSAGE_SELF)
     return ru.ru_utime + ru.ru_stime
-
-
-def proc_cpu_seconds(pid: int) -> float:
-    """utime + stime of another process (all its threads), from /proc/<pid>/stat."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rpartition(")")[2].split()
-    # after "pid (comm)": state is fields[0]; utime/stime are stat fields 14/15 → 11/12 here
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def proc_rss_mb(pid: int) -> float:
@@ -750,7 +679,7 @@ def main(argv: list[str] | None = None) -> int:
                 pairs, ours["cycles"], cfg.poll.interval, procs, workdir, args.scrape_threads
             )
         finally:
-            stopped = procs.stop_all()
+            stopped = procs.stop_all(grace=10.0)
             print(f"stopped {stopped} processes", file=sys.stderr)
 
     ratio = peer["cpu_ms_per_scrape"] / ours["cpu_ms_per_instance_poll"]

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import datetime
 import hashlib
 import json
@@ -60,6 +59,7 @@ from typing import Any
 import hiredis
 import redis
 import yaml
+from _procs import Processes, proc_cpu_seconds, reserve_ports
 
 from replwatch import __version__ as replwatch_version
 from replwatch.observe.connection import encode_command
@@ -67,7 +67,6 @@ from replwatch.observe.connection import encode_command
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 REDIS_BENCHMARK = Path("/usr/bin/redis-benchmark")
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 GIB = 1 << 30
 MIB = 1 << 20
 TASK = "bench"
@@ -95,90 +94,6 @@ SOURCE_ARGS = [
 
 
 # --------------------------------------------------------------------------- processes
-
-
-def _die_with_parent() -> None:
-    """preexec_fn: ask the kernel to SIGTERM the child if the bench itself is killed -9
-    (the normal path stops every child by pid in a finally block)."""
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-def reserve_ports(count: int) -> list[int]:
-    """`count` distinct free loopback ports (all sockets held open together, then closed)."""
-    socks = []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-class Processes:
-    """Every child process the bench starts; stop()/stop_all() end them by pid."""
-
-    def __init__(self) -> None:
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def start(
-        self,
-        args: list[str],
-        log: Path,
-        cwd: Path | None = None,
-        env: dict[str, str] | None = None,
-    ) -> subprocess.Popen[bytes]:
-        with open(log, "ab") as out:
-            proc = subprocess.Popen(
-                args,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=cwd,
-                env=env,
-                start_new_session=True,  # a terminal's Ctrl-C reaches the bench, not them
-                preexec_fn=_die_with_parent,
-            )
-        self.procs.append(proc)
-        return proc
-
-    @staticmethod
-    def stop(proc: subprocess.Popen[bytes], grace: float = 30.0) -> None:
-        """SIGCONT (it may be paused) + SIGTERM, wait, SIGKILL if it will not go."""
-        if proc.poll() is not None:
-            return
-        for sig in (signal.SIGCONT, signal.SIGTERM):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, sig)
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-    def stop_all(self, grace: float = 30.0) -> int:
-        alive = [p for p in self.procs if p.poll() is None]
-        for p in alive:
-            for sig in (signal.SIGCONT, signal.SIGTERM):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(p.pid, sig)
-        deadline = time.monotonic() + grace
-        for p in alive:
-            try:
-                p.wait(max(0.01, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(p.pid, signal.SIGKILL)
-                p.wait()
-        for p in self.procs:  # reap anything that exited on its own
-            with contextlib.suppress(Exception):
-                p.wait(0)
-        return len(alive)
 
 
 @dataclass(eq=False)
@@ -248,13 +163,6 @@ def poll_until(check: Callable[[], bool], timeout: float, interval: float, what:
 
 
 # --------------------------------------------------------------------------- /proc
-
-
-def proc_cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads), from /proc/<pid>/stat."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def proc_state(pid: int) -> str:
