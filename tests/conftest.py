@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from .harness import EXPECTED_BUILDS, ServerBuild, ServerSet, require_build
+from .syncing import RunnerThread
 
 
 @pytest.fixture(params=EXPECTED_BUILDS)
@@ -40,3 +41,15 @@ def debian_servers(tmp_path: Path) -> Iterator[ServerSet]:
         yield servers
     finally:
         servers.close()
+
+
+@pytest.fixture
+def runners() -> Iterator[list[RunnerThread]]:
+    """Sync task runners a test starts (tests/syncing.py); any still running are stopped."""
+    started: list[RunnerThread] = []
+    try:
+        yield started
+    finally:
+        for runner in started:
+            if runner.thread.is_alive():
+                runner.stop()

@@ -9,66 +9,34 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
-from replwatch.config import TLSConfig
-from replwatch.sync.task import SyncTaskRunner
-
 from .datasets import connect
 from .harness import ServerSet, closed_port, require_build, wait_for
-from .test_cli_daemon import http_get, parse_metrics, value
-from .test_sync_engine import (
+from .syncing import (
     TASK,
+    RunnerThread,
     assert_equal,
     checkpoint,
     make_task,
     source_position,
+    start,
     wait_caught_up,
 )
-
-
-class Runner:
-    def __init__(self, runner: SyncTaskRunner) -> None:
-        self.runner = runner
-        self.thread = threading.Thread(target=runner.run, daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.runner.stop()
-        self.thread.join(20)
-        assert not self.thread.is_alive()
-
-
-@pytest.fixture
-def runner_box() -> Iterator[list[Runner]]:
-    box: list[Runner] = []
-    try:
-        yield box
-    finally:
-        for r in box:
-            if r.thread.is_alive():
-                r.stop()
-
-
-def start(task: object, box: list[Runner]) -> Runner:
-    r = Runner(SyncTaskRunner(task, TLSConfig(), io_timeout=5))  # type: ignore[arg-type]
-    box.append(r)
-    return r
+from .test_cli_daemon import http_get, parse_metrics, value
 
 
 @pytest.mark.timeout(60)
 def test_source_sees_the_applied_offset_and_wait_counts_the_syncer(
-    debian_servers: ServerSet, runner_box: list[Runner]
+    debian_servers: ServerSet, runners: list[RunnerThread]
 ) -> None:
     source = debian_servers.start("source")
     target = debian_servers.start("target")
-    start(make_task(source, target), runner_box)
+    start(make_task(source, target), runners)
     wait_caught_up(source, target)
 
     def acked_offset() -> int | None:
@@ -97,7 +65,7 @@ def test_source_sees_the_applied_offset_and_wait_counts_the_syncer(
 
 @pytest.mark.timeout(90)
 def test_big_keys_are_written_as_plain_commands(
-    debian_servers: ServerSet, runner_box: list[Runner]
+    debian_servers: ServerSet, runners: list[RunnerThread]
 ) -> None:
     source = debian_servers.start("source")
     target = debian_servers.start("target")
@@ -113,7 +81,7 @@ def test_big_keys_are_written_as_plain_commands(
         client.pexpire("big:hash", 900_000)
         client.set("small", "s")
     # every value above 1 KiB goes as commands (RPUSH/SADD/HSET/ZADD/XADD … in chunks)
-    start(make_task(source, target, big_key_bytes="1kb"), runner_box)
+    start(make_task(source, target, big_key_bytes="1kb"), runners)
     cp = wait_caught_up(source, target)
     assert cp.keys_loaded == 6
     assert_equal(source, target)
@@ -125,13 +93,13 @@ def test_big_keys_are_written_as_plain_commands(
 
 @pytest.mark.timeout(90)
 def test_source_without_its_master_is_retried(
-    debian_servers: ServerSet, runner_box: list[Runner]
+    debian_servers: ServerSet, runners: list[RunnerThread]
 ) -> None:
     # a source that is itself a replica of a master that is not there answers PSYNC with
     # -NOMASTERLINK: the task retries (with backoff) and syncs once the source can serve
     source = debian_servers.start("source", extra=["--replicaof", "127.0.0.1", str(closed_port())])
     target = debian_servers.start("target")
-    r = start(make_task(source, target, reconnect_min="200ms", reconnect_max="500ms"), runner_box)
+    r = start(make_task(source, target, reconnect_min="200ms", reconnect_max="500ms"), runners)
 
     def retried() -> bool:
         cp = checkpoint(target)
@@ -254,7 +222,7 @@ def test_daemon_supervises_task_processes(debian_servers: ServerSet, tmp_path: P
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("diskless", ["yes", "no"])
 def test_slow_snapshot_with_keepalives(
-    debian_servers: ServerSet, runner_box: list[Runner], diskless: str
+    debian_servers: ServerSet, runners: list[RunnerThread], diskless: str
 ) -> None:
     # rdb-key-save-delay makes the snapshot child slow: the source sends keepalive newlines
     # before the payload (disk) and the payload arrives in small pieces (diskless: the end
@@ -274,7 +242,7 @@ def test_slow_snapshot_with_keepalives(
     with connect(source) as client:
         client.execute_command("DEBUG", "POPULATE", 1500, "slow", 64)
     started = time.monotonic()
-    start(make_task(source, target), runner_box)
+    start(make_task(source, target), runners)
     cp = wait_caught_up(source, target, timeout=60)
     assert time.monotonic() - started > 1.5  # the snapshot really was slow
     assert cp.keys_loaded == 1500
@@ -282,14 +250,14 @@ def test_slow_snapshot_with_keepalives(
 
 
 @pytest.mark.timeout(60)
-def test_functions_are_copied(debian_servers: ServerSet, runner_box: list[Runner]) -> None:
+def test_functions_are_copied(debian_servers: ServerSet, runners: list[RunnerThread]) -> None:
     source = debian_servers.start("source")
     target = debian_servers.start("target")
     lib = "#!lua name=snap\nredis.register_function('snapfn', function() return 'snap' end)"
     live = "#!lua name=live\nredis.register_function('livefn', function() return 'live' end)"
     with connect(source) as client:
         client.execute_command("FUNCTION", "LOAD", lib)
-    start(make_task(source, target), runner_box)
+    start(make_task(source, target), runners)
     wait_caught_up(source, target)
     with connect(source) as client:
         client.execute_command("FUNCTION", "LOAD", live)  # through the stream
@@ -301,13 +269,13 @@ def test_functions_are_copied(debian_servers: ServerSet, runner_box: list[Runner
 
 @pytest.mark.timeout(60)
 def test_flushall_on_the_source_keeps_a_whole_checkpoint(
-    debian_servers: ServerSet, runner_box: list[Runner]
+    debian_servers: ServerSet, runners: list[RunnerThread]
 ) -> None:
     source = debian_servers.start("source")
     target = debian_servers.start("target")
     with connect(source) as client:
         client.set("gone-soon", 1)
-    first = start(make_task(source, target), runner_box)
+    first = start(make_task(source, target), runners)
     wait_caught_up(source, target)
     with connect(source) as client:
         client.flushall()
@@ -318,13 +286,13 @@ def test_flushall_on_the_source_keeps_a_whole_checkpoint(
     # the FLUSHALL deleted the checkpoint inside the batch that rewrote it: nothing forgotten
     assert cp.resumable and cp.full_resyncs == 1 and cp.source == source.label, cp
     first.stop()
-    second = start(make_task(source, target), runner_box)
+    second = start(make_task(source, target), runners)
     wait_caught_up(source, target)
     assert second.runner.counters.full_syncs == 0
 
 
 @pytest.mark.timeout(90)
-def test_target_errors_counted_or_fatal(tmp_path: Path, runner_box: list[Runner]) -> None:
+def test_target_errors_counted_or_fatal(tmp_path: Path, runners: list[RunnerThread]) -> None:
     sources = ServerSet(require_build("redis-7.0"), tmp_path / "s")
     targets = ServerSet(require_build("redis-6.2"), tmp_path / "t")
     try:
@@ -332,7 +300,7 @@ def test_target_errors_counted_or_fatal(tmp_path: Path, runner_box: list[Runner]
         target = targets.start("target")
         with connect(target) as client:
             client.rpush("typed", "a-list-on-the-target")
-        r = start(make_task(source, target, existing_keys="overwrite"), runner_box)
+        r = start(make_task(source, target, existing_keys="overwrite"), runners)
         wait_caught_up(source, target)
         with connect(source) as client:
             client.incr("typed")  # WRONGTYPE on the target: counted, the stream goes on
@@ -356,7 +324,7 @@ def test_target_errors_counted_or_fatal(tmp_path: Path, runner_box: list[Runner]
         assert cp is not None and cp.state == "failed", cp
         assert cp.last_error is not None and "unknown command" in cp.last_error.lower(), cp
     finally:
-        for box in runner_box:
+        for box in runners:
             if box.thread.is_alive():
                 box.stop()
         sources.close()
@@ -365,7 +333,7 @@ def test_target_errors_counted_or_fatal(tmp_path: Path, runner_box: list[Runner]
 
 @pytest.mark.timeout(90)
 def test_big_collections_are_streamed_and_equal(
-    debian_servers: ServerSet, runner_box: list[Runner]
+    debian_servers: ServerSet, runners: list[RunnerThread]
 ) -> None:
     source = debian_servers.start("source")
     target = debian_servers.start("target")
@@ -377,7 +345,7 @@ def test_big_collections_are_streamed_and_equal(
         client.rpush("huge:list", *[f"e{i}" for i in range(n)])
         client.expire("huge:hash", 900)
         client.set("small", 1)
-    start(make_task(source, target), runner_box)
+    start(make_task(source, target), runners)
     cp = wait_caught_up(source, target)
     assert cp.keys_loaded == 5
     assert_equal(source, target)
@@ -387,13 +355,13 @@ def test_big_collections_are_streamed_and_equal(
 
 @pytest.mark.timeout(60)
 def test_stop_during_a_full_sync_of_strings(
-    debian_servers: ServerSet, runner_box: list[Runner]
+    debian_servers: ServerSet, runners: list[RunnerThread]
 ) -> None:
     source = debian_servers.start("source", extra=["--rdb-key-save-delay", "20"])
     target = debian_servers.start("target")
     with connect(source) as client:
         client.execute_command("DEBUG", "POPULATE", 200_000, "s", 8)  # ~4 s to snapshot
-    r = start(make_task(source, target), runner_box)
+    r = start(make_task(source, target), runners)
     wait_for(
         lambda: (cp := checkpoint(target)) is not None and (cp.keys_loaded or 0) > 5000,
         20,

@@ -1,0 +1,96 @@
+"""Helpers of the syncer tests: a task between two test servers, its checkpoint, waiting
+for it to catch up, comparing both sides, and task runners in threads (stopped at teardown
+by the `runners` fixture in conftest.py)."""
+
+from __future__ import annotations
+
+import threading
+
+from replwatch.config import SyncTask, TLSConfig, config_from_data
+from replwatch.sync.checkpoint import Checkpoint, checkpoint_key
+from replwatch.sync.compare import CompareOptions, compare_databases
+from replwatch.sync.task import SyncTaskRunner
+
+from .datasets import connect
+from .harness import RedisProcess, wait_for
+
+TASK = "t"
+
+
+def make_task(source: RedisProcess, target: RedisProcess, **options: object) -> SyncTask:
+    cfg = config_from_data(
+        {"sync": {"tasks": [{"name": TASK, "source": source.url, "target": target.url, **options}]}}
+    )
+    return cfg.sync.tasks[0]
+
+
+def checkpoint(target: RedisProcess) -> Checkpoint | None:
+    with connect(target) as client:
+        return Checkpoint.from_hash(TASK, client.hgetall(checkpoint_key(TASK)))
+
+
+def source_position(source: RedisProcess) -> tuple[str, int]:
+    with connect(source) as client:
+        info = client.info("replication")
+        return str(info["master_replid"]), int(info["master_repl_offset"])
+
+
+def wait_caught_up(source: RedisProcess, target: RedisProcess, timeout: float = 30) -> Checkpoint:
+    """Until the checkpoint says incremental at the source's current stream and offset."""
+    seen: list[Checkpoint | None] = []
+
+    def caught_up() -> bool:
+        cp = checkpoint(target)
+        seen.append(cp)
+        replid, offset = source_position(source)
+        return (
+            cp is not None
+            and cp.state == "incremental"
+            and cp.replid == replid
+            and cp.offset is not None
+            and cp.offset >= offset
+        )
+
+    wait_for(caught_up, timeout, f"the task to catch up (last checkpoint: {seen[-1:]})")
+    cp = checkpoint(target)
+    assert cp is not None
+    return cp
+
+
+def assert_equal(source: RedisProcess, target: RedisProcess) -> None:
+    """compare passes (it ignores __replwatch:* keys), and the checkpoint is in db 0 only."""
+    for db in range(1, 16):
+        with connect(target, db) as client:
+            assert not client.exists(checkpoint_key(TASK)), f"a checkpoint in db {db}"
+    report = compare_databases(
+        make_task(source, target).source,
+        make_task(source, target).target,
+        CompareOptions(all_dbs=True, recheck=0),
+    )
+    assert report.equal, [(d.db, d.key, d.kind, d.detail) for d in report.differences][:20]
+
+
+class RunnerThread:
+    """A SyncTaskRunner in a thread; stop() waits for it."""
+
+    def __init__(self, task: SyncTask) -> None:
+        self.runner = SyncTaskRunner(task, TLSConfig(), io_timeout=5)
+        self.exit_code: int | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        self.exit_code = self.runner.run()
+
+    def stop(self) -> int | None:
+        self.runner.stop()
+        self.thread.join(20)
+        assert not self.thread.is_alive(), "the task did not stop"
+        return self.exit_code
+
+
+def start(task: SyncTask, runners: list[RunnerThread]) -> RunnerThread:
+    """A task running in a thread, registered for the teardown of `runners`."""
+    runner = RunnerThread(task)
+    runners.append(runner)
+    return runner
