@@ -47,6 +47,22 @@ def encode_command(args: Command) -> bytes:
     return b"".join(parts)
 
 
+def connect_error(exc: OSError, endpoint: RedisEndpoint, timeout: float) -> RedisError:
+    """A failed connect (or TLS handshake) as a RedisError whose reason is its class and
+    whose message names the endpoint by its label (never a password)."""
+    if isinstance(exc, TimeoutError):
+        return TimeoutFailure(f"connect to {endpoint.label} timed out after {timeout:g}s")
+    if isinstance(exc, ConnectionRefusedError):
+        return RefusedFailure(f"connection to {endpoint.label} refused")
+    if isinstance(exc, socket.gaierror):
+        return RedisError(f"cannot resolve {endpoint.host}: {exc.strerror}", reason="dns")
+    if isinstance(exc, ssl.SSLError):
+        return RedisError(f"TLS handshake with {endpoint.label} failed: {exc.reason}", reason="tls")
+    return RedisError(
+        f"cannot connect to {endpoint.label}: {exc.strerror or exc}", reason="unreachable"
+    )
+
+
 def build_ssl_context(tls: TLSConfig) -> ssl.SSLContext:
     ctx = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
     if tls.cert_file:
@@ -182,24 +198,8 @@ class Connection:
                 ),
                 timeout,
             )
-        except TimeoutError:
-            raise TimeoutFailure(
-                f"connect to {endpoint.label} timed out after {timeout:g}s"
-            ) from None
-        except ConnectionRefusedError:
-            raise RefusedFailure(f"connection to {endpoint.label} refused") from None
-        except socket.gaierror as exc:
-            raise RedisError(
-                f"cannot resolve {endpoint.host}: {exc.strerror}", reason="dns"
-            ) from None
-        except ssl.SSLError as exc:
-            raise RedisError(
-                f"TLS handshake with {endpoint.label} failed: {exc.reason}", reason="tls"
-            ) from None
-        except OSError as exc:
-            raise RedisError(
-                f"cannot connect to {endpoint.label}: {exc.strerror or exc}", reason="unreachable"
-            ) from None
+        except OSError as exc:  # TimeoutError and SSLError are OSErrors too
+            raise connect_error(exc, endpoint, timeout) from None
         sock = transport.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):

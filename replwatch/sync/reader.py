@@ -27,10 +27,14 @@ from replwatch.errors import (
     AuthFailure,
     ProtocolFailure,
     RedisError,
-    RefusedFailure,
     TimeoutFailure,
 )
-from replwatch.observe.connection import build_ssl_context, classify_reply_error, encode_command
+from replwatch.observe.connection import (
+    build_ssl_context,
+    classify_reply_error,
+    connect_error,
+    encode_command,
+)
 
 EOF_MARK_LEN = 40
 RECV_SIZE = 256 * 1024
@@ -47,28 +51,19 @@ def open_socket(endpoint: RedisEndpoint, tls: TLSConfig | None, timeout: float) 
     endpoint by its label (never its password)."""
     try:
         sock = socket.create_connection((endpoint.host, endpoint.port), timeout=timeout)
-    except ConnectionRefusedError:
-        raise RefusedFailure(f"connection to {endpoint.label} refused") from None
-    except TimeoutError:
-        raise TimeoutFailure(f"connect to {endpoint.label} timed out after {timeout:g}s") from None
-    except socket.gaierror as exc:
-        raise RedisError(f"cannot resolve {endpoint.host}: {exc.strerror}", reason="dns") from None
     except OSError as exc:
-        raise RedisError(
-            f"cannot connect to {endpoint.label}: {exc.strerror or exc}", reason="unreachable"
-        ) from None
+        raise connect_error(exc, endpoint, timeout) from None
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     if endpoint.tls:
         cfg = tls or TLSConfig()
-        ctx = build_ssl_context(cfg)
         try:
-            sock = ctx.wrap_socket(sock, server_hostname=cfg.server_name or endpoint.host)
-        except ssl.SSLError as exc:
+            sock = build_ssl_context(cfg).wrap_socket(
+                sock, server_hostname=cfg.server_name or endpoint.host
+            )
+        except OSError as exc:
             sock.close()
-            raise RedisError(
-                f"TLS handshake with {endpoint.label} failed: {exc.reason}", reason="tls"
-            ) from None
+            raise connect_error(exc, endpoint, timeout) from None
     return sock
 
 

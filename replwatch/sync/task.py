@@ -351,10 +351,7 @@ class SyncTaskRunner:
                     loader.function(event.code)
                 elif isinstance(event, RdbEnd):
                     break
-                # every 1024 keys (and on other events): stop requests, progress
-                if self.stopping:
-                    raise RedisError("stopped during the full sync", reason="stopped")
-                loader.maybe_progress(payload.loaded)
+                loader.tick()  # every 1024 keys, and on other events
         except RdbModuleError as exc:
             raise FatalTaskError(
                 f"{exc} (task {task.name}: set on_module_key: skip to leave such keys out)"
@@ -500,9 +497,7 @@ class _SnapshotLoader:
     def string_key(self, db: int, key: bytes, value: bytes) -> None:
         """A plain string without TTL, from the parser's loop (no event object)."""
         if db != self.db:
-            self.parts.append(encode_command(("SELECT", db)))
-            self.expect += 1
-            self.db = db
+            self._select(db)
         data = _SET % (len(key), key, len(value), value)
         self.parts.append(data)
         self.expect += 1
@@ -510,26 +505,23 @@ class _SnapshotLoader:
         self.keys_in_batch += 1
         if self.keys_in_batch >= self.batch_size or self.size >= self.batch_bytes:
             self.flush()
-            # the parser's loop does not come back to the full sync's loop for these keys:
-            # stop requests and progress are looked at here, once a batch
-            if self.runner.stopping:
-                raise RedisError("stopped during the full sync", reason="stopped")
-            if self.payload is not None:
-                self.maybe_progress(self.payload.loaded)
+            # the parser's loop does not come back to the full sync's loop for these keys
+            self.tick()
+
+    def _select(self, db: int) -> None:
+        self.parts.append(encode_command(("SELECT", db)))
+        self.expect += 1
+        self.db = db
+
+    def tick(self) -> None:
+        """Now and then during the snapshot: a stop request ends the session, progress
+        goes into the checkpoint (at most once per PROGRESS_EVERY)."""
+        if self.runner.stopping:
+            raise RedisError("stopped during the full sync", reason="stopped")
+        if self.payload is not None:
+            self.maybe_progress(self.payload.loaded)
 
     def key(self, entry: KeyEntry) -> None:
-        value = entry.value
-        if entry.kind == "string" and not entry.expire_ms and entry.db == self.db:
-            # the common case, inline: a plain string as SET (answers +OK)
-            key = entry.key
-            data = _SET % (len(key), key, len(value), value)  # type: ignore[arg-type]
-            self.parts.append(data)
-            self.expect += 1
-            self.size += len(data)
-            self.keys_in_batch += 1
-            if self.keys_in_batch >= self.batch_size or self.size >= self.batch_bytes:
-                self.flush()
-            return
         if entry.kind == "module" and self.runner.task.on_module_key == "skip":
             self.skipped += 1
             log.warning(
@@ -540,9 +532,7 @@ class _SnapshotLoader:
             )
             return
         if entry.db != self.db:
-            self.parts.append(encode_command(("SELECT", entry.db)))
-            self.expect += 1
-            self.db = entry.db
+            self._select(entry.db)
         if entry.raw is None and entry.kind in _COLLECTIONS:
             self._big_key(entry)
             return
@@ -552,13 +542,7 @@ class _SnapshotLoader:
             and not entry.field_expiry
             and self.restorable(entry.rdb_type)
         ):
-            data = restore_command(entry, self._versions[entry.rdb_type])  # answers +OK
-            self.parts.append(data)
-            self.expect += 1
-            self.size += len(data)
-            self.keys_in_batch += 1
-            if self.keys_in_batch >= self.batch_size or self.size >= self.batch_bytes:
-                self.flush()
+            self._add_key(restore_command(entry, self._versions[entry.rdb_type]), 1, True)
             return
         try:
             data, replies = key_writes(
@@ -569,11 +553,15 @@ class _SnapshotLoader:
                 f"key {entry.key[:100]!r} in db {entry.db} cannot be written to "
                 f"{self.runner.task.target.label}: {exc}"
             ) from None
+        self._add_key(data, replies, replies == 1 and data.startswith(_OK_COMMAND_HEADS, 4))
+
+    def _add_key(self, data: bytes, replies: int, answers_ok: bool) -> None:
+        """One key's encoded writes into the batch (`answers_ok`: every reply is +OK)."""
         self.parts.append(data)
         self.expect += replies
         self.size += len(data)
         self.keys_in_batch += 1
-        if replies != 1 or not data.startswith(_OK_COMMAND_HEADS, 4):
+        if not answers_ok:
             self.all_ok = False
         if self.keys_in_batch >= self.batch_size or self.size >= self.batch_bytes:
             self.flush()
