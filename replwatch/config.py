@@ -401,6 +401,14 @@ class PublishConfig(_Strict):
         return v
 
 
+def _require_unique(names: list[str], field: str, what: str) -> None:
+    for name in names:
+        if names.count(name) > 1:
+            raise PydanticCustomError(
+                "dup", "{f}: {w} name '{n}' is used twice", {"f": field, "w": what, "n": name}
+            )
+
+
 class SyncTask(_Strict):
     """One source → target copy (replwatch/sync). The checkpoint hash on the target
     (`__replwatch:sync:<name>`) is the task's position and public record."""
@@ -463,12 +471,7 @@ class SyncConfig(_Strict):
 
     @model_validator(mode="after")
     def _unique(self) -> SyncConfig:
-        names = [t.name for t in self.tasks]
-        for name in names:
-            if names.count(name) > 1:
-                raise PydanticCustomError(
-                    "dup", "tasks: task name '{n}' is used twice", {"n": name}
-                )
+        _require_unique([t.name for t in self.tasks], "tasks", "task")
         return self
 
     def task(self, name: str) -> SyncTask | None:
@@ -495,12 +498,7 @@ class Config(_Strict):
 
     @model_validator(mode="after")
     def _unique_groups(self) -> Config:
-        names = [g.name for g in self.groups]
-        for name in names:
-            if names.count(name) > 1:
-                raise PydanticCustomError(
-                    "dup", "groups: group name '{n}' is used twice", {"n": name}
-                )
+        _require_unique([g.name for g in self.groups], "groups", "group")
         return self
 
     def nodes_of(self, group: GroupConfig) -> list[RedisEndpoint]:
