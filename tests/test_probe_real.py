@@ -15,7 +15,7 @@ from replwatch.config import config_from_data
 from replwatch.observe.probe import WaitProber
 from replwatch.state import ProbeStore
 
-from ._servers import Servers, server_builds, wait_linked
+from ._servers import RedisProc, Servers, server_builds, wait_for, wait_linked
 
 
 @pytest.fixture
@@ -26,6 +26,12 @@ def servers(tmp_path: Path) -> Iterator[Servers]:
         yield s
     finally:
         s.close()
+
+
+def online_replicas(master: RedisProc) -> int:
+    info = master.client().info("replication")
+    lines = [v for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)]
+    return sum(1 for line in lines if line.get("state") == "online")
 
 
 def prober(master_url: str, **probe: object) -> WaitProber:
@@ -52,6 +58,9 @@ def test_probe_ok_timeout_and_not_master(servers: Servers) -> None:
     b = servers.start("b", replica_of=master)
     wait_linked(a, master)
     wait_linked(b, master)
+    # the master counts a replica as online after its first ACK, a moment after the
+    # replica's own INFO says the link is up
+    wait_for(lambda: online_replicas(master) == 2, 10, "the master to list both replicas online")
 
     ok = run(prober(master.url))
     assert ok.result == "ok" and ok.wanted == 2 and ok.acked == 2  # type: ignore[attr-defined]

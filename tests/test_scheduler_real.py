@@ -232,6 +232,9 @@ def test_probe_rounds_batched_and_replica_count_changes(servers: Servers) -> Non
         lines = [v for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)]
         return sum(1 for line in lines if line.get("state") == "online")
 
+    # online on the master only after a replica's first ACK
+    wait_for(lambda: online_replicas() == 2, 10, "the master to list both replicas online")
+
     async def probe() -> ProbeResult:
         await sched.probe_all(["g"])
         return results[-1]
