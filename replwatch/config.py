@@ -436,6 +436,11 @@ class SyncTask(_Strict):
     reconnect_min: Duration = 1.0
     reconnect_max: Duration = 30.0
     tls: TLSConfig | None = None
+    # high availability: several daemons may run this task; one holds a lease in the
+    # target (fencing token checked with every write), the others wait and take over when
+    # it lapses. `lease`: how long a holder that stopped renewing keeps it
+    ha: bool = False
+    lease: Duration = 10.0
 
     @field_validator("name")
     @classmethod
@@ -459,6 +464,8 @@ class SyncTask(_Strict):
             self.target.db,
         ):
             raise PydanticCustomError("same", "target: must not be the source itself")
+        if self.lease < 1.0:
+            raise PydanticCustomError("lease", "lease: must be at least 1s")
         if self.reconnect_max < self.reconnect_min:
             raise PydanticCustomError(
                 "reconnect", "reconnect_max: must not be less than reconnect_min"

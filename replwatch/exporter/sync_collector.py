@@ -79,6 +79,17 @@ _GAUGES: list[tuple[str, str, ViewValue]] = [
         lambda v: v.rdb_bytes_total or None,
     ),
     (
+        "replwatch_sync_lease_token",
+        "ha tasks: the fencing token of the lease holder (it grows with every takeover).",
+        lambda v: v.lease_token,
+    ),
+    (
+        "replwatch_sync_lease_remaining_seconds",
+        "ha tasks: seconds until the holder's lease ends unless renewed (0: lapsed; another "
+        "daemon takes over).",
+        lambda v: v.lease_remaining_seconds,
+    ),
+    (
         "replwatch_sync_source_up",
         "1 when the task's source answered INFO at the last poll, 0 otherwise.",
         lambda v: v.source_up,

@@ -28,6 +28,10 @@ strings; times are unix milliseconds of the syncer's clock):
     skipped_keys             keys not applied (module types with on_module_key: skip)
     last_error               the last error that stopped or restarted the task (no secrets)
     pid, host                the process that writes it
+    lease_holder, lease_token, lease_until
+                             a task with `ha: true`: the process holding the task's lease
+                             (host:pid:random), its fencing token (grows with every
+                             takeover) and when the lease ends (the target's clock, ms)
 """
 
 from __future__ import annotations
@@ -87,6 +91,9 @@ class Checkpoint:
     last_error: str | None = None
     pid: int | None = None
     host: str | None = None
+    lease_holder: str | None = None
+    lease_token: int | None = None
+    lease_until: int | None = None
     extra: dict[str, str] = field(default_factory=dict, compare=False)
 
     @classmethod
@@ -116,6 +123,9 @@ class Checkpoint:
             last_error=_text(raw, "last_error") or None,
             pid=_int(raw, "pid"),
             host=_text(raw, "host"),
+            lease_holder=_text(raw, "lease_holder"),
+            lease_token=_int(raw, "lease_token"),
+            lease_until=_int(raw, "lease_until"),
         )
 
     @property

@@ -41,6 +41,15 @@ from replwatch.sync.checkpoint import (
 from replwatch.sync.commands import SET_COMMAND as _SET
 from replwatch.sync.commands import TargetCaps, key_writes, plain_commands, restore_command
 from replwatch.sync.dump import restore_target_from_info
+from replwatch.sync.lease import (
+    ACQUIRE_SCRIPT,
+    RELEASE_SCRIPT,
+    Fence,
+    LeaseKeeper,
+    LeaseLost,
+    new_holder_id,
+    parse_acquire,
+)
 from replwatch.sync.rdb import (
     FunctionEntry,
     KeyEntry,
@@ -116,6 +125,11 @@ class SyncTaskRunner:
         # for tests and status: the applied offset and replid after each batch
         self.replid: str | None = None
         self.offset: int | None = None
+        # high availability (task.ha): this process's holder id, and the lease while held
+        self.holder = new_holder_id()
+        self.fence: Fence | None = None
+        self._keeper: LeaseKeeper | None = None
+        self.leases_taken = 0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -127,12 +141,25 @@ class SyncTaskRunner:
         return self.stop_event.is_set()
 
     def run(self) -> int:
-        """Sessions with backoff until stopped (0) or a fatal error (1)."""
+        """Sessions with backoff until stopped (0) or a fatal error (1). With `ha`, only
+        while holding the task's lease (standby until it can be taken)."""
+        try:
+            return self._run()
+        finally:
+            self._drop_lease(release=True)
+
+    def _run(self) -> int:
         delay = self.task.reconnect_min
         while not self.stopping:
             started = time.monotonic()
             try:
+                if self.task.ha and self.fence is None and not self._take_lease():
+                    break  # stopped while standing by
                 self.session()
+            except LeaseLost as exc:
+                log.warning("task %s: %s; standing by", self.task.name, exc)
+                self._drop_lease(release=False)
+                continue
             except (FatalTaskError, TargetRejected) as exc:
                 # a full target (OOM) may make room: retried like a network error below
                 if not (isinstance(exc, TargetRejected) and "OOM" in str(exc)):
@@ -158,6 +185,83 @@ class SyncTaskRunner:
         self._record_end("stopped", None)
         return 0
 
+    # ------------------------------------------------------------------ HA lease
+
+    def _take_lease(self) -> bool:
+        """Wait until this process holds the task's lease (True), or stop() (False). While
+        another holder has it, the task stands by and tries again as its lease runs out."""
+        task = self.task
+        announced = False
+        while not self.stopping:
+            try:
+                link = TargetLink(task.target, self.tls, self.io_timeout, 1)
+                try:
+                    link.select(CHECKPOINT_DB)
+                    got = parse_acquire(
+                        link.call(
+                            "EVAL", ACQUIRE_SCRIPT, 1, self.key, self.holder, int(task.lease * 1000)
+                        )
+                    )
+                finally:
+                    link.close()
+            except (RedisError, OSError) as exc:
+                log.warning("task %s: cannot reach the lease: %s", task.name, exc)
+                if self.stop_event.wait(min(task.lease / 3, task.reconnect_max)):
+                    return False
+                continue
+            if got.acquired:
+                self.fence = Fence(self.key, got.token, self.holder, got.until_ms)
+                self._keeper = LeaseKeeper(
+                    task.target, self.tls, self.fence, task.lease, self.io_timeout
+                )
+                self._keeper.start()
+                self.leases_taken += 1
+                log.info(
+                    "task %s: holding the lease (token %d) as %s",
+                    task.name,
+                    got.token,
+                    self.holder,
+                )
+                return True
+            if not announced:
+                log.info(
+                    "task %s: standing by: %s holds the lease (%.1fs left)",
+                    task.name,
+                    got.holder,
+                    got.remaining,
+                )
+                announced = True
+            self.state = "standby"
+            wait = min(max(got.remaining, 0.05), task.lease / 3)
+            if self.stop_event.wait(wait):
+                return False
+        return False
+
+    def _drop_lease(self, release: bool) -> None:
+        """Stop renewing; with `release`, end the lease now (a clean stop: another daemon
+        takes over at once)."""
+        fence, keeper = self.fence, self._keeper
+        self.fence, self._keeper = None, None
+        if keeper is not None:
+            keeper.stop()
+        if fence is None or not release:
+            return
+        try:
+            link = TargetLink(self.task.target, self.tls, self.io_timeout, 1)
+        except (RedisError, OSError):
+            return
+        try:
+            link.select(CHECKPOINT_DB)
+            link.call("EVAL", RELEASE_SCRIPT, 1, self.key, fence.holder, fence.token)
+        except (RedisError, OSError):
+            pass
+        finally:
+            link.close()
+
+    @property
+    def lease_lost(self) -> bool:
+        return self._keeper is not None and self._keeper.lost.is_set()
+
     def _retry_wait(self, exc: Exception, delay: float) -> bool:
         """Record the error, wait `delay`; True when stopped meanwhile."""
         log.warning("task %s: session ended: %s; retrying in %.1fs", self.task.name, exc, delay)
@@ -165,8 +269,12 @@ class SyncTaskRunner:
         return self.stop_event.wait(delay)
 
     def _side_conn(self) -> TargetLink | None:
+        """A connection for a status write; None when the target is unreachable, or when an
+        HA task does not hold its lease (the holder's record is not ours to write)."""
+        if self.task.ha and self.fence is None:
+            return None
         try:
-            return TargetLink(self.task.target, self.tls, self.io_timeout, 1)
+            return TargetLink(self.task.target, self.tls, self.io_timeout, 1, fence=self.fence)
         except (RedisError, OSError):
             return None
 
@@ -175,7 +283,8 @@ class SyncTaskRunner:
         if target is None:
             return
         try:
-            target.call("HSET", self.key, "last_error", message[:500], "updated_at", now_ms())
+            target.select(CHECKPOINT_DB)
+            target.write("HSET", self.key, "last_error", message[:500], "updated_at", now_ms())
         except (RedisError, OSError):
             pass
         finally:
@@ -188,11 +297,12 @@ class SyncTaskRunner:
             return
         try:
             # a failure is recorded even before the task ever wrote (e.g. a refused target)
+            target.select(CHECKPOINT_DB)
             if error is not None or target.call("EXISTS", self.key):
                 fields: list[Any] = ["state", state, "updated_at", now_ms()]
                 if error is not None:
                     fields += ["last_error", error[:500], *self._identity()]
-                target.call("HSET", self.key, *fields)
+                target.write("HSET", self.key, *fields)
         except (RedisError, OSError):
             pass
         finally:
@@ -202,7 +312,9 @@ class SyncTaskRunner:
 
     def session(self) -> None:
         self.counters.sessions += 1
-        target = TargetLink(self.task.target, self.tls, self.io_timeout, MAX_IN_FLIGHT)
+        target = TargetLink(
+            self.task.target, self.tls, self.io_timeout, MAX_IN_FLIGHT, fence=self.fence
+        )
         source: SourceLink | None = None
         try:
             checkpoint = target.read_checkpoint(self.task.name)
@@ -270,10 +382,10 @@ class SyncTaskRunner:
                 saved[key] = target.call("HGETALL", key)
             if cursor == b"0":
                 break
-        target.call("FLUSHALL")
-        for key, flat in saved.items():
-            if flat:
-                target.call("HSET", key, *flat)
+        # one fenced transaction for an HA task (a stale holder can never flush)
+        target.write_all(
+            [("FLUSHALL",), *(("HSET", key, *flat) for key, flat in saved.items() if flat)]
+        )
 
     def full_sync(
         self,
@@ -295,8 +407,8 @@ class SyncTaskRunner:
         started_at = now_ms()
         resyncs = (checkpoint.full_resyncs if checkpoint else 0) + 1
         target.select(CHECKPOINT_DB)
-        target.call("HDEL", self.key, "full_sync_finished_at")
-        target.call(
+        target.write("HDEL", self.key, "full_sync_finished_at")
+        target.write(
             "HSET",
             self.key,
             *self._identity(),
@@ -320,7 +432,7 @@ class SyncTaskRunner:
             started_at,
         )
         payload = source.payload()
-        target.call("HSET", self.key, "rdb_bytes_total", payload.length or 0)
+        target.write("HSET", self.key, "rdb_bytes_total", payload.length or 0)
         caps = TargetCaps.of(restore_target_from_info(target.info))
         loader = _SnapshotLoader(self, target, caps, replace)
         source.settimeout(self.io_timeout)
@@ -361,7 +473,7 @@ class SyncTaskRunner:
         target.drain()
         finished = now_ms()
         target.select(CHECKPOINT_DB)
-        target.call(
+        target.write(
             "HSET",
             self.key,
             "state",
@@ -421,7 +533,7 @@ class SyncTaskRunner:
     ) -> None:
         self.state = "incremental"
         fresh = target.read_checkpoint(self.task.name)  # (in the checkpoint's db)
-        target.call("HSET", self.key, "state", "incremental", "updated_at", now_ms())
+        target.write("HSET", self.key, "state", "incremental", "updated_at", now_ms())
         if checkpoint is not None and fresh is not None and fresh.db is not None:
             # a continued stream goes on in the database it had selected at that offset
             target.select(fresh.db)
@@ -436,6 +548,8 @@ class SyncTaskRunner:
         last_ack = 0.0
         source.settimeout(0.05)
         while not self.stopping:
+            if self.lease_lost:
+                raise LeaseLost(f"lease of task {self.task.name} lost (renewal refused)")
             try:
                 source.receive()
             except TimeoutFailure:
@@ -909,6 +1023,10 @@ class _StreamApplier:
         # in this same transaction) must not leave a checkpoint that forgot its history
         fields += ["task", runner.task.name, "source", runner.task.source.label]
         fields += ["full_resyncs", self.full_resyncs]
+        fence = runner.fence
+        if fence is not None:  # a FLUSHALL in this batch must not end the lease
+            fields += ["lease_holder", fence.holder, "lease_token", fence.token]
+            fields += ["lease_until", fence.until_ms]
         if self.full_sync_finished_at is not None:
             fields += ["full_sync_finished_at", self.full_sync_finished_at]
         if self.full_sync_started_at is not None:

@@ -78,6 +78,8 @@ class SyncTaskView:
     rdb_bytes_loaded: int | None = None
     rdb_bytes_total: int | None = None
     last_error: str | None = None  # the checkpoint's last_error (the syncer's own)
+    lease_token: int | None = None  # ha: the fencing token (grows with every takeover)
+    lease_remaining_seconds: float | None = None  # ha: until the holder's lease ends
     taken_at: float = 0.0  # wall clock, seconds
     poll_seconds: float = 0.0
 
@@ -195,6 +197,12 @@ def build_view(
         rdb_bytes_loaded=cp.rdb_bytes_loaded if cp is not None else None,
         rdb_bytes_total=cp.rdb_bytes_total if cp is not None else None,
         last_error=cp.last_error if cp is not None else None,
+        lease_token=cp.lease_token if cp is not None else None,
+        lease_remaining_seconds=(
+            max(0.0, cp.lease_until / 1000.0 - now_wall)
+            if cp is not None and cp.lease_until is not None
+            else None
+        ),
         taken_at=now_wall,
         poll_seconds=poll_seconds,
     )

@@ -20,6 +20,7 @@ from replwatch.errors import AuthFailure, ProtocolFailure, RedisError
 from replwatch.observe.connection import classify_reply_error, encode_command
 from replwatch.observe.info import parse_info
 from replwatch.sync.checkpoint import CHECKPOINT_DB, Checkpoint, checkpoint_key
+from replwatch.sync.lease import Fence, LeaseLost
 from replwatch.sync.reader import BufferedSocket, open_socket
 
 
@@ -49,15 +50,27 @@ class Batch:
 _NOTHING = object()
 OK_REPLY = b"+OK\r\n"
 QUEUED_REPLY = b"+QUEUED\r\n"
+_MULTI = encode_command(("MULTI",))
+_EXEC = encode_command(("EXEC",))
 
 
 class TargetLink:
-    """One connection to the target with a queue of batches in flight."""
+    """One connection to the target with a queue of batches in flight.
+
+    With a `fence` (a task with `ha: true`, see sync/lease.py) every write is checked against
+    the lease token under WATCH and sent as MULTI … EXEC, one batch at a time."""
 
     def __init__(
-        self, endpoint: RedisEndpoint, tls: TLSConfig | None, timeout: float, max_in_flight: int
+        self,
+        endpoint: RedisEndpoint,
+        tls: TLSConfig | None,
+        timeout: float,
+        max_in_flight: int,
+        fence: Fence | None = None,
     ) -> None:
         self.endpoint = endpoint
+        self.fence = fence
+        self._wire_db = 0  # the db the connection is in once everything sent has run
         self.conn = BufferedSocket(open_socket(endpoint, tls, timeout), endpoint.label)
         self.reader = hiredis.Reader()
         self.in_flight: deque[Batch] = deque()
@@ -97,6 +110,85 @@ class TargetLink:
         if db != self.db:
             self.call("SELECT", db)
             self.db = db
+        self._wire_db = db
+
+    def write(self, *args: Any) -> Any:
+        """One write command, waited for; fenced when the link has a fence."""
+        if self.fence is None:
+            return self.call(*args)
+        got: list[Any] = []
+        self._send_fenced(encode_command(args), Batch(1, got.extend))
+        reply = got[0]
+        if isinstance(reply, hiredis.ReplyError):
+            raise classify_reply_error(str(reply))
+        return reply
+
+    def write_all(self, commands: list[tuple[Any, ...]]) -> None:
+        """Several writes: one fenced transaction with a fence, else one by one."""
+        if self.fence is None:
+            for command in commands:
+                self.call(*command)
+            return
+        got: list[Any] = []
+        payload = b"".join(encode_command(c) for c in commands)
+        self._send_fenced(payload, Batch(len(commands), got.extend))
+        for reply in got:
+            if isinstance(reply, hiredis.ReplyError):
+                raise classify_reply_error(str(reply))
+
+    # ------------------------------------------------------------------ fencing
+
+    def _check_fence(self, fence: Fence, start_db: int) -> None:
+        """WATCH the checkpoint and read its lease token; LeaseLost unless it is ours.
+        The connection is left in `start_db`, watching."""
+        commands: list[tuple[Any, ...]] = [("WATCH", fence.key), ("HGET", fence.key, "lease_token")]
+        if start_db != CHECKPOINT_DB:
+            commands = [("SELECT", CHECKPOINT_DB), *commands, ("SELECT", start_db)]
+        self.conn.send(b"".join(encode_command(c) for c in commands))
+        replies = [self._next_reply() for _ in commands]
+        for reply in replies:
+            if isinstance(reply, hiredis.ReplyError):
+                raise classify_reply_error(str(reply))
+        token = replies[2 if start_db != CHECKPOINT_DB else 1]
+        if token != str(fence.token).encode():
+            self.conn.send(encode_command(("UNWATCH",)))
+            self._next_reply()
+            shown = token.decode("utf-8", "replace") if isinstance(token, bytes) else "none"
+            raise LeaseLost(
+                f"lease of {fence.key} on {self.endpoint.label} lost: token {shown}, "
+                f"ours {fence.token}"
+            )
+
+    def _send_fenced(self, payload: bytes, batch: Batch) -> None:
+        """Check the token under WATCH, then the batch as MULTI … EXEC (wrapped unless it
+        is one already), waited for. An EXEC aborted because the checkpoint changed after
+        the WATCH (our renewal, or a takeover) is checked again and resent, or ends in
+        LeaseLost: nothing of it ran."""
+        fence = self.fence
+        assert fence is not None
+        self.drain()
+        wrapped = not payload.startswith(_MULTI)
+        body = _MULTI + payload + _EXEC if wrapped else payload
+        expect = batch.expect + 2 if wrapped else batch.expect
+        start_db = self._wire_db
+        while True:
+            self._check_fence(fence, start_db)
+            self.conn.send(body)
+            replies = [self._next_reply() for _ in range(expect)]
+            if replies[-1] is not None:
+                break
+        self._wire_db = self.db
+        if batch.on_done is None:
+            return
+        if not wrapped:
+            batch.on_done(replies)
+            return
+        result = replies[-1]
+        if isinstance(result, list):
+            batch.on_done(result)
+        else:  # EXECABORT: the first command refused when queued says why
+            queued = [r for r in replies[1:-1] if isinstance(r, hiredis.ReplyError)]
+            batch.on_done(queued[:1] or [result])
 
     # ------------------------------------------------------------------ pipelining
 
@@ -117,6 +209,9 @@ class TargetLink:
 
     def send(self, payload: bytes, batch: Batch) -> None:
         """Send a batch; when too many are in flight, first finish the oldest."""
+        if self.fence is not None:
+            self._send_fenced(payload, batch)
+            return
         while len(self.in_flight) >= self.max_in_flight:
             self._finish_oldest()
         self.conn.send(payload)
