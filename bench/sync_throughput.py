@@ -441,13 +441,11 @@ def start_syncer(
     name: str,
     profile: Path | None,
     code: Path,
+    options: dict[str, Any] | None = None,
 ) -> Syncer:
     config = workdir / f"{name}.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {"sync": {"tasks": [{"name": TASK, "source": src.url, "target": target.url}]}}
-        )
-    )
+    task = {"name": TASK, "source": src.url, "target": target.url, **(options or {})}
+    config.write_text(yaml.safe_dump({"sync": {"tasks": [task]}}))
     cli = ["--log-level", "info", "sync", "run", "-c", str(config), "--task", TASK]
     prefix = None
     if profile is not None:
@@ -968,6 +966,11 @@ def main(argv: list[str] | None = None) -> int:
         help="directory holding the replwatch package the syncer runs (default: this "
         "checkout; e.g. a `git archive` of another commit, to compare two versions)",
     )
+    ap.add_argument(
+        "--ha",
+        action="store_true",
+        help="run the task with ha: true (lease, a fenced batch at a time) in phases 1-2",
+    )
     ap.add_argument("--output", type=Path, default=None, help="where to write the JSON")
     args = ap.parse_args(argv)
     if args.output is None:
@@ -1013,7 +1016,14 @@ def main(argv: list[str] | None = None) -> int:
             target = start_server("target", args.server, [], procs, workdir)
             wait_ping(target)
             syncer = start_syncer(
-                src, target, workdir, procs, "syncer", args.profile, args.syncer_src
+                src,
+                target,
+                workdir,
+                procs,
+                "syncer",
+                args.profile,
+                args.syncer_src,
+                {"ha": True} if args.ha else None,
             )
             try:
                 ours, prof_full = syncer_full_sync(syncer, src, target, 3600, [])
@@ -1061,6 +1071,7 @@ def main(argv: list[str] | None = None) -> int:
                 ),
             }
             result["catchup"] = catchup
+            result["ha"] = args.ha
             result["catchup"]["replwatch_peak_rss_mb_process"] = rss_overall
             if args.profile is not None:
                 prof_c = prof_catchup.get("catchup")
