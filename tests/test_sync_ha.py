@@ -6,6 +6,7 @@ lease never writes again (the fencing token is checked under WATCH with every ba
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from replwatch.sync.writer import TargetLink
 from .datasets import connect
 from .harness import RedisProcess, ServerSet, wait_for
 from .syncing import TASK, assert_equal, checkpoint, wait_caught_up
+from .test_sync_ops import child_pids
 
 LEASE = 2.0
 RUN_TASK = [sys.executable, "-m", "replwatch", "sync", "run"]
@@ -214,3 +216,63 @@ def test_a_paused_holder_loses_the_lease_and_never_writes_again(
     assert holder.poll() is None  # it stands by, it did not exit
     assert cp.lease_holder is not None and cp.lease_holder.split(":")[-2] == str(other.pid)
     check_exact(source, target, writes)  # had the old holder written, counters would be off
+
+
+@pytest.mark.timeout(120)
+def test_two_daemons_with_the_same_task_run_it_once_and_hand_it_over(
+    debian_servers: ServerSet, tmp_path: Path
+) -> None:
+    """`replwatch run` twice with one config: one task process writes, the other stands by;
+    kill -9 of the writing daemon (its task process dies with it) hands the task over."""
+    source = debian_servers.start("source", extra=["--repl-backlog-size", "64mb"])
+    target = debian_servers.start("target")
+    cfg = tmp_path / "c.yaml"
+    task = {"name": TASK, "source": source.url, "target": target.url, "ha": True, "lease": "2s"}
+    cfg.write_text(
+        yaml.safe_dump({"exporter": {"listen": "127.0.0.1:0"}, "sync": {"tasks": [task]}})
+    )
+    daemons: list[subprocess.Popen[bytes]] = []
+    try:
+        for name in ("d1", "d2"):
+            with (tmp_path / f"{name}.log").open("wb") as err:
+                daemons.append(
+                    subprocess.Popen(
+                        [sys.executable, "-m", "replwatch", "run", "-c", str(cfg)],
+                        stdin=subprocess.DEVNULL,
+                        stdout=subprocess.DEVNULL,
+                        stderr=err,
+                    )
+                )
+        children = {
+            d.pid: wait_for(lambda d=d: child_pids(d.pid), 15, "a task process") for d in daemons
+        }
+        all_children = {pid for pids in children.values() for pid in pids}
+        wait_for(lambda: holder_pid(target) in all_children, 20, "one task process to hold")
+        wait_caught_up(source, target)
+        first = holder_pid(target)
+        writing = next(d for d in daemons if first in children[d.pid])
+        standing = next(d for d in daemons if d is not writing)
+        writer = Writer(source)
+        try:
+            wait_for(lambda: writer.done >= 2000, 20, "writes to flow")
+            writing.kill()
+            writing.wait()
+            wait_for(
+                lambda: holder_pid(target) in children[standing.pid],
+                LEASE + 8,
+                "the other daemon's task to take over",
+            )
+            wait_for(lambda: writer.done >= 6000, 20, "writes to go on")
+        finally:
+            writes = writer.stop()
+        cp = wait_caught_up(source, target)
+        assert cp.full_resyncs == 1
+        check_exact(source, target, writes)
+    finally:
+        for daemon in daemons:
+            kids = child_pids(daemon.pid)
+            daemon.kill()
+            daemon.wait()
+            for pid in kids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
