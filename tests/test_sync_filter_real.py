@@ -93,10 +93,10 @@ def check(
 
 @pytest.mark.timeout(120)
 def test_filters_and_db_map_through_full_sync_stream_and_resume(
-    debian_servers: ServerSet, runners: list[RunnerThread]
+    redis_servers: ServerSet, runners: list[RunnerThread]
 ) -> None:
-    source = debian_servers.start("source")
-    target = debian_servers.start("target")
+    source = redis_servers.start("source")
+    target = redis_servers.start("target")
     task = make_task(source, target, **OPTIONS)
     db0, db1, db2, db7 = (connect(source, db) for db in (0, 1, 2, 7))
     counts: dict[str, int] = {}
