@@ -16,6 +16,7 @@ from urllib.parse import unquote, urlsplit
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -409,6 +410,62 @@ def _require_unique(names: list[str], field: str, what: str) -> None:
             )
 
 
+def _regex(value: str) -> str:
+    """A key regex (matched with re.search against the key's bytes)."""
+    try:
+        re.compile(value.encode())
+    except re.error as exc:
+        raise PydanticCustomError("regex", "invalid regex: {error}", {"error": str(exc)}) from None
+    return value
+
+
+def _command_name(value: str) -> str:
+    name = value.strip().upper()
+    if not re.fullmatch(r"[A-Z0-9_|.-]+", name):
+        raise PydanticCustomError("command", "must be a command name like SET or FLUSHALL")
+    if name in _STREAM_CONTROL:
+        raise PydanticCustomError(
+            "command", "{name} is part of how the stream is applied and cannot be filtered",
+            {"name": name},
+        )
+    return name
+
+
+_STREAM_CONTROL = frozenset(("MULTI", "EXEC", "SELECT", "PING", "REPLCONF"))
+RegexText = Annotated[str, AfterValidator(_regex)]
+CommandName = Annotated[str, AfterValidator(_command_name)]
+DbNumber = Annotated[int, Field(ge=0)]
+
+
+class KeyFilterConfig(_Strict):
+    """A key passes when it matches an allow rule (or there are none) and no deny rule."""
+
+    allow_prefixes: list[str] = Field(default_factory=list)
+    deny_prefixes: list[str] = Field(default_factory=list)
+    allow_regex: list[RegexText] = Field(default_factory=list)
+    deny_regex: list[RegexText] = Field(default_factory=list)
+
+
+class CommandFilterConfig(_Strict):
+    """Command names, case-insensitive: a command passes when it is in `allow` (or `allow`
+    is empty) and not in `deny`."""
+
+    allow: list[CommandName] = Field(default_factory=list)
+    deny: list[CommandName] = Field(default_factory=list)
+
+
+class DbFilterConfig(_Strict):
+    allow: list[DbNumber] | None = None  # only these source dbs; None: all
+
+
+class SyncFilters(_Strict):
+    """What a sync task copies (replwatch/sync/filters.py applies it)."""
+
+    keys: KeyFilterConfig = KeyFilterConfig()
+    commands: CommandFilterConfig = CommandFilterConfig()
+    dbs: DbFilterConfig = DbFilterConfig()
+
+
 class SyncTask(_Strict):
     """One source → target copy (replwatch/sync). The checkpoint hash on the target
     (`__replwatch:sync:<name>`) is the task's position and public record."""
@@ -441,6 +498,10 @@ class SyncTask(_Strict):
     # it lapses. `lease`: how long a holder that stopped renewing keeps it
     ha: bool = False
     lease: Duration = 10.0
+    # what is copied (keys, commands, source dbs) and where: source db -> target db
+    # (unmapped dbs keep their number); see README "Filters and db mapping"
+    filters: SyncFilters | None = None
+    db_map: dict[DbNumber, DbNumber] = Field(default_factory=dict)
 
     @field_validator("name")
     @classmethod
@@ -470,7 +531,29 @@ class SyncTask(_Strict):
             raise PydanticCustomError(
                 "reconnect", "reconnect_max: must not be less than reconnect_min"
             )
+        self._db_map_one_to_one()
         return self
+
+    def _db_map_one_to_one(self) -> None:
+        """Two copied source dbs must not land in one target db (their keys would mix, and
+        FLUSHDB/SWAPDB of one would hit the other); an unmapped db keeps its number."""
+        allowed = self.filters.dbs.allow if self.filters is not None else None
+        copied = set(allowed) if allowed is not None else None
+        seen: dict[int, int] = {}
+        sources = set(self.db_map) | {t for t in self.db_map.values() if t not in self.db_map}
+        for source in sorted(sources):
+            if copied is not None and source not in copied:
+                continue
+            target = self.db_map.get(source, source)
+            if target in seen:
+                raise PydanticCustomError(
+                    "dbmap",
+                    "db_map: source dbs {a} and {b} would both go to target db {t} (an "
+                    "unmapped db keeps its number; map it elsewhere or leave it out with "
+                    "filters.dbs.allow)",
+                    {"a": seen[target], "b": source, "t": target},
+                )
+            seen[target] = source
 
 
 class SyncConfig(_Strict):
@@ -565,7 +648,7 @@ def _format_errors(err: ValidationError) -> list[str]:
         path = _loc_to_path(tuple(e["loc"]))
         msg = e["msg"]
         # model-level checks carry 'field: reason' in their message
-        if e["type"] in ("poll", "dup", "routing", "probe") and ": " in msg:
+        if e["type"] in ("poll", "dup", "routing", "probe", "dbmap") and ": " in msg:
             field, _, msg = msg.partition(": ")
             path = _join(path if path != "<root>" else "", field)
         if msg.startswith("Value error, "):

@@ -142,6 +142,7 @@ class SyncCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         views = self.store.all()
         yield from self._value_metrics(views)
+        yield self._filtered_metric(views)
         yield self._state_metric(views)
         yield self._age_metric(views)
         yield self._error_metric(views)
@@ -160,6 +161,19 @@ class SyncCollector(Collector):
                     family.add_metric([view.task], float(value))
         for family, _ in families:
             yield family
+
+    def _filtered_metric(self, views: list[SyncTaskView]) -> Metric:
+        filtered = CounterMetricFamily(
+            "replwatch_sync_filtered",
+            "Writes the task's filters left out, by reason (key_not_allowed, key_prefix, "
+            "key_regex, command, db, mixed_keys): snapshot keys and stream commands (a key "
+            "removed from a split DEL/UNLINK/TOUCH/MSET counts once), from its checkpoint.",
+            labels=["task", "reason"],
+        )
+        for view in views:
+            for reason, count in (view.filtered or {}).items():
+                filtered.add_metric([view.task, reason], float(count))
+        return filtered
 
     def _state_metric(self, views: list[SyncTaskView]) -> Metric:
         state = GaugeMetricFamily(

@@ -15,6 +15,11 @@ strings; times are unix milliseconds of the syncer's clock):
                              (during a full sync: the offset the snapshot was taken at)
     db                       the stream's selected database at that offset (a continued
                              stream does not repeat its SELECT)
+    source_db                with filters or a db_map: the source's selected database at
+                             that offset (db is then the target's, maybe mapped)
+    filtered:<reason>        writes the task's filters left out, by reason (key_not_allowed,
+                             key_prefix, key_regex, command, db, mixed_keys; see
+                             replwatch/sync/filters.py): snapshot keys and stream commands
     updated_at               when the syncer last wrote the checkpoint
     full_sync_started_at     when the current or last full sync began
     full_sync_finished_at    when it ended (absent while one is running)
@@ -68,6 +73,21 @@ def _int(raw: Mapping[bytes | str, bytes | str], name: str) -> int | None:
         return None
 
 
+FILTERED_PREFIX = "filtered:"
+
+
+def _filtered(raw: Mapping[bytes | str, bytes | str]) -> dict[str, int]:
+    """The filtered:<reason> counters (malformed values left out)."""
+    counts: dict[str, int] = {}
+    for name in raw:
+        text = name.decode("utf-8", "replace") if isinstance(name, bytes) else name
+        if text.startswith(FILTERED_PREFIX):
+            value = _int(raw, text)
+            if value is not None:
+                counts[text[len(FILTERED_PREFIX) :]] = value
+    return dict(sorted(counts.items()))
+
+
 @dataclass(frozen=True, slots=True)
 class Checkpoint:
     """The checkpoint hash, typed. Absent or malformed numbers read as None."""
@@ -78,6 +98,7 @@ class Checkpoint:
     replid: str | None = None
     offset: int | None = None
     db: int | None = None
+    source_db: int | None = None
     updated_at: int | None = None
     full_sync_started_at: int | None = None
     full_sync_finished_at: int | None = None
@@ -94,6 +115,7 @@ class Checkpoint:
     lease_holder: str | None = None
     lease_token: int | None = None
     lease_until: int | None = None
+    filtered: dict[str, int] = field(default_factory=dict)  # by reason
     extra: dict[str, str] = field(default_factory=dict, compare=False)
 
     @classmethod
@@ -110,6 +132,7 @@ class Checkpoint:
             replid=_text(raw, "replid") or None,
             offset=_int(raw, "offset"),
             db=_int(raw, "db"),
+            source_db=_int(raw, "source_db"),
             updated_at=_int(raw, "updated_at"),
             full_sync_started_at=_int(raw, "full_sync_started_at"),
             full_sync_finished_at=_int(raw, "full_sync_finished_at"),
@@ -126,6 +149,7 @@ class Checkpoint:
             lease_holder=_text(raw, "lease_holder"),
             lease_token=_int(raw, "lease_token"),
             lease_until=_int(raw, "lease_until"),
+            filtered=_filtered(raw),
         )
 
     @property

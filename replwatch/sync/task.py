@@ -41,6 +41,7 @@ from replwatch.sync.checkpoint import (
 from replwatch.sync.commands import SET_COMMAND as _SET
 from replwatch.sync.commands import TargetCaps, key_writes, plain_commands, restore_command
 from replwatch.sync.dump import restore_target_from_info
+from replwatch.sync.filters import SyncFilter, Verdict
 from replwatch.sync.lease import (
     ACQUIRE_SCRIPT,
     RELEASE_SCRIPT,
@@ -83,6 +84,8 @@ _CHECKPOINT_PREFIX = CHECKPOINT_PREFIX.encode()
 _COLLECTIONS = frozenset(("list", "set", "zset", "hash", "stream"))
 # heads of encoded commands that answer +OK: `$3\r\nSET\r\n`, `$7\r\nRESTORE\r\n`
 _OK_COMMAND_HEADS = (b"$3\r\nSET\r\n", b"$7\r\nRESTORE\r\n")
+_SELECT = b"SELECT"
+MIXED_KEYS_WARN_EVERY = 60.0
 
 
 class FatalTaskError(ReplwatchError):
@@ -119,6 +122,8 @@ class SyncTaskRunner:
         self.counters = TaskCounters()
         self.key = checkpoint_key(task.name)
         self.pair_key = checkpoint_key(task.pair).encode() if task.pair else None
+        # None: nothing to filter or map (the stream goes the raw fast path)
+        self.filter = SyncFilter.of(task)
         self._afresh = task.afresh
         self._host = socket.gethostname()
         self.state = "starting"
@@ -541,6 +546,8 @@ class SyncTaskRunner:
         stream.full_sync_started_at = fresh.full_sync_started_at if fresh else None
         stream.full_sync_finished_at = fresh.full_sync_finished_at if fresh else None
         stream.full_resyncs = fresh.full_resyncs if fresh else 0
+        if fresh is not None and fresh.source_db is not None:
+            stream.source_db = fresh.source_db  # (filtered: the source's db at that offset)
         if fresh is not None and fresh.replid != replid:
             # +CONTINUE with a new replid (the source switched streams after a failover):
             # the same offsets, a new name
@@ -590,7 +597,13 @@ class _SnapshotLoader:
         self.caps = caps
         self.replace = replace
         self.source_valkey = False
-        self.db = target.db
+        self.filter = runner.filter
+        # the source db of the keys being written (-1 with a filter: the first key selects
+        # its mapped db) and the target db selected for them
+        self.db = target.db if self.filter is None else -1
+        self.target_db = target.db
+        self.filtered: dict[str, int] = {}  # keys left out, by reason, not yet recorded
+        self.strings_left_out = 0
         self.parts: list[bytes] = []
         self.expect = 0
         self.size = 0
@@ -610,6 +623,11 @@ class _SnapshotLoader:
 
     def string_key(self, db: int, key: bytes, value: bytes) -> None:
         """A plain string without TTL, from the parser's loop (no event object)."""
+        if self.filter is not None and self._filtered_out(db, key):
+            self.strings_left_out += 1
+            if not self.strings_left_out & 1023:
+                self.tick()  # (as when keys are written: stop requests and progress)
+            return
         if db != self.db:
             self._select(db)
         data = _SET % (len(key), key, len(value), value)
@@ -623,9 +641,32 @@ class _SnapshotLoader:
             self.tick()
 
     def _select(self, db: int) -> None:
-        self.parts.append(encode_command(("SELECT", db)))
+        mapped = db if self.filter is None else self.filter.map_db(db)
+        self.parts.append(encode_command(("SELECT", mapped)))
         self.expect += 1
         self.db = db
+        self.target_db = mapped
+
+    def _filtered_out(self, db: int, key: bytes) -> bool:
+        """The task's filter leaves this key out (counted)."""
+        assert self.filter is not None
+        reason = self.filter.snapshot_key(db, key)
+        if reason is None:
+            return False
+        self.filtered[reason] = self.filtered.get(reason, 0) + 1
+        return True
+
+    def _filtered_counts(self) -> None:
+        """The keys left out since the last batch, added to the checkpoint's
+        filtered:<reason> counters (in db 0, then back)."""
+        self.parts.append(encode_command(("SELECT", CHECKPOINT_DB)))
+        for reason, count in self.filtered.items():
+            field = f"filtered:{reason}"
+            self.parts.append(encode_command(("HINCRBY", self.runner.key, field, count)))
+        self.parts.append(encode_command(("SELECT", self.target_db)))
+        self.expect += 2 + len(self.filtered)
+        self.filtered = {}
+        self.all_ok = False
 
     def tick(self) -> None:
         """Now and then during the snapshot: a stop request ends the session, progress
@@ -636,6 +677,8 @@ class _SnapshotLoader:
             self.maybe_progress(self.payload.loaded)
 
     def key(self, entry: KeyEntry) -> None:
+        if self.filter is not None and self._filtered_out(entry.db, entry.key):
+            return
         if entry.kind == "module" and self.runner.task.on_module_key == "skip":
             self.skipped += 1
             log.warning(
@@ -720,17 +763,22 @@ class _SnapshotLoader:
         return known
 
     def function(self, code: bytes) -> None:
+        if self.filter is not None and not self.filter.command_allowed(b"FUNCTION"):
+            self.filtered["command"] = self.filtered.get("command", 0) + 1
+            return
         self.parts.append(encode_command(("FUNCTION", "LOAD", "REPLACE", code)))
         self.expect += 1
         self.all_ok = False  # FUNCTION LOAD answers with the library's name
 
     def flush(self) -> None:
+        if self.filtered:
+            self._filtered_counts()
         if not self.parts:
             return
         keys = self.keys_in_batch
         self.keys_sent += keys
         payload = b"".join(self.parts)
-        self.target.db = self.db
+        self.target.db = self.target_db
         prefix = OK_REPLY * self.expect if self.all_ok else None
         self.target.send(
             payload, Batch(self.expect, self._checked(keys), "snapshot", prefix=prefix)
@@ -756,7 +804,7 @@ class _SnapshotLoader:
             return
         self._last_progress = now
         self.flush()
-        back = self.db
+        back = self.target_db
         cmds = []
         if back != CHECKPOINT_DB:
             cmds.append(encode_command(("SELECT", CHECKPOINT_DB)))
@@ -829,6 +877,13 @@ class _StreamApplier:
         self.batch_size = runner.task.batch_size
         self.batch_bytes = runner.task.batch_bytes
         self.pair_key = runner.pair_key
+        self.filter = runner.filter
+        # with a filter: the source's selected db (self.db is the target's), commands left
+        # out by reason not yet recorded, and those of the open transaction
+        self.source_db = self.filter.source_db_of(self.db) if self.filter else self.db
+        self.filtered: dict[str, int] = {}
+        self.tx_filtered: dict[str, int] = {}
+        self._mixed_warned = -MIXED_KEYS_WARN_EVERY
         runner.replid, runner.offset = replid, offset
 
     def consume(self, link: SourceLink) -> bool:
@@ -837,6 +892,8 @@ class _StreamApplier:
         REPLCONF GETACK (answer it, then call again). A command's span in `raw` comes from
         its exact RESP length (reader.command_length, inline: per argument 5 bytes plus its
         size plus its size's digits, and the digits of all sizes are len(repr(sizes)) - 2n)."""
+        if self.filter is not None:
+            return self._consume_filtered(link)
         gets = link.reader.gets
         pos = link.raw_pos
         special = _SPECIAL
@@ -898,6 +955,112 @@ class _StreamApplier:
             if not self.in_tx and run_end == pos:
                 self.batch_offset = pending
 
+    def _consume_filtered(self, link: SourceLink) -> bool:
+        """consume() for a task with filters: every command goes through _add_filtered."""
+        gets = link.reader.gets
+        pos = link.raw_pos
+        try:
+            while True:
+                try:
+                    argv = gets()
+                except hiredis.ProtocolError as exc:
+                    raise ProtocolFailure(
+                        f"bad replication stream from {link.endpoint.label}: {exc}"
+                    ) from None
+                if argv is False:
+                    return False
+                if type(argv) is not list:
+                    raise ProtocolFailure(
+                        f"replication stream from {link.endpoint.label} holds a non-command reply"
+                    )
+                n = len(argv)
+                sizes = list(map(len, argv))
+                start = pos
+                pos += 3 + len(str(n)) + 3 * n + sum(sizes) + len(repr(sizes))
+                if self._add_filtered(argv, start, pos):
+                    return True
+        finally:
+            link.raw_pos = pos
+
+    def _add_filtered(self, argv: list[bytes], start: int, end: int) -> bool:
+        """add() through the task's filter: commands are kept, dropped, split or rewritten
+        (db numbers mapped); a dropped command still moves the offset."""
+        assert self.filter is not None
+        name = argv[0].upper()
+        if (name in _SPECIAL and name != _SELECT) or (
+            len(argv) > 1 and argv[1].startswith(_CHECKPOINT_PREFIX)
+        ):
+            return self.add(argv, start, end)
+        self.pending_offset += end - start
+        if name == _SELECT:
+            db = _db_number(argv)
+            if db is None:
+                verdict: Verdict = Verdict(True)
+            else:
+                self.source_db = db
+                mapped = self.filter.select(db)
+                if mapped is None:  # a db that is not copied: its commands are dropped
+                    verdict = Verdict(False)
+                else:
+                    self.db = mapped
+                    keep = mapped == db
+                    verdict = Verdict(keep, () if keep else ((b"SELECT", str(mapped).encode()),))
+        else:
+            verdict = self.filter.command(argv, self.source_db, self.db)
+        if verdict.dropped:
+            self._count_filtered(verdict)
+        if verdict.keep:
+            self._forward(start, end, None, 1)
+        elif verdict.commands:
+            data = b"".join(encode_command(c) for c in verdict.commands)
+            self._forward(start, end, data, len(verdict.commands))
+        if not self.in_tx:
+            self.batch_offset = self.pending_offset
+            if self.count >= self.batch_size or self.size >= self.batch_bytes:
+                self.flush()
+        return False
+
+    def _count_filtered(self, verdict: Verdict) -> None:
+        counts = self.tx_filtered if self.in_tx else self.filtered
+        for reason, count in verdict.dropped:
+            counts[reason] = counts.get(reason, 0) + count
+            if reason == "mixed_keys":
+                now = time.monotonic()
+                if now - self._mixed_warned >= MIXED_KEYS_WARN_EVERY:
+                    self._mixed_warned = now
+                    log.warning(
+                        "task %s: dropped a command whose keys the filter splits between "
+                        "copied and left out (counted as filtered:mixed_keys; warned once a "
+                        "minute)",
+                        self.runner.task.name,
+                    )
+
+    def _forward(self, start: int, end: int, data: bytes | None, commands: int) -> None:
+        """Into the batch (or the open transaction): the stream's own bytes raw[start:end]
+        (data None), or `data` holding `commands` encoded commands in their place."""
+        if self.in_tx:
+            if data is None:
+                if start != self.tx_run_end:
+                    self._close_tx_run()
+                    self.tx_run_start = start
+                self.tx_run_end = end
+            else:
+                self._close_tx_run()
+                self.tx_parts.append(data)
+            self.tx_count += commands
+            self.tx_size += end - start if data is None else len(data)
+            return
+        if data is None:
+            if start != self.run_end:
+                self._close_run()
+                self.run_start = start
+            self.run_end = end
+        else:
+            self._close_run()
+            self.parts.append(data)
+        self.count += commands
+        self.size += end - start if data is None else len(data)
+
     def add(self, argv: list[bytes], start: int, end: int) -> bool:
         """Take one command of the stream (its bytes are raw[start:end]); True for
         REPLCONF GETACK (answer it now)."""
@@ -936,6 +1099,7 @@ class _StreamApplier:
         if name == b"MULTI":
             self.in_tx = True
             self.tx_dropped = False
+            self.tx_filtered = {}
             self.tx_parts, self.tx_count, self.tx_size = [], 0, 0
             self.tx_run_start = self.tx_run_end = -1
             return False
@@ -945,6 +1109,10 @@ class _StreamApplier:
             if self.tx_dropped:
                 self.runner.counters.transactions_dropped += 1
             else:
+                if self.tx_filtered:
+                    for reason, count in self.tx_filtered.items():
+                        self.filtered[reason] = self.filtered.get(reason, 0) + count
+                    self.tx_filtered = {}
                 self._close_run()
                 self.parts.extend(self.tx_parts)
                 self.count += self.tx_count
@@ -1027,12 +1195,18 @@ class _StreamApplier:
         if fence is not None:  # a FLUSHALL in this batch must not end the lease
             fields += ["lease_holder", fence.holder, "lease_token", fence.token]
             fields += ["lease_until", fence.until_ms]
+        if self.filter is not None:
+            fields += ["source_db", self.source_db]  # (db: the target's, maybe mapped)
         if self.full_sync_finished_at is not None:
             fields += ["full_sync_finished_at", self.full_sync_finished_at]
         if self.full_sync_started_at is not None:
             fields += ["full_sync_started_at", self.full_sync_started_at]
         tail.append(encode_command(("HSET", runner.key, *fields)))
         tail.append(encode_command(("HINCRBY", runner.key, "applied_commands", count)))
+        if self.filter is not None:
+            for reason, dropped in self.filtered.items():
+                tail.append(encode_command(("HINCRBY", runner.key, f"filtered:{reason}", dropped)))
+            self.filtered = {}
         if self.db != CHECKPOINT_DB:
             tail.append(encode_command(("SELECT", self.db)))
         tail.append(encode_command(("EXEC",)))
@@ -1074,6 +1248,15 @@ class _StreamApplier:
             self.runner.offset = end
 
         return done
+
+
+def _db_number(argv: list[bytes]) -> int | None:
+    if len(argv) < 2:
+        return None
+    try:
+        return int(argv[1])
+    except ValueError:
+        return None
 
 
 def run_task_foreground(task: SyncTask, tls: TLSConfig) -> int:

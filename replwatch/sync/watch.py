@@ -73,6 +73,7 @@ class SyncTaskView:
     progress: float | None = None  # share of a running full sync done (0–1)
     full_resyncs: int | None = None
     applied_commands: int | None = None
+    filtered: dict[str, int] | None = None  # writes left out by the task's filters, by reason
     keys_loaded: int | None = None
     keys_total: int | None = None
     rdb_bytes_loaded: int | None = None
@@ -192,6 +193,7 @@ def build_view(
         progress=cp.progress() if cp is not None and running_full_sync else None,
         full_resyncs=cp.full_resyncs if cp is not None else None,
         applied_commands=cp.applied_commands if cp is not None else None,
+        filtered=dict(cp.filtered) if cp is not None else None,
         keys_loaded=cp.keys_loaded if cp is not None else None,
         keys_total=cp.keys_total if cp is not None else None,
         rdb_bytes_loaded=cp.rdb_bytes_loaded if cp is not None else None,
