@@ -51,6 +51,7 @@ from replwatch.sync.rdb import (
     parse_rdb,
 )
 from replwatch.sync.reader import Continue, FullResync, RdbPayload, SourceLink
+from replwatch.sync.sources import Locator, source_locator
 from replwatch.sync.writer import (
     OK_REPLY,
     QUEUED_REPLY,
@@ -102,9 +103,13 @@ class SyncTaskRunner:
         tls: TLSConfig,
         stop: threading.Event | None = None,
         io_timeout: float = IO_TIMEOUT,
+        locate_source: Locator | None = None,
     ) -> None:
         self.task = task
         self.tls = task.tls or tls
+        # where the source is at each (re)connect: its URL, or the master the Sentinels (or
+        # the cluster, for one shard) name now (replwatch/sync/sources.py)
+        self.locate_source = locate_source or source_locator(task.source, self.tls, io_timeout)
         self.stop_event = stop or threading.Event()
         self.io_timeout = io_timeout
         self.counters = TaskCounters()
@@ -206,7 +211,7 @@ class SyncTaskRunner:
         source: SourceLink | None = None
         try:
             checkpoint = target.read_checkpoint(self.task.name)
-            source = SourceLink(self.task.source, self.tls, self.io_timeout)
+            source = SourceLink(self.locate_source(), self.tls, self.io_timeout)
             source.handshake()
             resume = checkpoint is not None and checkpoint.resumable and not self._afresh
             if resume:

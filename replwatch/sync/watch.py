@@ -36,6 +36,7 @@ from replwatch.lag.offset_clock import OffsetClock
 from replwatch.observe.connection import Command, Connection, classify_reply_error
 from replwatch.observe.info import ReplicationInfo, parse_replication
 from replwatch.sync.checkpoint import CHECKPOINT_DB, STATES, Checkpoint, checkpoint_key
+from replwatch.sync.sources import Locator, source_locator
 
 UNKNOWN_STATE = "unknown"
 # every value SyncTaskView.state can take (replwatch_sync_state exports one series each)
@@ -205,12 +206,22 @@ def build_view(
 
 class _Link:
     """One connection to one node, opened on first use and reopened on the next use after
-    it failed. Each use is bounded by `timeout`, connect and AUTH included."""
+    it failed. Each use is bounded by `timeout`, connect and AUTH included. With `locate`
+    (a Sentinel or cluster source) the node is looked up again at every (re)open."""
 
-    def __init__(self, endpoint: RedisEndpoint, timeout: float, tls: TLSConfig | None) -> None:
+    def __init__(
+        self,
+        endpoint: RedisEndpoint,
+        timeout: float,
+        tls: TLSConfig | None,
+        locate: Locator | None = None,
+        label: str | None = None,
+    ) -> None:
         self.endpoint = endpoint
+        self.label = label or endpoint.label
         self.timeout = timeout
         self.tls = tls
+        self.locate = locate
         self._conn: Connection | None = None
 
     async def run(self, commands: Sequence[Command]) -> list[Any]:
@@ -220,7 +231,7 @@ class _Link:
         except TimeoutError:
             self.close()  # the stream position is unknown
             raise TimeoutFailure(
-                f"no answer from {self.endpoint.label} within {self.timeout:g}s"
+                f"no answer from {self.label} within {self.timeout:g}s"
             ) from None
         for reply in replies:
             if isinstance(reply, hiredis.ReplyError):
@@ -231,6 +242,9 @@ class _Link:
         conn = self._conn
         if conn is None or conn.closed:
             self._conn = None
+            if self.locate is not None:
+                # blocking lookups (a few short requests): off the event loop
+                self.endpoint = await asyncio.to_thread(self.locate)
             conn = await Connection.open(self.endpoint, self.timeout, self.tls)
             self._conn = conn
         return await conn.execute(commands, self.timeout, raise_errors=False)
@@ -239,6 +253,20 @@ class _Link:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+def _source_link(
+    task: SyncTask, timeout: float, tls: TLSConfig | None, locate: Locator | None
+) -> _Link:
+    """The watcher's link to the task's source: its URL, or the node `locate` (by default
+    the master the Sentinels name) finds at every reconnect."""
+    source = task.source
+    if isinstance(source, RedisEndpoint):
+        return _Link(source, timeout, tls, locate)
+    if locate is None:
+        locate = source_locator(source, tls, timeout)
+    # a placeholder until the first lookup (its label is the source's stable label)
+    return _Link(source.at("0.0.0.0", 1), timeout, tls, locate, label=source.label)
 
 
 async def _read_side(link: _Link, command: Command, parse: Callable[[Any], T]) -> SideRead[T]:
@@ -268,6 +296,7 @@ class SyncWatcher:
         clock: OffsetClock | None = None,
         stale_after: float = DEFAULT_STALE_AFTER,
         wall_clock: Callable[[], float] = time.time,
+        locate: Locator | None = None,
     ) -> None:
         self.task = task
         self.timeout = timeout
@@ -275,7 +304,7 @@ class SyncWatcher:
         self.clock = clock if clock is not None else OffsetClock()
         self._wall = wall_clock
         effective_tls = task.tls or tls
-        self._source = _Link(task.source, timeout, effective_tls)
+        self._source = _source_link(task, timeout, effective_tls, locate)
         target = task.target.model_copy(update={"db": CHECKPOINT_DB})
         self._target = _Link(target, timeout, effective_tls)
         self._hgetall: Command = ("HGETALL", checkpoint_key(task.name))
@@ -295,6 +324,9 @@ class SyncWatcher:
             ),
         )
         info = source.value
+        if info is not None and info.is_replica and self._source.locate is not None:
+            # the node found before a failover is a replica now: find the master next poll
+            self._source.close()
         if info is not None:
             self.clock.observe(info.master_repl_offset, source.at, info.replid, info.replid2)
         now = time.monotonic()
