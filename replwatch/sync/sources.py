@@ -33,6 +33,7 @@ from replwatch.config import (
     RedisEndpoint,
     SentinelSource,
     SyncSource,
+    SyncTask,
     TLSConfig,
 )
 from replwatch.errors import AuthFailure, ProtocolFailure, RedisError
@@ -268,6 +269,19 @@ def shard_master(
         if shard.shard_id == shard_id:
             return source.at(shard.host, shard.port)
     raise NotMasterError(f"no master owns the slots of shard {shard_id} now (failover under way?)")
+
+
+def shard_task_name(task: str, shard_id: str) -> str:
+    """The name a cluster task's shard runs and reports under (its checkpoint key)."""
+    return f"{task}@{shard_id}"
+
+
+def shard_task(task: SyncTask, shard_id: str) -> SyncTask:
+    """The task of one shard: a derived name (its own checkpoint), and overwrite semantics
+    (a shard's full sync must not flush the other shards' keys from the shared target)."""
+    return task.model_copy(
+        update={"name": shard_task_name(task.name, shard_id), "existing_keys": "overwrite"}
+    )
 
 
 # --------------------------------------------------------------------------- one entry point

@@ -968,7 +968,15 @@ def run_task_foreground(task: SyncTask, tls: TLSConfig) -> int:
     fatal error (exit 1)."""
     import signal
 
-    runner = SyncTaskRunner(task, tls)
+    from replwatch.config import ClusterSource
+    from replwatch.sync.cluster import ClusterTaskRunner
+
+    # a cluster source: one SyncTaskRunner per master shard, in threads (sync/cluster.py)
+    runner: SyncTaskRunner | ClusterTaskRunner = (
+        ClusterTaskRunner(task, tls)
+        if isinstance(task.source, ClusterSource)
+        else SyncTaskRunner(task, tls)
+    )
 
     def on_signal(signum: int, frame: object) -> None:
         log.info("task %s: stopping (signal %d)", task.name, signum)

@@ -22,6 +22,7 @@ SyncStore keeps the newest view per task for the exporter and `replwatch sync st
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -30,13 +31,21 @@ from typing import Any, Generic, TypeVar
 
 import hiredis
 
-from replwatch.config import Config, RedisEndpoint, SyncTask, TLSConfig
+from replwatch.config import ClusterSource, Config, RedisEndpoint, SyncTask, TLSConfig
 from replwatch.errors import ProtocolFailure, RedisError, TimeoutFailure
 from replwatch.lag.offset_clock import OffsetClock
 from replwatch.observe.connection import Command, Connection, classify_reply_error
 from replwatch.observe.info import ReplicationInfo, parse_replication
 from replwatch.sync.checkpoint import CHECKPOINT_DB, STATES, Checkpoint, checkpoint_key
-from replwatch.sync.sources import Locator, source_locator
+from replwatch.sync.sources import (
+    Locator,
+    cluster_shards,
+    shard_locator,
+    shard_task,
+    source_locator,
+)
+
+log = logging.getLogger("replwatch.sync.watch")
 
 UNKNOWN_STATE = "unknown"
 # every value SyncTaskView.state can take (replwatch_sync_state exports one series each)
@@ -230,9 +239,7 @@ class _Link:
             replies = await asyncio.wait_for(self._run(commands), self.timeout)
         except TimeoutError:
             self.close()  # the stream position is unknown
-            raise TimeoutFailure(
-                f"no answer from {self.label} within {self.timeout:g}s"
-            ) from None
+            raise TimeoutFailure(f"no answer from {self.label} within {self.timeout:g}s") from None
         for reply in replies:
             if isinstance(reply, hiredis.ReplyError):
                 raise classify_reply_error(str(reply))
@@ -346,19 +353,41 @@ class SyncWatcher:
         self._target.close()
 
 
-def build_sync_watchers(cfg: Config, stale_after: float = DEFAULT_STALE_AFTER) -> list[SyncWatcher]:
-    """One watcher per configured task, with the poll timeout, TLS and offset clock size of
-    the config."""
+def task_watchers(
+    cfg: Config, task: SyncTask, stale_after: float = DEFAULT_STALE_AFTER
+) -> list[SyncWatcher]:
+    """The watchers of one task: one; for a cluster source one per master shard found now
+    (task `<name>@<shard>`, its own checkpoint and series; none while the cluster cannot be
+    discovered: a blocking lookup bounded by the poll timeout per startup node)."""
+    tls = task.tls or cfg.tls
+
+    def clock() -> OffsetClock:
+        return OffsetClock(cfg.lag.offset_clock_window, cfg.lag.offset_clock_max_points)
+
+    if not isinstance(task.source, ClusterSource):
+        return [SyncWatcher(task, cfg.poll.timeout, cfg.tls, clock(), stale_after)]
+    try:
+        shards = cluster_shards(task.source, tls, cfg.poll.timeout)
+    except (RedisError, OSError) as exc:
+        log.warning("sync task %s: cannot discover the cluster's shards: %s", task.name, exc)
+        return []
     return [
         SyncWatcher(
-            task,
+            shard_task(task, shard.shard_id),
             cfg.poll.timeout,
             cfg.tls,
-            OffsetClock(cfg.lag.offset_clock_window, cfg.lag.offset_clock_max_points),
+            clock(),
             stale_after,
+            locate=shard_locator(task.source, shard.shard_id, tls, cfg.poll.timeout),
         )
-        for task in cfg.sync.tasks
+        for shard in shards
     ]
+
+
+def build_sync_watchers(cfg: Config, stale_after: float = DEFAULT_STALE_AFTER) -> list[SyncWatcher]:
+    """The watchers of every configured task (task_watchers), with the poll timeout, TLS and
+    offset clock size of the config."""
+    return [w for task in cfg.sync.tasks for w in task_watchers(cfg, task, stale_after)]
 
 
 # --------------------------------------------------------------------------- store
@@ -377,11 +406,14 @@ class SyncStore:
         """Declare the tasks that exist; views of other tasks are dropped (now and later)."""
         with self._lock:
             self._expected = frozenset(names)
-            self._views = {k: v for k, v in self._views.items() if k in self._expected}
+            self._views = {
+                k: v for k, v in self._views.items() if k.partition("@")[0] in self._expected
+            }
 
     def put(self, view: SyncTaskView) -> None:
         with self._lock:
-            if view.task not in self._expected:
+            # a cluster task's shards report as `<task>@<shard>`
+            if view.task.partition("@")[0] not in self._expected:
                 return
             views = dict(self._views)
             views[view.task] = view
@@ -397,7 +429,8 @@ class SyncStore:
     def ready(self) -> bool:
         """Every expected task has been polled at least once (True when none is expected)."""
         views = self._views
-        return all(k in views for k in self._expected)
+        seen = {k.partition("@")[0] for k in views}
+        return all(k in seen for k in self._expected)
 
 
 async def poll_into(watchers: Sequence[SyncWatcher], store: SyncStore) -> list[SyncTaskView]:
