@@ -20,8 +20,10 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
     SecretStr,
+    Tag,
     ValidationError,
     field_validator,
     model_validator,
@@ -402,6 +404,107 @@ class PublishConfig(_Strict):
         return v
 
 
+class SentinelSettings(_Strict):
+    """The Sentinels that watch a source master (a sync task's `source.sentinel`)."""
+
+    # each "host:port" (or a redis:// / rediss:// URL) of one Sentinel, asked in turn
+    addresses: list[Endpoint] = Field(min_length=1)
+    master_name: str = Field(min_length=1)
+    # credentials of the Sentinels themselves (requirepass / ACL user of sentinel.conf)
+    username: str | None = None
+    password: SecretStr | None = None
+    # connect and reply timeout of one Sentinel query
+    timeout: Duration = 1.0
+
+    def nodes(self) -> list[RedisEndpoint]:
+        """The Sentinels with this block's credentials (an address's own win)."""
+        return [a.with_credentials(self.username, self.password) for a in self.addresses]
+
+
+class SentinelSource(_Strict):
+    """A sync source that is whatever master the Sentinels name, asked again at every
+    (re)connect: the task follows a failover. `username`/`password`/`tls` are the master's."""
+
+    sentinel: SentinelSettings
+    username: str | None = None
+    password: SecretStr | None = None
+    tls: bool = False
+    db: int = 0  # as for a URL source: the database compare and status look at
+
+    @property
+    def label(self) -> str:
+        """The source in checkpoints, logs and status: stable across failovers."""
+        return f"sentinel:{self.sentinel.master_name}"
+
+    def redacted_url(self) -> str:
+        return f"{self.label} via {','.join(a.label for a in self.sentinel.addresses)}"
+
+    def at(self, host: str, port: int) -> RedisEndpoint:
+        """The master found at host:port, with this source's credentials."""
+        return RedisEndpoint(
+            host=host,
+            port=port,
+            db=self.db,
+            username=self.username,
+            password=self.password,
+            tls=self.tls,
+        )
+
+
+class ClusterSettings(_Strict):
+    """Where to start discovering a source Redis Cluster (a sync task's `source.cluster`)."""
+
+    # "host:port" (or redis:// URLs) of some nodes of the cluster; the first that answers
+    # CLUSTER SHARDS / CLUSTER NODES is used
+    startup_nodes: list[Endpoint] = Field(min_length=1)
+
+
+class ClusterSource(_Strict):
+    """A sync source that is a Redis Cluster: one reader per master shard, each with its own
+    checkpoint (`__replwatch:sync:<task>@<shard>`), all writing into the one target."""
+
+    cluster: ClusterSettings
+    username: str | None = None
+    password: SecretStr | None = None
+    tls: bool = False
+    db: int = 0  # a cluster has database 0 only
+
+    @property
+    def label(self) -> str:
+        return f"cluster:{self.cluster.startup_nodes[0].label}"
+
+    def redacted_url(self) -> str:
+        return f"cluster via {','.join(a.label for a in self.cluster.startup_nodes)}"
+
+    def at(self, host: str, port: int) -> RedisEndpoint:
+        """A node of the cluster at host:port, with this source's credentials."""
+        return RedisEndpoint(
+            host=host,
+            port=port,
+            username=self.username,
+            password=self.password,
+            tls=self.tls,
+        )
+
+
+def _source_kind(value: Any) -> str:
+    """Which form a sync task's source takes: a Sentinel or Cluster block, else a URL."""
+    if isinstance(value, SentinelSource) or (isinstance(value, Mapping) and "sentinel" in value):
+        return "kind:sentinel"
+    if isinstance(value, ClusterSource) or (isinstance(value, Mapping) and "cluster" in value):
+        return "kind:cluster"
+    return "kind:url"
+
+
+# a sync task's source: a URL (or host/port mapping), or a Sentinel or Cluster block
+SyncSource = Annotated[
+    Annotated[RedisEndpoint, BeforeValidator(RedisEndpoint.parse), Tag("kind:url")]
+    | Annotated[SentinelSource, Tag("kind:sentinel")]
+    | Annotated[ClusterSource, Tag("kind:cluster")],
+    Discriminator(_source_kind),
+]
+
+
 def _require_unique(names: list[str], field: str, what: str) -> None:
     for name in names:
         if names.count(name) > 1:
@@ -471,7 +574,7 @@ class SyncTask(_Strict):
     (`__replwatch:sync:<name>`) is the task's position and public record."""
 
     name: str
-    source: Endpoint
+    source: SyncSource
     target: Endpoint
     pair: str | None = None  # the reverse task of a bidirectional pair (issue 5)
     # start with a full sync even when the checkpoint could be continued
@@ -519,11 +622,11 @@ class SyncTask(_Strict):
 
     @model_validator(mode="after")
     def _distinct(self) -> SyncTask:
-        if (self.source.host, self.source.port, self.source.db) == (
-            self.target.host,
-            self.target.port,
-            self.target.db,
-        ):
+        if isinstance(self.source, RedisEndpoint) and (
+            self.source.host,
+            self.source.port,
+            self.source.db,
+        ) == (self.target.host, self.target.port, self.target.db):
             raise PydanticCustomError("same", "target: must not be the source itself")
         if self.lease < 1.0:
             raise PydanticCustomError("lease", "lease: must be at least 1s")
@@ -635,8 +738,8 @@ def _loc_to_path(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif str(part).startswith("function-") or part in ("function-after", "function-before"):
-            continue
+        elif str(part).startswith(("function-", "kind:")):
+            continue  # validator steps and the tags of sync source forms: not config keys
         else:
             out = _join(out, str(part))
     return out or "<root>"
@@ -742,9 +845,17 @@ def iter_secrets(cfg: Config) -> Iterator[str]:
             if ep.password is not None:
                 yield ep.password.get_secret_value()
     for task in cfg.sync.tasks:
-        for ep in (task.source, task.target):
-            if ep.password is not None:
-                yield ep.password.get_secret_value()
+        for side in (task.source, task.target):
+            if side.password is not None:
+                yield side.password.get_secret_value()
+        if isinstance(task.source, SentinelSource):
+            for ep in task.source.sentinel.nodes():
+                if ep.password is not None:
+                    yield ep.password.get_secret_value()
+        if isinstance(task.source, ClusterSource):
+            for ep in task.source.cluster.startup_nodes:
+                if ep.password is not None:
+                    yield ep.password.get_secret_value()
     if cfg.admin.token is not None:
         yield cfg.admin.token.get_secret_value()
 

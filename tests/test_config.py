@@ -11,7 +11,9 @@ import pytest
 import yaml
 
 from replwatch.config import (
+    ClusterSource,
     Config,
+    SentinelSource,
     config_from_data,
     iter_secrets,
     load_config,
@@ -334,6 +336,46 @@ INVALID: list[tuple[str, Any, dict[str, str], list[str]]] = [
             "heartbeat.interval: must be at least 50ms",
             "groups[0].master: port must be 1-65535",
             "groups[0].extra: unknown key",
+        ],
+    ),
+    (
+        "sentinel-source-problems",
+        {
+            "sync": {
+                "tasks": [
+                    {
+                        "name": "t",
+                        "source": {
+                            "sentinel": {"addresses": ["h:70000"], "timeout": "soon"},
+                            "passwd": "x",
+                        },
+                        "target": M,
+                    }
+                ]
+            }
+        },
+        {},
+        [
+            "sync.tasks[0].source.sentinel.addresses[0]: port must be 1-65535",
+            "sync.tasks[0].source.sentinel.master_name: Field required",
+            "sync.tasks[0].source.sentinel.timeout: invalid duration 'soon': use 250ms, 1s, "
+            "2m, 1h or seconds",
+            "sync.tasks[0].source.passwd: unknown key",
+        ],
+    ),
+    (
+        "cluster-source-without-nodes",
+        {
+            "sync": {
+                "tasks": [
+                    {"name": "t", "source": {"cluster": {"startup_nodes": []}}, "target": M}
+                ]
+            }
+        },
+        {},
+        [
+            "sync.tasks[0].source.cluster.startup_nodes: List should have at least 1 item "
+            "after validation, not 0"
         ],
     ),
 ]
@@ -682,3 +724,23 @@ def test_example_sync_task_in_config_yaml_is_valid() -> None:
     assert task.name == "a_to_b" and task.target.port == 6479
     assert task.existing_keys == "refuse" and task.on_module_key == "fail"
     assert task.big_key_bytes == 16 * 1024 * 1024 and task.reconnect_max == 30
+
+
+def test_example_sentinel_and_cluster_sources_in_config_yaml_are_valid() -> None:
+    """The commented Sentinel and Cluster source examples in config.yaml, uncommented."""
+    text = (REPO / "config.yaml").read_text()
+    block = re.search(r"^  #  - name: from_sentinel\n((?:  #.*\n)+)", text, re.M)
+    assert block is not None, "config.yaml should show a Sentinel source example"
+    lines = ["    - name: from_sentinel"]
+    lines += [line.replace("  #", "  ", 1) for line in block.group(1).splitlines()]
+    data = {"sync": {"tasks": yaml.safe_load("\n".join(lines))}}
+    cfg = config_from_data(data, env={"SENTINEL_PASSWORD": "s1", "SOURCE_PASSWORD": "s2"})
+    sentinel, cluster = (task.source for task in cfg.sync.tasks)
+    assert isinstance(sentinel, SentinelSource) and isinstance(cluster, ClusterSource)
+    assert sentinel.sentinel.master_name == "mymaster" and len(sentinel.sentinel.addresses) == 3
+    assert sentinel.label == "sentinel:mymaster"
+    assert [n.port for n in cluster.cluster.startup_nodes] == [7000, 7000]
+    secrets = set(iter_secrets(cfg))
+    assert {"s1", "s2"} <= secrets
+    for secret in secrets:
+        assert secret not in repr(cfg)

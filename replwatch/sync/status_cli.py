@@ -23,8 +23,7 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from replwatch.config import Config, SyncTask
-from replwatch.lag.offset_clock import OffsetClock
-from replwatch.sync.watch import SyncTaskView, SyncWatcher
+from replwatch.sync.watch import SyncTaskView, task_watchers
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -160,15 +159,8 @@ def render_json(views: Sequence[SyncTaskView]) -> str:
 
 async def poll_tasks(cfg: Config, tasks: Sequence[SyncTask]) -> list[SyncTaskView]:
     """One poll of each task, concurrently; connections closed afterwards."""
-    watchers = [
-        SyncWatcher(
-            task,
-            cfg.poll.timeout,
-            cfg.tls,
-            OffsetClock(cfg.lag.offset_clock_window, cfg.lag.offset_clock_max_points),
-        )
-        for task in tasks
-    ]
+    # (a cluster task: one watcher per master shard)
+    watchers = [w for task in tasks for w in task_watchers(cfg, task)]
     try:
         return list(await asyncio.gather(*(w.poll() for w in watchers)))
     finally:

@@ -61,6 +61,7 @@ from replwatch.sync.rdb import (
     parse_rdb,
 )
 from replwatch.sync.reader import Continue, FullResync, RdbPayload, SourceLink
+from replwatch.sync.sources import Locator, source_locator
 from replwatch.sync.writer import (
     OK_REPLY,
     QUEUED_REPLY,
@@ -114,9 +115,13 @@ class SyncTaskRunner:
         tls: TLSConfig,
         stop: threading.Event | None = None,
         io_timeout: float = IO_TIMEOUT,
+        locate_source: Locator | None = None,
     ) -> None:
         self.task = task
         self.tls = task.tls or tls
+        # where the source is at each (re)connect: its URL, or the master the Sentinels (or
+        # the cluster, for one shard) name now (replwatch/sync/sources.py)
+        self.locate_source = locate_source or source_locator(task.source, self.tls, io_timeout)
         self.stop_event = stop or threading.Event()
         self.io_timeout = io_timeout
         self.counters = TaskCounters()
@@ -323,7 +328,7 @@ class SyncTaskRunner:
         source: SourceLink | None = None
         try:
             checkpoint = target.read_checkpoint(self.task.name)
-            source = SourceLink(self.task.source, self.tls, self.io_timeout)
+            source = SourceLink(self.locate_source(), self.tls, self.io_timeout)
             source.handshake()
             resume = checkpoint is not None and checkpoint.resumable and not self._afresh
             if resume:
@@ -1264,7 +1269,15 @@ def run_task_foreground(task: SyncTask, tls: TLSConfig) -> int:
     fatal error (exit 1)."""
     import signal
 
-    runner = SyncTaskRunner(task, tls)
+    from replwatch.config import ClusterSource
+    from replwatch.sync.cluster import ClusterTaskRunner
+
+    # a cluster source: one SyncTaskRunner per master shard, in threads (sync/cluster.py)
+    runner: SyncTaskRunner | ClusterTaskRunner = (
+        ClusterTaskRunner(task, tls)
+        if isinstance(task.source, ClusterSource)
+        else SyncTaskRunner(task, tls)
+    )
 
     def on_signal(signum: int, frame: object) -> None:
         log.info("task %s: stopping (signal %d)", task.name, signum)

@@ -22,6 +22,7 @@ SyncStore keeps the newest view per task for the exporter and `replwatch sync st
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -30,12 +31,21 @@ from typing import Any, Generic, TypeVar
 
 import hiredis
 
-from replwatch.config import Config, RedisEndpoint, SyncTask, TLSConfig
+from replwatch.config import ClusterSource, Config, RedisEndpoint, SyncTask, TLSConfig
 from replwatch.errors import ProtocolFailure, RedisError, TimeoutFailure
 from replwatch.lag.offset_clock import OffsetClock
 from replwatch.observe.connection import Command, Connection, classify_reply_error
 from replwatch.observe.info import ReplicationInfo, parse_replication
 from replwatch.sync.checkpoint import CHECKPOINT_DB, STATES, Checkpoint, checkpoint_key
+from replwatch.sync.sources import (
+    Locator,
+    cluster_shards,
+    shard_locator,
+    shard_task,
+    source_locator,
+)
+
+log = logging.getLogger("replwatch.sync.watch")
 
 UNKNOWN_STATE = "unknown"
 # every value SyncTaskView.state can take (replwatch_sync_state exports one series each)
@@ -215,12 +225,22 @@ def build_view(
 
 class _Link:
     """One connection to one node, opened on first use and reopened on the next use after
-    it failed. Each use is bounded by `timeout`, connect and AUTH included."""
+    it failed. Each use is bounded by `timeout`, connect and AUTH included. With `locate`
+    (a Sentinel or cluster source) the node is looked up again at every (re)open."""
 
-    def __init__(self, endpoint: RedisEndpoint, timeout: float, tls: TLSConfig | None) -> None:
+    def __init__(
+        self,
+        endpoint: RedisEndpoint,
+        timeout: float,
+        tls: TLSConfig | None,
+        locate: Locator | None = None,
+        label: str | None = None,
+    ) -> None:
         self.endpoint = endpoint
+        self.label = label or endpoint.label
         self.timeout = timeout
         self.tls = tls
+        self.locate = locate
         self._conn: Connection | None = None
 
     async def run(self, commands: Sequence[Command]) -> list[Any]:
@@ -229,9 +249,7 @@ class _Link:
             replies = await asyncio.wait_for(self._run(commands), self.timeout)
         except TimeoutError:
             self.close()  # the stream position is unknown
-            raise TimeoutFailure(
-                f"no answer from {self.endpoint.label} within {self.timeout:g}s"
-            ) from None
+            raise TimeoutFailure(f"no answer from {self.label} within {self.timeout:g}s") from None
         for reply in replies:
             if isinstance(reply, hiredis.ReplyError):
                 raise classify_reply_error(str(reply))
@@ -241,6 +259,9 @@ class _Link:
         conn = self._conn
         if conn is None or conn.closed:
             self._conn = None
+            if self.locate is not None:
+                # blocking lookups (a few short requests): off the event loop
+                self.endpoint = await asyncio.to_thread(self.locate)
             conn = await Connection.open(self.endpoint, self.timeout, self.tls)
             self._conn = conn
         return await conn.execute(commands, self.timeout, raise_errors=False)
@@ -249,6 +270,20 @@ class _Link:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+def _source_link(
+    task: SyncTask, timeout: float, tls: TLSConfig | None, locate: Locator | None
+) -> _Link:
+    """The watcher's link to the task's source: its URL, or the node `locate` (by default
+    the master the Sentinels name) finds at every reconnect."""
+    source = task.source
+    if isinstance(source, RedisEndpoint):
+        return _Link(source, timeout, tls, locate)
+    if locate is None:
+        locate = source_locator(source, tls, timeout)
+    # a placeholder until the first lookup (its label is the source's stable label)
+    return _Link(source.at("0.0.0.0", 1), timeout, tls, locate, label=source.label)
 
 
 async def _read_side(link: _Link, command: Command, parse: Callable[[Any], T]) -> SideRead[T]:
@@ -278,6 +313,7 @@ class SyncWatcher:
         clock: OffsetClock | None = None,
         stale_after: float = DEFAULT_STALE_AFTER,
         wall_clock: Callable[[], float] = time.time,
+        locate: Locator | None = None,
     ) -> None:
         self.task = task
         self.timeout = timeout
@@ -285,7 +321,7 @@ class SyncWatcher:
         self.clock = clock if clock is not None else OffsetClock()
         self._wall = wall_clock
         effective_tls = task.tls or tls
-        self._source = _Link(task.source, timeout, effective_tls)
+        self._source = _source_link(task, timeout, effective_tls, locate)
         target = task.target.model_copy(update={"db": CHECKPOINT_DB})
         self._target = _Link(target, timeout, effective_tls)
         self._hgetall: Command = ("HGETALL", checkpoint_key(task.name))
@@ -305,6 +341,9 @@ class SyncWatcher:
             ),
         )
         info = source.value
+        if info is not None and info.is_replica and self._source.locate is not None:
+            # the node found before a failover is a replica now: find the master next poll
+            self._source.close()
         if info is not None:
             self.clock.observe(info.master_repl_offset, source.at, info.replid, info.replid2)
         now = time.monotonic()
@@ -324,19 +363,41 @@ class SyncWatcher:
         self._target.close()
 
 
-def build_sync_watchers(cfg: Config, stale_after: float = DEFAULT_STALE_AFTER) -> list[SyncWatcher]:
-    """One watcher per configured task, with the poll timeout, TLS and offset clock size of
-    the config."""
+def task_watchers(
+    cfg: Config, task: SyncTask, stale_after: float = DEFAULT_STALE_AFTER
+) -> list[SyncWatcher]:
+    """The watchers of one task: one; for a cluster source one per master shard found now
+    (task `<name>@<shard>`, its own checkpoint and series; none while the cluster cannot be
+    discovered: a blocking lookup bounded by the poll timeout per startup node)."""
+    tls = task.tls or cfg.tls
+
+    def clock() -> OffsetClock:
+        return OffsetClock(cfg.lag.offset_clock_window, cfg.lag.offset_clock_max_points)
+
+    if not isinstance(task.source, ClusterSource):
+        return [SyncWatcher(task, cfg.poll.timeout, cfg.tls, clock(), stale_after)]
+    try:
+        shards = cluster_shards(task.source, tls, cfg.poll.timeout)
+    except (RedisError, OSError) as exc:
+        log.warning("sync task %s: cannot discover the cluster's shards: %s", task.name, exc)
+        return []
     return [
         SyncWatcher(
-            task,
+            shard_task(task, shard.shard_id),
             cfg.poll.timeout,
             cfg.tls,
-            OffsetClock(cfg.lag.offset_clock_window, cfg.lag.offset_clock_max_points),
+            clock(),
             stale_after,
+            locate=shard_locator(task.source, shard.shard_id, tls, cfg.poll.timeout),
         )
-        for task in cfg.sync.tasks
+        for shard in shards
     ]
+
+
+def build_sync_watchers(cfg: Config, stale_after: float = DEFAULT_STALE_AFTER) -> list[SyncWatcher]:
+    """The watchers of every configured task (task_watchers), with the poll timeout, TLS and
+    offset clock size of the config."""
+    return [w for task in cfg.sync.tasks for w in task_watchers(cfg, task, stale_after)]
 
 
 # --------------------------------------------------------------------------- store
@@ -355,11 +416,14 @@ class SyncStore:
         """Declare the tasks that exist; views of other tasks are dropped (now and later)."""
         with self._lock:
             self._expected = frozenset(names)
-            self._views = {k: v for k, v in self._views.items() if k in self._expected}
+            self._views = {
+                k: v for k, v in self._views.items() if k.partition("@")[0] in self._expected
+            }
 
     def put(self, view: SyncTaskView) -> None:
         with self._lock:
-            if view.task not in self._expected:
+            # a cluster task's shards report as `<task>@<shard>`
+            if view.task.partition("@")[0] not in self._expected:
                 return
             views = dict(self._views)
             views[view.task] = view
@@ -375,7 +439,8 @@ class SyncStore:
     def ready(self) -> bool:
         """Every expected task has been polled at least once (True when none is expected)."""
         views = self._views
-        return all(k in views for k in self._expected)
+        seen = {k.partition("@")[0] for k in views}
+        return all(k in seen for k in self._expected)
 
 
 async def poll_into(watchers: Sequence[SyncWatcher], store: SyncStore) -> list[SyncTaskView]:
