@@ -238,6 +238,10 @@ class SyncTaskRunner:
         if self.task.existing_keys == "overwrite":
             return True  # never deletes: keys the source does not have stay on the target
         ours_before = checkpoint is not None and checkpoint.full_resyncs > 0
+        if ours_before and self.task.pair is not None:
+            # a pair's target holds its own live data too (and a FLUSHALL would be copied
+            # back to the other side): a new full sync overwrites, it never flushes
+            return True
         if ours_before:
             # the target holds this task's copy: a new full sync replaces it whole, so keys
             # deleted on the source meanwhile go too
@@ -291,9 +295,12 @@ class SyncTaskRunner:
             reply.replid,
             reply.offset,
         )
-        replace = self._prepare_target(target, checkpoint)
-        started_at = now_ms()
         resyncs = (checkpoint.full_resyncs if checkpoint else 0) + 1
+        # snapshot: skip holds for the first full sync only, until it completes (it counts
+        # in full_resyncs only then, so an interrupted skip is skipped again on retry)
+        skip = task.snapshot == "skip" and resyncs == 1
+        replace = False if skip else self._prepare_target(target, checkpoint)
+        started_at = now_ms()
         target.select(CHECKPOINT_DB)
         target.call("HDEL", self.key, "full_sync_finished_at")
         target.call(
@@ -309,7 +316,7 @@ class SyncTaskRunner:
             "full_sync_started_at",
             started_at,
             "full_resyncs",
-            resyncs,
+            resyncs - 1 if skip else resyncs,
             "rdb_bytes_loaded",
             0,
             "keys_loaded",
@@ -321,6 +328,10 @@ class SyncTaskRunner:
         )
         payload = source.payload()
         target.call("HSET", self.key, "rdb_bytes_total", payload.length or 0)
+        if skip:
+            self._skip_snapshot(payload, target, reply)
+            source.ack(reply.offset)  # a diskless source waits for it (see below)
+            return
         caps = TargetCaps.of(restore_target_from_info(target.info))
         loader = _SnapshotLoader(self, target, caps, replace)
         source.settimeout(self.io_timeout)
@@ -395,6 +406,42 @@ class SyncTaskRunner:
         # a diskless source waits for this first ACK before it streams commands
         source.ack(reply.offset)
 
+    def _skip_snapshot(self, payload: RdbPayload, target: TargetLink, reply: FullResync) -> None:
+        """snapshot: skip (a first full sync only): read the snapshot to its end, write
+        nothing of it; the stream after it is applied as usual."""
+        log.info("task %s: snapshot: skip: the snapshot is read, not loaded", self.task.name)
+        while True:
+            if self.stopping:
+                raise RedisError("stopped during the full sync", reason="stopped")
+            try:
+                payload.read_some(1 << 20)
+            except EOFError:
+                break
+        payload.finish()
+        finished = now_ms()
+        target.select(CHECKPOINT_DB)
+        target.call(
+            "HSET",
+            self.key,
+            "state",
+            "incremental",
+            "replid",
+            reply.replid,
+            "offset",
+            reply.offset,
+            "full_sync_finished_at",
+            finished,
+            "rdb_bytes_loaded",
+            payload.loaded,
+            "full_resyncs",
+            1,
+            "snapshot_skipped",
+            1,
+            "updated_at",
+            finished,
+        )
+        self.counters.full_syncs += 1
+
     def _identity(self) -> list[Any]:
         return [
             "version",
@@ -466,7 +513,10 @@ class SyncTaskRunner:
 
 class _SnapshotLoader:
     """Applies snapshot keys in pipelined batches (no MULTI: a half-loaded snapshot is
-    never resumed, a restart loads it again) and reports progress into the checkpoint."""
+    never resumed, a restart loads it again) and reports progress into the checkpoint.
+    A task of a pair wraps every batch in `MULTI … HMSET <checkpoint> … EXEC` instead, so
+    the reverse task recognises the snapshot's writes in the target's stream and drops them
+    like the stream batches (nothing of a full sync echoes back)."""
 
     def __init__(
         self, runner: SyncTaskRunner, target: TargetLink, caps: TargetCaps, replace: bool
@@ -493,6 +543,7 @@ class _SnapshotLoader:
         self.payload: RdbPayload | None = None  # the snapshot being read (progress)
         self.batch_size = runner.task.batch_size
         self.batch_bytes = runner.task.batch_bytes
+        self.in_multi = runner.task.pair is not None
 
     def string_key(self, db: int, key: bytes, value: bytes) -> None:
         """A plain string without TTL, from the parser's loop (no event object)."""
@@ -613,6 +664,9 @@ class _SnapshotLoader:
     def flush(self) -> None:
         if not self.parts:
             return
+        if self.in_multi:
+            self._flush_marked()
+            return
         keys = self.keys_in_batch
         self.keys_sent += keys
         payload = b"".join(self.parts)
@@ -623,6 +677,58 @@ class _SnapshotLoader:
         )
         self.parts, self.expect, self.size, self.keys_in_batch = [], 0, 0, 0
         self.all_ok = True
+
+    def _flush_marked(self) -> None:
+        """The batch as `MULTI … <keys> … HMSET <checkpoint> keys_loaded … EXEC` (a pair
+        task): the checkpoint write marks the transaction as this task's. It is the last
+        write, so the stream of the target is back in the checkpoint's db after it."""
+        keys = self.keys_in_batch
+        self.keys_sent += keys
+        tail = []
+        if self.db != CHECKPOINT_DB:
+            tail.append(encode_command(("SELECT", CHECKPOINT_DB)))
+        tail.append(
+            encode_command(("HMSET", self.runner.key, "keys_loaded", self.keys_sent))
+        )
+        if self.db != CHECKPOINT_DB:
+            tail.append(encode_command(("SELECT", self.db)))
+        tail.append(encode_command(("EXEC",)))
+        queued = self.expect + len(tail) - 1
+        payload = b"".join([encode_command(("MULTI",)), *self.parts, *tail])
+        self.target.db = self.db
+        self.target.send(
+            payload,
+            Batch(
+                1 + queued + 1,
+                self._exec_checked(keys),
+                "snapshot",
+                prefix=OK_REPLY + QUEUED_REPLY * queued,
+                tail=1,
+            ),
+        )
+        self.parts, self.expect, self.size, self.keys_in_batch = [], 0, 0, 0
+        self.all_ok = True
+
+    def _exec_checked(self, keys: int) -> Callable[[list[Any]], None]:
+        """A marked batch's replies: its last one is EXEC's (the others, when present,
+        are +OK / +QUEUED or the error that aborted the transaction)."""
+
+        def done(replies: list[Any]) -> None:
+            exec_reply = replies[-1]
+            if isinstance(exec_reply, list):
+                failed = [r for r in exec_reply if isinstance(r, hiredis.ReplyError)]
+            else:
+                failed = [r for r in replies if isinstance(r, hiredis.ReplyError)] or [
+                    exec_reply
+                ]
+            if failed:
+                raise TargetRejected(
+                    f"target {self.runner.task.target.label} refused a snapshot write: "
+                    f"{str(failed[0])[:200]}"
+                )
+            self.keys_loaded += keys
+
+        return done
 
     def _checked(self, keys: int) -> Callable[[list[Any]], None]:
         def done(replies: list[Any]) -> None:
@@ -708,6 +814,7 @@ class _StreamApplier:
         self.tx_size = 0
         self.tx_run_start = self.tx_run_end = -1
         self.tx_dropped = False
+        self.tx_db = self.db  # the db selected when the open transaction began
         self.sent_offset = offset  # what the last batch sent ends at
         self.full_sync_started_at: int | None = None
         self.full_sync_finished_at: int | None = None
@@ -822,6 +929,7 @@ class _StreamApplier:
         if name == b"MULTI":
             self.in_tx = True
             self.tx_dropped = False
+            self.tx_db = self.db
             self.tx_parts, self.tx_count, self.tx_size = [], 0, 0
             self.tx_run_start = self.tx_run_end = -1
             return False
@@ -830,6 +938,12 @@ class _StreamApplier:
             self.in_tx = False
             if self.tx_dropped:
                 self.runner.counters.transactions_dropped += 1
+                if self.db != self.tx_db:
+                    # its SELECTs are dropped with it, and the stream goes on in the db it
+                    # left selected without repeating a SELECT: say it to the target
+                    self._close_run()
+                    self.parts.append(encode_command(("SELECT", self.db)))
+                    self.count += 1
             else:
                 self._close_run()
                 self.parts.extend(self.tx_parts)
