@@ -76,6 +76,16 @@ _COLLECTIONS = frozenset(("list", "set", "zset", "hash", "stream"))
 _OK_COMMAND_HEADS = (b"$3\r\nSET\r\n", b"$7\r\nRESTORE\r\n")
 
 
+# a pair task's checkpoint-only write, kept out of the replication stream (written to the AOF
+# only); redis.replicate_commands() is needed before set_repl on Redis < 7 and a no-op after
+_UNREPLICATED_HSET = (
+    "if redis.replicate_commands then redis.replicate_commands() end "
+    "redis.set_repl(redis.REPL_AOF) "
+    "redis.call('HSET', KEYS[1], unpack(ARGV)) "
+    "return 1"
+)
+
+
 class FatalTaskError(ReplwatchError):
     """A problem that retrying cannot fix: the task stops (state failed)."""
 
@@ -944,6 +954,12 @@ class _StreamApplier:
                     self._close_run()
                     self.parts.append(encode_command(("SELECT", self.db)))
                     self.count += 1
+            elif self.tx_count == 0 and self.pair_key is not None:
+                # an empty transaction: all Redis 6.2 replicates of the reverse task's
+                # unreplicated position write (_flush_position). Passing it writes no
+                # position of ours, else the two tasks would answer each other for ever;
+                # the next batch's position covers it.
+                return False
             else:
                 self._close_run()
                 self.parts.extend(self.tx_parts)
@@ -1001,12 +1017,34 @@ class _StreamApplier:
         end = self.batch_offset
         if not self.parts and not force and end <= self.sent_offset:
             return
+        if not self.parts and self.pair_key is not None:
+            self._flush_position(end)
+            return
         runner = self.runner
         count = self.count
         head = [encode_command(("MULTI",))]
         tail: list[bytes] = []
         if self.db != CHECKPOINT_DB:
             tail.append(encode_command(("SELECT", CHECKPOINT_DB)))
+        fields = self._checkpoint_fields(end)
+        tail.append(encode_command(("HSET", runner.key, *fields)))
+        tail.append(encode_command(("HINCRBY", runner.key, "applied_commands", count)))
+        if self.db != CHECKPOINT_DB:
+            tail.append(encode_command(("SELECT", self.db)))
+        tail.append(encode_command(("EXEC",)))
+        payload = b"".join(head + self.parts + tail)
+        expect = 1 + count + len(tail)
+        self.target.db = self.db
+        self.sent_offset = end
+        # MULTI's +OK, a +QUEUED per command, then EXEC's array
+        prefix = OK_REPLY + QUEUED_REPLY * (count + len(tail) - 1)
+        self.target.send(
+            payload, Batch(expect, self._done(end, count), "stream", prefix=prefix, tail=1)
+        )
+        self.parts, self.count, self.size = [], 0, 0
+
+    def _checkpoint_fields(self, end: int) -> list[Any]:
+        runner = self.runner
         fields: list[Any] = [
             "state",
             "incremental",
@@ -1027,21 +1065,38 @@ class _StreamApplier:
             fields += ["full_sync_finished_at", self.full_sync_finished_at]
         if self.full_sync_started_at is not None:
             fields += ["full_sync_started_at", self.full_sync_started_at]
-        tail.append(encode_command(("HSET", runner.key, *fields)))
-        tail.append(encode_command(("HINCRBY", runner.key, "applied_commands", count)))
+        return fields
+
+    def _flush_position(self, end: int) -> None:
+        """A pair task's checkpoint-only write (nothing applied since the last batch: only
+        the reverse task's echoes, its checkpoint writes, PINGs): written by a script that
+        keeps it out of the target's replication stream (redis.set_repl), else the reverse
+        task would see it, record its own position past it, and the two would write each
+        other's position for ever. The target's own replicas miss it too, which is safe: an
+        older checkpoint there only re-reads stream bytes that are all dropped again."""
+        tail: list[bytes] = []
+        if self.db != CHECKPOINT_DB:
+            tail.append(encode_command(("SELECT", CHECKPOINT_DB)))
+        fields = self._checkpoint_fields(end)
+        tail.append(encode_command(("EVAL", _UNREPLICATED_HSET, 1, self.runner.key, *fields)))
         if self.db != CHECKPOINT_DB:
             tail.append(encode_command(("SELECT", self.db)))
-        tail.append(encode_command(("EXEC",)))
-        payload = b"".join(head + self.parts + tail)
-        expect = 1 + count + len(tail)
         self.target.db = self.db
         self.sent_offset = end
-        # MULTI's +OK, a +QUEUED per command, then EXEC's array
-        prefix = OK_REPLY + QUEUED_REPLY * (count + len(tail) - 1)
-        self.target.send(
-            payload, Batch(expect, self._done(end, count), "stream", prefix=prefix, tail=1)
-        )
-        self.parts, self.count, self.size = [], 0, 0
+        self.target.send(b"".join(tail), Batch(len(tail), self._position_done(end), "position"))
+
+    def _position_done(self, end: int) -> Callable[[list[Any]], None]:
+        def done(replies: list[Any]) -> None:
+            failed = [r for r in replies if isinstance(r, hiredis.ReplyError)]
+            if failed:
+                raise TargetRejected(
+                    f"target {self.runner.task.target.label} refused the checkpoint write of "
+                    f"a pair task (it needs EVAL): {str(failed[0])[:200]}"
+                )
+            self.applied = end
+            self.runner.offset = end
+
+        return done
 
     def _done(self, end: int, count: int) -> Callable[[list[Any]], None]:
         def done(replies: list[Any]) -> None:
