@@ -1015,26 +1015,29 @@ class _StreamApplier:
         recorded offset (`force`, or when the position moved)."""
         self._close_run()
         end = self.batch_offset
+        # the db the stream has at `end`: a transaction read in part (its SELECTs seen, its
+        # EXEC not yet) is not in this batch, so neither is the db it switched to
+        db = self.tx_db if self.in_tx else self.db
         if not self.parts and not force and end <= self.sent_offset:
             return
         if not self.parts and self.pair_key is not None:
-            self._flush_position(end)
+            self._flush_position(end, db)
             return
         runner = self.runner
         count = self.count
         head = [encode_command(("MULTI",))]
         tail: list[bytes] = []
-        if self.db != CHECKPOINT_DB:
+        if db != CHECKPOINT_DB:
             tail.append(encode_command(("SELECT", CHECKPOINT_DB)))
-        fields = self._checkpoint_fields(end)
+        fields = self._checkpoint_fields(end, db)
         tail.append(encode_command(("HSET", runner.key, *fields)))
         tail.append(encode_command(("HINCRBY", runner.key, "applied_commands", count)))
-        if self.db != CHECKPOINT_DB:
-            tail.append(encode_command(("SELECT", self.db)))
+        if db != CHECKPOINT_DB:
+            tail.append(encode_command(("SELECT", db)))
         tail.append(encode_command(("EXEC",)))
         payload = b"".join(head + self.parts + tail)
         expect = 1 + count + len(tail)
-        self.target.db = self.db
+        self.target.db = db
         self.sent_offset = end
         # MULTI's +OK, a +QUEUED per command, then EXEC's array
         prefix = OK_REPLY + QUEUED_REPLY * (count + len(tail) - 1)
@@ -1043,7 +1046,7 @@ class _StreamApplier:
         )
         self.parts, self.count, self.size = [], 0, 0
 
-    def _checkpoint_fields(self, end: int) -> list[Any]:
+    def _checkpoint_fields(self, end: int, db: int) -> list[Any]:
         runner = self.runner
         fields: list[Any] = [
             "state",
@@ -1053,7 +1056,7 @@ class _StreamApplier:
             "offset",
             end,
             "db",
-            self.db,
+            db,
             "updated_at",
             now_ms(),
         ]
@@ -1067,7 +1070,7 @@ class _StreamApplier:
             fields += ["full_sync_started_at", self.full_sync_started_at]
         return fields
 
-    def _flush_position(self, end: int) -> None:
+    def _flush_position(self, end: int, db: int) -> None:
         """A pair task's checkpoint-only write (nothing applied since the last batch: only
         the reverse task's echoes, its checkpoint writes, PINGs): written by a script that
         keeps it out of the target's replication stream (redis.set_repl), else the reverse
@@ -1075,13 +1078,13 @@ class _StreamApplier:
         other's position for ever. The target's own replicas miss it too, which is safe: an
         older checkpoint there only re-reads stream bytes that are all dropped again."""
         tail: list[bytes] = []
-        if self.db != CHECKPOINT_DB:
+        if db != CHECKPOINT_DB:
             tail.append(encode_command(("SELECT", CHECKPOINT_DB)))
-        fields = self._checkpoint_fields(end)
+        fields = self._checkpoint_fields(end, db)
         tail.append(encode_command(("EVAL", _UNREPLICATED_HSET, 1, self.runner.key, *fields)))
-        if self.db != CHECKPOINT_DB:
-            tail.append(encode_command(("SELECT", self.db)))
-        self.target.db = self.db
+        if db != CHECKPOINT_DB:
+            tail.append(encode_command(("SELECT", db)))
+        self.target.db = db
         self.sent_offset = end
         self.target.send(b"".join(tail), Batch(len(tail), self._position_done(end), "position"))
 
