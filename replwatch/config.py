@@ -576,7 +576,14 @@ class SyncTask(_Strict):
     name: str
     source: SyncSource
     target: Endpoint
-    pair: str | None = None  # the reverse task of a bidirectional pair (issue 5)
+    # the reverse task of a bidirectional pair: the source's transactions that carry that
+    # task's checkpoint write are its echoes and are dropped whole (README "Bidirectional
+    # sync (pairs)")
+    pair: str | None = None
+    # the first full sync's snapshot: load it into the target, or skip it (read from the
+    # source, nothing written; only the stream after it is applied) — the second task of a
+    # pair brought up on a source that already holds a copy of the target's data
+    snapshot: Literal["load", "skip"] = "load"
     # start with a full sync even when the checkpoint could be continued
     afresh: bool = False
     # a first full sync into a target that already holds keys: refuse (default), flush the
@@ -635,6 +642,16 @@ class SyncTask(_Strict):
                 "reconnect", "reconnect_max: must not be less than reconnect_min"
             )
         self._db_map_one_to_one()
+        if self.pair is not None and self.existing_keys == "flush":
+            # the FLUSHALL would reach the reverse task's stream and wipe the other side too
+            raise PydanticCustomError(
+                "pair_flush",
+                "existing_keys: flush cannot be used with pair (a pair task never flushes "
+                "its target: the flush would be copied back and wipe the other side); use "
+                "refuse or overwrite",
+            )
+        if self.pair is not None and self.pair == self.name:
+            raise PydanticCustomError("pair_self", "pair: must name the reverse task, not itself")
         return self
 
     def _db_map_one_to_one(self) -> None:

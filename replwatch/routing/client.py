@@ -18,6 +18,10 @@ Rules:
   double read of the seeds' redisdual) — for keys that may not have replicated yet.
 - Sessions: after `session.write(...)` the session's reads use only replicas whose applied
   offset (as published) has reached the master's offset after that write; else the master.
+- Without a published table: `ReadRouter.local_first(local_copy, read_write)` always reads
+  the local copy first and falls back to the read-write Redis on a miss or an error — the
+  seeds' double-read layout (per datacenter a read-write Redis plus a read-only copy of the
+  other datacenter fed by a sync task; README "Bidirectional sync (pairs)").
 """
 
 from __future__ import annotations
@@ -55,7 +59,7 @@ class ReadRouter:
     def __init__(
         self,
         group: str,
-        table_client: redis.Redis,
+        table_client: redis.Redis | None,
         master: redis.Redis,
         replica_factory: Callable[[str], redis.Redis],
         key: str = "replwatch:routing",
@@ -63,7 +67,12 @@ class ReadRouter:
         max_staleness: float = 10.0,
         fallback_on_miss: bool = False,
         clock: Callable[[], float] = time.monotonic,
+        fixed_read_from: tuple[str, ...] | None = None,
     ) -> None:
+        """`fixed_read_from`: read from these replicas (labels for `replica_factory`)
+        always, with no table (then `table_client` may be None)."""
+        if table_client is None and fixed_read_from is None:
+            raise ValueError("a ReadRouter needs a table_client or fixed_read_from")
         self.group = group
         self.table_client = table_client
         self.master = master
@@ -81,6 +90,27 @@ class ReadRouter:
         self._pubsub: Any = None
         self._thread: Any = None
         self.stats = RouterStats()
+        self._fixed = (
+            None
+            if fixed_read_from is None
+            else _Table(fixed_read_from, {}, reads_on_master=False, degraded=False)
+        )
+
+    @classmethod
+    def local_first(
+        cls, local: redis.Redis, read_write: redis.Redis, group: str = "local"
+    ) -> ReadRouter:
+        """The double read without a routing table: every read goes to `local` (the
+        datacenter's read-only copy of the other side), and a nil answer or an error is
+        read again from `read_write` (this side's own Redis); writes go to `read_write`."""
+        return cls(
+            group,
+            None,
+            read_write,
+            lambda label: local,
+            fallback_on_miss=True,
+            fixed_read_from=("local",),
+        )
 
     @classmethod
     def from_url(
@@ -129,13 +159,18 @@ class ReadRouter:
 
     def refresh(self) -> bool:
         """Read the table from its key now."""
+        if self.table_client is None:
+            return False
         try:
             return self.apply_document(self.table_client.get(self.key))
         except redis.RedisError:
             return False
 
     def start(self) -> None:
-        """Load the table and follow the channel in a background thread."""
+        """Load the table and follow the channel in a background thread (nothing to do
+        with a fixed read_from)."""
+        if self.table_client is None:
+            return
         self.refresh()
         self._pubsub = self.table_client.pubsub(ignore_subscribe_messages=True)
         self._pubsub.subscribe(**{self.channel: self._on_message})
@@ -154,6 +189,8 @@ class ReadRouter:
             self._pubsub = None
 
     def fresh_table(self) -> _Table | None:
+        if self._fixed is not None:
+            return self._fixed
         with self._lock:
             if self._table is None or self._received_at is None:
                 return None

@@ -31,6 +31,8 @@ strings; times are unix milliseconds of the syncer's clock):
     keys_total               keys in the snapshot (sum of its RESIZEDB hints; 0 if absent)
     keys_loaded              keys applied so far
     skipped_keys             keys not applied (module types with on_module_key: skip)
+    snapshot_skipped         1: the first full sync's snapshot was read, not loaded
+                             (snapshot: skip)
     last_error               the last error that stopped or restarted the task (no secrets)
     pid, host                the process that writes it
     lease_holder, lease_token, lease_until

@@ -89,6 +89,16 @@ _SELECT = b"SELECT"
 MIXED_KEYS_WARN_EVERY = 60.0
 
 
+# a pair task's checkpoint-only write, kept out of the replication stream (written to the AOF
+# only); redis.replicate_commands() is needed before set_repl on Redis < 7 and a no-op after
+_UNREPLICATED_HSET = (
+    "if redis.replicate_commands then redis.replicate_commands() end "
+    "redis.set_repl(redis.REPL_AOF) "
+    "redis.call('HSET', KEYS[1], unpack(ARGV)) "
+    "return 1"
+)
+
+
 class FatalTaskError(ReplwatchError):
     """A problem that retrying cannot fix: the task stops (state failed)."""
 
@@ -360,6 +370,10 @@ class SyncTaskRunner:
         if self.task.existing_keys == "overwrite":
             return True  # never deletes: keys the source does not have stay on the target
         ours_before = checkpoint is not None and checkpoint.full_resyncs > 0
+        if ours_before and self.task.pair is not None:
+            # a pair's target holds its own live data too (and a FLUSHALL would be copied
+            # back to the other side): a new full sync overwrites, it never flushes
+            return True
         if ours_before:
             # the target holds this task's copy: a new full sync replaces it whole, so keys
             # deleted on the source meanwhile go too
@@ -413,9 +427,12 @@ class SyncTaskRunner:
             reply.replid,
             reply.offset,
         )
-        replace = self._prepare_target(target, checkpoint)
-        started_at = now_ms()
         resyncs = (checkpoint.full_resyncs if checkpoint else 0) + 1
+        # snapshot: skip holds for the first full sync only, until it completes (it counts
+        # in full_resyncs only then, so an interrupted skip is skipped again on retry)
+        skip = task.snapshot == "skip" and resyncs == 1
+        replace = False if skip else self._prepare_target(target, checkpoint)
+        started_at = now_ms()
         target.select(CHECKPOINT_DB)
         target.write("HDEL", self.key, "full_sync_finished_at")
         target.write(
@@ -431,7 +448,7 @@ class SyncTaskRunner:
             "full_sync_started_at",
             started_at,
             "full_resyncs",
-            resyncs,
+            resyncs - 1 if skip else resyncs,
             "rdb_bytes_loaded",
             0,
             "keys_loaded",
@@ -443,6 +460,10 @@ class SyncTaskRunner:
         )
         payload = source.payload()
         target.write("HSET", self.key, "rdb_bytes_total", payload.length or 0)
+        if skip:
+            self._skip_snapshot(payload, target, reply)
+            source.ack(reply.offset)  # a diskless source waits for it (see below)
+            return
         caps = TargetCaps.of(restore_target_from_info(target.info))
         loader = _SnapshotLoader(self, target, caps, replace)
         source.settimeout(self.io_timeout)
@@ -516,6 +537,42 @@ class SyncTaskRunner:
         )
         # a diskless source waits for this first ACK before it streams commands
         source.ack(reply.offset)
+
+    def _skip_snapshot(self, payload: RdbPayload, target: TargetLink, reply: FullResync) -> None:
+        """snapshot: skip (a first full sync only): read the snapshot to its end, write
+        nothing of it; the stream after it is applied as usual."""
+        log.info("task %s: snapshot: skip: the snapshot is read, not loaded", self.task.name)
+        while True:
+            if self.stopping:
+                raise RedisError("stopped during the full sync", reason="stopped")
+            try:
+                payload.read_some(1 << 20)
+            except EOFError:
+                break
+        payload.finish()
+        finished = now_ms()
+        target.select(CHECKPOINT_DB)
+        target.write(
+            "HSET",
+            self.key,
+            "state",
+            "incremental",
+            "replid",
+            reply.replid,
+            "offset",
+            reply.offset,
+            "full_sync_finished_at",
+            finished,
+            "rdb_bytes_loaded",
+            payload.loaded,
+            "full_resyncs",
+            1,
+            "snapshot_skipped",
+            1,
+            "updated_at",
+            finished,
+        )
+        self.counters.full_syncs += 1
 
     def _identity(self) -> list[Any]:
         return [
@@ -592,7 +649,10 @@ class SyncTaskRunner:
 
 class _SnapshotLoader:
     """Applies snapshot keys in pipelined batches (no MULTI: a half-loaded snapshot is
-    never resumed, a restart loads it again) and reports progress into the checkpoint."""
+    never resumed, a restart loads it again) and reports progress into the checkpoint.
+    A task of a pair wraps every batch in `MULTI … HMSET <checkpoint> … EXEC` instead, so
+    the reverse task recognises the snapshot's writes in the target's stream and drops them
+    like the stream batches (nothing of a full sync echoes back)."""
 
     def __init__(
         self, runner: SyncTaskRunner, target: TargetLink, caps: TargetCaps, replace: bool
@@ -625,6 +685,7 @@ class _SnapshotLoader:
         self.payload: RdbPayload | None = None  # the snapshot being read (progress)
         self.batch_size = runner.task.batch_size
         self.batch_bytes = runner.task.batch_bytes
+        self.in_multi = runner.task.pair is not None
 
     def string_key(self, db: int, key: bytes, value: bytes) -> None:
         """A plain string without TTL, from the parser's loop (no event object)."""
@@ -780,6 +841,9 @@ class _SnapshotLoader:
             self._filtered_counts()
         if not self.parts:
             return
+        if self.in_multi:
+            self._flush_marked()
+            return
         keys = self.keys_in_batch
         self.keys_sent += keys
         payload = b"".join(self.parts)
@@ -790,6 +854,58 @@ class _SnapshotLoader:
         )
         self.parts, self.expect, self.size, self.keys_in_batch = [], 0, 0, 0
         self.all_ok = True
+
+    def _flush_marked(self) -> None:
+        """The batch as `MULTI … <keys> … HMSET <checkpoint> keys_loaded … EXEC` (a pair
+        task): the checkpoint write marks the transaction as this task's. It is the last
+        write, so the stream of the target is back in the checkpoint's db after it."""
+        keys = self.keys_in_batch
+        self.keys_sent += keys
+        tail = []
+        if self.db != CHECKPOINT_DB:
+            tail.append(encode_command(("SELECT", CHECKPOINT_DB)))
+        tail.append(
+            encode_command(("HMSET", self.runner.key, "keys_loaded", self.keys_sent))
+        )
+        if self.db != CHECKPOINT_DB:
+            tail.append(encode_command(("SELECT", self.db)))
+        tail.append(encode_command(("EXEC",)))
+        queued = self.expect + len(tail) - 1
+        payload = b"".join([encode_command(("MULTI",)), *self.parts, *tail])
+        self.target.db = self.db
+        self.target.send(
+            payload,
+            Batch(
+                1 + queued + 1,
+                self._exec_checked(keys),
+                "snapshot",
+                prefix=OK_REPLY + QUEUED_REPLY * queued,
+                tail=1,
+            ),
+        )
+        self.parts, self.expect, self.size, self.keys_in_batch = [], 0, 0, 0
+        self.all_ok = True
+
+    def _exec_checked(self, keys: int) -> Callable[[list[Any]], None]:
+        """A marked batch's replies: its last one is EXEC's (the others, when present,
+        are +OK / +QUEUED or the error that aborted the transaction)."""
+
+        def done(replies: list[Any]) -> None:
+            exec_reply = replies[-1]
+            if isinstance(exec_reply, list):
+                failed = [r for r in exec_reply if isinstance(r, hiredis.ReplyError)]
+            else:
+                failed = [r for r in replies if isinstance(r, hiredis.ReplyError)] or [
+                    exec_reply
+                ]
+            if failed:
+                raise TargetRejected(
+                    f"target {self.runner.task.target.label} refused a snapshot write: "
+                    f"{str(failed[0])[:200]}"
+                )
+            self.keys_loaded += keys
+
+        return done
 
     def _checked(self, keys: int) -> Callable[[list[Any]], None]:
         def done(replies: list[Any]) -> None:
@@ -875,6 +991,7 @@ class _StreamApplier:
         self.tx_size = 0
         self.tx_run_start = self.tx_run_end = -1
         self.tx_dropped = False
+        self.tx_db = self.db  # the db selected when the open transaction began
         self.sent_offset = offset  # what the last batch sent ends at
         self.full_sync_started_at: int | None = None
         self.full_sync_finished_at: int | None = None
@@ -1105,6 +1222,7 @@ class _StreamApplier:
             self.in_tx = True
             self.tx_dropped = False
             self.tx_filtered = {}
+            self.tx_db = self.db
             self.tx_parts, self.tx_count, self.tx_size = [], 0, 0
             self.tx_run_start = self.tx_run_end = -1
             return False
@@ -1113,6 +1231,18 @@ class _StreamApplier:
             self.in_tx = False
             if self.tx_dropped:
                 self.runner.counters.transactions_dropped += 1
+                if self.db != self.tx_db:
+                    # its SELECTs are dropped with it, and the stream goes on in the db it
+                    # left selected without repeating a SELECT: say it to the target
+                    self._close_run()
+                    self.parts.append(encode_command(("SELECT", self.db)))
+                    self.count += 1
+            elif self.tx_count == 0 and self.pair_key is not None:
+                # an empty transaction: all Redis 6.2 replicates of the reverse task's
+                # unreplicated position write (_flush_position). Passing it writes no
+                # position of ours, else the two tasks would answer each other for ever;
+                # the next batch's position covers it.
+                return False
             else:
                 if self.tx_filtered:
                     for reason, count in self.tx_filtered.items():
@@ -1172,14 +1302,43 @@ class _StreamApplier:
         recorded offset (`force`, or when the position moved)."""
         self._close_run()
         end = self.batch_offset
+        # the db the stream has at `end`: a transaction read in part (its SELECTs seen, its
+        # EXEC not yet) is not in this batch, so neither is the db it switched to
+        db = self.tx_db if self.in_tx else self.db
         if not self.parts and not force and end <= self.sent_offset:
+            return
+        if not self.parts and self.pair_key is not None:
+            self._flush_position(end, db)
             return
         runner = self.runner
         count = self.count
         head = [encode_command(("MULTI",))]
         tail: list[bytes] = []
-        if self.db != CHECKPOINT_DB:
+        if db != CHECKPOINT_DB:
             tail.append(encode_command(("SELECT", CHECKPOINT_DB)))
+        fields = self._checkpoint_fields(end, db)
+        tail.append(encode_command(("HSET", runner.key, *fields)))
+        tail.append(encode_command(("HINCRBY", runner.key, "applied_commands", count)))
+        if self.filter is not None:
+            for reason, dropped in self.filtered.items():
+                tail.append(encode_command(("HINCRBY", runner.key, f"filtered:{reason}", dropped)))
+            self.filtered = {}
+        if db != CHECKPOINT_DB:
+            tail.append(encode_command(("SELECT", db)))
+        tail.append(encode_command(("EXEC",)))
+        payload = b"".join(head + self.parts + tail)
+        expect = 1 + count + len(tail)
+        self.target.db = db
+        self.sent_offset = end
+        # MULTI's +OK, a +QUEUED per command, then EXEC's array
+        prefix = OK_REPLY + QUEUED_REPLY * (count + len(tail) - 1)
+        self.target.send(
+            payload, Batch(expect, self._done(end, count), "stream", prefix=prefix, tail=1)
+        )
+        self.parts, self.count, self.size = [], 0, 0
+
+    def _checkpoint_fields(self, end: int, db: int) -> list[Any]:
+        runner = self.runner
         fields: list[Any] = [
             "state",
             "incremental",
@@ -1188,7 +1347,7 @@ class _StreamApplier:
             "offset",
             end,
             "db",
-            self.db,
+            db,
             "updated_at",
             now_ms(),
         ]
@@ -1206,25 +1365,38 @@ class _StreamApplier:
             fields += ["full_sync_finished_at", self.full_sync_finished_at]
         if self.full_sync_started_at is not None:
             fields += ["full_sync_started_at", self.full_sync_started_at]
-        tail.append(encode_command(("HSET", runner.key, *fields)))
-        tail.append(encode_command(("HINCRBY", runner.key, "applied_commands", count)))
-        if self.filter is not None:
-            for reason, dropped in self.filtered.items():
-                tail.append(encode_command(("HINCRBY", runner.key, f"filtered:{reason}", dropped)))
-            self.filtered = {}
-        if self.db != CHECKPOINT_DB:
-            tail.append(encode_command(("SELECT", self.db)))
-        tail.append(encode_command(("EXEC",)))
-        payload = b"".join(head + self.parts + tail)
-        expect = 1 + count + len(tail)
-        self.target.db = self.db
+        return fields
+
+    def _flush_position(self, end: int, db: int) -> None:
+        """A pair task's checkpoint-only write (nothing applied since the last batch: only
+        the reverse task's echoes, its checkpoint writes, PINGs): written by a script that
+        keeps it out of the target's replication stream (redis.set_repl), else the reverse
+        task would see it, record its own position past it, and the two would write each
+        other's position for ever. The target's own replicas miss it too, which is safe: an
+        older checkpoint there only re-reads stream bytes that are all dropped again."""
+        tail: list[bytes] = []
+        if db != CHECKPOINT_DB:
+            tail.append(encode_command(("SELECT", CHECKPOINT_DB)))
+        fields = self._checkpoint_fields(end, db)
+        tail.append(encode_command(("EVAL", _UNREPLICATED_HSET, 1, self.runner.key, *fields)))
+        if db != CHECKPOINT_DB:
+            tail.append(encode_command(("SELECT", db)))
+        self.target.db = db
         self.sent_offset = end
-        # MULTI's +OK, a +QUEUED per command, then EXEC's array
-        prefix = OK_REPLY + QUEUED_REPLY * (count + len(tail) - 1)
-        self.target.send(
-            payload, Batch(expect, self._done(end, count), "stream", prefix=prefix, tail=1)
-        )
-        self.parts, self.count, self.size = [], 0, 0
+        self.target.send(b"".join(tail), Batch(len(tail), self._position_done(end), "position"))
+
+    def _position_done(self, end: int) -> Callable[[list[Any]], None]:
+        def done(replies: list[Any]) -> None:
+            failed = [r for r in replies if isinstance(r, hiredis.ReplyError)]
+            if failed:
+                raise TargetRejected(
+                    f"target {self.runner.task.target.label} refused the checkpoint write of "
+                    f"a pair task (it needs EVAL): {str(failed[0])[:200]}"
+                )
+            self.applied = end
+            self.runner.offset = end
+
+        return done
 
     def _done(self, end: int, count: int) -> Callable[[list[Any]], None]:
         def done(replies: list[Any]) -> None:
