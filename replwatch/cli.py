@@ -93,11 +93,18 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from replwatch.app import run_daemon
+    from replwatch.sync.task_state import TaskStateFile, state_dir_of
 
     cfg = _load(args.config)
-    if not cfg.groups and not cfg.sync.tasks:
+    if (
+        not cfg.groups
+        and not cfg.sync.tasks
+        and cfg.admin.token is None
+        and not TaskStateFile(state_dir_of(cfg, args.config)).load().created
+    ):
         raise ConfigError(
-            args.config, ["groups: at least one group (or one sync task) is needed to run"]
+            args.config,
+            ["groups: at least one group (or one sync task, or admin.token) is needed to run"],
         )
     run_daemon(cfg, config_path=args.config, log_level=args.log_level)
     return EXIT_OK
@@ -184,13 +191,18 @@ def _cmd_sync(args: argparse.Namespace) -> int:
         )
     if args.sync_command == "run":
         from replwatch.sync.task import run_task_foreground
+        from replwatch.sync.task_state import find_task
 
         cfg = _load(args.config)
-        task = cfg.sync.task(args.task)
+        task = find_task(cfg, args.config, args.task)  # config, else created through the API
         if task is None:
             names = ", ".join(t.name for t in cfg.sync.tasks) or "none"
             raise ConfigError(
-                args.config, [f"sync.tasks: no task named {args.task} (configured: {names})"]
+                args.config,
+                [
+                    f"sync.tasks: no task named {args.task} (configured: {names}; "
+                    "none created through the admin API either)"
+                ],
             )
         if args.afresh:
             task = task.model_copy(update={"afresh": True})
