@@ -103,7 +103,12 @@ class SyncSupervisor:
         self.grace = grace
         self.tasks = {t.name: TaskProcess(t.name, enabled=t.name not in stopped) for t in tasks}
         self._lock = threading.Lock()
+        # the loop thread waits on it; run-time changes wake it. Children are spawned by the
+        # loop thread only: PR_SET_PDEATHSIG fires when the *thread* that forked the child
+        # ends, and the HTTP server's request threads end after each request
+        self._wake = threading.Condition(self._lock)
         self._stop = threading.Event()
+        self._spawns = 0  # counts spawn attempts, for callers waiting on one
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -113,6 +118,8 @@ class SyncSupervisor:
     def _spawn(self, tp: TaskProcess) -> None:
         if self._stop.is_set():
             return  # shutting down: no new children
+        self._spawns += 1
+        self._wake.notify_all()
         cmd = task_command(self.config_path, tp.name, self.log_level, tp.afresh_next)
         tp.afresh_next = False
         try:
@@ -154,11 +161,13 @@ class SyncSupervisor:
                         )
                     elif tp.enabled and now >= tp.next_start:
                         self._spawn(tp)
-            self._stop.wait(0.2)
+                self._wake.wait(0.2)
 
     def stop(self) -> None:
         """SIGTERM every child, wait up to `grace`, then SIGKILL what is left."""
         self._stop.set()
+        with self._lock:
+            self._wake.notify_all()
         if self._thread is not None:
             self._thread.join(timeout=5)
         with self._lock:
@@ -178,14 +187,22 @@ class SyncSupervisor:
     # ----------------------------------------------------------------- run-time changes
 
     def add(self, name: str, enabled: bool = True) -> None:
-        """A new task; started at once when `enabled`."""
+        """A new task; started at once when `enabled` (returns once its process started)."""
         with self._lock:
             if name in self.tasks:
                 raise ValueError(f"sync task {name} is supervised already")
             tp = TaskProcess(name, enabled=enabled)
             self.tasks[name] = tp
             if enabled:
-                self._spawn(tp)
+                self._await_spawn(tp)
+
+    def _await_spawn(self, tp: TaskProcess, timeout: float = 5.0) -> None:
+        """Wake the loop thread to start `tp` and wait until it tried (lock held)."""
+        tp.next_start = 0.0
+        before = self._spawns
+        self._wake.notify_all()
+        if self._thread is not None and self._thread.is_alive():
+            self._wake.wait_for(lambda: self._spawns != before or tp.proc is not None, timeout)
 
     def start_task(self, name: str, afresh: bool = False) -> None:
         """Enable the task and start its process now (backoff reset). A running process is
@@ -198,7 +215,7 @@ class SyncSupervisor:
             if tp.proc is None or tp.proc.poll() is not None:
                 tp.proc = None
                 tp.afresh_next = afresh
-                self._spawn(tp)
+                self._await_spawn(tp)
 
     def stop_task(self, name: str) -> int | None:
         """Disable the task, SIGTERM its process and wait for it (SIGKILL after `grace`).
