@@ -66,7 +66,9 @@ def test_a_stored_definition_that_no_longer_validates_is_reported_not_fatal() ->
     state = TaskState({"a": BODY, "b": {**BODY, "name": "b", "batch_size": 0}})
     tasks, problems = state.created_tasks("tasks.json")
     assert [t.name for t in tasks] == ["a"]
-    assert problems == ["tasks.json: created.b.batch_size: Input should be greater than or equal to 1"]
+    assert problems == [
+        "tasks.json: created.b.batch_size: Input should be greater than or equal to 1"
+    ]
 
 
 class Boom(OSError):
