@@ -13,6 +13,7 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
+from replwatch.admin.api import AdminAPI
 from replwatch.config import Config
 from replwatch.errors import ReplwatchError
 from replwatch.exporter.collector import SnapshotCollector
@@ -24,8 +25,9 @@ from replwatch.routing.engine import RoutingEngine
 from replwatch.routing.publisher import RoutingPublisher
 from replwatch.scheduler import MonitorScheduler, SchedulerStats
 from replwatch.state import ProbeStore, SnapshotStore
+from replwatch.sync.lifecycle import TaskLifecycle, WatcherSet, make_watcher_factory
 from replwatch.sync.supervisor import SupervisorCollector, SyncSupervisor
-from replwatch.sync.watch import SyncStore, SyncWatcher, build_sync_watchers, poll_into
+from replwatch.sync.watch import SyncStore
 
 log = logging.getLogger("replwatch")
 
@@ -72,25 +74,29 @@ class Daemon:
     scheduler: MonitorScheduler
     http: ExporterHTTPServer
     sync_store: SyncStore
-    sync_watchers: list[SyncWatcher]
+    sync_watchers: WatcherSet
     supervisor: SyncSupervisor | None = None
+    lifecycle: TaskLifecycle | None = None
     _stop: asyncio.Event | None = None
 
     @classmethod
     def build(cls, cfg: Config, config_path: str | None = None, log_level: str = "info") -> Daemon:
-        """Everything wired; sync task processes are supervised only when the config came
-        from a file (`config_path`: the children read the same file)."""
-        sync_store = SyncStore()
-        sync_store.expect([t.name for t in cfg.sync.tasks])
-        sync_watchers = build_sync_watchers(cfg)
-        supervisor = (
-            SyncSupervisor(cfg.sync.tasks, config_path, log_level)
-            if config_path is not None and cfg.sync.tasks
-            else None
-        )
+        """Everything wired; sync task processes are supervised, and the task lifecycle
+        (admin API, state directory) is on, only when the config came from a file
+        (`config_path`: the children read the same file)."""
+        lifecycle: TaskLifecycle | None = None
+        supervisor: SyncSupervisor | None = None
+        if config_path is not None:
+            lifecycle = TaskLifecycle.load(cfg, config_path, log_level)
+            sync_store, sync_watchers = lifecycle.views, lifecycle.watchers
+            supervisor = lifecycle.supervisor
+        else:
+            sync_store = SyncStore()
+            sync_store.expect([t.name for t in cfg.sync.tasks])
+            sync_watchers = WatcherSet(make_watcher_factory(cfg), cfg.sync.tasks)
 
         async def poll_sync() -> None:
-            await poll_into(sync_watchers, sync_store)
+            await sync_watchers.poll_into(sync_store)
 
         store = SnapshotStore()
         store.expect([g.name for g in cfg.groups])
@@ -110,19 +116,26 @@ class Daemon:
             probe_store,
             routing,
             RoutingPublisher(cfg.publish, routing.tables, cfg.tls) if cfg.publish.url else None,
-            poll_sync if sync_watchers else None,
+            # no job when no task can exist (keeps a monitor-only daemon's series as they were)
+            poll_sync if sync_watchers.names() or cfg.admin.token is not None else None,
         )
         registry = build_registry(store, stats, probe_store, routing, sync_store, supervisor)
         try:
             http = ExporterHTTPServer(
-                (cfg.exporter.host, cfg.exporter.port), registry, store.ready, routing
+                (cfg.exporter.host, cfg.exporter.port),
+                registry,
+                store.ready,
+                routing,
+                AdminAPI(cfg.admin.token, lifecycle),
             )
         except OSError as exc:
             scheduler.shutdown()
             raise ReplwatchError(
                 f"exporter.listen: cannot listen on {cfg.exporter.listen}: {exc.strerror or exc}"
             ) from None
-        return cls(cfg, store, stats, scheduler, http, sync_store, sync_watchers, supervisor)
+        return cls(
+            cfg, store, stats, scheduler, http, sync_store, sync_watchers, supervisor, lifecycle
+        )
 
     async def serve(self) -> None:
         self._stop = asyncio.Event()
@@ -136,21 +149,20 @@ class Daemon:
             self.cfg.exporter.host,
             self.http.bound_port,
             len(self.cfg.groups),
-            len(self.cfg.sync.tasks),
+            len(self.sync_watchers.names()),
         )
         try:
             if self.supervisor is not None:
                 self.supervisor.start()
             await self.scheduler.poll_all_once()
-            if self.sync_watchers:
-                await poll_into(self.sync_watchers, self.sync_store)
+            if self.sync_watchers.names():
+                await self.sync_watchers.poll_into(self.sync_store)
             self.scheduler.start()
             await self._stop.wait()
         finally:
             log.info("replwatch stopping")
             self.scheduler.shutdown()
-            for watcher in self.sync_watchers:
-                watcher.close()
+            self.sync_watchers.close()
             if self.supervisor is not None:
                 await asyncio.to_thread(self.supervisor.stop)
             self.http.stop()

@@ -73,10 +73,18 @@ def _parser() -> argparse.ArgumentParser:
         "--afresh", action="store_true", help="start with a full sync even if it could continue"
     )
     p_sync_status = sync_sub.add_parser(
-        "status", help="poll sync tasks once and print state, lag and full-sync progress"
+        "status",
+        help="sync tasks' state, lag and full-sync progress: from the daemon (--url, "
+        "REPLWATCH_URL, client config) or polled once from the config (-c)",
     )
-    with_config(p_sync_status)
+    p_sync_status.add_argument(
+        "-c", "--config", default=None, help="config file (YAML); default config.yaml"
+    )
     add_sync_status_arguments(p_sync_status)
+    from replwatch.admin.tasks_cli import add_client_options, add_task_client_parsers
+
+    add_client_options(p_sync_status)
+    add_task_client_parsers(sync_sub)
     return parser
 
 
@@ -93,11 +101,18 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from replwatch.app import run_daemon
+    from replwatch.sync.task_state import TaskStateFile, state_dir_of
 
     cfg = _load(args.config)
-    if not cfg.groups and not cfg.sync.tasks:
+    if (
+        not cfg.groups
+        and not cfg.sync.tasks
+        and cfg.admin.token is None
+        and not TaskStateFile(state_dir_of(cfg, args.config)).load().created
+    ):
         raise ConfigError(
-            args.config, ["groups: at least one group (or one sync task) is needed to run"]
+            args.config,
+            ["groups: at least one group (or one sync task, or admin.token) is needed to run"],
         )
     run_daemon(cfg, config_path=args.config, log_level=args.log_level)
     return EXIT_OK
@@ -174,29 +189,62 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     return EXIT_OK if all(r.result == "ok" for r in results) else EXIT_FAILURE
 
 
+def _sync_status_asks_daemon(args: argparse.Namespace) -> bool:
+    """--url asks the daemon; -c reads the config; else the daemon when REPLWATCH_URL or the
+    client config names one, else config.yaml."""
+    import os
+
+    from replwatch.admin.client import has_daemon_address
+
+    if args.url:
+        return True
+    if args.config is not None:
+        return False
+    return has_daemon_address(None, args.client_config, os.environ)
+
+
 def _cmd_sync(args: argparse.Namespace) -> int:
+    from replwatch.admin.client import ClientError
+    from replwatch.admin.tasks_cli import CLIENT_COMMANDS, run_task_client
+
+    if args.sync_command in CLIENT_COMMANDS or (
+        args.sync_command == "status" and _sync_status_asks_daemon(args)
+    ):
+        try:
+            return run_task_client(args)
+        except ClientError as exc:
+            print(f"replwatch: {exc}", file=sys.stderr)
+            return exc.exit_code
     if args.sync_command == "status":
         from replwatch.sync.status_cli import run_sync_status
 
-        cfg = _load(args.config)
+        config = args.config or "config.yaml"
+        cfg = _load(config)
         return run_sync_status(
-            cfg, args.task, args.json, sys.stdout, sys.stdout.isatty(), source=args.config
+            cfg, args.task, args.json, sys.stdout, sys.stdout.isatty(), source=config
         )
     if args.sync_command == "run":
         from replwatch.sync.task import run_task_foreground
+        from replwatch.sync.task_state import find_task
 
         cfg = _load(args.config)
-        task = cfg.sync.task(args.task)
+        task = find_task(cfg, args.config, args.task)  # config, else created through the API
         if task is None:
             names = ", ".join(t.name for t in cfg.sync.tasks) or "none"
             raise ConfigError(
-                args.config, [f"sync.tasks: no task named {args.task} (configured: {names})"]
+                args.config,
+                [
+                    f"sync.tasks: no task named {args.task} (configured: {names}; "
+                    "none created through the admin API either)"
+                ],
             )
         if args.afresh:
             task = task.model_copy(update={"afresh": True})
         return run_task_foreground(task, cfg.tls)
     print(
-        "replwatch sync: name a command: run, status (see replwatch sync --help)", file=sys.stderr
+        "replwatch sync: name a command: run, status, create, start, stop, remove, list "
+        "(see replwatch sync --help)",
+        file=sys.stderr,
     )
     return EXIT_CONFIG
 

@@ -678,6 +678,10 @@ class SyncTask(_Strict):
 
 class SyncConfig(_Strict):
     tasks: list[SyncTask] = Field(default_factory=list)
+    # where `replwatch run` keeps the tasks created through the admin API and which tasks are
+    # stopped (replwatch/sync/task_state.py); relative paths are relative to the config
+    # file's directory; default: <config dir>/replwatch-state
+    state_dir: Path | None = None
 
     @model_validator(mode="after")
     def _unique(self) -> SyncConfig:
@@ -777,6 +781,29 @@ def _format_errors(err: ValidationError) -> list[str]:
             msg = "unknown key"
         lines.append(f"{path}: {msg}")
     return lines
+
+
+_FIELD_PREFIX_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\[\]]*: ")
+
+
+def sync_task_from_data(data: Any, where: str = "tasks") -> SyncTask:
+    """Validate one task definition (an admin API body, a persisted task) with the SyncTask
+    model. Raises ConfigError with `<where>.<field>: reason` lines. No ${ENV} interpolation:
+    a task sent over the API must not read the daemon's environment."""
+    if not isinstance(data, dict):
+        raise ConfigError(where, [f"{where}: must be a mapping of task fields (name, source, …)"])
+    try:
+        return SyncTask.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for line in _format_errors(exc):
+            if line.startswith("<root>: "):
+                rest = line[len("<root>: ") :]
+                sep = "." if _FIELD_PREFIX_RE.match(rest) else ": "
+                problems.append(f"{where}{sep}{rest}")
+            else:
+                problems.append(f"{where}.{line}")
+        raise ConfigError(where, problems) from None
 
 
 def _read_secret_file(path: Path, where: str, problems: list[str]) -> SecretStr | None:

@@ -223,7 +223,7 @@ def test_run_without_groups_is_a_config_error(tmp_path: Path) -> None:
     result = cli("run", "-c", str(cfg))
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
-        f"{cfg}: groups: at least one group (or one sync task) is needed to run"
+        f"{cfg}: groups: at least one group (or one sync task, or admin.token) is needed to run"
     ]
 
 

@@ -1,12 +1,14 @@
-"""The HTTP server: /metrics, /-/healthy, /-/ready. Runs in its own threads; reads only the
-snapshot store (through the registry's collectors), so a slow Redis never slows a scrape."""
+"""The HTTP server: /metrics, /-/healthy, /-/ready, the admin API under /api/v1/. Runs in
+its own threads; reads only the snapshot store (through the registry's collectors), so a slow
+Redis never slows a scrape. Admin requests (GET/POST/DELETE /api/v1/…) are passed to the
+AdminAPI (replwatch/admin/api.py) whole: this module does no task work itself."""
 
 from __future__ import annotations
 
 import json
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -14,6 +16,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
+from replwatch.admin.api import MAX_BODY, PREFIX, AdminAPI
 from replwatch.routing.engine import RoutingEngine
 
 log = logging.getLogger("replwatch.http")
@@ -28,8 +31,16 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s " + format, self.address_string(), *args)
 
-    def _send(self, status: int, content_type: str, body: bytes) -> None:
+    def _send(
+        self,
+        status: int,
+        content_type: str,
+        body: bytes,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -38,7 +49,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
-        if path == "/metrics":
+        if path.startswith(PREFIX):
+            self._admin()
+        elif path == "/metrics":
             encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
             try:
                 body = encoder(self.server.registry)
@@ -69,9 +82,57 @@ class _Handler(BaseHTTPRequestHandler):
 
     do_HEAD = do_GET
 
-    def _json(self, status: int, data: object) -> None:
+    def do_POST(self) -> None:
+        if self.path.split("?", 1)[0].startswith(PREFIX):
+            self._admin()
+        else:
+            self._discard_body()
+            self._send(405, "text/plain; charset=utf-8", b"method not allowed\n")
+
+    do_DELETE = do_POST
+
+    def _discard_body(self) -> None:
+        length = self.headers.get("Content-Length")
+        if length and length.isdigit() and int(length) <= MAX_BODY:
+            self.rfile.read(int(length))
+        elif length:
+            self.close_connection = True
+
+    def _admin(self) -> None:
+        length_header = self.headers.get("Content-Length") or "0"
+        if not length_header.isdigit():
+            self.close_connection = True
+            self._json(400, {"error": "Content-Length: must be a number of bytes"})
+            return
+        length = int(length_header)
+        if length > MAX_BODY:
+            self.close_connection = True  # the body stays unread
+            self._json(413, {"error": f"body: larger than {MAX_BODY} bytes"})
+            return
+        body = self.rfile.read(length) if length else b""
+        admin = self.server.admin
+        if admin is None:
+            self._json(404, {"error": "the admin API is not available in this process"})
+            return
+        try:
+            response = admin.handle(
+                self.command,
+                self.path,
+                self.headers.get("Authorization"),
+                body,
+                self.headers.get("Content-Type"),
+            )
+        except Exception:  # a lifecycle bug must not kill the server thread
+            log.exception("admin API %s %s failed", self.command, self.path)
+            self._json(500, {"error": "internal error (see the daemon's log)"})
+            return
+        self._json(response.status, dict(response.body), response.headers)
+
+    def _json(
+        self, status: int, data: object, headers: Mapping[str, str] | None = None
+    ) -> None:
         body = (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()
-        self._send(status, "application/json", body)
+        self._send(status, "application/json", body, headers)
 
     def _routing(self, path: str) -> None:
         routing = self.server.routing
@@ -136,8 +197,10 @@ class ExporterHTTPServer(ThreadingHTTPServer):
         registry: CollectorRegistry,
         is_ready: Callable[[], bool],
         routing: RoutingEngine | None = None,
+        admin: AdminAPI | None = None,
     ) -> None:
         self.routing = routing
+        self.admin = admin
         self.registry = registry
         self.is_ready = is_ready
         super().__init__(address, _Handler)

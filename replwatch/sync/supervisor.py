@@ -6,6 +6,10 @@ started again with backoff (1 s doubling to 30 s; back to 1 s after a minute of 
 that exits 1 (a problem retrying cannot fix, e.g. a non-empty target) is retried every 60 s,
 so fixing the cause is enough. On shutdown every child gets SIGTERM (it finishes its batch,
 keeps its checkpoint) and, after a grace period, SIGKILL.
+
+Tasks can be added, stopped, started (optionally afresh: `--afresh` for that one start) and
+removed while it runs (the task lifecycle, replwatch/sync/lifecycle.py, calls these). A stopped
+task (`enabled` False) keeps its entry and counters but is not started again.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -45,6 +49,17 @@ class TaskProcess:
     backoff: float = BACKOFF_MIN
     last_exit: int | None = None
     history: list[int] = field(default_factory=list)
+    enabled: bool = True  # False: stopped by an operator, not started again
+    afresh_next: bool = False  # the next start passes --afresh (then it is cleared)
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessStatus:
+    enabled: bool  # False: stopped by an operator
+    running: bool
+    pid: int | None  # while running
+    restarts: int
+    last_exit: int | None
 
 
 def _die_with_parent() -> None:
@@ -55,8 +70,8 @@ def _die_with_parent() -> None:
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def task_command(config_path: str, task: str, log_level: str) -> list[str]:
-    return [
+def task_command(config_path: str, task: str, log_level: str, afresh: bool = False) -> list[str]:
+    command = [
         sys.executable,
         "-m",
         "replwatch",
@@ -69,6 +84,7 @@ def task_command(config_path: str, task: str, log_level: str) -> list[str]:
         "--task",
         task,
     ]
+    return [*command, "--afresh"] if afresh else command
 
 
 class SyncSupervisor:
@@ -80,23 +96,32 @@ class SyncSupervisor:
         config_path: str,
         log_level: str = "info",
         grace: float = 15.0,
+        stopped: Collection[str] = (),
     ) -> None:
         self.config_path = config_path
         self.log_level = log_level
         self.grace = grace
-        self.tasks = {t.name: TaskProcess(t.name) for t in tasks}
+        self.tasks = {t.name: TaskProcess(t.name, enabled=t.name not in stopped) for t in tasks}
         self._lock = threading.Lock()
+        # the loop thread waits on it; run-time changes wake it. Children are spawned by the
+        # loop thread only: PR_SET_PDEATHSIG fires when the *thread* that forked the child
+        # ends, and the HTTP server's request threads end after each request
+        self._wake = threading.Condition(self._lock)
         self._stop = threading.Event()
+        self._spawns = 0  # counts spawn attempts, for callers waiting on one
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        if not self.tasks:
-            return
         self._thread = threading.Thread(target=self._loop, name="sync-supervisor", daemon=True)
         self._thread.start()
 
     def _spawn(self, tp: TaskProcess) -> None:
-        cmd = task_command(self.config_path, tp.name, self.log_level)
+        if self._stop.is_set():
+            return  # shutting down: no new children
+        self._spawns += 1
+        self._wake.notify_all()
+        cmd = task_command(self.config_path, tp.name, self.log_level, tp.afresh_next)
+        tp.afresh_next = False
         try:
             tp.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
         except OSError as exc:
@@ -118,6 +143,8 @@ class SyncSupervisor:
                             continue
                         tp.proc = None
                         tp.last_exit = code
+                        if not tp.enabled:
+                            continue  # stopped on purpose (stop_task is reaping it)
                         uptime = now - tp.started_at
                         if uptime >= HEALTHY_AFTER:
                             tp.backoff = BACKOFF_MIN
@@ -132,13 +159,15 @@ class SyncSupervisor:
                             uptime,
                             wait,
                         )
-                    elif now >= tp.next_start:
+                    elif tp.enabled and now >= tp.next_start:
                         self._spawn(tp)
-            self._stop.wait(0.2)
+                self._wake.wait(0.2)
 
     def stop(self) -> None:
         """SIGTERM every child, wait up to `grace`, then SIGKILL what is left."""
         self._stop.set()
+        with self._lock:
+            self._wake.notify_all()
         if self._thread is not None:
             self._thread.join(timeout=5)
         with self._lock:
@@ -154,6 +183,83 @@ class SyncSupervisor:
                 log.warning("sync task pid %d did not stop in %.0fs: killing", proc.pid, self.grace)
                 proc.kill()
                 proc.wait()
+
+    # ----------------------------------------------------------------- run-time changes
+
+    def add(self, name: str, enabled: bool = True) -> None:
+        """A new task; started at once when `enabled` (returns once its process started)."""
+        with self._lock:
+            if name in self.tasks:
+                raise ValueError(f"sync task {name} is supervised already")
+            tp = TaskProcess(name, enabled=enabled)
+            self.tasks[name] = tp
+            if enabled:
+                self._await_spawn(tp)
+
+    def _await_spawn(self, tp: TaskProcess, timeout: float = 5.0) -> None:
+        """Wake the loop thread to start `tp` and wait until it tried (lock held)."""
+        tp.next_start = 0.0
+        before = self._spawns
+        self._wake.notify_all()
+        if self._thread is not None and self._thread.is_alive():
+            self._wake.wait_for(lambda: self._spawns != before or tp.proc is not None, timeout)
+
+    def start_task(self, name: str, afresh: bool = False) -> None:
+        """Enable the task and start its process now (backoff reset). A running process is
+        left alone: stop it first to restart it (afresh)."""
+        with self._lock:
+            tp = self.tasks[name]
+            tp.enabled = True
+            tp.backoff = BACKOFF_MIN
+            tp.next_start = 0.0
+            if tp.proc is None or tp.proc.poll() is not None:
+                tp.proc = None
+                tp.afresh_next = afresh
+                self._await_spawn(tp)
+
+    def stop_task(self, name: str) -> int | None:
+        """Disable the task, SIGTERM its process and wait for it (SIGKILL after `grace`).
+        Returns its exit code (None when none was running)."""
+        with self._lock:
+            tp = self.tasks[name]
+            tp.enabled = False
+            tp.afresh_next = False
+            proc = tp.proc
+        if proc is None:
+            return None
+        code = self._terminate(proc)
+        with self._lock:
+            if tp.proc is proc:
+                tp.proc = None
+            tp.last_exit = code
+        log.info("sync task %s: stopped (exit %d)", name, code)
+        return code
+
+    def remove(self, name: str) -> None:
+        """Stop the task's process and forget the task."""
+        self.stop_task(name)
+        with self._lock:
+            self.tasks.pop(name, None)
+
+    def _terminate(self, proc: subprocess.Popen[bytes]) -> int:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            return proc.wait(timeout=self.grace)
+        except subprocess.TimeoutExpired:
+            log.warning("sync task pid %d did not stop in %.0fs: killing", proc.pid, self.grace)
+            proc.kill()
+            return proc.wait()
+
+    def process_of(self, name: str) -> ProcessStatus | None:
+        """The process side of one task (None for a task not supervised)."""
+        with self._lock:
+            tp = self.tasks.get(name)
+            if tp is None:
+                return None
+            running = tp.proc is not None and tp.proc.poll() is None
+            pid = tp.proc.pid if running and tp.proc is not None else None
+            return ProcessStatus(tp.enabled, running, pid, tp.restarts, tp.last_exit)
 
     def pids(self) -> dict[str, int | None]:
         with self._lock:
@@ -193,7 +299,10 @@ class SupervisorCollector(Collector):
             "Times the task's syncer process exited and was started again.",
             labels=["task"],
         )
-        for name, running, count, _code in self.supervisor.snapshot():
+        snapshot = self.supervisor.snapshot()
+        if not snapshot:
+            return
+        for name, running, count, _code in snapshot:
             up.add_metric([name], 1.0 if running else 0.0)
             restarts.add_metric([name], float(count))
         yield up

@@ -1,0 +1,161 @@
+"""The CLI's side of the admin API: where the daemon is, its token, one request.
+
+Address and token, first found wins, each on its own: the `--url` / `--token` flags, then
+the environment (REPLWATCH_URL, REPLWATCH_TOKEN), then a client config file (`--client-config
+FILE`, default $XDG_CONFIG_HOME/replwatch/client.yaml, i.e. ~/.config/replwatch/client.yaml)
+with the keys url, token and token_file.
+
+Errors are ClientError: one line, and the exit status the command should end with.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from replwatch.errors import ReplwatchError
+
+ENV_URL = "REPLWATCH_URL"
+ENV_TOKEN = "REPLWATCH_TOKEN"
+DEFAULT_TIMEOUT = 60.0  # a stop waits for the task's batch
+
+EXIT_OK = 0
+EXIT_FAILURE = 1  # the daemon refused or failed: unreachable, 401, 403, 404, 409, 5xx
+EXIT_USAGE = 2  # bad input: no address, unreadable task file, 400
+
+
+class ClientError(ReplwatchError):
+    def __init__(self, message: str, exit_code: int = EXIT_FAILURE) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def default_client_config(env: Mapping[str, str]) -> Path:
+    base = env.get("XDG_CONFIG_HOME") or str(Path(env.get("HOME", "~")) / ".config")
+    return Path(base).expanduser() / "replwatch" / "client.yaml"
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    url: str | None
+    token: str | None
+
+
+def _read_client_config(path: Path, explicit: bool) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        if explicit:
+            raise ClientError(f"--client-config: {path}: no such file", EXIT_USAGE) from None
+        return {}
+    except OSError as exc:
+        raise ClientError(f"{path}: cannot read: {exc.strerror or exc}", EXIT_USAGE) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise ClientError(f"{path}: not valid YAML", EXIT_USAGE) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ClientError(f"{path}: must be a mapping (url, token, token_file)", EXIT_USAGE)
+    unknown = sorted(set(data) - {"url", "token", "token_file"})
+    if unknown:
+        raise ClientError(f"{path}: {unknown[0]}: unknown key (url, token, token_file)", 2)
+    for key in ("url", "token", "token_file"):
+        if key in data and not isinstance(data[key], str):
+            raise ClientError(f"{path}: {key}: must be a string", EXIT_USAGE)
+    return data
+
+
+def _read_token_file(path: Path, where: str) -> str:
+    try:
+        token = path.expanduser().read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ClientError(f"{where}: cannot read {path}: {exc.strerror or exc}", 2) from None
+    if not token:
+        raise ClientError(f"{where}: {path} is empty", EXIT_USAGE)
+    return token
+
+
+def resolve_settings(
+    url: str | None,
+    token: str | None,
+    client_config: str | None,
+    env: Mapping[str, str],
+) -> ClientSettings:
+    """Flags, then environment, then the client config file (read only when needed)."""
+    url = url or env.get(ENV_URL) or None
+    token = token or env.get(ENV_TOKEN) or None
+    if url is None or token is None or client_config is not None:
+        path = Path(client_config) if client_config else default_client_config(env)
+        data = _read_client_config(path, explicit=client_config is not None)
+        url = url or data.get("url") or None
+        if token is None and data.get("token"):
+            token = data["token"]
+        elif token is None and data.get("token_file"):
+            token = _read_token_file(Path(data["token_file"]), f"{path}: token_file")
+    return ClientSettings(url.rstrip("/") if url else None, token)
+
+
+def has_daemon_address(url: str | None, client_config: str | None, env: Mapping[str, str]) -> bool:
+    """Whether a daemon address is given anywhere (flag, env, client config file)."""
+    if url or env.get(ENV_URL):
+        return True
+    path = Path(client_config) if client_config else default_client_config(env)
+    try:
+        return bool(_read_client_config(path, explicit=client_config is not None).get("url"))
+    except ClientError:
+        return client_config is not None  # let the request path report the problem
+
+
+class AdminClient:
+    def __init__(self, settings: ClientSettings, timeout: float = DEFAULT_TIMEOUT) -> None:
+        if not settings.url:
+            raise ClientError(
+                f"no daemon address: pass --url, set {ENV_URL} or put url: in "
+                f"{default_client_config(os.environ)}",
+                EXIT_USAGE,
+            )
+        self.url = settings.url
+        self.token = settings.token
+        self.timeout = timeout
+
+    def request(self, method: str, path: str, body: Any = None) -> Any:
+        """The decoded JSON answer of a 2xx; ClientError (one line) otherwise."""
+        data = None if body is None else json.dumps(body, default=str).encode()
+        req = urllib.request.Request(self.url + path, data=data, method=method)
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        if self.token:
+            req.add_header("Authorization", f"Bearer {self.token}")
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                return json.loads(resp.read() or b"{}")
+        except urllib.error.HTTPError as exc:
+            raise self._refused(exc.code, exc.read()) from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise ClientError(f"cannot reach the daemon at {self.url}: {reason}") from None
+        except ValueError:
+            raise ClientError(f"the daemon at {self.url} answered no JSON") from None
+
+    def _refused(self, status: int, raw: bytes) -> ClientError:
+        try:
+            message = str(json.loads(raw).get("error") or "")
+        except (ValueError, AttributeError):
+            message = ""
+        message = message or raw.decode("utf-8", "replace").strip()[:200] or f"HTTP {status}"
+        if status == 401:
+            what = "no token was sent" if not self.token else "the token was refused"
+            return ClientError(f"the daemon at {self.url}: {what} (401): {message}")
+        if status == 400:
+            return ClientError(message, EXIT_USAGE)
+        return ClientError(f"{message} ({status})")
