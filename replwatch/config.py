@@ -602,6 +602,9 @@ class SyncTask(_Strict):
     write_mode: Literal["auto", "commands"] = "auto"
     reconnect_min: Duration = 1.0
     reconnect_max: Duration = 30.0
+    # the stream: no byte from the source for this long ends the session (reconnect), like a
+    # replica's repl-timeout; keep it above the source's repl-ping-replica-period (10s)
+    source_timeout: Duration = 60.0
     tls: TLSConfig | None = None
     # high availability: several daemons may run this task; one holds a lease in the
     # target (fencing token checked with every write), the others wait and take over when
@@ -635,6 +638,8 @@ class SyncTask(_Strict):
             self.source.db,
         ) == (self.target.host, self.target.port, self.target.db):
             raise PydanticCustomError("same", "target: must not be the source itself")
+        if self.source_timeout < 1.0:
+            raise PydanticCustomError("source_timeout", "source_timeout: must be at least 1s")
         if self.lease < 1.0:
             raise PydanticCustomError("lease", "lease: must be at least 1s")
         if self.reconnect_max < self.reconnect_min:

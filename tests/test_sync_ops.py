@@ -372,3 +372,32 @@ def test_stop_during_a_full_sync_of_strings(
     assert time.monotonic() - started < 5
     cp = checkpoint(target)
     assert cp is not None and cp.state == "stopped" and not cp.resumable, cp
+
+
+@pytest.mark.timeout(60)
+def test_a_silent_source_ends_the_session_and_the_task_reconnects(
+    debian_servers: ServerSet, runners: list[RunnerThread]
+) -> None:
+    # a paused source keeps its connection open and sends nothing, not even its pings
+    source = debian_servers.start("source", extra=["--repl-ping-replica-period", "1"])
+    target = debian_servers.start("target")
+    thread = start(make_task(source, target, source_timeout="2s"), runners)
+    wait_caught_up(source, target)
+    assert thread.runner.counters.sessions == 1
+    source.proc.send_signal(signal.SIGSTOP)
+    try:
+        wait_for(
+            lambda: (cp := checkpoint(target)) is not None
+            and "source_timeout" in (cp.last_error or ""),
+            15,
+            "the task to give up on the silent source",
+        )
+    finally:
+        source.proc.send_signal(signal.SIGCONT)
+    with connect(source) as client:
+        client.set("after-the-pause", "1")
+    cp = wait_caught_up(source, target)
+    assert cp.full_resyncs == 1  # it continued where it was
+    assert thread.runner.counters.sessions >= 2
+    with connect(target) as client:
+        assert client.get("after-the-pause") == b"1"

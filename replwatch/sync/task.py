@@ -615,13 +615,23 @@ class SyncTaskRunner:
             # the same offsets, a new name
             stream.flush(force=True)
         last_ack = 0.0
+        last_data = time.monotonic()
+        silence = self.task.source_timeout
         source.settimeout(0.05)
         while not self.stopping:
             if self.lease_lost:
                 raise LeaseLost(f"lease of task {self.task.name} lost (renewal refused)")
             try:
                 source.receive()
+                last_data = time.monotonic()
             except TimeoutFailure:
+                if time.monotonic() - last_data > silence:
+                    # a master pings its replicas every repl-ping-replica-period (10 s): a
+                    # source this quiet is paused or cut off without the connection closing
+                    raise TimeoutFailure(
+                        f"no data from the source {self.task.source.label} for "
+                        f"{silence:g}s (source_timeout)"
+                    ) from None
                 stream.flush()
                 target.poll_replies()
                 if time.monotonic() - last_ack >= ACK_EVERY:
