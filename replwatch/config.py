@@ -20,8 +20,10 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
     SecretStr,
+    Tag,
     ValidationError,
     field_validator,
     model_validator,
@@ -402,6 +404,77 @@ class PublishConfig(_Strict):
         return v
 
 
+class ClusterTargetNodes(_Strict):
+    """Where to start discovering a target Redis Cluster (a sync task's `target.cluster`)."""
+
+    # "host:port" (or redis:// URLs) of some nodes of the cluster; the first that answers
+    # CLUSTER SLOTS gives the slot map (replwatch/sync/cluster_target.py)
+    startup_nodes: list[Endpoint] = Field(min_length=1)
+
+
+class ClusterTarget(RedisEndpoint):
+    """A sync target that is a Redis Cluster: every write goes to the master owning its key's
+    slot. host/port are the first startup node (what labels, status and the monitor's first
+    connection use); `username`/`password`/`tls` hold for every node of the cluster."""
+
+    cluster: ClusterTargetNodes
+
+    @model_validator(mode="before")
+    @classmethod
+    def _first_node(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping) or "host" in data or "port" in data:
+            if isinstance(data, Mapping) and ("host" in data or "port" in data):
+                raise PydanticCustomError(
+                    "cluster", "give the cluster's nodes in cluster.startup_nodes, not host/port"
+                )
+            return data
+        nodes = data.get("cluster")
+        first = nodes.get("startup_nodes") if isinstance(nodes, Mapping) else None
+        if isinstance(first, list) and first:
+            try:
+                node = RedisEndpoint.parse(first[0])
+            except (PydanticCustomError, ValidationError):
+                return {**data, "host": "-"}  # startup_nodes[0] reports its own error
+            return {**data, "host": node.host, "port": node.port}
+        return {**data, "host": "-"}
+
+    @field_validator("db")
+    @classmethod
+    def _db_zero(cls, v: int) -> int:
+        if v != 0:
+            raise PydanticCustomError("cluster", "a Redis Cluster has database 0 only")
+        return v
+
+    @property
+    def label(self) -> str:
+        return f"cluster:{super().label}"
+
+    def redacted_url(self) -> str:
+        return f"cluster via {','.join(n.label for n in self.cluster.startup_nodes)}"
+
+    def node(self, host: str, port: int) -> RedisEndpoint:
+        """A node of the cluster at host:port, with the cluster's credentials."""
+        return RedisEndpoint(
+            host=host, port=port, username=self.username, password=self.password, tls=self.tls
+        )
+
+
+def _target_kind(value: Any) -> str:
+    """Which form a sync task's target takes: a Cluster block, else a URL / host mapping."""
+    if isinstance(value, ClusterTarget) or (isinstance(value, Mapping) and "cluster" in value):
+        return "kind:cluster"
+    return "kind:url"
+
+
+# a sync task's target: a URL (or host/port mapping), or `{cluster: {startup_nodes: […]},
+# username, password, tls}` (README "Redis Cluster as a target")
+SyncTarget = Annotated[
+    Annotated[RedisEndpoint, BeforeValidator(RedisEndpoint.parse), Tag("kind:url")]
+    | Annotated[ClusterTarget, Tag("kind:cluster")],
+    Discriminator(_target_kind),
+]
+
+
 def _require_unique(names: list[str], field: str, what: str) -> None:
     for name in names:
         if names.count(name) > 1:
@@ -472,7 +545,7 @@ class SyncTask(_Strict):
 
     name: str
     source: Endpoint
-    target: Endpoint
+    target: SyncTarget
     pair: str | None = None  # the reverse task of a bidirectional pair (issue 5)
     # start with a full sync even when the checkpoint could be continued
     afresh: bool = False
@@ -525,7 +598,24 @@ class SyncTask(_Strict):
                 "reconnect", "reconnect_max: must not be less than reconnect_min"
             )
         self._db_map_one_to_one()
+        if isinstance(self.target, ClusterTarget):
+            self._cluster_target_fits()
         return self
+
+    def _cluster_target_fits(self) -> None:
+        """A cluster target has db 0 only, and a pair's loop guard needs the checkpoint inside
+        every transaction, which a cluster cannot do across slots."""
+        mapped = {t for t in self.db_map.values() if t != 0}
+        if mapped:
+            raise PydanticCustomError(
+                "dbmap",
+                "db_map: a cluster target has database 0 only; map to 0 (got {dbs})",
+                {"dbs": ", ".join(str(d) for d in sorted(mapped))},
+            )
+        if self.pair is not None:
+            raise PydanticCustomError(
+                "dbmap", "pair: a bidirectional pair cannot have a cluster target"
+            )
 
     def _db_map_one_to_one(self) -> None:
         """Two copied source dbs must not land in one target db (their keys would mix, and
@@ -628,8 +718,8 @@ def _loc_to_path(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif str(part).startswith("function-") or part in ("function-after", "function-before"):
-            continue
+        elif str(part).startswith(("function-", "kind:")):
+            continue  # validator steps and the tags of sync source forms: not config keys
         else:
             out = _join(out, str(part))
     return out or "<root>"
@@ -738,6 +828,10 @@ def iter_secrets(cfg: Config) -> Iterator[str]:
         for ep in (task.source, task.target):
             if ep.password is not None:
                 yield ep.password.get_secret_value()
+        if isinstance(task.target, ClusterTarget):
+            for ep in task.target.cluster.startup_nodes:
+                if ep.password is not None:
+                    yield ep.password.get_secret_value()
     if cfg.admin.token is not None:
         yield cfg.admin.token.get_secret_value()
 

@@ -38,6 +38,8 @@ from replwatch.sync.checkpoint import (
     Checkpoint,
     checkpoint_key,
 )
+from replwatch.sync.cluster_stream import ClusterStreamApplier
+from replwatch.sync.cluster_target import ClusterTargetLink, open_target
 from replwatch.sync.commands import SET_COMMAND as _SET
 from replwatch.sync.commands import TargetCaps, key_writes, plain_commands, restore_command
 from replwatch.sync.dump import restore_target_from_info
@@ -171,7 +173,7 @@ class SyncTaskRunner:
 
     def _side_conn(self) -> TargetLink | None:
         try:
-            return TargetLink(self.task.target, self.tls, self.io_timeout, 1)
+            return open_target(self.task.target, self.tls, self.io_timeout, 1)
         except (RedisError, OSError):
             return None
 
@@ -207,7 +209,7 @@ class SyncTaskRunner:
 
     def session(self) -> None:
         self.counters.sessions += 1
-        target = TargetLink(self.task.target, self.tls, self.io_timeout, MAX_IN_FLIGHT)
+        target = open_target(self.task.target, self.tls, self.io_timeout, MAX_IN_FLIGHT)
         source: SourceLink | None = None
         try:
             checkpoint = target.read_checkpoint(self.task.name)
@@ -430,7 +432,11 @@ class SyncTaskRunner:
         if checkpoint is not None and fresh is not None and fresh.db is not None:
             # a continued stream goes on in the database it had selected at that offset
             target.select(fresh.db)
-        stream = _StreamApplier(self, target, source, replid, offset)
+        stream: _StreamApplier | ClusterStreamApplier
+        if isinstance(target, ClusterTargetLink):  # per-slot batches (cluster_stream.py)
+            stream = ClusterStreamApplier(self, target, source, replid, offset)
+        else:
+            stream = _StreamApplier(self, target, source, replid, offset)
         stream.full_sync_started_at = fresh.full_sync_started_at if fresh else None
         stream.full_sync_finished_at = fresh.full_sync_finished_at if fresh else None
         stream.full_resyncs = fresh.full_resyncs if fresh else 0
