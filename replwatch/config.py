@@ -597,9 +597,9 @@ class SyncTask(_Strict):
             raise PydanticCustomError(
                 "reconnect", "reconnect_max: must not be less than reconnect_min"
             )
-        self._db_map_one_to_one()
         if isinstance(self.target, ClusterTarget):
             self._cluster_target_fits()
+        self._db_map_one_to_one()
         return self
 
     def _cluster_target_fits(self) -> None:

@@ -1,0 +1,364 @@
+"""A Redis Cluster as the target of a sync task (README "Redis Cluster as a target"): the pure
+parts (slots, tags, routing, redirects, the resume decision) table-driven, then a real
+3-master cluster (redis-server 7.0 --cluster-enabled) fed by a plain source: full sync of
+every type across many slots, a stream with counters, transactions, multi-key DELs, MSET and
+FLUSHALL, kill -9 of the runner and resume, and a slot migration on the target mid-stream."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis
+import yaml
+
+from replwatch.config import ClusterTarget, config_from_data, iter_secrets
+from replwatch.errors import ConfigError
+from replwatch.sync.checkpoint import Checkpoint, checkpoint_key
+from replwatch.sync.cluster_target import split_payload
+from replwatch.sync.slots import (
+    SLOTS,
+    CrossSlotError,
+    Redirect,
+    Route,
+    already_applied,
+    first_redirect,
+    key_slot,
+    parse_cluster_slots,
+    parse_redirect,
+    route,
+    slot_tags,
+)
+from replwatch.observe.connection import encode_command
+
+from .clustering import Cluster, assert_same_data, wait_equal
+from .datasets import build_dataset, connect
+from .harness import RedisProcess, ServerSet, wait_for
+from .syncing import TASK, RunnerThread, source_position, start
+
+# --------------------------------------------------------------------------- pure
+
+
+@pytest.mark.parametrize(
+    ("key", "slot"),
+    [
+        (b"foo", 12182),
+        (b"bar", 5061),
+        (b"", 0),
+        (b"{user1000}.following", key_slot(b"user1000")),
+        (b"{user1000}.followers", key_slot(b"user1000")),
+        (b"foo{}{bar}", key_slot(b"foo{}{bar}")),  # empty first tag: the whole key
+        (b"foo{{bar}}zap", key_slot(b"{bar")),
+        (b"foo{bar}{zap}", key_slot(b"bar")),
+    ],
+)
+def test_key_slot(key: bytes, slot: int) -> None:
+    assert key_slot(key) == slot
+    assert 0 <= key_slot(key) < SLOTS
+
+
+def test_slot_tags_cover_every_slot() -> None:
+    tags = slot_tags()
+    assert len(tags) == SLOTS
+    assert all(key_slot(b"__replwatch:sync:t:{%s}" % t.encode()) == s for s, t in enumerate(tags))
+    assert max(len(t) for t in tags) <= 6
+    assert slot_tags() == tags  # deterministic
+
+
+def _slots(*keys: bytes) -> list[int]:
+    return [key_slot(k) for k in keys]
+
+
+# two keys in one slot and two in others
+A, A2 = b"{a}1", b"{a}2"
+B, C = b"b-key", b"c-key"
+assert len({key_slot(A), key_slot(B), key_slot(C)}) == 3
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        ((b"SET", A, b"1"), Route("slot", key_slot(A))),
+        ((b"set", B, b"1", b"EX", b"10"), Route("slot", key_slot(B))),
+        ((b"DEL", A, A2), Route("slot", key_slot(A))),
+        (
+            (b"DEL", A, B, A2),
+            Route("split", parts=((key_slot(A), (b"DEL", A, A2)), (key_slot(B), (b"DEL", B)))),
+        ),
+        (
+            (b"UNLINK", B, C),
+            Route("split", parts=((key_slot(B), (b"UNLINK", B)), (key_slot(C), (b"UNLINK", C)))),
+        ),
+        (
+            (b"MSET", A, b"1", B, b"2"),
+            Route(
+                "split", parts=((key_slot(A), (b"MSET", A, b"1")), (key_slot(B), (b"MSET", B, b"2")))
+            ),
+        ),
+        (
+            (b"MSETNX", A, b"1", B, b"2"),
+            Route(
+                "split", parts=((key_slot(A), (b"MSET", A, b"1")), (key_slot(B), (b"MSET", B, b"2")))
+            ),
+        ),
+        ((b"RENAME", A, A2), Route("slot", key_slot(A))),
+        ((b"FLUSHALL",), Route("every_master")),
+        ((b"flushdb", b"ASYNC"), Route("every_master")),
+        ((b"FUNCTION", b"LOAD", b"code"), Route("every_master")),
+        ((b"SCRIPT", b"FLUSH"), Route("every_master")),
+        ((b"PUBLISH", b"ch", b"m"), Route("anywhere")),
+        ((b"SPUBLISH", B, b"m"), Route("slot", key_slot(B))),
+        ((b"EVALSHA", b"sha", b"0"), Route("anywhere")),
+        ((b"EVALSHA", b"sha", b"2", A, A2, b"x"), Route("slot", key_slot(A))),
+        ((b"COPY", A, A2, b"DB", b"0"), Route("slot", key_slot(A))),
+    ],
+)
+def test_route(argv: tuple[bytes, ...], expected: Route) -> None:
+    assert route(argv) == expected
+
+
+@pytest.mark.parametrize(
+    ("argv", "error", "message"),
+    [
+        ((b"RENAME", B, C), CrossSlotError, "RENAME has keys in 2 cluster slots"),
+        ((b"SUNIONSTORE", A, B, C), CrossSlotError, "SUNIONSTORE has keys in 3"),
+        ((b"EVALSHA", b"sha", b"2", B, C), CrossSlotError, "EVALSHA"),
+        ((b"SWAPDB", b"0", b"1"), ValueError, "SWAPDB names another database"),
+        ((b"MOVE", A, b"3"), ValueError, "MOVE names another database"),
+        ((b"COPY", A, A2, b"DB", b"2"), ValueError, "COPY … DB names another database"),
+    ],
+)
+def test_route_refuses(argv: tuple[bytes, ...], error: type[Exception], message: str) -> None:
+    with pytest.raises(error, match=message):
+        route(argv)
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        ("MOVED 3999 127.0.0.1:6381", Redirect("MOVED", 3999, "127.0.0.1", 6381)),
+        ("ASK 1 10.0.0.2:7000", Redirect("ASK", 1, "10.0.0.2", 7000)),
+        ("MOVED 5 [::1]:7000", Redirect("MOVED", 5, "::1", 7000)),
+        ("TRYAGAIN Multiple keys request during rehashing of slot", Redirect("TRYAGAIN")),
+        ("CLUSTERDOWN The cluster is down", Redirect("CLUSTERDOWN")),
+        ("MOVED x 1.2.3.4:5", None),
+        ("EXECABORT Transaction discarded because of previous errors.", None),
+        ("ERR unknown command", None),
+    ],
+)
+def test_parse_redirect(message: str, expected: Redirect | None) -> None:
+    assert parse_redirect(message) == expected
+
+
+E = redis.exceptions.ResponseError  # any exception type stands for hiredis.ReplyError here
+
+
+@pytest.mark.parametrize(
+    ("replies", "kind"),
+    [
+        ([b"OK", E("ASK 3 h:1"), b"QUEUED", E("EXECABORT x")], "ASK"),
+        ([b"OK", E("TRYAGAIN x"), E("MOVED 3 h:2"), E("EXECABORT x")], "MOVED"),
+        ([b"OK", b"QUEUED", E("TRYAGAIN x")], "TRYAGAIN"),
+        ([b"OK", E("ERR wrong number of arguments"), E("EXECABORT x")], None),
+        ([b"OK"], None),
+    ],
+)
+def test_first_redirect(replies: list[object], kind: str | None) -> None:
+    found = first_redirect(replies, E)
+    assert (found.kind if found else None) == kind
+
+
+@pytest.mark.parametrize(
+    ("offsets", "slot", "end", "applied"),
+    [
+        ({}, 5, 100, False),
+        ({5: 100}, 5, 100, True),  # the batch that ended exactly there
+        ({5: 100}, 5, 99, True),
+        ({5: 100}, 5, 101, False),
+        ({5: 100}, 6, 50, False),  # another slot: not applied there
+    ],
+)
+def test_already_applied(offsets: dict[int, int], slot: int, end: int, applied: bool) -> None:
+    assert already_applied(offsets, slot, end) is applied
+
+
+def test_parse_cluster_slots_and_split_payload() -> None:
+    reply = [
+        [0, 5460, [b"10.0.0.1", 7000, b"id1"], [b"10.0.0.4", 7003, b"id4"]],
+        [5461, 16383, [b"", 7001, b"id2"]],
+    ]
+    ranges = parse_cluster_slots(reply, ("asked", 7001))
+    assert [(r.start, r.end, r.host, r.port) for r in ranges] == [
+        (0, 5460, "10.0.0.1", 7000),
+        (5461, 16383, "asked", 7001),
+    ]
+    with pytest.raises(ValueError, match="no list"):
+        parse_cluster_slots(b"x", ("a", 1))
+    commands = [(b"SET", b"k", b"v" * 300), (b"SELECT", b"0"), (b"RPUSH", b"l", b"", b"x")]
+    payload = b"".join(encode_command(c) for c in commands)
+    assert split_payload(payload) == [(list(c), encode_command(c)) for c in commands]
+
+
+@pytest.mark.parametrize(
+    ("target", "options", "problem"),
+    [
+        ({"cluster": {"startup_nodes": []}}, {}, "target.cluster.startup_nodes: List should"),
+        ({"cluster": {"startup_nodes": ["h:0"]}}, {}, "target.cluster.startup_nodes[0]: port"),
+        ({"cluster": {"startup_nodes": ["h:1"]}, "host": "x"}, {}, "target: give the cluster"),
+        ({"cluster": {"startup_nodes": ["h:1"]}, "db": 2}, {}, "target.db: a Redis Cluster"),
+        ({"cluster": {"startup_nodes": ["h:1"], "seeds": 1}}, {}, "target.cluster.seeds: unknown"),
+        ({"cluster": {"startup_nodes": ["h:1"]}}, {"db_map": {3: 5}}, "db_map: a cluster target"),
+        ({"cluster": {"startup_nodes": ["h:1"]}}, {"pair": "back"}, "pair: a bidirectional"),
+    ],
+)
+def test_cluster_target_config_errors(
+    target: dict[str, object], options: dict[str, object], problem: str
+) -> None:
+    data = {"sync": {"tasks": [{"name": "c", "source": "s:1", "target": target, **options}]}}
+    with pytest.raises(ConfigError) as info:
+        config_from_data(data)
+    assert f"sync.tasks[0].{problem}" in str(info.value), str(info.value)
+
+
+def test_cluster_target_config() -> None:
+    cfg = config_from_data(
+        {
+            "sync": {
+                "tasks": [
+                    {
+                        "name": "c",
+                        "source": "s:1",
+                        "target": {
+                            "cluster": {"startup_nodes": ["n1:7000", "redis://:own@n2:7001"]},
+                            "password": "shared",
+                        },
+                        "db_map": {3: 0},
+                        "filters": {"dbs": {"allow": [3]}},
+                    }
+                ]
+            }
+        }
+    )
+    target = cfg.sync.tasks[0].target
+    assert isinstance(target, ClusterTarget)
+    assert (target.host, target.port, target.label) == ("n1", 7000, "cluster:n1:7000")
+    assert target.node("n9", 1).password is not None
+    assert sorted(iter_secrets(cfg)) == ["own", "shared"]
+    assert "shared" not in repr(target) and "own" not in target.redacted_url()
+
+
+# --------------------------------------------------------------------------- real cluster
+
+
+@pytest.fixture
+def cluster(debian_servers: ServerSet) -> Cluster:
+    return Cluster(debian_servers)
+
+
+def cluster_task(source: RedisProcess, cluster: Cluster, **options: object) -> object:
+    cfg = config_from_data(
+        {
+            "sync": {
+                "tasks": [
+                    {"name": TASK, "source": source.url, "target": cluster.target_config()}
+                    | options
+                ]
+            }
+        }
+    )
+    return cfg.sync.tasks[0]
+
+
+def record(cluster: Cluster) -> Checkpoint | None:
+    with cluster.client() as client:
+        return Checkpoint.from_hash(TASK, client.hgetall(checkpoint_key(TASK)))
+
+
+def wait_floor(source: RedisProcess, cluster: Cluster, timeout: float = 30) -> Checkpoint:
+    """Until the task record's floor reaches the source's offset."""
+
+    def caught_up() -> Checkpoint | None:
+        cp = record(cluster)
+        replid, offset = source_position(source)
+        if cp and cp.state == "incremental" and cp.replid == replid and (cp.offset or 0) >= offset:
+            return cp
+        return None
+
+    return wait_for(caught_up, timeout, "the task record to reach the source's offset")
+
+
+def test_keyslot_matches_the_server(cluster: Cluster) -> None:
+    rng = random.Random(7)
+    keys = [b"k%d" % i for i in range(300)] + [
+        bytes(rng.randrange(256) for _ in range(rng.randrange(1, 12))) for _ in range(300)
+    ]
+    keys += [b"{tag}x", b"x{tag}", b"{}x", b"{{a}}", b"a{b}{c}", b"\xff{\x00}\xfe"]
+    with connect(cluster.first) as client:
+        for key in keys:
+            assert client.execute_command("CLUSTER", "KEYSLOT", key) == key_slot(key), key
+
+
+def many_slot_writes(client: redis.Redis, rounds: int) -> None:
+    for r in range(rounds):
+        pipe = client.pipeline(transaction=False)
+        for i in range(20):
+            pipe.incr(f"ctr:{i}")
+            pipe.hincrby(f"h:{i % 7}", f"f{r % 3}", 2)
+        pipe.rpush("log", r)
+        pipe.execute()
+        tx = client.pipeline(transaction=True)  # keys in several slots: split per slot
+        tx.incr("tx:a")
+        tx.incr("tx:b")
+        tx.sadd("tx:set", r)
+        tx.execute()
+        if r % 10 == 0:
+            client.mset({f"m:{r}:{i}": i for i in range(5)})
+            client.delete(*[f"m:{r - 10}:{i}" for i in range(5)], "nothere")
+
+
+def test_full_sync_and_stream_into_a_cluster(
+    debian_servers: ServerSet, cluster: Cluster, runners: list[RunnerThread]
+) -> None:
+    source = debian_servers.start("source")
+    with connect(source) as client:
+        build_dataset(source)
+        client.execute_command("SELECT", 0)
+        with connect(source, 3) as db3:
+            db3.flushdb()  # (a cluster has db 0 only; other dbs: test below)
+        pipe = client.pipeline(transaction=False)
+        for i in range(3000):  # many slots
+            pipe.set(f"s:{i}", i)
+        pipe.execute()
+    task = cluster_task(source, cluster)
+    runner = start(task, runners)  # type: ignore[arg-type]
+    wait_floor(source, cluster)
+    assert_same_data(source, cluster)
+    with connect(source) as client:
+        many_slot_writes(client, 100)
+        client.function_load(
+            "#!lua name=lib\nredis.register_function('f', function() return 1 end)", replace=True
+        )
+    wait_floor(source, cluster)
+    assert_same_data(source, cluster)
+    for node in cluster.nodes:
+        with connect(node) as client:
+            assert client.function_list(library="lib"), node
+    with cluster.client() as cc:
+        # the slot checkpoints: one per slot written in the stream, each in its own slot
+        cps = [k for n in cc.get_primaries() for k in cc.scan_iter(f"{checkpoint_key(TASK)}:*", target_nodes=n)]
+        assert len(cps) > 20
+    with connect(source) as client:
+        client.flushall()
+        many_slot_writes(client, 5)
+    cp = wait_floor(source, cluster)
+    assert_same_data(source, cluster)
+    assert cp.full_resyncs == 1 and cp.task == TASK
+    assert runner.runner.counters.full_syncs == 1 and runner.runner.counters.command_errors == 0
