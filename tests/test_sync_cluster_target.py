@@ -362,3 +362,154 @@ def test_full_sync_and_stream_into_a_cluster(
     assert_same_data(source, cluster)
     assert cp.full_resyncs == 1 and cp.task == TASK
     assert runner.runner.counters.full_syncs == 1 and runner.runner.counters.command_errors == 0
+
+
+@dataclass
+class Workload:
+    """Counters, a list (a doubled or lost RPUSH shows) and cross-slot transactions on the
+    source, in a thread; `hot`: keys of one hash tag (one slot) written in every round."""
+
+    client: redis.Redis
+    hot: str = "hot"
+    rounds: int = 0
+    error: BaseException | None = None
+
+    def __post_init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                r = self.rounds
+                pipe = self.client.pipeline(transaction=False)
+                for i in range(10):
+                    pipe.incr(f"w:{i}")
+                pipe.incr(f"{{{self.hot}}}:ctr")
+                pipe.rpush(f"{{{self.hot}}}:list", r)
+                pipe.set(f"{{{self.hot}}}:new:{r}", r)  # a new key of the slot every round
+                pipe.rpush("w:list", r)
+                pipe.execute()
+                tx = self.client.pipeline(transaction=True)
+                tx.incr("tx:a")
+                tx.incr(f"{{{self.hot}}}:tx")
+                tx.hincrby("tx:h", "n", 1)
+                tx.execute()
+                if r % 25 == 0:
+                    self.client.delete(*[f"{{{self.hot}}}:new:{r - k}" for k in range(5, 10)])
+                self.rounds += 1
+        except BaseException as exc:  # reported by the test
+            self.error = exc
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        assert self.error is None, self.error
+        assert self.rounds > 0
+
+
+def write_config(path: Path, source: RedisProcess, cluster: Cluster) -> Path:
+    task = {"name": TASK, "source": source.url, "target": cluster.target_config()}
+    path.write_text(yaml.safe_dump({"sync": {"tasks": [task]}}))
+    return path
+
+
+def start_sync_process(config: Path, log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "replwatch", "sync", "run", "-c", str(config), "--task", TASK],
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("ab"),
+        start_new_session=True,
+    )
+
+
+@pytest.mark.timeout(240)
+def test_kill_9_mid_stream_resumes_exactly(
+    debian_servers: ServerSet, cluster: Cluster, tmp_path: Path
+) -> None:
+    source = debian_servers.start("source", extra=["--repl-backlog-size", "64mb"])
+    config = write_config(tmp_path / "sync.yaml", source, cluster)
+    log = tmp_path / "sync.log"
+    proc = start_sync_process(config, log)
+    rng = random.Random()
+    try:
+        wait_floor(source, cluster)
+        with connect(source) as client:
+            work = Workload(client)
+            try:
+                for _ in range(5):
+                    wait_for(lambda: (record(cluster) or Checkpoint("x")).applied_commands > 0, 30)
+                    threading.Event().wait(rng.uniform(0.2, 1.0))  # a random moment
+                    os.kill(proc.pid, signal.SIGKILL)
+                    proc.wait(10)
+                    proc = start_sync_process(config, log)
+            finally:
+                work.stop()
+        cp = wait_floor(source, cluster, 60)
+        assert cp.full_resyncs == 1, cp  # every restart continued the stream
+        assert_same_data(source, cluster)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    assert "Traceback" not in log.read_text()
+
+
+def test_slot_migration_mid_stream_follows_moved_and_ask(
+    debian_servers: ServerSet, cluster: Cluster, runners: list[RunnerThread]
+) -> None:
+    source = debian_servers.start("source")
+    hot_slot = key_slot(b"hot")
+    runner = start(cluster_task(source, cluster), runners)  # type: ignore[arg-type]
+    wait_floor(source, cluster)
+    with connect(source) as client:
+        work = Workload(client)
+        try:
+            wait_for(lambda: work.rounds > 50, 30)
+            owner = cluster.owner(hot_slot)
+            other = next(n for n in cluster.nodes if n is not owner)
+            cluster.migrate_slot(hot_slot, other, pause=0.05)  # writes meet the half-moved slot
+            wait_for(lambda: work.rounds > 100, 30)
+            cluster.migrate_slot(hot_slot, owner, pause=0.0)
+            rounds = work.rounds
+            wait_for(lambda: work.rounds > rounds + 50, 30)
+        finally:
+            work.stop()
+    cp = wait_floor(source, cluster)
+    assert_same_data(source, cluster)
+    with cluster.client() as client:
+        counts = client.hgetall(checkpoint_key(TASK))
+    assert int(counts.get(b"cluster_redirects:moved", 0)) > 0, counts
+    # the half-moved slot: ASK to the importing node, TRYAGAIN while its keys are split
+    assert int(counts.get(b"cluster_redirects:ask", 0)) > 0, counts
+    assert cp.full_resyncs == 1
+    assert runner.runner.counters.sessions == 1  # followed in the session, no restart
+
+
+def test_writes_the_cluster_cannot_take_fail_the_task(
+    debian_servers: ServerSet, cluster: Cluster, runners: list[RunnerThread]
+) -> None:
+    source = debian_servers.start("source")
+    runner = start(cluster_task(source, cluster), runners)  # type: ignore[arg-type]
+    wait_floor(source, cluster)
+    with connect(source) as client:
+        client.set("a", 1)
+        client.rename("a", "b")  # a and b are in different slots
+    wait_for(lambda: runner.exit_code == 1, 30, "the task to fail")
+    cp = record(cluster)
+    assert cp is not None and cp.state == "failed"
+    assert cp.last_error is not None and "RENAME has keys in 2 cluster slots" in cp.last_error
+    # db 3 of the source: a clear error too
+    with cluster.client() as client:
+        client.delete(checkpoint_key(TASK))
+    runner = start(cluster_task(source, cluster, afresh=True), runners)  # type: ignore[arg-type]
+    wait_floor(source, cluster)
+    with connect(source, 3) as client:
+        client.set("x", 1)
+    wait_for(lambda: runner.exit_code == 1, 30, "the task to fail")
+    cp = record(cluster)
+    assert cp is not None and cp.last_error is not None
+    assert "wrote to db 3" in cp.last_error and "db_map" in cp.last_error, cp.last_error

@@ -89,6 +89,7 @@ class ClusterStreamApplier:
         self.last_record = 0.0
         self.confirmed = 0  # commands confirmed, not yet counted in the record
         self.skipped = 0  # commands found applied already (resume)
+        self.redirects_recorded = dict(target.redirects)  # (counted in the record)
         runner.replid, runner.offset = replid, offset
 
     # ------------------------------------------------------------------ resume
@@ -322,6 +323,7 @@ class ClusterStreamApplier:
             self.target.push()
             return
         moved = floor != self.recorded or self.confirmed or self.filtered
+        moved = moved or self.target.redirects != self.redirects_recorded
         idle = not self.queues
         if force or (moved and (idle or time.monotonic() - self.last_record >= RECORD_EVERY)):
             self._record(floor)
@@ -346,6 +348,12 @@ class ClusterStreamApplier:
         commands.append(encode_command((b"HINCRBY", key, b"applied_commands", self.confirmed)))
         for reason, count in self.filtered.items():
             commands.append(encode_command((b"HINCRBY", key, f"filtered:{reason}", count)))
+        for kind, count in self.target.redirects.items():
+            if count != self.redirects_recorded[kind]:
+                field = f"cluster_redirects:{kind.lower()}"
+                delta = count - self.redirects_recorded[kind]
+                commands.append(encode_command((b"HINCRBY", key, field, delta)))
+                self.redirects_recorded[kind] = count
         self.confirmed = 0
         self.filtered = {}
         return b"".join(commands), len(commands)

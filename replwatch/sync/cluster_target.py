@@ -82,8 +82,8 @@ class NodeLink(TargetLink):
     """A TargetLink whose batches are queued and written together (push)."""
 
     def __init__(self, endpoint: RedisEndpoint, tls: TLSConfig | None, timeout: float) -> None:
-        super().__init__(endpoint, tls, timeout, NODE_IN_FLIGHT)
         self.out: list[bytes] = []
+        super().__init__(endpoint, tls, timeout, NODE_IN_FLIGHT)
 
     def queue(self, payload: bytes, batch: Batch) -> None:
         self.out.append(payload)
@@ -94,6 +94,20 @@ class NodeLink(TargetLink):
             data = b"".join(self.out)
             self.out = []
             self.conn.send(data)
+
+    # every wait for replies first writes what is queued (else it would wait forever)
+
+    def call(self, *args: Any) -> Any:
+        self.push()
+        return super().call(*args)
+
+    def _finish_oldest(self) -> None:
+        self.push()
+        super()._finish_oldest()
+
+    def poll_replies(self) -> None:
+        self.push()
+        super().poll_replies()
 
 
 @dataclass(eq=False)
