@@ -74,9 +74,10 @@ class Cluster:
         for node in self.nodes:
             with connect(node) as client:
                 info = client.execute_command("CLUSTER", "INFO").decode()
-                if "cluster_state:ok" not in info or "cluster_known_nodes:%d" % len(
-                    self.nodes
-                ) not in info:
+                if (
+                    "cluster_state:ok" not in info
+                    or f"cluster_known_nodes:{len(self.nodes)}" not in info
+                ):
                     return False
                 slots = client.execute_command("CLUSTER", "SLOTS")
                 if sum(int(r[1]) - int(r[0]) + 1 for r in slots) != SLOTS or len(slots) < len(
@@ -156,7 +157,9 @@ def logical(client: Any, key: bytes) -> tuple[Any, ...]:
     elif kind == "stream":
         entries = tuple(client.xrange(key, "-", "+"))
         groups = tuple(
-            sorted((g["name"], g["last-delivered-id"], g["pending"]) for g in client.xinfo_groups(key))
+            sorted(
+                (g["name"], g["last-delivered-id"], g["pending"]) for g in client.xinfo_groups(key)
+            )
         )
         value = (entries, groups)
     else:

@@ -6,13 +6,13 @@ FLUSHALL, kill -9 of the runner and resume, and a slot migration on the target m
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,8 +20,9 @@ import pytest
 import redis
 import yaml
 
-from replwatch.config import ClusterTarget, config_from_data, iter_secrets
+from replwatch.config import ClusterTarget, SyncTask, TLSConfig, config_from_data, iter_secrets
 from replwatch.errors import ConfigError
+from replwatch.observe.connection import encode_command
 from replwatch.sync.checkpoint import Checkpoint, checkpoint_key
 from replwatch.sync.cluster_target import split_payload
 from replwatch.sync.slots import (
@@ -37,9 +38,9 @@ from replwatch.sync.slots import (
     route,
     slot_tags,
 )
-from replwatch.observe.connection import encode_command
+from replwatch.sync.watch import SyncTaskView, SyncWatcher
 
-from .clustering import Cluster, assert_same_data, wait_equal
+from .clustering import Cluster, assert_same_data
 from .datasets import build_dataset, connect
 from .harness import RedisProcess, ServerSet, wait_for
 from .syncing import TASK, RunnerThread, source_position, start
@@ -100,13 +101,15 @@ assert len({key_slot(A), key_slot(B), key_slot(C)}) == 3
         (
             (b"MSET", A, b"1", B, b"2"),
             Route(
-                "split", parts=((key_slot(A), (b"MSET", A, b"1")), (key_slot(B), (b"MSET", B, b"2")))
+                "split",
+                parts=((key_slot(A), (b"MSET", A, b"1")), (key_slot(B), (b"MSET", B, b"2"))),
             ),
         ),
         (
             (b"MSETNX", A, b"1", B, b"2"),
             Route(
-                "split", parts=((key_slot(A), (b"MSET", A, b"1")), (key_slot(B), (b"MSET", B, b"2")))
+                "split",
+                parts=((key_slot(A), (b"MSET", A, b"1")), (key_slot(B), (b"MSET", B, b"2"))),
             ),
         ),
         ((b"RENAME", A, A2), Route("slot", key_slot(A))),
@@ -263,17 +266,9 @@ def cluster(debian_servers: ServerSet) -> Cluster:
     return Cluster(debian_servers)
 
 
-def cluster_task(source: RedisProcess, cluster: Cluster, **options: object) -> object:
-    cfg = config_from_data(
-        {
-            "sync": {
-                "tasks": [
-                    {"name": TASK, "source": source.url, "target": cluster.target_config()}
-                    | options
-                ]
-            }
-        }
-    )
+def cluster_task(source: RedisProcess, cluster: Cluster, **options: object) -> SyncTask:
+    task = {"name": TASK, "source": source.url, "target": cluster.target_config()} | options
+    cfg = config_from_data({"sync": {"tasks": [task]}})
     return cfg.sync.tasks[0]
 
 
@@ -338,7 +333,7 @@ def test_full_sync_and_stream_into_a_cluster(
             pipe.set(f"s:{i}", i)
         pipe.execute()
     task = cluster_task(source, cluster)
-    runner = start(task, runners)  # type: ignore[arg-type]
+    runner = start(task, runners)
     wait_floor(source, cluster)
     assert_same_data(source, cluster)
     with connect(source) as client:
@@ -353,7 +348,11 @@ def test_full_sync_and_stream_into_a_cluster(
             assert client.function_list(library="lib"), node
     with cluster.client() as cc:
         # the slot checkpoints: one per slot written in the stream, each in its own slot
-        cps = [k for n in cc.get_primaries() for k in cc.scan_iter(f"{checkpoint_key(TASK)}:*", target_nodes=n)]
+        cps = [
+            k
+            for n in cc.get_primaries()
+            for k in cc.scan_iter(f"{checkpoint_key(TASK)}:*", target_nodes=n)
+        ]
         assert len(cps) > 20
     with connect(source) as client:
         client.flushall()
@@ -362,6 +361,22 @@ def test_full_sync_and_stream_into_a_cluster(
     assert_same_data(source, cluster)
     assert cp.full_resyncs == 1 and cp.task == TASK
     assert runner.runner.counters.full_syncs == 1 and runner.runner.counters.command_errors == 0
+    # the monitor reads the record from the master owning its slot (MOVED followed), even
+    # when the first startup node is another one
+    owner = cluster.owner(key_slot(checkpoint_key(TASK).encode()))
+    others = [n.label for n in cluster.nodes if n is not owner]
+    watched = cluster_task(source, cluster, target={"cluster": {"startup_nodes": others}})
+    view = asyncio.run(poll_once(watched))
+    assert view.target_up and view.state == "incremental", view
+    assert view.lag_bytes == 0 and view.applied_commands == cp.applied_commands, view
+
+
+async def poll_once(task: SyncTask) -> SyncTaskView:
+    watcher = SyncWatcher(task, 2.0, TLSConfig())
+    try:
+        return await watcher.poll()
+    finally:
+        watcher.close()
 
 
 @dataclass
@@ -463,7 +478,7 @@ def test_slot_migration_mid_stream_follows_moved_and_ask(
 ) -> None:
     source = debian_servers.start("source")
     hot_slot = key_slot(b"hot")
-    runner = start(cluster_task(source, cluster), runners)  # type: ignore[arg-type]
+    runner = start(cluster_task(source, cluster), runners)
     wait_floor(source, cluster)
     with connect(source) as client:
         work = Workload(client)
@@ -493,7 +508,7 @@ def test_writes_the_cluster_cannot_take_fail_the_task(
     debian_servers: ServerSet, cluster: Cluster, runners: list[RunnerThread]
 ) -> None:
     source = debian_servers.start("source")
-    runner = start(cluster_task(source, cluster), runners)  # type: ignore[arg-type]
+    runner = start(cluster_task(source, cluster), runners)
     wait_floor(source, cluster)
     with connect(source) as client:
         client.set("a", 1)
@@ -505,7 +520,7 @@ def test_writes_the_cluster_cannot_take_fail_the_task(
     # db 3 of the source: a clear error too
     with cluster.client() as client:
         client.delete(checkpoint_key(TASK))
-    runner = start(cluster_task(source, cluster, afresh=True), runners)  # type: ignore[arg-type]
+    runner = start(cluster_task(source, cluster, afresh=True), runners)
     wait_floor(source, cluster)
     with connect(source, 3) as client:
         client.set("x", 1)

@@ -264,9 +264,7 @@ class ClusterStreamApplier:
         queue.size += len(data)
         queue.end = end
         self.buffered += len(data)
-        if not queue.busy and (
-            queue.count >= self.batch_size or queue.size >= self.batch_bytes
-        ):
+        if not queue.busy and (queue.count >= self.batch_size or queue.size >= self.batch_bytes):
             self._send(slot, queue)
         while self.buffered > BUFFER_LIMIT:
             self.target.wait_some()

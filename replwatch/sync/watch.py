@@ -215,7 +215,7 @@ class _Link:
         self.tls = tls
         self._conn: Connection | None = None
 
-    async def run(self, commands: Sequence[Command]) -> list[Any]:
+    async def run(self, commands: Sequence[Command], hops: int = 3) -> list[Any]:
         """The replies; raises RedisError (reply errors classified, connection kept)."""
         try:
             replies = await asyncio.wait_for(self._run(commands), self.timeout)
@@ -224,6 +224,13 @@ class _Link:
             raise TimeoutFailure(
                 f"no answer from {self.endpoint.label} within {self.timeout:g}s"
             ) from None
+        moved = _moved_to(replies)
+        if moved is not None and hops > 0:
+            # a cluster target: the checkpoint lives on the master owning its slot; this link
+            # goes there from now on (and follows the next move the same way)
+            self.close()
+            self.endpoint = self.endpoint.model_copy(update={"host": moved[0], "port": moved[1]})
+            return await self.run(commands, hops - 1)
         for reply in replies:
             if isinstance(reply, hiredis.ReplyError):
                 raise classify_reply_error(str(reply))
@@ -241,6 +248,16 @@ class _Link:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+def _moved_to(replies: Sequence[Any]) -> tuple[str, int] | None:
+    """host, port of a `MOVED <slot> <host>:<port>` reply, if one is there."""
+    for reply in replies:
+        if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("MOVED "):
+            host, _, port = str(reply).rpartition(" ")[2].rpartition(":")
+            if port.isdigit():
+                return host.strip("[]"), int(port)
+    return None
 
 
 async def _read_side(link: _Link, command: Command, parse: Callable[[Any], T]) -> SideRead[T]:
