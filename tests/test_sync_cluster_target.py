@@ -528,3 +528,21 @@ def test_writes_the_cluster_cannot_take_fail_the_task(
     cp = record(cluster)
     assert cp is not None and cp.last_error is not None
     assert "wrote to db 3" in cp.last_error and "db_map" in cp.last_error, cp.last_error
+
+
+def test_non_empty_cluster_target_refused_or_flushed(
+    debian_servers: ServerSet, cluster: Cluster, runners: list[RunnerThread]
+) -> None:
+    source = debian_servers.start("source")
+    with connect(source) as client:
+        client.mset({f"src:{i}": i for i in range(200)})
+    with cluster.client() as client:
+        for i in range(50):
+            client.set(f"foreign:{i}", i)
+    runner = start(cluster_task(source, cluster), runners)
+    wait_for(lambda: runner.exit_code == 1, 30, "the task to refuse the target")
+    cp = record(cluster)
+    assert cp is not None and cp.last_error is not None and "50 keys" in cp.last_error
+    start(cluster_task(source, cluster, existing_keys="flush"), runners)
+    wait_floor(source, cluster)
+    assert_same_data(source, cluster)  # the foreign keys are gone from every master

@@ -33,6 +33,12 @@ strings; times are unix milliseconds of the syncer's clock):
     skipped_keys             keys not applied (module types with on_module_key: skip)
     last_error               the last error that stopped or restarted the task (no secrets)
     pid, host                the process that writes it
+    cluster_redirects:<kind> a cluster target: MOVED / ASK / TRYAGAIN / CLUSTERDOWN replies
+                             followed (moved, ask, tryagain, clusterdown)
+
+A cluster target (replwatch/sync/cluster_target.py) also has one hash per target slot the
+stream wrote to, `__replwatch:sync:<task>:{<tag>}` with `offset` and `gen` (full_resyncs),
+and `offset` above is then the floor: applied in every slot.
 """
 
 from __future__ import annotations
