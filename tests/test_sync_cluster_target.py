@@ -520,7 +520,7 @@ def test_writes_the_cluster_cannot_take_fail_the_task(
     # db 3 of the source: a clear error too
     with cluster.client() as client:
         client.delete(checkpoint_key(TASK))
-    runner = start(cluster_task(source, cluster, afresh=True), runners)
+    runner = start(cluster_task(source, cluster, existing_keys="flush"), runners)
     wait_floor(source, cluster)
     with connect(source, 3) as client:
         client.set("x", 1)
