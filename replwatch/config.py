@@ -496,12 +496,83 @@ def _source_kind(value: Any) -> str:
     return "kind:url"
 
 
+class ClusterTargetNodes(_Strict):
+    """Where to start discovering a target Redis Cluster (a sync task's `target.cluster`)."""
+
+    # "host:port" (or redis:// URLs) of some nodes of the cluster; the first that answers
+    # CLUSTER SLOTS gives the slot map (replwatch/sync/cluster_target.py)
+    startup_nodes: list[Endpoint] = Field(min_length=1)
+
+
+class ClusterTarget(RedisEndpoint):
+    """A sync target that is a Redis Cluster: every write goes to the master owning its key's
+    slot. host/port are the first startup node (what labels, status and the monitor's first
+    connection use); `username`/`password`/`tls` hold for every node of the cluster."""
+
+    cluster: ClusterTargetNodes
+
+    @model_validator(mode="before")
+    @classmethod
+    def _first_node(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping) or "host" in data or "port" in data:
+            if isinstance(data, Mapping) and ("host" in data or "port" in data):
+                raise PydanticCustomError(
+                    "cluster", "give the cluster's nodes in cluster.startup_nodes, not host/port"
+                )
+            return data
+        nodes = data.get("cluster")
+        first = nodes.get("startup_nodes") if isinstance(nodes, Mapping) else None
+        if isinstance(first, list) and first:
+            try:
+                node = RedisEndpoint.parse(first[0])
+            except (PydanticCustomError, ValidationError):
+                return {**data, "host": "-"}  # startup_nodes[0] reports its own error
+            return {**data, "host": node.host, "port": node.port}
+        return {**data, "host": "-"}
+
+    @field_validator("db")
+    @classmethod
+    def _db_zero(cls, v: int) -> int:
+        if v != 0:
+            raise PydanticCustomError("cluster", "a Redis Cluster has database 0 only")
+        return v
+
+    @property
+    def label(self) -> str:
+        return f"cluster:{super().label}"
+
+    def redacted_url(self) -> str:
+        return f"cluster via {','.join(n.label for n in self.cluster.startup_nodes)}"
+
+    def node(self, host: str, port: int) -> RedisEndpoint:
+        """A node of the cluster at host:port, with the cluster's credentials."""
+        return RedisEndpoint(
+            host=host, port=port, username=self.username, password=self.password, tls=self.tls
+        )
+
+
+def _target_kind(value: Any) -> str:
+    """Which form a sync task's target takes: a Cluster block, else a URL / host mapping."""
+    if isinstance(value, ClusterTarget) or (isinstance(value, Mapping) and "cluster" in value):
+        return "kind:cluster"
+    return "kind:url"
+
+
 # a sync task's source: a URL (or host/port mapping), or a Sentinel or Cluster block
 SyncSource = Annotated[
     Annotated[RedisEndpoint, BeforeValidator(RedisEndpoint.parse), Tag("kind:url")]
     | Annotated[SentinelSource, Tag("kind:sentinel")]
     | Annotated[ClusterSource, Tag("kind:cluster")],
     Discriminator(_source_kind),
+]
+
+
+# a sync task's target: a URL (or host/port mapping), or `{cluster: {startup_nodes: […]},
+# username, password, tls}` (README "Redis Cluster as a target")
+SyncTarget = Annotated[
+    Annotated[RedisEndpoint, BeforeValidator(RedisEndpoint.parse), Tag("kind:url")]
+    | Annotated[ClusterTarget, Tag("kind:cluster")],
+    Discriminator(_target_kind),
 ]
 
 
@@ -575,7 +646,7 @@ class SyncTask(_Strict):
 
     name: str
     source: SyncSource
-    target: Endpoint
+    target: SyncTarget
     # the reverse task of a bidirectional pair: the source's transactions that carry that
     # task's checkpoint write are its echoes and are dropped whole (README "Bidirectional
     # sync (pairs)")
@@ -646,6 +717,8 @@ class SyncTask(_Strict):
             raise PydanticCustomError(
                 "reconnect", "reconnect_max: must not be less than reconnect_min"
             )
+        if isinstance(self.target, ClusterTarget):
+            self._cluster_target_fits()
         self._db_map_one_to_one()
         if self.pair is not None and self.existing_keys == "flush":
             # the FLUSHALL would reach the reverse task's stream and wipe the other side too
@@ -658,6 +731,27 @@ class SyncTask(_Strict):
         if self.pair is not None and self.pair == self.name:
             raise PydanticCustomError("pair_self", "pair: must name the reverse task, not itself")
         return self
+
+    def _cluster_target_fits(self) -> None:
+        """A cluster target has db 0 only, and a pair's loop guard needs the checkpoint inside
+        every transaction, which a cluster cannot do across slots."""
+        mapped = {t for t in self.db_map.values() if t != 0}
+        if mapped:
+            raise PydanticCustomError(
+                "dbmap",
+                "db_map: a cluster target has database 0 only; map to 0 (got {dbs})",
+                {"dbs": ", ".join(str(d) for d in sorted(mapped))},
+            )
+        if self.pair is not None:
+            raise PydanticCustomError(
+                "dbmap", "pair: a bidirectional pair cannot have a cluster target"
+            )
+        if self.ha:
+            raise PydanticCustomError(
+                "dbmap",
+                "ha: a task with a cluster target cannot be fenced (its batches span many "
+                "slots, the lease sits in one); run it in one daemon",
+            )
 
     def _db_map_one_to_one(self) -> None:
         """Two copied source dbs must not land in one target db (their keys would mix, and
@@ -903,6 +997,10 @@ def iter_secrets(cfg: Config) -> Iterator[str]:
                     yield ep.password.get_secret_value()
         if isinstance(task.source, ClusterSource):
             for ep in task.source.cluster.startup_nodes:
+                if ep.password is not None:
+                    yield ep.password.get_secret_value()
+        if isinstance(task.target, ClusterTarget):
+            for ep in task.target.cluster.startup_nodes:
                 if ep.password is not None:
                     yield ep.password.get_secret_value()
     if cfg.admin.token is not None:

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from replwatch.config import TLSConfig, parse_redis_url
+from replwatch.config import TLSConfig, config_from_data, parse_redis_url
+from replwatch.errors import ConfigError
 from replwatch.sync.checkpoint import Checkpoint, checkpoint_key
 from replwatch.sync.lease import ACQUIRE_SCRIPT, Fence, LeaseLost, parse_acquire
 from replwatch.sync.writer import TargetLink
@@ -276,3 +277,15 @@ def test_two_daemons_with_the_same_task_run_it_once_and_hand_it_over(
             for pid in kids:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
+
+
+def test_ha_is_refused_with_a_cluster_target() -> None:
+    task = {
+        "name": "t",
+        "source": "redis://127.0.0.1:7000",
+        "target": {"cluster": {"startup_nodes": ["127.0.0.1:7001"]}},
+        "ha": True,
+    }
+    with pytest.raises(ConfigError) as err:
+        config_from_data({"sync": {"tasks": [task]}})
+    assert "sync.tasks[0].ha: a task with a cluster target cannot be fenced" in str(err.value)

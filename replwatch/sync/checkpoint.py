@@ -39,6 +39,12 @@ strings; times are unix milliseconds of the syncer's clock):
                              a task with `ha: true`: the process holding the task's lease
                              (host:pid:random), its fencing token (grows with every
                              takeover) and when the lease ends (the target's clock, ms)
+    cluster_redirects:<kind> a cluster target: MOVED / ASK / TRYAGAIN / CLUSTERDOWN replies
+                             followed (moved, ask, tryagain, clusterdown)
+
+A cluster target (replwatch/sync/cluster_target.py) also has one hash per target slot the
+stream wrote to, `__replwatch:sync:<task>:{<tag>}` with `offset` and `gen` (full_resyncs),
+and `offset` above is then the floor: applied in every slot.
 """
 
 from __future__ import annotations

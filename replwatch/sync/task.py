@@ -38,6 +38,8 @@ from replwatch.sync.checkpoint import (
     Checkpoint,
     checkpoint_key,
 )
+from replwatch.sync.cluster_stream import ClusterStreamApplier
+from replwatch.sync.cluster_target import ClusterTargetLink, open_target
 from replwatch.sync.commands import SET_COMMAND as _SET
 from replwatch.sync.commands import TargetCaps, key_writes, plain_commands, restore_command
 from replwatch.sync.dump import restore_target_from_info
@@ -294,7 +296,7 @@ class SyncTaskRunner:
         if self.task.ha and self.fence is None:
             return None
         try:
-            return TargetLink(self.task.target, self.tls, self.io_timeout, 1, fence=self.fence)
+            return open_target(self.task.target, self.tls, self.io_timeout, 1, self.fence)
         except (RedisError, OSError):
             return None
 
@@ -332,8 +334,8 @@ class SyncTaskRunner:
 
     def session(self) -> None:
         self.counters.sessions += 1
-        target = TargetLink(
-            self.task.target, self.tls, self.io_timeout, MAX_IN_FLIGHT, fence=self.fence
+        target = open_target(
+            self.task.target, self.tls, self.io_timeout, MAX_IN_FLIGHT, self.fence
         )
         source: SourceLink | None = None
         try:
@@ -604,7 +606,11 @@ class SyncTaskRunner:
         if checkpoint is not None and fresh is not None and fresh.db is not None:
             # a continued stream goes on in the database it had selected at that offset
             target.select(fresh.db)
-        stream = _StreamApplier(self, target, source, replid, offset)
+        stream: _StreamApplier | ClusterStreamApplier
+        if isinstance(target, ClusterTargetLink):  # per-slot batches (cluster_stream.py)
+            stream = ClusterStreamApplier(self, target, source, replid, offset)
+        else:
+            stream = _StreamApplier(self, target, source, replid, offset)
         stream.full_sync_started_at = fresh.full_sync_started_at if fresh else None
         stream.full_sync_finished_at = fresh.full_sync_finished_at if fresh else None
         stream.full_resyncs = fresh.full_resyncs if fresh else 0

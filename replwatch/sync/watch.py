@@ -243,13 +243,20 @@ class _Link:
         self.locate = locate
         self._conn: Connection | None = None
 
-    async def run(self, commands: Sequence[Command]) -> list[Any]:
+    async def run(self, commands: Sequence[Command], hops: int = 3) -> list[Any]:
         """The replies; raises RedisError (reply errors classified, connection kept)."""
         try:
             replies = await asyncio.wait_for(self._run(commands), self.timeout)
         except TimeoutError:
             self.close()  # the stream position is unknown
             raise TimeoutFailure(f"no answer from {self.label} within {self.timeout:g}s") from None
+        moved = _moved_to(replies)
+        if moved is not None and hops > 0:
+            # a cluster target: the checkpoint lives on the master owning its slot; this link
+            # goes there from now on (and follows the next move the same way)
+            self.close()
+            self.endpoint = self.endpoint.model_copy(update={"host": moved[0], "port": moved[1]})
+            return await self.run(commands, hops - 1)
         for reply in replies:
             if isinstance(reply, hiredis.ReplyError):
                 raise classify_reply_error(str(reply))
@@ -284,6 +291,16 @@ def _source_link(
         locate = source_locator(source, tls, timeout)
     # a placeholder until the first lookup (its label is the source's stable label)
     return _Link(source.at("0.0.0.0", 1), timeout, tls, locate, label=source.label)
+
+
+def _moved_to(replies: Sequence[Any]) -> tuple[str, int] | None:
+    """host, port of a `MOVED <slot> <host>:<port>` reply, if one is there."""
+    for reply in replies:
+        if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("MOVED "):
+            host, _, port = str(reply).rpartition(" ")[2].rpartition(":")
+            if port.isdigit():
+                return host.strip("[]"), int(port)
+    return None
 
 
 async def _read_side(link: _Link, command: Command, parse: Callable[[Any], T]) -> SideRead[T]:

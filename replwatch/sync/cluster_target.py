@@ -1,0 +1,557 @@
+"""A Redis Cluster as the target of a sync task (README "Redis Cluster as a target").
+
+A transaction's keys must all be in one slot on a cluster, so the single-target scheme (every
+batch `MULTI … HSET <checkpoint> offset … EXEC`) becomes one checkpoint per target slot:
+
+- `__replwatch:sync:<task>:{<tag>}` (tag: a short text whose CRC16 lands in slot s, see
+  slots.slot_tags) holds `offset` (and `gen`, the task's full_resyncs when written): the
+  stream's commands for slot s are applied up to that offset. Every stream batch is per slot,
+  `MULTI <that slot's commands> HSET <slot checkpoint> offset <end> gen <g> EXEC`, sent to the
+  master owning the slot; at most one batch per slot is in flight (so a redirected batch can
+  never be overtaken by a later one of its slot), many slots' batches are pipelined per node.
+- the task record `__replwatch:sync:<task>` (in whatever slot it hashes to) holds the usual
+  checkpoint fields with `offset` = the floor F: every command up to F is applied in every
+  slot (written about twice a second, after the batches up to F were confirmed).
+- resume: PSYNC from F; the slot checkpoints (SCAN on every master, `gen` equal to the
+  record's full_resyncs) say which of the commands after F a slot has already: a unit of the
+  stream ending at e in slot s is skipped when the slot's offset ≥ e.
+- MOVED: the slot map is updated (and reloaded) and the batch resent to the new owner; ASK:
+  resent to the importing node preceded by ASKING (which holds for the whole MULTI … EXEC:
+  Redis keeps the flag while the client is in MULTI); TRYAGAIN / CLUSTERDOWN: resent after a
+  short wait. A redirected batch ran nowhere: its commands were refused while queued (EXEC
+  then answers EXECABORT) or EXEC itself was refused (the transaction discarded).
+- FLUSHALL / FLUSHDB / FUNCTION / SCRIPT: a barrier: everything before is confirmed, then the
+  command runs on every master; the master holding the task record runs it as `MULTI
+  FLUSHALL HSET <record> … offset <after it> EXEC` (last), so a crash in between replays it.
+- the snapshot: keys are written to the node owning them, pipelined per node, no MULTI.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import hiredis
+
+from replwatch.config import ClusterTarget, RedisEndpoint, TLSConfig
+from replwatch.errors import ProtocolFailure, RedisError
+from replwatch.observe.connection import classify_reply_error, encode_command
+from replwatch.sync.checkpoint import CHECKPOINT_PREFIX, Checkpoint, checkpoint_key
+from replwatch.sync.lease import Fence
+from replwatch.sync.slots import (
+    SLOTS,
+    Redirect,
+    first_redirect,
+    key_slot,
+    parse_cluster_slots,
+    route,
+)
+from replwatch.sync.writer import OK_REPLY, QUEUED_REPLY, Batch, TargetLink, TargetRejected
+
+if TYPE_CHECKING:
+    pass
+
+log = logging.getLogger("replwatch.sync")
+
+Address = tuple[str, int]
+RETRY_WAIT = 0.05  # TRYAGAIN / CLUSTERDOWN: resend after this long
+RETRY_FOR = 120.0  # … for at most this long, then the session ends (and is retried)
+RECORD_EVERY = 0.5  # the task record (the floor) at most this often while busy
+NODE_IN_FLIGHT = 100_000  # batches in flight per node (bounded by BUFFER_LIMIT instead)
+_ERROR = hiredis.ReplyError
+_SPECIAL = frozenset((b"MULTI", b"EXEC", b"SELECT", b"PING", b"REPLCONF"))
+_CHECKPOINT_PREFIX = CHECKPOINT_PREFIX.encode()
+_ASKING = encode_command(("ASKING",))
+_MULTI = encode_command(("MULTI",))
+_EXEC = encode_command(("EXEC",))
+
+
+def open_target(
+    endpoint: RedisEndpoint,
+    tls: TLSConfig | None,
+    timeout: float,
+    max_in_flight: int,
+    fence: Fence | None = None,
+) -> TargetLink:
+    """The task's target: one node (TargetLink, fenced for an `ha` task) or a whole cluster
+    (ClusterTargetLink; the config refuses `ha` with a cluster target)."""
+    if isinstance(endpoint, ClusterTarget):
+        return ClusterTargetLink(endpoint, tls, timeout)
+    return TargetLink(endpoint, tls, timeout, max_in_flight, fence=fence)
+
+
+class NodeLink(TargetLink):
+    """A TargetLink whose batches are queued and written together (push)."""
+
+    def __init__(self, endpoint: RedisEndpoint, tls: TLSConfig | None, timeout: float) -> None:
+        self.out: list[bytes] = []
+        super().__init__(endpoint, tls, timeout, NODE_IN_FLIGHT)
+
+    def queue(self, payload: bytes, batch: Batch) -> None:
+        self.out.append(payload)
+        self.in_flight.append(batch)
+
+    def push(self) -> None:
+        if self.out:
+            data = b"".join(self.out)
+            self.out = []
+            self.conn.send(data)
+
+    # every wait for replies first writes what is queued (else it would wait forever)
+
+    def call(self, *args: Any) -> Any:
+        self.push()
+        return super().call(*args)
+
+    def _finish_oldest(self) -> None:
+        self.push()
+        super()._finish_oldest()
+
+    def poll_replies(self) -> None:
+        self.push()
+        super().poll_replies()
+
+
+@dataclass(eq=False)
+class Job:
+    """Commands for one slot (or one fixed node) with what to do once they are confirmed.
+    `transaction`: sent as MULTI … EXEC (on_success gets EXEC's array), else on_success
+    gets the body's replies."""
+
+    slot: int
+    body: bytes
+    replies: int
+    transaction: bool
+    on_success: Callable[[list[Any]], None]
+    what: str
+    node: Address | None = None  # a fixed node (keyless commands to every master)
+    raw_errors: bool = False  # error replies go to on_success (call()), not TargetRejected
+    follow: bool = True  # False: redirect replies too go to on_success (snapshot parts)
+    ask: Address | None = None
+    first_try: float = field(default_factory=time.monotonic)
+
+
+class ClusterTargetLink(TargetLink):
+    """The cluster as one target: the slot map, a NodeLink per master, jobs routed by slot
+    with MOVED / ASK / TRYAGAIN followed. Also takes what the full sync sends to a plain
+    TargetLink (call, send of snapshot batches, drain), routing each command by its key."""
+
+    def __init__(self, target: ClusterTarget, tls: TLSConfig | None, timeout: float) -> None:
+        # (no TargetLink.__init__: this link is many connections, opened per node)
+        self.endpoint = target
+        self.cluster = target
+        self.tls = tls
+        self.timeout = timeout
+        self.max_in_flight = NODE_IN_FLIGHT
+        self.in_flight = deque()
+        self.db = 0
+        self.links: dict[Address, NodeLink] = {}
+        self.slot_owner: list[Address | None] = [None] * SLOTS
+        self.masters: list[Address] = []
+        self._finished: deque[tuple[Job, list[Any]]] = deque()
+        self._retries: list[tuple[float, Job]] = []
+        self.outstanding = 0  # jobs sent and not yet finished (retries included)
+        self._map_stale = False
+        self.redirects = {"MOVED": 0, "ASK": 0, "TRYAGAIN": 0, "CLUSTERDOWN": 0}
+        self.refresh_slots()
+        self.info = self.link(self.masters[0]).info
+
+    # ------------------------------------------------------------------ nodes and slots
+
+    def link(self, address: Address) -> NodeLink:
+        node = self.links.get(address)
+        if node is None:
+            node = NodeLink(self.cluster.node(*address), self.tls, self.timeout)
+            self.links[address] = node
+        return node
+
+    def refresh_slots(self) -> None:
+        """The slot map from CLUSTER SLOTS, asked of a known master, else the startup nodes."""
+        candidates: list[Address] = [*self.masters]
+        for start in self.cluster.cluster.startup_nodes:
+            if (start.host, start.port) not in candidates:
+                candidates.append((start.host, start.port))
+        problems = []
+        for address in candidates:
+            try:
+                node = self.link(address)
+                reply = node.call("CLUSTER", "SLOTS")
+                ranges = parse_cluster_slots(reply, address)
+            except (RedisError, OSError, ValueError) as exc:
+                problems.append(f"{address[0]}:{address[1]}: {exc}")
+                self._forget(address)
+                continue
+            owner: list[Address | None] = [None] * SLOTS
+            for r in ranges:
+                for slot in range(r.start, r.end + 1):
+                    owner[slot] = (r.host, r.port)
+            self.slot_owner = owner
+            self.masters = sorted({(r.host, r.port) for r in ranges})
+            if not self.masters:
+                raise RedisError(f"cluster {self.cluster.label} serves no slots")
+            self._map_stale = False
+            return
+        raise RedisError(
+            f"no node of cluster {self.cluster.label} answered CLUSTER SLOTS: "
+            + "; ".join(problems)[:400],
+            reason="unreachable",
+        )
+
+    def _forget(self, address: Address) -> None:
+        node = self.links.pop(address, None)
+        if node is not None:
+            node.close()
+
+    def owner(self, slot: int) -> Address:
+        address = self.slot_owner[slot]
+        if address is None:
+            self.refresh_slots()
+            address = self.slot_owner[slot]
+            if address is None:
+                raise RedisError(f"slot {slot} of cluster {self.cluster.label} is not served")
+        return address
+
+    # ------------------------------------------------------------------ jobs
+
+    def submit(self, job: Job) -> None:
+        """Queue a job on the node it goes to (written at the next push)."""
+        address = job.ask or job.node or self.owner(job.slot)
+        payload = [job.body]
+        replies = job.replies
+        prefix = b""
+        if job.transaction:
+            payload = [_MULTI, job.body, _EXEC]
+            prefix = OK_REPLY + QUEUED_REPLY * replies
+            replies += 2
+        if job.ask is not None:
+            payload.insert(0, _ASKING)
+            prefix = OK_REPLY + prefix
+            replies += 1
+        batch = Batch(
+            replies,
+            lambda r: self._finished.append((job, r)),
+            job.what,
+            prefix=prefix if job.transaction else None,
+            tail=1 if job.transaction else 0,
+        )
+        self.link(address).queue(b"".join(payload), batch)
+
+    def start(self, job: Job) -> None:
+        self.outstanding += 1
+        self.submit(job)
+
+    def push(self) -> None:
+        for node in self.links.values():
+            node.push()
+
+    def _complete(self, job: Job, replies: list[Any]) -> None:
+        if job.transaction:
+            exec_reply = replies[-1]
+            if isinstance(exec_reply, list):
+                self.outstanding -= 1
+                job.on_success(exec_reply)
+                return
+        else:
+            if job.ask is not None:
+                replies = replies[1:]  # ASKING's +OK
+            if (
+                not job.follow
+                or not any(isinstance(r, _ERROR) for r in replies)
+                or (job.raw_errors and first_redirect(replies, _ERROR) is None)
+            ):
+                self.outstanding -= 1
+                job.on_success(replies)
+                return
+        redirect = first_redirect(replies, _ERROR)
+        if redirect is None:
+            first = next((r for r in replies if isinstance(r, _ERROR)), replies[-1])
+            raise TargetRejected(
+                f"target {self.cluster.label} refused a {job.what} batch: {str(first)[:200]}"
+            )
+        self._redirected(job, redirect)
+
+    def _redirected(self, job: Job, redirect: Redirect) -> None:
+        self.redirects[redirect.kind] += 1
+        if redirect.kind == "MOVED":
+            self.slot_owner[redirect.slot] = (redirect.host, redirect.port)
+            self._map_stale = True
+            job.ask = None
+            self.submit(job)
+        elif redirect.kind == "ASK":
+            job.ask = (redirect.host, redirect.port)
+            self.submit(job)
+        else:  # TRYAGAIN (a slot being migrated) / CLUSTERDOWN
+            if time.monotonic() - job.first_try > RETRY_FOR:
+                raise RedisError(
+                    f"cluster {self.cluster.label} answered {redirect.kind} for slot "
+                    f"{job.slot} for {RETRY_FOR:g}s",
+                    reason="cluster",
+                )
+            job.ask = None
+            self._retries.append((time.monotonic() + RETRY_WAIT, job))
+            if redirect.kind == "CLUSTERDOWN":
+                self._map_stale = True
+
+    def _process(self) -> None:
+        """Finished jobs handled (successes, redirects), due retries resent, writes pushed."""
+        while self._finished:
+            job, replies = self._finished.popleft()
+            self._complete(job, replies)
+        if self._map_stale:
+            self.refresh_slots()
+        if self._retries:
+            now = time.monotonic()
+            due = [job for at, job in self._retries if at <= now]
+            if due:
+                self._retries = [(at, job) for at, job in self._retries if at > now]
+                for job in due:
+                    self.submit(job)
+        self.push()
+
+    def poll_replies(self) -> None:
+        """Handle what has arrived, without blocking."""
+        self._process()
+        for node in list(self.links.values()):
+            if node.in_flight:
+                node.poll_replies()
+        self._process()
+
+    def wait_some(self) -> None:
+        """Block until at least one batch in flight is answered (or a retry is due)."""
+        self._process()
+        for node in self.links.values():
+            if node.in_flight:
+                node._finish_oldest()
+                break
+        else:
+            if self._retries:
+                time.sleep(max(0.0, min(at for at, _ in self._retries) - time.monotonic()))
+        self._process()
+
+    def drain(self) -> None:
+        """Until every job is confirmed (redirects and retries followed)."""
+        self._process()
+        while self.outstanding or self._finished:
+            busy = False
+            for node in list(self.links.values()):
+                if node.in_flight:
+                    node.drain()
+                    busy = True
+            if not busy and not self._finished and self._retries:
+                time.sleep(max(0.0, min(at for at, _ in self._retries) - time.monotonic()))
+            self._process()
+
+    # ------------------------------------------------------------------ TargetLink's API
+
+    def call(self, *args: Any) -> Any:
+        """One command, waited for: to the owner of its key's slot; SCAN over every master
+        (a cursor that names the master); FLUSHALL/FLUSHDB/FUNCTION/SCRIPT to every master;
+        other keyless commands to the first master."""
+        self.drain()
+        argv = [a if isinstance(a, bytes) else str(a).encode() for a in args]
+        name = argv[0].upper()
+        if name == b"SELECT":
+            self.select(int(argv[1]))
+            return b"OK"
+        if name == b"SCAN":
+            return self._scan(argv)
+        r = route(argv)
+        data = encode_command(args)
+        if r.kind == "slot":
+            return self._run(Job(r.slot, data, 1, False, lambda _: None, "call", raw_errors=True))
+        nodes = self.masters if r.kind == "every_master" else self.masters[:1]
+        replies = [
+            self._run(Job(-1, data, 1, False, lambda _: None, "call", node=n, raw_errors=True))
+            for n in nodes
+        ]
+        return replies[0]
+
+    def _run(self, job: Job) -> Any:
+        result: list[Any] = []
+        job.on_success = result.extend
+        self.start(job)
+        self.drain()
+        reply = result[0]
+        if isinstance(reply, _ERROR):
+            raise classify_reply_error(str(reply))
+        return reply
+
+    def _scan(self, argv: list[bytes]) -> list[Any]:
+        """SCAN over the masters in turn; the cursor is node cursor × masters + index."""
+        count = len(self.masters)
+        cursor = int(argv[1])
+        index, node_cursor = cursor % count, cursor // count
+        reply = self.link(self.masters[index]).call("SCAN", node_cursor, *argv[2:])
+        next_cursor = int(reply[0])
+        if next_cursor == 0:
+            index += 1
+            composite = 0 if index == count else index
+        else:
+            composite = next_cursor * count + index
+        return [str(composite).encode(), reply[1]]
+
+    def select(self, db: int) -> None:
+        if db != 0:
+            raise TargetRejected(
+                f"target {self.cluster.label} is a Redis Cluster (database 0 only): the task "
+                f"writes to db {db}; map it to 0 with db_map or leave it out with "
+                f"filters.dbs.allow"
+            )
+        self.db = 0
+
+    def read_checkpoint(self, task: str) -> Checkpoint | None:
+        reply = self.call("HGETALL", checkpoint_key(task))
+        if not isinstance(reply, list):
+            raise ProtocolFailure("HGETALL of the checkpoint returned no list")
+        return Checkpoint.from_hash(task, dict(zip(reply[::2], reply[1::2], strict=True)))
+
+    def keys_outside(self, ignore_prefix: bytes) -> int:
+        self.drain()
+        return sum(self.link(m).keys_outside(ignore_prefix) for m in self.masters)
+
+    def send(self, payload: bytes, batch: Batch) -> None:
+        """A snapshot batch (plain commands, one key each, no MULTI): each command to the
+        owner of its key's slot, pipelined per node; `batch.on_done` gets every reply in the
+        payload's order once all are in."""
+        gather = _Gather(batch)
+        by_node: dict[Address, list[tuple[int, bytes]]] = {}
+        broadcast: list[tuple[int, bytes]] = []
+        for argv, data in split_payload(payload):
+            index = len(gather.replies)
+            gather.replies.append(None)
+            name = argv[0].upper()
+            if name == b"SELECT":
+                self.select(int(argv[1]))
+                gather.replies[index] = b"OK"
+                continue
+            r = route(argv)
+            if r.kind == "every_master":
+                broadcast.append((index, data))
+            else:
+                slot = r.slot if r.kind == "slot" else 0
+                by_node.setdefault(self.owner(slot), []).append((index, data))
+                gather.slots[index] = slot
+                gather.data[index] = data
+        for address, commands in by_node.items():
+            gather.waiting += 1
+            self.start(
+                Job(
+                    -1,
+                    b"".join(d for _, d in commands),
+                    len(commands),
+                    False,
+                    gather.part([i for i, _ in commands], self),
+                    "snapshot",
+                    node=address,
+                    raw_errors=True,
+                    follow=False,
+                )
+            )
+        for index, data in broadcast:
+            for address in self.masters:
+                gather.waiting += 1
+                self.start(
+                    Job(-1, data, 1, False, gather.part([index], self), "snapshot", node=address)
+                )
+        if not gather.waiting:
+            gather.finish()
+        self._process()
+
+    def close(self) -> None:
+        for node in self.links.values():
+            node.close()
+        self.links = {}
+
+    # ------------------------------------------------------------------ slot checkpoints
+
+    def slot_checkpoints(self, task: str) -> dict[int, tuple[int, int]]:
+        """The task's slot checkpoints on every master: slot → (offset, gen)."""
+        self.drain()
+        found: dict[int, tuple[int, int]] = {}
+        pattern = checkpoint_key(task) + ":*"
+        for master in self.masters:
+            node = self.link(master)
+            cursor = b"0"
+            while True:
+                cursor, keys = node.call("SCAN", cursor, "MATCH", pattern, "COUNT", 1000)
+                for key in keys:
+                    offset, gen = node.call("HMGET", key, "offset", "gen")
+                    if offset is not None:
+                        found[key_slot(key)] = (int(offset), int(gen or 0))
+                if cursor == b"0":
+                    break
+        return found
+
+
+class _Gather:
+    """The replies of one snapshot batch, put back in order from its per-node parts; a
+    command redirected (MOVED / ASK / TRYAGAIN) is resent alone to where it goes."""
+
+    def __init__(self, batch: Batch) -> None:
+        self.batch = batch
+        self.replies: list[Any] = []
+        self.slots: dict[int, int] = {}  # index → slot, for commands routed by key
+        self.data: dict[int, bytes] = {}  # index → its bytes (resent when redirected)
+        self.waiting = 0
+
+    def part(self, indexes: list[int], link: ClusterTargetLink) -> Callable[[list[Any]], None]:
+        def done(replies: list[Any]) -> None:
+            for index, reply in zip(indexes, replies, strict=True):
+                slot = self.slots.get(index)
+                if (
+                    slot is not None
+                    and isinstance(reply, _ERROR)
+                    and first_redirect([reply], _ERROR) is not None
+                ):
+                    # resent alone through the job machinery (which follows the redirect)
+                    self.waiting += 1
+                    redirect = first_redirect([reply], _ERROR)
+                    assert redirect is not None
+                    job = Job(slot, self.data[index], 1, False, self.one(index), "snapshot")
+                    job.raw_errors = True
+                    link.outstanding += 1
+                    link._redirected(job, redirect)
+                    continue
+                self.replies[index] = reply
+            self.waiting -= 1
+            if not self.waiting:
+                self.finish()
+
+        return done
+
+    def one(self, index: int) -> Callable[[list[Any]], None]:
+        def done(replies: list[Any]) -> None:
+            self.replies[index] = replies[0]
+            self.waiting -= 1
+            if not self.waiting:
+                self.finish()
+
+        return done
+
+    def finish(self) -> None:
+        if self.batch.on_done is not None:
+            self.batch.on_done(self.replies)
+
+
+def split_payload(payload: bytes) -> list[tuple[list[bytes], bytes]]:
+    """The commands of an encoded batch: (argv, its bytes) each."""
+    reader = hiredis.Reader()
+    reader.feed(payload)
+    out = []
+    pos = 0
+    while True:
+        argv = reader.gets()
+        if argv is False:
+            break
+        n = len(argv)
+        sizes = list(map(len, argv))
+        end = pos + 3 + len(str(n)) + 3 * n + sum(sizes) + len(repr(sizes))
+        out.append((argv, payload[pos:end]))
+        pos = end
+    if pos != len(payload):
+        raise ProtocolFailure("a snapshot batch did not split into whole commands")
+    return out
