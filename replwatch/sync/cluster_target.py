@@ -149,6 +149,8 @@ class ClusterTargetLink(TargetLink):
         self.max_in_flight = NODE_IN_FLIGHT
         self.in_flight = deque()
         self.db = 0
+        self.fence = None  # ha is refused with a cluster target: write() is call()
+        self._wire_db = 0
         self.links: dict[Address, NodeLink] = {}
         self.slot_owner: list[Address | None] = [None] * SLOTS
         self.masters: list[Address] = []
