@@ -162,22 +162,29 @@ def two_processes(
             proc.wait()
 
 
+def holder_and_standby(
+    source: RedisProcess, target: RedisProcess, procs: list[subprocess.Popen[bytes]]
+) -> tuple[subprocess.Popen[bytes], subprocess.Popen[bytes]]:
+    """Once one process holds the lease and the task caught up: (holder, the other)."""
+    pids = {p.pid for p in procs}
+    wait_for(lambda: holder_pid(target) in pids, 20, "one process to take the lease")
+    wait_caught_up(source, target)
+    first = holder_pid(target)
+    holder = next(p for p in procs if p.pid == first)
+    return holder, next(p for p in procs if p is not holder)
+
+
 @pytest.mark.timeout(120)
 def test_kill_9_of_the_holder_hands_the_task_over_and_it_resumes_exactly(
     two_processes: tuple[RedisProcess, RedisProcess, list[subprocess.Popen[bytes]], list[Path]],
 ) -> None:
     source, target, procs, logs = two_processes
-    pids = {p.pid for p in procs}
-    wait_for(lambda: holder_pid(target) in pids, 20, "one process to take the lease")
-    wait_caught_up(source, target)
-    first = holder_pid(target)
+    holder, other = holder_and_standby(source, target, procs)
     writer = Writer(source)
     try:
         wait_for(lambda: writer.done >= 2000, 20, "writes to flow")
-        holder = next(p for p in procs if p.pid == first)
         holder.kill()  # kill -9: no release, the lease must lapse
         holder.wait()
-        other = next(p for p in procs if p.pid != first)
         wait_for(lambda: holder_pid(target) == other.pid, LEASE + 8, "the other to take over")
         wait_for(lambda: writer.done >= 6000, 20, "writes to go on")
     finally:
@@ -195,12 +202,7 @@ def test_a_paused_holder_loses_the_lease_and_never_writes_again(
     two_processes: tuple[RedisProcess, RedisProcess, list[subprocess.Popen[bytes]], list[Path]],
 ) -> None:
     source, target, procs, logs = two_processes
-    pids = {p.pid for p in procs}
-    wait_for(lambda: holder_pid(target) in pids, 20, "one process to take the lease")
-    wait_caught_up(source, target)
-    first = holder_pid(target)
-    holder = next(p for p in procs if p.pid == first)
-    other = next(p for p in procs if p.pid != first)
+    holder, other = holder_and_standby(source, target, procs)
     writer = Writer(source)
     try:
         wait_for(lambda: writer.done >= 2000, 20, "writes to flow")

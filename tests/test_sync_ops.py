@@ -6,14 +6,21 @@ supervises task processes (restarts one killed -9, exports sync metrics, stops t
 from __future__ import annotations
 
 import re
+import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 import yaml
+
+from replwatch.config import TLSConfig
+from replwatch.sync.reader import Continue, SourceLink
+from replwatch.sync.task import SyncTaskRunner
+from replwatch.sync.writer import TargetLink
 
 from .datasets import connect
 from .harness import ServerSet, closed_port, require_build, wait_for
@@ -401,3 +408,53 @@ def test_a_silent_source_ends_the_session_and_the_task_reconnects(
     assert thread.runner.counters.sessions >= 2
     with connect(target) as client:
         assert client.get("after-the-pause") == b"1"
+
+
+@pytest.mark.timeout(60)
+def test_stream_bytes_that_arrive_with_continue_are_applied_at_once(
+    debian_servers: ServerSet, runners: list[RunnerThread]
+) -> None:
+    """The backlog that follows a +CONTINUE can arrive in the same read as the reply line
+    (a busy syncer reads late): those bytes must be applied without waiting for more data.
+    With no pings (period 3600 s) and no new writes, nothing else would ever come."""
+    source = debian_servers.start("source", extra=["--repl-ping-replica-period", "3600"])
+    target = debian_servers.start("target")
+    task = make_task(source, target)
+    first = start(task, runners)
+    wait_caught_up(source, target)
+    assert first.stop() == 0
+    with connect(source) as client:
+        for _ in range(50):
+            client.incr("while-stopped")
+    runner = SyncTaskRunner(task, TLSConfig(), io_timeout=5)
+    target_link = TargetLink(task.target, TLSConfig(), 5, 8)
+    source_link = SourceLink(task.source, TLSConfig(), 5)  # type: ignore[arg-type]
+    try:
+        cp = target_link.read_checkpoint(TASK)
+        assert cp is not None and cp.replid is not None and cp.offset is not None
+        source_link.handshake()
+        reply = source_link.psync(cp.replid, cp.offset)
+        assert isinstance(reply, Continue)
+        conn = source_link.conn
+        wait_for(
+            lambda: conn.available() or select.select([conn.sock], [], [], 0)[0],
+            10,
+            "the backlog to arrive",
+        )
+        if not conn.available():
+            conn.fill()  # now buffered, as if read together with +CONTINUE
+        assert conn.available() > 0
+        applying = threading.Thread(
+            target=runner.incremental,
+            args=(source_link, target_link, cp, reply.replid or cp.replid, cp.offset),
+            daemon=True,
+        )
+        applying.start()
+        with connect(target) as client:
+            wait_for(lambda: client.get("while-stopped") == b"50", 10, "the buffered backlog")
+        runner.stop()
+        applying.join(10)
+        assert not applying.is_alive()
+    finally:
+        source_link.close()
+        target_link.close()

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 
 import hiredis
 
-from replwatch.errors import ProtocolFailure
 from replwatch.observe.connection import encode_command
 from replwatch.sync.checkpoint import CHECKPOINT_PREFIX
 from replwatch.sync.cluster_target import RECORD_EVERY, ClusterTargetLink, Job
@@ -128,33 +127,13 @@ class ClusterStreamApplier:
     def consume(self, link: SourceLink) -> bool:
         """The commands the link's reader holds; True right after a REPLCONF GETACK."""
         self._start()
-        gets = link.reader.gets
-        pos = link.raw_pos
         raw = self.raw
-        try:
-            while True:
-                try:
-                    argv = gets()
-                except hiredis.ProtocolError as exc:
-                    raise ProtocolFailure(
-                        f"bad replication stream from {link.endpoint.label}: {exc}"
-                    ) from None
-                if argv is False:
-                    return False
-                if type(argv) is not list:
-                    raise ProtocolFailure(
-                        f"replication stream from {link.endpoint.label} holds a non-command reply"
-                    )
-                n = len(argv)
-                sizes = list(map(len, argv))
-                start = pos
-                pos += 3 + len(str(n)) + 3 * n + sum(sizes) + len(repr(sizes))
-                begin = self.pending_offset
-                self.pending_offset += pos - start
-                if self._take(argv, raw, start, pos, begin, self.pending_offset):
-                    return True
-        finally:
-            link.raw_pos = pos
+        for argv, start, end in link.commands():
+            begin = self.pending_offset
+            self.pending_offset += end - start
+            if self._take(argv, raw, start, end, begin, self.pending_offset):
+                return True
+        return False
 
     def _take(
         self, argv: list[bytes], raw: bytearray, a: int, b: int, start: int, end: int

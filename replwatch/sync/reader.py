@@ -18,6 +18,7 @@ import contextlib
 import select
 import socket
 import ssl
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import hiredis
@@ -361,6 +362,30 @@ class SourceLink:
             conn.pos = len(conn.buf)
             self.reader.feed(data)
             raw += data
+
+    def commands(self) -> Iterator[tuple[list[bytes], int, int]]:
+        """The commands the reader holds, each with its span in `raw` (start, end), taken
+        one by one (`raw_pos` moves past each before it is yielded, so a consumer may stop
+        anywhere and call again). A command's span comes from its exact RESP length
+        (command_length's arithmetic: per argument 5 bytes plus its size plus its size's
+        digits, and the digits of all sizes are len(repr(sizes)) - 2n). The unfiltered
+        stream applier inlines this loop (task._StreamApplier.consume, the hot path)."""
+        gets = self.reader.gets
+        label = self.endpoint.label
+        while True:
+            try:
+                argv = gets()
+            except hiredis.ProtocolError as exc:
+                raise ProtocolFailure(f"bad replication stream from {label}: {exc}") from None
+            if argv is False:
+                return
+            if type(argv) is not list:
+                raise ProtocolFailure(f"replication stream from {label} holds a non-command reply")
+            n = len(argv)
+            sizes = list(map(len, argv))
+            start = self.raw_pos
+            self.raw_pos = start + 3 + len(str(n)) + 3 * n + sum(sizes) + len(repr(sizes))
+            yield argv, start, self.raw_pos
 
     def receive(self) -> None:
         """Read what the socket has into the command parser (blocking up to the timeout)."""

@@ -628,7 +628,10 @@ class SyncTaskRunner:
             if self.lease_lost:
                 raise LeaseLost(f"lease of task {self.task.name} lost (renewal refused)")
             try:
-                source.receive()
+                # bytes already buffered (read together with +CONTINUE or the snapshot's
+                # end) are taken first: waiting for more could wait for the next ping
+                if not source.conn.available():
+                    source.receive()
                 last_data = time.monotonic()
             except TimeoutFailure:
                 if time.monotonic() - last_data > silence:
@@ -1095,30 +1098,7 @@ class _StreamApplier:
 
     def _consume_filtered(self, link: SourceLink) -> bool:
         """consume() for a task with filters: every command goes through _add_filtered."""
-        gets = link.reader.gets
-        pos = link.raw_pos
-        try:
-            while True:
-                try:
-                    argv = gets()
-                except hiredis.ProtocolError as exc:
-                    raise ProtocolFailure(
-                        f"bad replication stream from {link.endpoint.label}: {exc}"
-                    ) from None
-                if argv is False:
-                    return False
-                if type(argv) is not list:
-                    raise ProtocolFailure(
-                        f"replication stream from {link.endpoint.label} holds a non-command reply"
-                    )
-                n = len(argv)
-                sizes = list(map(len, argv))
-                start = pos
-                pos += 3 + len(str(n)) + 3 * n + sum(sizes) + len(repr(sizes))
-                if self._add_filtered(argv, start, pos):
-                    return True
-        finally:
-            link.raw_pos = pos
+        return any(self._add_filtered(argv, start, end) for argv, start, end in link.commands())
 
     def _add_filtered(self, argv: list[bytes], start: int, end: int) -> bool:
         """add() through the task's filter: commands are kept, dropped, split or rewritten
