@@ -12,6 +12,7 @@ import importlib.util
 import json
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -397,8 +398,12 @@ def exposition(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exposition]
         yield Exposition(text)
     finally:
         if daemon is not None and daemon.poll() is None:
-            daemon.kill()
-            daemon.wait(10)
+            daemon.send_signal(signal.SIGTERM)  # it stops its task processes too
+            try:
+                daemon.wait(30)
+            except subprocess.TimeoutExpired:
+                daemon.kill()
+                daemon.wait(10)
         servers.close()
 
 
