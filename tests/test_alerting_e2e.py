@@ -234,7 +234,7 @@ class Daemon:
     log: Path
 
     def base(self) -> str:
-        return wait_for(
+        found = wait_for(
             lambda: (
                 (m := re.search(r"listening on (http://[\d.:]+)/metrics", self.log.read_text()))
                 and m.group(1)
@@ -242,6 +242,7 @@ class Daemon:
             15,
             "replwatch to listen",
         )
+        return str(found)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -375,6 +376,7 @@ def test_lag_alert_fires_routes_inhibits_and_dashboards_have_data(
         got = wait_for(
             lambda: delivered(webhook, "notify", LAG_WARNING, "firing"), 20, "warning delivered"
         )
+        assert got is not None
         labels = got["alert"]["labels"]
         assert (labels["group"], labels["replica"], labels["severity"]) == (
             GROUP,
@@ -395,6 +397,7 @@ def test_lag_alert_fires_routes_inhibits_and_dashboards_have_data(
         got = wait_for(
             lambda: delivered(webhook, "pager", LAG_CRITICAL, "firing"), 20, "critical delivered"
         )
+        assert got is not None
         assert got["alert"]["labels"]["replica"] == lagging.label
         assert got["notification"]["groupLabels"] == {"group": GROUP}
         assert delivered(webhook, "notify", LAG_CRITICAL, "firing") is None
@@ -410,6 +413,7 @@ def test_lag_alert_fires_routes_inhibits_and_dashboards_have_data(
             return None
 
         inhibited = wait_for(warning_inhibited, 15, "Alertmanager to inhibit the warning")
+        assert inhibited is not None
         assert inhibited["labels"]["replica"] == lagging.label
         # still firing in Prometheus: muted by the inhibition, not resolved
         warning = prometheus_alert(api, LAG_WARNING, lagging.label)
