@@ -64,7 +64,6 @@ LONG_FOR = "1h"
 # Dashboard queries that cannot have data in this run: a pattern of the query → the condition
 # replwatch exports those series in, which the run does not create.
 NO_DATA_EXPECTED = {
-    r"replwatch_sync_lease_(remaining_seconds|token)\b": "only for a task with ha: true (a lease)",
     r"replwatch_sync_last_error_info\b": "only while a sync task has an error",
     r"replwatch_sync_full_sync_progress_ratio\b": (
         "only while a full sync runs: a few milliseconds for this run's tiny source, between "
@@ -158,8 +157,9 @@ def write_replwatch_config(
                     "name": TASK,
                     "source": source.url,
                     "target": target.url,
-                    # a filter, so the "filtered" panels have data
+                    # a filter and a lease, so the "filtered" and lease panels have data
                     "filters": {"keys": {"deny_prefixes": ["skip:"]}},
+                    "ha": True,
                 }
             ]
         },
