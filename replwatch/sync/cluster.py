@@ -25,7 +25,7 @@ from replwatch.config import ClusterSource, SyncTask, TLSConfig
 from replwatch.errors import RedisError
 from replwatch.sync.checkpoint import CHECKPOINT_DB, CHECKPOINT_PREFIX, checkpoint_key
 from replwatch.sync.sources import cluster_shards, shard_locator, shard_task, shard_task_name
-from replwatch.sync.task import IO_TIMEOUT, SyncTaskRunner
+from replwatch.sync.task import IO_TIMEOUT, SyncTaskRunner, existing_keys_refused
 from replwatch.sync.writer import TargetLink
 
 log = logging.getLogger("replwatch.sync.cluster")
@@ -138,32 +138,10 @@ class ClusterTaskRunner:
             if not foreign:
                 return True
             if self.task.existing_keys == "refuse":
-                message = (
-                    f"target {self.task.target.label} already holds {foreign} keys; a full sync "
-                    f"would mix them with the source's: set existing_keys: flush (delete them "
-                    f"first) or overwrite (keep keys the source does not have) on task "
-                    f"{self.task.name}"
-                )
+                message = existing_keys_refused(self.task, foreign)
                 log.error("task %s failed: %s", self.task.name, message)
                 return False
-            self._flush_keeping_checkpoints(target)
+            target.flush_keeping_checkpoints()
             return True
         finally:
             target.close()
-
-    @staticmethod
-    def _flush_keeping_checkpoints(target: TargetLink) -> None:
-        saved: dict[bytes, list[bytes]] = {}
-        cursor: bytes | int = 0
-        while True:
-            cursor, keys = target.call(
-                "SCAN", cursor, "MATCH", CHECKPOINT_PREFIX + "*", "COUNT", 1000
-            )
-            for key in keys:
-                saved[key] = target.call("HGETALL", key)
-            if cursor == b"0":
-                break
-        target.call("FLUSHALL")
-        for key, flat in saved.items():
-            if flat:
-                target.call("HSET", key, *flat)

@@ -101,6 +101,16 @@ _UNREPLICATED_HSET = (
 )
 
 
+def existing_keys_refused(task: SyncTask, foreign: int) -> str:
+    """Why a first full sync into a target holding `foreign` keys stops (existing_keys:
+    refuse), and what to set instead."""
+    return (
+        f"target {task.target.label} already holds {foreign} keys; a full sync would mix "
+        f"them with the source's: set existing_keys: flush (delete them first) or overwrite "
+        f"(keep keys the source does not have) on task {task.name}"
+    )
+
+
 class FatalTaskError(ReplwatchError):
     """A problem that retrying cannot fix: the task stops (state failed)."""
 
@@ -379,39 +389,15 @@ class SyncTaskRunner:
         if ours_before:
             # the target holds this task's copy: a new full sync replaces it whole, so keys
             # deleted on the source meanwhile go too
-            self._flush_keeping_checkpoints(target)
+            target.flush_keeping_checkpoints()
             return False
         foreign = target.keys_outside(CHECKPOINT_PREFIX.encode())
         if not foreign:
             return False
         if self.task.existing_keys == "refuse":
-            raise FatalTaskError(
-                f"target {self.task.target.label} already holds {foreign} keys; a full sync "
-                f"would mix them with the source's: set existing_keys: flush (delete them "
-                f"first) or overwrite (keep keys the source does not have) on task "
-                f"{self.task.name}"
-            )
-        self._flush_keeping_checkpoints(target)  # existing_keys: flush
+            raise FatalTaskError(existing_keys_refused(self.task, foreign))
+        target.flush_keeping_checkpoints()  # existing_keys: flush
         return False
-
-    def _flush_keeping_checkpoints(self, target: TargetLink) -> None:
-        """FLUSHALL, then put back every sync checkpoint that was on the target (other
-        tasks' too)."""
-        target.select(CHECKPOINT_DB)
-        saved: dict[bytes, list[bytes]] = {}
-        cursor = b"0"
-        while True:
-            cursor, keys = target.call(
-                "SCAN", cursor, "MATCH", CHECKPOINT_PREFIX + "*", "COUNT", 1000
-            )
-            for key in keys:
-                saved[key] = target.call("HGETALL", key)
-            if cursor == b"0":
-                break
-        # one fenced transaction for an HA task (a stale holder can never flush)
-        target.write_all(
-            [("FLUSHALL",), *(("HSET", key, *flat) for key, flat in saved.items() if flat)]
-        )
 
     def full_sync(
         self,

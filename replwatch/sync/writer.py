@@ -19,7 +19,7 @@ from replwatch.config import RedisEndpoint, TLSConfig
 from replwatch.errors import AuthFailure, ProtocolFailure, RedisError
 from replwatch.observe.connection import classify_reply_error, encode_command
 from replwatch.observe.info import parse_info
-from replwatch.sync.checkpoint import CHECKPOINT_DB, Checkpoint, checkpoint_key
+from replwatch.sync.checkpoint import CHECKPOINT_DB, CHECKPOINT_PREFIX, Checkpoint, checkpoint_key
 from replwatch.sync.lease import Fence, LeaseLost
 from replwatch.sync.reader import BufferedSocket, open_socket
 
@@ -331,6 +331,25 @@ class TargetLink:
                     break
         self.select(CHECKPOINT_DB)
         return total
+
+    def flush_keeping_checkpoints(self) -> None:
+        """FLUSHALL, then put back every sync checkpoint that was on the target (other
+        tasks' too); one fenced transaction for an HA task (a stale holder can never
+        flush)."""
+        self.select(CHECKPOINT_DB)
+        saved: dict[bytes, list[bytes]] = {}
+        cursor = b"0"
+        while True:
+            cursor, keys = self.call(
+                "SCAN", cursor, "MATCH", CHECKPOINT_PREFIX + "*", "COUNT", 1000
+            )
+            for key in keys:
+                saved[key] = self.call("HGETALL", key)
+            if cursor == b"0":
+                break
+        self.write_all(
+            [("FLUSHALL",), *(("HSET", key, *flat) for key, flat in saved.items() if flat)]
+        )
 
     def close(self) -> None:
         self.conn.close()
