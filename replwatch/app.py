@@ -6,7 +6,10 @@ import asyncio
 import contextlib
 import logging
 import signal
-from dataclasses import dataclass
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.gc_collector import GCCollector
@@ -14,9 +17,10 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from replwatch.admin.api import AdminAPI
-from replwatch.config import Config
-from replwatch.errors import ReplwatchError
+from replwatch.config import Config, RoutingConfig, load_config
+from replwatch.errors import ConfigError, ReplwatchError
 from replwatch.exporter.collector import SnapshotCollector
+from replwatch.exporter.fleet_collector import FleetCollector
 from replwatch.exporter.server import ExporterHTTPServer
 from replwatch.exporter.sync_collector import SyncCollector
 from replwatch.observe.group_monitor import GroupMonitor
@@ -28,20 +32,41 @@ from replwatch.state import ProbeStore, SnapshotStore
 from replwatch.sync.lifecycle import TaskLifecycle, WatcherSet, make_watcher_factory
 from replwatch.sync.supervisor import SupervisorCollector, SyncSupervisor
 from replwatch.sync.watch import SyncStore
+from replwatch.topology.fleet import Fleet, Resolvers
 
 log = logging.getLogger("replwatch")
 
 
 def build_monitors(cfg: Config) -> list[GroupMonitor]:
-    return [GroupMonitor(g, cfg.poll, cfg.heartbeat, cfg.lag, cfg.tls) for g in cfg.groups]
+    """Monitors of the static groups (Sentinel and cluster groups need discovery: Fleet)."""
+    return [
+        GroupMonitor(g, cfg.poll, cfg.heartbeat, cfg.lag, cfg.tls)
+        for g in cfg.groups
+        if g.master is not None
+    ]
 
 
 def build_probers(cfg: Config) -> list[WaitProber]:
     return [
         WaitProber(g.name, g.master, cfg.probe_of(g), g.tls or cfg.tls)
         for g in cfg.groups
-        if cfg.probe_of(g).enabled
+        if cfg.probe_of(g).enabled and g.master is not None
     ]
+
+
+@dataclass
+class ReloadStatus:
+    """The outcome of the newest config reload (Prometheus's own metric names)."""
+
+    successful: bool = True
+    last_success: float = field(default_factory=time.time)  # start-up counts as one
+    attempts: int = 0
+    failures: int = 0
+    error: str | None = None
+
+
+# settings a reload cannot change in a running process (logged; they need a restart)
+_RESTART_ONLY = ("exporter", "admin")
 
 
 def build_registry(
@@ -51,9 +76,13 @@ def build_registry(
     routing: RoutingEngine | None = None,
     sync_store: SyncStore | None = None,
     supervisor: SyncSupervisor | None = None,
+    fleet: Fleet | None = None,
+    reload_status: ReloadStatus | None = None,
 ) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(SnapshotCollector(store, stats, probes, routing))
+    if fleet is not None:
+        registry.register(FleetCollector(fleet, reload_status))
     if sync_store is not None:
         registry.register(SyncCollector(sync_store))
     if supervisor is not None:
@@ -75,21 +104,39 @@ class Daemon:
     http: ExporterHTTPServer
     sync_store: SyncStore
     sync_watchers: WatcherSet
+    fleet: Fleet
     supervisor: SyncSupervisor | None = None
     lifecycle: TaskLifecycle | None = None
+    reload_config: Callable[[], Config] | None = None
+    reload_status: ReloadStatus = field(default_factory=ReloadStatus)
     _stop: asyncio.Event | None = None
+    _loop: asyncio.AbstractEventLoop | None = None
+    _reload_lock: asyncio.Lock | None = None
 
     @classmethod
-    def build(cls, cfg: Config, config_path: str | None = None, log_level: str = "info") -> Daemon:
+    def build(
+        cls,
+        cfg: Config,
+        config_path: str | None = None,
+        log_level: str = "info",
+        reload_config: Callable[[], Config] | None = None,
+        resolvers: Resolvers | None = None,
+    ) -> Daemon:
         """Everything wired; sync task processes are supervised, and the task lifecycle
         (admin API, state directory) is on, only when the config came from a file
-        (`config_path`: the children read the same file)."""
+        (`config_path`: the children read the same file). `reload_config` loads the config
+        again for a reload (SIGHUP, POST /-/reload); default: `config_path` re-read."""
         lifecycle: TaskLifecycle | None = None
         supervisor: SyncSupervisor | None = None
         if config_path is not None:
             lifecycle = TaskLifecycle.load(cfg, config_path, log_level)
             sync_store, sync_watchers = lifecycle.views, lifecycle.watchers
             supervisor = lifecycle.supervisor
+            if reload_config is None:
+                path = config_path
+
+                def reload_config() -> Config:
+                    return load_config(path)
         else:
             sync_store = SyncStore()
             sync_store.expect([t.name for t in cfg.sync.tasks])
@@ -99,27 +146,36 @@ class Daemon:
             await sync_watchers.poll_into(sync_store)
 
         store = SnapshotStore()
-        store.expect([g.name for g in cfg.groups])
         stats = SchedulerStats()
-        monitors = build_monitors(cfg)
         probe_store = ProbeStore()
-        probers = build_probers(cfg)
-        groups = {g.name: g for g in cfg.groups}
-        routing = RoutingEngine(lambda name: cfg.routing_of(groups[name]))
+        holder: list[Fleet] = []
+
+        def routing_of(name: str) -> RoutingConfig:
+            group = holder[0].config_of(name)
+            return holder[0].cfg.routing if group is None else holder[0].cfg.routing_of(group)
+
+        routing = RoutingEngine(routing_of)
+        fleet = Fleet(cfg, store, routing, probe_store, resolvers)
+        fleet.forget_others.append(stats.forget_groups_except)
+        holder.append(fleet)
         scheduler = MonitorScheduler(
-            monitors,
+            (),
             store,
             cfg.poll.interval,
             cfg.heartbeat.interval if cfg.heartbeat.enabled else None,
             stats,
-            [(p, cfg.probe_of(groups[p.group]).interval) for p in probers],
+            (),
             probe_store,
             routing,
             RoutingPublisher(cfg.publish, routing.tables, cfg.tls) if cfg.publish.url else None,
             # no job when no task can exist (keeps a monitor-only daemon's series as they were)
             poll_sync if sync_watchers.names() or cfg.admin.token is not None else None,
+            fleet=fleet,
         )
-        registry = build_registry(store, stats, probe_store, routing, sync_store, supervisor)
+        reload_status = ReloadStatus()
+        registry = build_registry(
+            store, stats, probe_store, routing, sync_store, supervisor, fleet, reload_status
+        )
         try:
             http = ExporterHTTPServer(
                 (cfg.exporter.host, cfg.exporter.port),
@@ -133,16 +189,99 @@ class Daemon:
             raise ReplwatchError(
                 f"exporter.listen: cannot listen on {cfg.exporter.listen}: {exc.strerror or exc}"
             ) from None
-        return cls(
-            cfg, store, stats, scheduler, http, sync_store, sync_watchers, supervisor, lifecycle
+        daemon = cls(
+            cfg,
+            store,
+            stats,
+            scheduler,
+            http,
+            sync_store,
+            sync_watchers,
+            fleet,
+            supervisor,
+            lifecycle,
+            reload_config,
+            reload_status,
         )
+        http.reload = daemon.reload_from_thread if reload_config is not None else None
+        return daemon
+
+    # ----------------------------------------------------------------- reload
+
+    async def reload(self) -> tuple[bool, str]:
+        """Read the config again and apply it: groups added, removed or changed are
+        reconciled (unchanged groups keep their monitors, lag history and routing state),
+        intervals rescheduled, sync tasks follow (added, removed, redefined). A config that
+        does not load changes nothing. Returns (ok, one line for the log / HTTP reply)."""
+        if self.reload_config is None:
+            return False, "reload: the config did not come from a file"
+        if self._reload_lock is None:
+            self._reload_lock = asyncio.Lock()
+        async with self._reload_lock:
+            status = self.reload_status
+            status.attempts += 1
+            try:
+                new = await asyncio.to_thread(self.reload_config)
+            except ConfigError as exc:
+                status.successful = False
+                status.failures += 1
+                status.error = str(exc).splitlines()[0]
+                log.error("config reload failed, the running config stays: %s", exc)
+                return False, f"reload failed: {exc}"
+            try:
+                changes = await self._apply(new)
+            except Exception as exc:  # a bug: reported, the daemon goes on
+                status.successful = False
+                status.failures += 1
+                status.error = f"internal error: {exc}"
+                log.exception("config reload failed while applying it")
+                return False, "reload failed: internal error (see the daemon's log)"
+            status.successful = True
+            status.error = None
+            status.last_success = time.time()
+            summary = f"config reloaded: {len(changes)} change(s)"
+            log.info("%s%s", summary, "".join(f"; {c}" for c in changes))
+            return True, summary
+
+    async def _apply(self, new: Config) -> list[str]:
+        old = self.cfg
+        for section in _RESTART_ONLY:
+            if getattr(new, section) != getattr(old, section):
+                log.warning("config reload: %s changed; that needs a restart", section)
+        # restart-only sections keep their running values
+        new = new.model_copy(update={s: getattr(old, s) for s in _RESTART_ONLY})
+        changes = self.fleet.apply_config(new)
+        changes += await self.fleet.discover()
+        self.scheduler.reconfigure(
+            new.poll.interval, new.heartbeat.interval if new.heartbeat.enabled else None
+        )
+        if self.lifecycle is not None:
+            changes += await asyncio.to_thread(self.lifecycle.apply_config, new)
+        self.cfg = new
+        return changes
+
+    def reload_from_thread(self, timeout: float = 60.0) -> tuple[bool, str]:
+        """The reload, asked from another thread (the HTTP server's POST /-/reload)."""
+        loop = self._loop
+        if loop is None or not loop.is_running():
+            return False, "reload: the daemon is not running"
+        future = asyncio.run_coroutine_threadsafe(self.reload(), loop)
+        return future.result(timeout)
+
+    def _on_sighup(self) -> None:
+        assert self._loop is not None
+        self._loop.create_task(self.reload())
 
     async def serve(self) -> None:
         self._stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+        self._loop = loop
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):  # not main thread
                 loop.add_signal_handler(sig, self._stop.set)
+        if self.reload_config is not None and threading.current_thread() is threading.main_thread():
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         self.http.start()
         log.info(
             "replwatch listening on http://%s:%d/metrics, watching %d group(s), %d sync task(s)",
@@ -154,6 +293,7 @@ class Daemon:
         try:
             if self.supervisor is not None:
                 self.supervisor.start()
+            await self.fleet.discover()
             await self.scheduler.poll_all_once()
             if self.sync_watchers.names():
                 await self.sync_watchers.poll_into(self.sync_store)
@@ -161,6 +301,8 @@ class Daemon:
             await self._stop.wait()
         finally:
             log.info("replwatch stopping")
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(signal.SIGHUP)
             self.scheduler.shutdown()
             self.sync_watchers.close()
             if self.supervisor is not None:
@@ -172,6 +314,11 @@ class Daemon:
             self._stop.set()
 
 
-def run_daemon(cfg: Config, config_path: str | None = None, log_level: str = "info") -> None:
-    daemon = Daemon.build(cfg, config_path, log_level)
+def run_daemon(
+    cfg: Config,
+    config_path: str | None = None,
+    log_level: str = "info",
+    reload_config: Callable[[], Config] | None = None,
+) -> None:
+    daemon = Daemon.build(cfg, config_path, log_level, reload_config)
     asyncio.run(daemon.serve())

@@ -7,10 +7,14 @@ import asyncio
 import logging
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from replwatch import __version__
 from replwatch.config import Config, load_config
 from replwatch.errors import ConfigError, ReplwatchError
+
+if TYPE_CHECKING:
+    from replwatch.topology.fleet import Fleet
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -94,8 +98,10 @@ def _load(path: str) -> Config:
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
-    nodes = sum(1 + len(g.replicas) for g in cfg.groups)
-    print(f"{args.config}: OK ({len(cfg.groups)} group(s), {nodes} node(s) configured)")
+    nodes = sum(len(cfg.nodes_of(g)) for g in cfg.groups)
+    discovered = sum(1 for g in cfg.groups if g.source != "static")
+    more = f", {discovered} discovered through Sentinel/Cluster" if discovered else ""
+    print(f"{args.config}: OK ({len(cfg.groups)} group(s), {nodes} node(s) configured{more})")
     return EXIT_OK
 
 
@@ -118,10 +124,29 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def _status_snapshots(cfg: Config, only: list[str] | None) -> list[object]:
-    from replwatch.app import build_monitors
+def _only_groups(cfg: Config, only: list[str] | None) -> Config:
+    if not only:
+        return cfg
+    return cfg.model_copy(update={"groups": [g for g in cfg.groups if g.name in only]})
 
-    monitors = [m for m in build_monitors(cfg) if not only or m.name in only]
+
+async def _discovered_fleet(cfg: Config) -> tuple[Fleet, list[str]]:
+    """The groups of `cfg` with Sentinel and cluster groups discovered once; the second
+    value: one line per discovery that failed."""
+    from replwatch.state import SnapshotStore
+    from replwatch.topology.fleet import Fleet
+
+    fleet = Fleet(cfg, SnapshotStore())
+    await fleet.discover()
+    failed = [
+        f"{s.group}: discovery failed: {s.error}" for s in fleet.discovery.values() if s.ok is False
+    ]
+    return fleet, failed
+
+
+async def _status_snapshots(cfg: Config, only: list[str] | None) -> tuple[list[object], list[str]]:
+    fleet, failed = await _discovered_fleet(_only_groups(cfg, only))
+    monitors = list(fleet.monitors.values())
     try:
         await asyncio.gather(*(m.write_heartbeat() for m in monitors))
         snapshots = await asyncio.gather(*(m.poll_cycle() for m in monitors))
@@ -130,9 +155,8 @@ async def _status_snapshots(cfg: Config, only: list[str] | None) -> list[object]
             await asyncio.gather(*(m.write_heartbeat() for m in monitors))
             snapshots = await asyncio.gather(*(m.poll_cycle() for m in monitors))
     finally:
-        for m in monitors:
-            m.close()
-    return list(snapshots)
+        fleet.close()
+    return list(snapshots), failed
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -143,37 +167,39 @@ def _cmd_status(args: argparse.Namespace) -> int:
     unknown = sorted(set(args.group or []) - {g.name for g in cfg.groups})
     if unknown:
         raise ReplwatchError(f"--group: no group named {unknown[0]!r} in {args.config}")
-    snapshots = [
-        s for s in asyncio.run(_status_snapshots(cfg, args.group)) if isinstance(s, GroupSnapshot)
-    ]
+    polled, failed = asyncio.run(_status_snapshots(cfg, args.group))
+    snapshots = [s for s in polled if isinstance(s, GroupSnapshot)]
     print(render_json(snapshots) if args.json else render_table(snapshots))
+    for line in failed:
+        print(line, file=sys.stderr)
     all_up = all(n.up for s in snapshots for n in s.nodes)
-    return EXIT_OK if all_up else EXIT_FAILURE
+    return EXIT_OK if all_up and not failed else EXIT_FAILURE
 
 
 def _cmd_probe(args: argparse.Namespace) -> int:
     import json
     from dataclasses import asdict
 
-    from replwatch.app import build_probers
     from replwatch.observe.probe import ProbeResult
 
     cfg = _load(args.config)
     unknown = sorted(set(args.group or []) - {g.name for g in cfg.groups})
     if unknown:
         raise ReplwatchError(f"--group: no group named {unknown[0]!r} in {args.config}")
-    probers = [p for p in build_probers(cfg) if not args.group or p.group in args.group]
-    if not probers:
+    if not any(cfg.probe_of(g).enabled for g in _only_groups(cfg, args.group).groups):
         raise ReplwatchError(f"{args.config}: no group has probes enabled (probe.enabled)")
 
-    async def run() -> list[ProbeResult]:
+    async def run() -> tuple[list[ProbeResult], list[str]]:
+        fleet, failed = await _discovered_fleet(_only_groups(cfg, args.group))
+        probers = [p for p, _ in fleet.probers.values()]
         try:
-            return list(await asyncio.gather(*(p.probe() for p in probers)))
+            return list(await asyncio.gather(*(p.probe() for p in probers))), failed
         finally:
-            for p in probers:
-                p.close()
+            fleet.close()
 
-    results = asyncio.run(run())
+    results, failed = asyncio.run(run())
+    for line in failed:
+        print(line, file=sys.stderr)
     if args.json:
         print(json.dumps({"probes": [asdict(r) for r in results]}, indent=2))
     else:
@@ -186,7 +212,8 @@ def _cmd_probe(args: argparse.Namespace) -> int:
                     f"{r.group}: {r.result}: {r.acked}/{r.wanted} replicas acknowledged "
                     f"in {ms:.1f} ms"
                 )
-    return EXIT_OK if all(r.result == "ok" for r in results) else EXIT_FAILURE
+    ok = all(r.result == "ok" for r in results) and not failed
+    return EXIT_OK if ok else EXIT_FAILURE
 
 
 def _sync_status_asks_daemon(args: argparse.Namespace) -> bool:

@@ -348,15 +348,104 @@ class ProbeConfig(_Strict):
         return self
 
 
+def parse_host_port(value: str) -> tuple[str, int | None]:
+    """'host:port' or 'host' (IPv6 in brackets when a port follows) → (host, port)."""
+    text = value.strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        if rest and not rest.startswith(":"):
+            raise ValueError
+        port_text = rest[1:]
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+    else:
+        host, port_text = text, ""
+    if not host or any(c.isspace() or c in "/@" for c in host):
+        raise ValueError
+    if not port_text:
+        return host, None
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ValueError
+    return host, int(port_text)
+
+
+def _check_address_map(value: dict[str, str]) -> dict[str, str]:
+    """Keys and values are both 'host:port' or both 'host'."""
+    for announced, reachable in value.items():
+        try:
+            a = parse_host_port(announced)
+        except ValueError:
+            raise PydanticCustomError(
+                "address_map",
+                "'{key}' is not host:port or host",
+                {"key": announced},
+            ) from None
+        try:
+            r = parse_host_port(reachable)
+        except ValueError:
+            raise PydanticCustomError(
+                "address_map",
+                "'{key}': '{value}' is not host:port or host",
+                {"key": announced, "value": reachable},
+            ) from None
+        if (a[1] is None) != (r[1] is None):
+            raise PydanticCustomError(
+                "address_map",
+                "'{key}': map host:port to host:port, or host to host",
+                {"key": announced},
+            )
+    return value
+
+
+# announced address ('host:port' or 'host', as INFO, Sentinel or CLUSTER report it) → the
+# address replwatch connects to (NAT, replica-announce-ip, containers)
+AddressMapping = Annotated[dict[str, str], AfterValidator(_check_address_map)]
+
+
+class GroupSentinel(_Strict):
+    """A group whose master and replicas are whatever the Sentinels watching `master_name`
+    say now (followed through failovers)."""
+
+    # each "host:port" (or redis:// / rediss:// URL) of one Sentinel; all are asked, the
+    # answer with the highest config epoch wins
+    addresses: list[Endpoint] = Field(min_length=1)
+    master_name: str = Field(min_length=1)
+    auth: Auth | None = None  # the Sentinels' own credentials (sentinel.conf requirepass/ACL)
+    timeout: Duration = 0.5  # one Sentinel query (connect + reply)
+    tls: bool = False  # the data nodes speak TLS (rediss); Sentinels: by their URL scheme
+
+    def nodes(self) -> list[RedisEndpoint]:
+        """The Sentinels with this block's credentials (an address's own win)."""
+        if self.auth is None:
+            return list(self.addresses)
+        return [a.with_credentials(self.auth.username, self.auth.password) for a in self.addresses]
+
+
+class GroupCluster(_Strict):
+    """A Redis Cluster: every master shard becomes a group of its own, named
+    `<group>:s<lowest slot>` (kept through failovers and resharding)."""
+
+    # "host:port" (or redis:// / rediss:// URLs) of some nodes; the first that answers
+    # CLUSTER SHARDS / CLUSTER NODES describes the cluster
+    startup_nodes: list[Endpoint] = Field(min_length=1)
+    auth: Auth | None = None  # credentials of the cluster's nodes (or the group's `auth`)
+    timeout: Duration = 0.5
+
+    @property
+    def tls(self) -> bool:
+        return self.startup_nodes[0].tls
+
+
 class GroupConfig(_Strict):
     name: str
-    master: Endpoint
+    master: Endpoint | None = None
     replicas: list[Endpoint] = Field(default_factory=list)
     discover: bool = False
     auth: Auth | None = None
     tls: TLSConfig | None = None
-    sentinel: dict[str, Any] | None = None
-    cluster: dict[str, Any] | None = None
+    sentinel: GroupSentinel | None = None
+    cluster: GroupCluster | None = None
+    address_map: AddressMapping = Field(default_factory=dict)  # over the top-level one
     routing: RoutingConfig | None = None  # overrides the top-level routing for this group
     probe: ProbeConfig | None = None  # overrides the top-level probe for this group
 
@@ -367,17 +456,35 @@ class GroupConfig(_Strict):
             raise PydanticCustomError("name", "must be letters, digits, _ . : - only")
         return v
 
-    @field_validator("sentinel", "cluster")
-    @classmethod
-    def _not_yet(cls, v: Any) -> Any:
-        if v is not None:
+    @model_validator(mode="after")
+    def _one_source(self) -> GroupConfig:
+        given = [k for k in ("master", "sentinel", "cluster") if getattr(self, k) is not None]
+        if not given:
             raise PydanticCustomError(
-                "unsupported", "not supported in this version (Sentinel/Cluster discovery)"
+                "group", "master: required (or give sentinel: or cluster: instead)"
             )
-        return v
+        if len(given) > 1:
+            raise PydanticCustomError(
+                "group",
+                "{second}: give one of master, sentinel, cluster (not {first} and {second})",
+                {"first": given[0], "second": given[1]},
+            )
+        if self.master is None and self.replicas:
+            raise PydanticCustomError(
+                "group",
+                "replicas: the {source} names the replicas (discover: true adds chained ones)",
+                {"source": "Sentinels" if self.sentinel is not None else "cluster"},
+            )
+        if self.cluster is not None and self.cluster.auth is not None and self.auth is not None:
+            raise PydanticCustomError(
+                "group", "auth: give the nodes' credentials once (auth or cluster.auth)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _distinct(self) -> GroupConfig:
+        if self.master is None:
+            return self
         labels = [self.master.label] + [r.label for r in self.replicas]
         dup = {x for x in labels if labels.count(x) > 1}
         if dup:
@@ -385,6 +492,18 @@ class GroupConfig(_Strict):
                 "dup", "replicas: node {node} is listed twice", {"node": sorted(dup)[0]}
             )
         return self
+
+    @property
+    def node_auth(self) -> Auth | None:
+        """The credentials of the group's data nodes (a cluster's may sit in its block)."""
+        if self.cluster is not None and self.cluster.auth is not None:
+            return self.cluster.auth
+        return self.auth
+
+    @property
+    def source(self) -> str:
+        """Where the group's nodes come from: static (listed), sentinel or cluster."""
+        return "sentinel" if self.sentinel else "cluster" if self.cluster else "static"
 
 
 class PublishConfig(_Strict):
@@ -599,7 +718,8 @@ def _command_name(value: str) -> str:
         raise PydanticCustomError("command", "must be a command name like SET or FLUSHALL")
     if name in _STREAM_CONTROL:
         raise PydanticCustomError(
-            "command", "{name} is part of how the stream is applied and cannot be filtered",
+            "command",
+            "{name} is part of how the stream is applied and cannot be filtered",
             {"name": name},
         )
     return name
@@ -803,6 +923,7 @@ class Config(_Strict):
     lag: LagConfig = LagConfig()
     tls: TLSConfig = TLSConfig()
     groups: list[GroupConfig] = Field(default_factory=list)
+    address_map: AddressMapping = Field(default_factory=dict)  # see GroupConfig.address_map
     routing: RoutingConfig = RoutingConfig()
     probe: ProbeConfig = ProbeConfig()
     publish: PublishConfig = PublishConfig()
@@ -815,7 +936,11 @@ class Config(_Strict):
         return self
 
     def nodes_of(self, group: GroupConfig) -> list[RedisEndpoint]:
-        return [group.master, *group.replicas]
+        """The nodes the config lists (a Sentinel or cluster group's are discovered)."""
+        return [] if group.master is None else [group.master, *group.replicas]
+
+    def address_map_of(self, group: GroupConfig) -> dict[str, str]:
+        return {**self.address_map, **group.address_map}
 
     def routing_of(self, group: GroupConfig) -> RoutingConfig:
         return group.routing or self.routing
@@ -871,7 +996,7 @@ def _format_errors(err: ValidationError) -> list[str]:
         path = _loc_to_path(tuple(e["loc"]))
         msg = e["msg"]
         # model-level checks carry 'field: reason' in their message
-        if e["type"] in ("poll", "dup", "routing", "probe", "dbmap") and ": " in msg:
+        if e["type"] in ("poll", "dup", "routing", "probe", "dbmap", "group") and ": " in msg:
             field, _, msg = msg.partition(": ")
             path = _join(path if path != "<root>" else "", field)
         if msg.startswith("Value error, "):
@@ -918,21 +1043,37 @@ def _read_secret_file(path: Path, where: str, problems: list[str]) -> SecretStr 
     return SecretStr(value)
 
 
+def _resolve_auth(auth: Auth | None, where: str, problems: list[str]) -> Auth | None:
+    """`auth` with its password_file read into password."""
+    if auth is None or auth.password_file is None:
+        return auth
+    password = _read_secret_file(auth.password_file, f"{where}.password_file", problems)
+    return auth.model_copy(update={"password": password, "password_file": None})
+
+
 def _apply_auth(cfg: Config, problems: list[str]) -> Config:
-    """Resolve group auth (password_file) into the endpoints that have no credentials."""
+    """Resolve group auth (password_file) into the endpoints that have no credentials; a
+    Sentinel or cluster group keeps its resolved auth for the nodes it discovers."""
     groups = []
     for gi, group in enumerate(cfg.groups):
-        if group.auth is None:
-            groups.append(group)
-            continue
-        password = group.auth.password
-        if group.auth.password_file is not None:
-            password = _read_secret_file(
-                group.auth.password_file, f"groups[{gi}].auth.password_file", problems
+        update: dict[str, Any] = {}
+        auth = _resolve_auth(group.auth, f"groups[{gi}].auth", problems)
+        if auth is not group.auth:
+            update["auth"] = auth
+        if group.sentinel is not None and group.sentinel.auth is not None:
+            sentinel_auth = _resolve_auth(
+                group.sentinel.auth, f"groups[{gi}].sentinel.auth", problems
             )
-        master = group.master.with_credentials(group.auth.username, password)
-        replicas = [r.with_credentials(group.auth.username, password) for r in group.replicas]
-        groups.append(group.model_copy(update={"master": master, "replicas": replicas}))
+            update["sentinel"] = group.sentinel.model_copy(update={"auth": sentinel_auth})
+        if group.cluster is not None and group.cluster.auth is not None:
+            cluster_auth = _resolve_auth(group.cluster.auth, f"groups[{gi}].cluster.auth", problems)
+            update["cluster"] = group.cluster.model_copy(update={"auth": cluster_auth})
+        if group.master is not None and auth is not None:
+            update["master"] = group.master.with_credentials(auth.username, auth.password)
+            update["replicas"] = [
+                r.with_credentials(auth.username, auth.password) for r in group.replicas
+            ]
+        groups.append(group.model_copy(update=update) if update else group)
     admin = cfg.admin
     if admin.token_file is not None:
         token = _read_secret_file(admin.token_file, "admin.token_file", problems)
@@ -982,11 +1123,31 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Confi
 
 
 def iter_secrets(cfg: Config) -> Iterator[str]:
-    """Every secret value in the config (for tests that search outputs for leaks)."""
+    """Every secret value in the config, each once (for tests that search outputs for
+    leaks)."""
+    seen: set[str] = set()
+    for secret in _all_secrets(cfg):
+        if secret not in seen:
+            seen.add(secret)
+            yield secret
+
+
+def _all_secrets(cfg: Config) -> Iterator[str]:
     for group in cfg.groups:
-        for ep in cfg.nodes_of(group):
+        endpoints = list(cfg.nodes_of(group))
+        auths = [group.auth]
+        if group.sentinel is not None:
+            endpoints += group.sentinel.addresses
+            auths.append(group.sentinel.auth)
+        if group.cluster is not None:
+            endpoints += group.cluster.startup_nodes
+            auths.append(group.cluster.auth)
+        for ep in endpoints:
             if ep.password is not None:
                 yield ep.password.get_secret_value()
+        for auth in auths:
+            if auth is not None and auth.password is not None:
+                yield auth.password.get_secret_value()
     for task in cfg.sync.tasks:
         for side in (task.source, task.target):
             if side.password is not None:

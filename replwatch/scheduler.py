@@ -30,6 +30,7 @@ from replwatch.observe.probe import WaitProber
 from replwatch.routing.engine import RoutingEngine
 from replwatch.routing.publisher import RoutingPublisher
 from replwatch.state import GroupSnapshot, ProbeStore, SnapshotStore
+from replwatch.topology.fleet import Fleet
 
 log = logging.getLogger("replwatch.scheduler")
 
@@ -60,6 +61,14 @@ class SchedulerStats:
         with self._lock:
             self._counts[(kind, group, what)] += 1
 
+    def forget_groups_except(self, names: list[str]) -> None:
+        """Drop the counts of groups that are gone (job-wide counts stay)."""
+        keep = set(names) | {"all", "routing"}
+        with self._lock:
+            self._counts = Counter(
+                {k: v for k, v in self._counts.items() if k[1] in keep or k[1].startswith("every-")}
+            )
+
     def items(self) -> list[tuple[tuple[str, str, str], int]]:
         with self._lock:
             return sorted(self._counts.items())
@@ -78,12 +87,24 @@ class MonitorScheduler:
         routing: RoutingEngine | None = None,
         publisher: RoutingPublisher | None = None,
         sync_poll: Callable[[], Awaitable[object]] | None = None,
+        fleet: Fleet | None = None,
     ) -> None:
+        """`fleet`: the daemon's set of groups, which discovery and reloads change while
+        the scheduler runs; its monitors and probers are polled (`monitors` and `probers`
+        are then ignored), and a discovery job runs every poll interval when it has
+        Sentinel or cluster groups."""
         self.sync_poll = sync_poll
         self.routing = routing
         self.publisher = publisher
-        self.monitors = {m.name: m for m in monitors}
-        self.probers = {p.group: (p, interval) for p, interval in probers}
+        self.fleet = fleet
+        self.monitors: dict[str, GroupMonitor]
+        self.probers: dict[str, tuple[WaitProber, float]]
+        if fleet is not None:
+            self.monitors = fleet.monitors
+            self.probers = fleet.probers
+        else:
+            self.monitors = {m.name: m for m in monitors}
+            self.probers = {p.group: (p, interval) for p, interval in probers}
         self.probe_store = probe_store
         self.store = store
         self.stats = stats
@@ -111,8 +132,11 @@ class MonitorScheduler:
 
     async def poll_group(self, name: str) -> None:
         """One cycle of one group on its own."""
-        snapshot = await self.monitors[name].poll_cycle()
-        self._record(name, snapshot)
+        monitor = self.monitors[name]
+        generation = monitor.generation
+        snapshot = await monitor.poll_cycle()
+        if self.monitors.get(name) is monitor and monitor.generation == generation:
+            self._record(name, snapshot)
 
     def _record(self, name: str, snapshot: GroupSnapshot) -> None:
         self.store.put(snapshot)
@@ -120,9 +144,16 @@ class MonitorScheduler:
             self.routing.update(snapshot)
         self.stats.add("poll", name, "completed")
 
-    def _finish_group(self, name: str, cycle: PollCycle) -> None:
+    def _finish_group(self, name: str, monitor: GroupMonitor, cycle: PollCycle) -> None:
+        if self.monitors.get(name) is not monitor or monitor.generation != cycle.generation:
+            # the group went, was rebuilt or retargeted (discovery, reload) while this cycle
+            # ran: it polled the old topology, its result is void
+            for task in cycle.tasks:
+                if task is not None:
+                    task.cancel()
+            return
         try:
-            self._record(name, self.monitors[name].finish_cycle(cycle))
+            self._record(name, monitor.finish_cycle(cycle))
             if cycle.heartbeat_carried:
                 result = cycle.heartbeat_result
                 what = "skipped" if result is None else "ok" if result else "failed"
@@ -141,7 +172,10 @@ class MonitorScheduler:
             self.stats.add("heartbeat", name, "skipped")
 
     async def probe_group(self, name: str) -> None:
-        prober, _ = self.probers[name]
+        entry = self.probers.get(name)
+        if entry is None:
+            return
+        prober, _ = entry
         result = await prober.probe()
         if self.probe_store is not None:
             self.probe_store.record(result)
@@ -166,13 +200,14 @@ class MonitorScheduler:
             return
         loop = asyncio.get_running_loop()
         all_done: asyncio.Future[None] = loop.create_future()
-        open_groups: dict[str, PollCycle] = {}
+        open_groups: dict[str, tuple[GroupMonitor, PollCycle]] = {}
         timeout = 0.0
 
-        def group_done(name: str, cycle: PollCycle) -> None:
-            if open_groups.pop(name, None) is None:
+        def group_done(name: str) -> None:
+            entry = open_groups.pop(name, None)
+            if entry is None:
                 return
-            self._finish_group(name, cycle)
+            self._finish_group(name, *entry)
             if not open_groups and not all_done.done():
                 all_done.set_result(None)
 
@@ -182,9 +217,9 @@ class MonitorScheduler:
             if with_heartbeat and monitor.writer is not None and not cycle.heartbeat_carried:
                 uncarried.append(name)
             timeout = max(timeout, cycle.timeout)
-            open_groups[name] = cycle
+            open_groups[name] = (monitor, cycle)
             awaitables = cycle.awaitables()
-            countdown = _Countdown(len(awaitables), functools.partial(group_done, name, cycle))
+            countdown = _Countdown(len(awaitables), functools.partial(group_done, name))
             for waitable in awaitables:
                 waitable.add_done_callback(countdown.tick)
         heartbeats = None
@@ -193,8 +228,8 @@ class MonitorScheduler:
         if open_groups:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(all_done), timeout)
-        for name, cycle in list(open_groups.items()):
-            group_done(name, cycle)  # what has not answered by now timed out
+        for name in list(open_groups):
+            group_done(name)  # what has not answered by now timed out
         if heartbeats is not None:
             await heartbeats
         if self.publisher is not None:
@@ -242,7 +277,10 @@ class MonitorScheduler:
         slow: list[str] = []
         timeout = 0.0
         for name in names:
-            prober, _ = self.probers[name]
+            entry = self.probers.get(name)
+            if entry is None:
+                continue
+            prober, _ = entry
             inflight = prober.begin()
             if inflight is None:
                 slow.append(name)
@@ -262,7 +300,35 @@ class MonitorScheduler:
         if slow:
             await asyncio.gather(*(self.probe_group(name) for name in slow))
 
+    async def probe_every(self, interval: float) -> None:
+        """The probe round of every group whose probe interval is `interval` (the groups
+        are looked up at each round: discovery and reloads change them)."""
+        await self.probe_all([n for n, (_, i) in self.probers.items() if i == interval])
+
+    async def discover(self) -> None:
+        """The discovery job: the fleet asks its Sentinels and clusters, then reconciles."""
+        if self.fleet is not None:
+            await self.fleet.discover()
+            self.stats.add("discovery", "all", "completed")
+
     def start(self) -> None:
+        self._add_jobs()
+        self._scheduler.start()
+
+    def reconfigure(self, poll_interval: float, heartbeat_interval: float | None) -> None:
+        """New intervals (a reload): every job is removed and added again."""
+        self.poll_interval = poll_interval
+        self.heartbeat_interval = heartbeat_interval
+        self._scheduler.remove_all_jobs()
+        self._ticks = 0
+        self._add_jobs()
+
+    def _probe_intervals(self) -> list[float]:
+        if self.fleet is not None:
+            return self.fleet.probe_intervals()
+        return sorted({interval for _, interval in self.probers.values()})
+
+    def _add_jobs(self) -> None:
         # one job per kind for all groups (not one per group): the scheduler's own overhead
         # then does not grow with the fleet; max_instances=1 + coalescing still skip (and
         # count) a run whose predecessor overran
@@ -284,16 +350,17 @@ class MonitorScheduler:
                     seconds=self.heartbeat_interval,
                     id="heartbeat:all",
                 )
-        by_interval: dict[float, list[str]] = {}
-        for name, (_, interval) in self.probers.items():
-            by_interval.setdefault(interval, []).append(name)
-        for interval, names in sorted(by_interval.items()):
+        for interval in self._probe_intervals():
             self._scheduler.add_job(
-                self.probe_all,
+                self.probe_every,
                 "interval",
                 seconds=interval,
-                args=[names],
+                args=[interval],
                 id=f"probe:every-{interval:g}s",
+            )
+        if self.fleet is not None and self.fleet.discovers:
+            self._scheduler.add_job(
+                self.discover, "interval", seconds=self.poll_interval, id="discovery:all"
             )
         if self.sync_poll is not None:
             self._scheduler.add_job(
@@ -306,9 +373,10 @@ class MonitorScheduler:
                 seconds=self.publisher.config.interval,
                 id="publish:routing",
             )
-        self._scheduler.start()
 
     def _has_writers(self) -> bool:
+        if self.fleet is not None:  # its groups may be discovered after the jobs are added
+            return self.fleet.cfg.heartbeat.enabled and bool(self.fleet.cfg.groups)
         return any(m.writer is not None for m in self.monitors.values())
 
     def heartbeat_rounds_per_poll(self) -> int | None:

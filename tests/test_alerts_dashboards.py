@@ -20,6 +20,7 @@ RUNBOOKS = ROOT / "docs" / "runbooks.md"
 COLLECTORS = [
     ROOT / "replwatch" / "exporter" / "collector.py",
     ROOT / "replwatch" / "exporter" / "sync_collector.py",
+    ROOT / "replwatch" / "exporter" / "fleet_collector.py",
     ROOT / "replwatch" / "sync" / "supervisor.py",
 ]
 

@@ -197,16 +197,77 @@ INVALID: list[tuple[str, Any, dict[str, str], list[str]]] = [
         ["heartbeat.key: environment variable WHO is not set"],
     ),
     (
-        "sentinel-not-supported",
-        {"groups": [group(sentinel={"master_name": "x"})]},
+        "sentinel-without-addresses",
+        {"groups": [{"name": "a", "sentinel": {"master_name": "x"}}]},
         {},
-        ["groups[0].sentinel: not supported in this version (Sentinel/Cluster discovery)"],
+        ["groups[0].sentinel.addresses: Field required"],
     ),
     (
-        "cluster-not-supported",
-        {"groups": [group(cluster={"seeds": ["h:1"]})]},
+        "sentinel-empty-master-name",
+        {"groups": [{"name": "a", "sentinel": {"addresses": ["h:26379"], "master_name": ""}}]},
         {},
-        ["groups[0].cluster: not supported in this version (Sentinel/Cluster discovery)"],
+        ["groups[0].sentinel.master_name: String should have at least 1 character"],
+    ),
+    (
+        "sentinel-and-master",
+        {"groups": [group(sentinel={"addresses": ["h:26379"], "master_name": "x"})]},
+        {},
+        ["groups[0].sentinel: give one of master, sentinel, cluster (not master and sentinel)"],
+    ),
+    (
+        "sentinel-with-listed-replicas",
+        {
+            "groups": [
+                {
+                    "name": "a",
+                    "sentinel": {"addresses": ["h:26379"], "master_name": "x"},
+                    "replicas": ["h:6380"],
+                }
+            ]
+        },
+        {},
+        ["groups[0].replicas: the Sentinels names the replicas (discover: true adds chained ones)"],
+    ),
+    (
+        "cluster-without-startup-nodes",
+        {"groups": [{"name": "a", "cluster": {"startup_nodes": []}}]},
+        {},
+        [
+            "groups[0].cluster.startup_nodes: "
+            "List should have at least 1 item after validation, not 0"
+        ],
+    ),
+    (
+        "cluster-unknown-key",
+        {"groups": [{"name": "a", "cluster": {"seeds": ["h:1"]}}]},
+        {},
+        ["groups[0].cluster.startup_nodes: Field required", "groups[0].cluster.seeds: unknown key"],
+    ),
+    (
+        "cluster-auth-twice",
+        {
+            "groups": [
+                {
+                    "name": "a",
+                    "cluster": {"startup_nodes": ["h:7000"], "auth": {"password": "x"}},
+                    "auth": {"password": "y"},
+                }
+            ]
+        },
+        {},
+        ["groups[0].auth: give the nodes' credentials once (auth or cluster.auth)"],
+    ),
+    (
+        "address-map-bad-key",
+        {"address_map": {"10.0.0.1:99999": "127.0.0.1:7000"}},
+        {},
+        ["address_map: '10.0.0.1:99999' is not host:port or host"],
+    ),
+    (
+        "address-map-mixed-forms",
+        {"groups": [group(address_map={"10.0.0.1:6379": "127.0.0.1"})]},
+        {},
+        ["groups[0].address_map: '10.0.0.1:6379': map host:port to host:port, or host to host"],
     ),
     (
         "web-config-not-supported",
@@ -267,7 +328,7 @@ INVALID: list[tuple[str, Any, dict[str, str], list[str]]] = [
         "group-without-master",
         {"groups": [{"name": "a"}]},
         {},
-        ["groups[0].master: Field required"],
+        ["groups[0].master: required (or give sentinel: or cluster: instead)"],
     ),
     (
         "non-mapping-root-list",
@@ -454,7 +515,7 @@ def test_password_file_applies_to_endpoints_without_password(tmp_path: Path) -> 
         env={},
     )
     g = cfg.groups[0]
-    assert g.master.password is not None
+    assert g.master is not None and g.master.password is not None
     assert g.master.password.get_secret_value() == SECRET  # stripped
     assert g.master.username == "mon"
     own = g.replicas[0]
@@ -462,7 +523,7 @@ def test_password_file_applies_to_endpoints_without_password(tmp_path: Path) -> 
     assert own.username is None  # an endpoint with its own credentials is left alone
     assert g.replicas[1].password is not None
     assert g.replicas[1].password.get_secret_value() == SECRET
-    assert sorted(iter_secrets(cfg)) == sorted([SECRET, "own-pw-1", SECRET])
+    assert sorted(iter_secrets(cfg)) == sorted([SECRET, "own-pw-1"])  # each once
     assert SECRET not in repr(cfg) and SECRET not in str(cfg)
 
 

@@ -1,4 +1,5 @@
-"""The HTTP server: /metrics, /-/healthy, /-/ready, the admin API under /api/v1/. Runs in
+"""The HTTP server: /metrics, /-/healthy, /-/ready, POST /-/reload, the admin API under
+/api/v1/. Runs in
 its own threads; reads only the snapshot store (through the registry's collectors), so a slow
 Redis never slows a scrape. Admin requests (GET/POST/DELETE /api/v1/…) are passed to the
 AdminAPI (replwatch/admin/api.py) whole: this module does no task work itself."""
@@ -16,7 +17,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
-from replwatch.admin.api import MAX_BODY, PREFIX, AdminAPI
+from replwatch.admin.api import MAX_BODY, PREFIX, AdminAPI, token_matches
 from replwatch.routing.engine import RoutingEngine
 
 log = logging.getLogger("replwatch.http")
@@ -67,6 +68,10 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(200, "text/plain; charset=utf-8", b"ready\n")
             else:
                 self._send(503, "text/plain; charset=utf-8", b"not ready: first poll pending\n")
+        elif path == "/-/reload":
+            self._send(
+                405, "text/plain; charset=utf-8", b"use POST /-/reload\n", {"Allow": "POST, PUT"}
+            )
         elif path == "/routing" or path.startswith("/routing/"):
             self._routing(path)
         elif path.startswith("/health/replica/"):
@@ -83,13 +88,44 @@ class _Handler(BaseHTTPRequestHandler):
     do_HEAD = do_GET
 
     def do_POST(self) -> None:
-        if self.path.split("?", 1)[0].startswith(PREFIX):
+        path = self.path.split("?", 1)[0]
+        if path.startswith(PREFIX):
             self._admin()
+        elif path == "/-/reload" and self.command in ("POST", "PUT"):
+            self._discard_body()
+            self._reload()
         else:
             self._discard_body()
             self._send(405, "text/plain; charset=utf-8", b"method not allowed\n")
 
     do_DELETE = do_POST
+    do_PUT = do_POST
+
+    def _reload(self) -> None:
+        """POST /-/reload (as Prometheus has it): read the config file again and apply it.
+        When an admin token is configured, it is needed here too (401 without it)."""
+        reload = self.server.reload
+        text = "text/plain; charset=utf-8"
+        if reload is None:
+            self._send(404, text, b"reload is not available (the config is not from a file)\n")
+            return
+        admin = self.server.admin
+        token = admin.token if admin is not None else None
+        if token is not None and not token_matches(self.headers.get("Authorization"), token):
+            self._send(
+                401,
+                text,
+                b"missing or wrong admin token: send Authorization: Bearer <admin.token>\n",
+                {"WWW-Authenticate": "Bearer"},
+            )
+            return
+        try:
+            ok, message = reload()
+        except Exception:  # a reload bug must not kill the server thread
+            log.exception("reload failed")
+            self._send(500, text, b"reload failed (see the daemon's log)\n")
+            return
+        self._send(200 if ok else 500, text, (message + "\n").encode())
 
     def _discard_body(self) -> None:
         length = self.headers.get("Content-Length")
@@ -128,9 +164,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self._json(response.status, dict(response.body), response.headers)
 
-    def _json(
-        self, status: int, data: object, headers: Mapping[str, str] | None = None
-    ) -> None:
+    def _json(self, status: int, data: object, headers: Mapping[str, str] | None = None) -> None:
         body = (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()
         self._send(status, "application/json", body, headers)
 
@@ -202,6 +236,8 @@ class ExporterHTTPServer(ThreadingHTTPServer):
         self.routing = routing
         self.admin = admin
         self.registry = registry
+        # POST /-/reload: () -> (ok, message); set by the daemon when it can reload
+        self.reload: Callable[[], tuple[bool, str]] | None = None
         self.is_ready = is_ready
         super().__init__(address, _Handler)
         self._thread: threading.Thread | None = None

@@ -15,7 +15,7 @@ Rules (each has a table test):
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from replwatch.lag.heartbeat import HeartbeatHistory
@@ -59,9 +59,15 @@ class ReplicaMemory:
     seen_at: float | None = None  # monotonic time replwatch first polled it (or tried)
 
 
-def _match_line(lines: Sequence[ReplicaLine], label: str) -> ReplicaLine | None:
+def _same_label(label: str) -> str:
+    return label
+
+
+def _match_line(
+    lines: Sequence[ReplicaLine], label: str, map_label: Callable[[str], str] = _same_label
+) -> ReplicaLine | None:
     for line in lines:
-        if line.address == label:
+        if map_label(line.address) == label:
             return line
     _host, _, port = label.rpartition(":")
     by_port = [ln for ln in lines if str(ln.port) == port]
@@ -103,7 +109,10 @@ def compute_group(
     cycle: int,
     heartbeat_ok: bool | None = None,
     heartbeat_error: str | None = None,
+    map_label: Callable[[str], str] = _same_label,
 ) -> tuple[GroupSnapshot, dict[str, ReplicaMemory]]:
+    """`map_label`: an announced 'host:port' (a replica's master_host:master_port, a slave
+    line's ip:port) → the label of the node replwatch polls there (address mapping)."""
     minfo = master.info
     master_role_ok = minfo is not None and not minfo.is_replica
     master_offset = minfo.master_repl_offset if minfo is not None else None
@@ -162,15 +171,17 @@ def compute_group(
             )
         )
         upstream = _upstream_label(info) if info is not None else None
+        if upstream is not None:
+            upstream = map_label(upstream)
         # chained: replicates from another replica of the group (a proxy or NAT address
         # that is not a known node is not a chain)
         chained = upstream is not None and upstream in replica_set
         # the line that the upstream (or, failing that, the master) keeps for this follower
         line = None
         if upstream is not None and upstream in lines_by_node:
-            line = _match_line(lines_by_node[upstream], label)
+            line = _match_line(lines_by_node[upstream], label, map_label)
         if line is None and minfo is not None:
-            line = _match_line(minfo.replicas, label)
+            line = _match_line(minfo.replicas, label, map_label)
 
         reachable = info is not None and info.is_replica
         link_up = bool(reachable and info is not None and info.link_up)

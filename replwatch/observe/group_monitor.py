@@ -27,23 +27,30 @@ from replwatch.observe.heartbeat import HeartbeatWriter
 from replwatch.observe.info import ReplicationInfo
 from replwatch.observe.poller import NodePoller
 from replwatch.state import GroupSnapshot
+from replwatch.topology.groups import AddressMap, MonitoredGroup
 
 
 def discovered_endpoints(
-    template: RedisEndpoint, infos: list[ReplicationInfo], known: set[str]
+    template: RedisEndpoint,
+    infos: list[ReplicationInfo],
+    known: set[str],
+    address_map: AddressMap | None = None,
 ) -> list[RedisEndpoint]:
-    """Replicas named in the slave lines of the given INFOs that are not known yet; they take
-    the credentials, db and TLS setting of `template` (the group's master)."""
+    """Replicas named in the slave lines of the given INFOs that are not known yet, at the
+    address `address_map` maps their announced one to; they take the credentials, db and TLS
+    setting of `template` (the group's master)."""
     found: list[RedisEndpoint] = []
+    amap = address_map or AddressMap()
     for info in infos:
         for line in info.replicas:
             if not line.ip or line.port <= 0:
                 continue
-            label = line.address
-            if label in known:
+            host, port = amap.map(line.ip, line.port)
+            endpoint = template.model_copy(update={"host": host, "port": port})
+            if endpoint.label in known:
                 continue
-            known.add(label)
-            found.append(template.model_copy(update={"host": line.ip, "port": line.port}))
+            known.add(endpoint.label)
+            found.append(endpoint)
     return found
 
 
@@ -51,6 +58,7 @@ class PollCycle:
     """One group's poll cycle in flight: per node, either a sent pipeline or a task."""
 
     __slots__ = (
+        "generation",
         "heartbeat_carried",
         "heartbeat_result",
         "labels",
@@ -74,6 +82,7 @@ class PollCycle:
         self.started = time.monotonic()
         self.heartbeat_carried = False  # this round's heartbeat rides the master's pipeline
         self.heartbeat_result: bool | None = None  # its outcome, once finished
+        self.generation = 0  # the monitor's generation it was begun in (see retarget)
 
     @property
     def timeout(self) -> float:
@@ -96,23 +105,26 @@ class GroupMonitor:
 
     def __init__(
         self,
-        group: GroupConfig,
+        group: GroupConfig | MonitoredGroup,
         poll: PollConfig,
         heartbeat: HeartbeatConfig,
         lag: LagConfig,
         tls: TLSConfig,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
+        if isinstance(group, GroupConfig):
+            group = MonitoredGroup.static(group)
         self.group = group
         self.poll_config = poll
         self.heartbeat_config = heartbeat
+        self.lag_config = lag
         self.tls = group.tls or tls
         self._wall = wall_clock
-        hb_key = heartbeat.key if heartbeat.enabled else None
+        self._hb_key = heartbeat.key if heartbeat.enabled else None
         self.master = NodePoller(group.master, poll.timeout, self.tls)
         self.configured = [r.label for r in group.replicas]
         self.replicas: dict[str, NodePoller] = {
-            r.label: NodePoller(r, poll.timeout, self.tls, hb_key) for r in group.replicas
+            r.label: NodePoller(r, poll.timeout, self.tls, self._hb_key) for r in group.replicas
         }
         self.discovered: set[str] = set()
         self.clock = OffsetClock(lag.offset_clock_window, lag.offset_clock_max_points)
@@ -120,22 +132,73 @@ class GroupMonitor:
         self.writer: HeartbeatWriter | None = None
         if heartbeat.enabled:
             self.history = HeartbeatHistory()
-            self.writer = HeartbeatWriter(
-                group.master,
-                heartbeat.key,
-                heartbeat.ttl,
-                min(poll.timeout, max(heartbeat.interval, 0.05)),
-                self.history,
-                self.tls,
-            )
+            self.writer = self._heartbeat_writer(group.master)
         self.memory: dict[str, ReplicaMemory] = {}
         self.cycle = 0
         self.master_is_master: bool | None = None
         self.last_snapshot: GroupSnapshot | None = None
+        self.master_changes = 0  # failovers followed (the group's master moved)
+        # bumped by retarget: a cycle begun before it polled nodes of the old topology
+        self.generation = 0
+
+    def _heartbeat_writer(self, master: RedisEndpoint) -> HeartbeatWriter:
+        assert self.history is not None
+        hb = self.heartbeat_config
+        return HeartbeatWriter(
+            master,
+            hb.key,
+            hb.ttl,
+            min(self.poll_config.timeout, max(hb.interval, 0.05)),
+            self.history,
+            self.tls,
+        )
 
     @property
     def name(self) -> str:
         return self.group.name
+
+    def retarget(self, group: MonitoredGroup) -> None:
+        """Follow `group` (same name) without losing what is still true: pollers of nodes
+        whose endpoint did not change keep their connections, and while the master stays
+        the offset clock and the replicas' memory stay. When the master moved (a failover),
+        the new master is polled as master, the offset clock starts again (a new stream
+        position history), the heartbeat writes go to the new master (the heartbeat history
+        stays: the old writes were replicated to the new master too), and nothing of a node's
+        old role is kept: a replica that became master is no longer a replica, so no replica
+        series of it survives. Call between poll cycles."""
+        old = self.group
+        self.group = group
+        self.generation += 1
+        master_moved = group.master != old.master
+        if master_moved:
+            self.master.close()
+            self.master = NodePoller(group.master, self.poll_config.timeout, self.tls)
+            lag = self.lag_config
+            self.clock = OffsetClock(lag.offset_clock_window, lag.offset_clock_max_points)
+            self.master_is_master = None
+            self.master_changes += 1
+            if self.writer is not None:
+                self.writer.close()
+                self.writer = self._heartbeat_writer(group.master)
+        wanted = {r.label: r for r in group.replicas}
+        for label in list(self.replicas):
+            poller = self.replicas[label]
+            keep_discovered = label in self.discovered and label != group.master.label
+            if (label in wanted and poller.endpoint == wanted[label]) or (
+                keep_discovered and label not in wanted
+            ):
+                continue
+            self.replicas.pop(label).close()
+            self.discovered.discard(label)
+            self.memory.pop(label, None)
+        for label, endpoint in wanted.items():
+            if label not in self.replicas:
+                self.replicas[label] = NodePoller(
+                    endpoint, self.poll_config.timeout, self.tls, self._hb_key
+                )
+            self.discovered.discard(label)
+        self.configured = list(wanted)
+        self.memory.pop(group.master.label, None)
 
     async def write_heartbeat(self) -> bool | None:
         """One heartbeat write; skipped (None) while the master is known to be a replica."""
@@ -169,6 +232,7 @@ class GroupMonitor:
             )
         cycle = PollCycle(labels, pollers, sent, tasks)
         cycle.heartbeat_carried = carried
+        cycle.generation = self.generation
         return cycle
 
     def finish_cycle(self, cycle: PollCycle) -> GroupSnapshot:
@@ -259,6 +323,7 @@ class GroupMonitor:
             cycle=self.cycle,
             heartbeat_ok=writer.last_ok if writer else None,
             heartbeat_error=writer.last_error if writer else None,
+            map_label=self.group.address_map.label,
         )
         if self.group.discover:
             self._update_discovery(master_sample, samples)
@@ -271,12 +336,12 @@ class GroupMonitor:
         if master.info is None:
             return  # cannot tell who left while the master is unseen
         infos = [master.info] + [s.info for s in samples.values() if s.info is not None]
-        listed = {line.address for info in infos for line in info.replicas}
-        hb_key = self.heartbeat_config.key if self.heartbeat_config.enabled else None
+        amap = self.group.address_map
+        listed = {amap.label(line.address) for info in infos for line in info.replicas}
         known = set(self.replicas) | {self.group.master.label}
-        for endpoint in discovered_endpoints(self.group.master, infos, known):
+        for endpoint in discovered_endpoints(self.group.master, infos, known, amap):
             self.replicas[endpoint.label] = NodePoller(
-                endpoint, self.poll_config.timeout, self.tls, hb_key
+                endpoint, self.poll_config.timeout, self.tls, self._hb_key
             )
             self.discovered.add(endpoint.label)
         for label in list(self.discovered):

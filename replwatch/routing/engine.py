@@ -31,6 +31,10 @@ class RoutingEngine:
                 snapshot, self._states.get(snapshot.name, {}), cfg, snapshot.taken_at
             )
             self._states[snapshot.name] = states
+            present = {entry.replica for entry in table.replicas}
+            for key in [k for k in self._transitions if k[0] == snapshot.name]:
+                if key[1] not in present:  # a node that left, or is the master now
+                    del self._transitions[key]
             if previous is not None:
                 for entry in table.replicas:
                     before = previous.entry(entry.replica)
@@ -46,6 +50,8 @@ class RoutingEngine:
         with self._lock:
             self._tables = {k: v for k, v in self._tables.items() if k in groups}
             self._states = {k: v for k, v in self._states.items() if k in groups}
+            for key in [k for k in self._transitions if k[0] not in groups]:
+                del self._transitions[key]
 
     def table(self, group: str) -> RoutingTable | None:
         return self._tables.get(group)
