@@ -28,6 +28,7 @@ from replwatch.state import ProbeStore, SnapshotStore
 from replwatch.sync.lifecycle import TaskLifecycle, WatcherSet, make_watcher_factory
 from replwatch.sync.supervisor import SupervisorCollector, SyncSupervisor
 from replwatch.sync.watch import SyncStore
+from replwatch.topology.sharding import ShardSpec
 
 log = logging.getLogger("replwatch")
 
@@ -51,9 +52,10 @@ def build_registry(
     routing: RoutingEngine | None = None,
     sync_store: SyncStore | None = None,
     supervisor: SyncSupervisor | None = None,
+    shard: ShardSpec | None = None,
 ) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(SnapshotCollector(store, stats, probes, routing))
+    registry.register(SnapshotCollector(store, stats, probes, routing, shard))
     if sync_store is not None:
         registry.register(SyncCollector(sync_store))
     if supervisor is not None:
@@ -119,7 +121,9 @@ class Daemon:
             # no job when no task can exist (keeps a monitor-only daemon's series as they were)
             poll_sync if sync_watchers.names() or cfg.admin.token is not None else None,
         )
-        registry = build_registry(store, stats, probe_store, routing, sync_store, supervisor)
+        registry = build_registry(
+            store, stats, probe_store, routing, sync_store, supervisor, cfg.shard
+        )
         try:
             http = ExporterHTTPServer(
                 (cfg.exporter.host, cfg.exporter.port),
@@ -145,11 +149,12 @@ class Daemon:
                 loop.add_signal_handler(sig, self._stop.set)
         self.http.start()
         log.info(
-            "replwatch listening on http://%s:%d/metrics, watching %d group(s), %d sync task(s)",
+            "replwatch listening on http://%s:%d/metrics, watching %d group(s), %d sync task(s)%s",
             self.cfg.exporter.host,
             self.http.bound_port,
             len(self.cfg.groups),
             len(self.sync_watchers.names()),
+            f" (shard {self.cfg.shard})" if self.cfg.shard and self.cfg.shard.count > 1 else "",
         )
         try:
             if self.supervisor is not None:
