@@ -33,6 +33,7 @@ from replwatch.sync.lifecycle import TaskLifecycle, WatcherSet, make_watcher_fac
 from replwatch.sync.supervisor import SupervisorCollector, SyncSupervisor
 from replwatch.sync.watch import SyncStore
 from replwatch.topology.fleet import Fleet, Resolvers
+from replwatch.topology.sharding import ShardSpec
 
 log = logging.getLogger("replwatch")
 
@@ -78,9 +79,10 @@ def build_registry(
     supervisor: SyncSupervisor | None = None,
     fleet: Fleet | None = None,
     reload_status: ReloadStatus | None = None,
+    shard: ShardSpec | None = None,
 ) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(SnapshotCollector(store, stats, probes, routing))
+    registry.register(SnapshotCollector(store, stats, probes, routing, shard))
     if fleet is not None:
         registry.register(FleetCollector(fleet, reload_status))
     if sync_store is not None:
@@ -174,7 +176,15 @@ class Daemon:
         )
         reload_status = ReloadStatus()
         registry = build_registry(
-            store, stats, probe_store, routing, sync_store, supervisor, fleet, reload_status
+            store,
+            stats,
+            probe_store,
+            routing,
+            sync_store,
+            supervisor,
+            fleet,
+            reload_status,
+            cfg.shard,
         )
         try:
             http = ExporterHTTPServer(
@@ -255,8 +265,11 @@ class Daemon:
         self.scheduler.reconfigure(
             new.poll.interval, new.heartbeat.interval if new.heartbeat.enabled else None
         )
-        if self.lifecycle is not None:
-            changes += await asyncio.to_thread(self.lifecycle.apply_config, new)
+        if new.sync != old.sync:
+            # the task processes read the file at their start; a reload does not restart
+            # them (yet): say so instead of half-applying
+            log.warning("config reload: sync changed; the sync tasks need a restart to follow")
+            changes.append("sync: changed (needs a restart)")
         self.cfg = new
         return changes
 
@@ -284,11 +297,12 @@ class Daemon:
                 loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         self.http.start()
         log.info(
-            "replwatch listening on http://%s:%d/metrics, watching %d group(s), %d sync task(s)",
+            "replwatch listening on http://%s:%d/metrics, watching %d group(s), %d sync task(s)%s",
             self.cfg.exporter.host,
             self.http.bound_port,
             len(self.cfg.groups),
             len(self.sync_watchers.names()),
+            f" (shard {self.cfg.shard})" if self.cfg.shard and self.cfg.shard.count > 1 else "",
         )
         try:
             if self.supervisor is not None:

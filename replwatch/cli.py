@@ -10,8 +10,11 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from replwatch import __version__
-from replwatch.config import Config, load_config
+from replwatch.config import Config, apply_shard, load_config
 from replwatch.errors import ConfigError, ReplwatchError
+from replwatch.topology.sharding import owner
+
+log = logging.getLogger("replwatch")
 
 if TYPE_CHECKING:
     from replwatch.topology.fleet import Fleet
@@ -38,16 +41,30 @@ def _parser() -> argparse.ArgumentParser:
     def with_config(p: argparse.ArgumentParser) -> None:
         p.add_argument("-c", "--config", default="config.yaml", help="config file (YAML)")
 
+    def with_shard(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--shard",
+            metavar="I/N",
+            help="only the groups and sync tasks of shard I of N (e.g. 2/3; overrides the "
+            "config's shard; see docs/sharding.md)",
+        )
+
     p_run = sub.add_parser("run", help="run the monitor and exporter (the daemon)")
     with_config(p_run)
-    p_check = sub.add_parser("check-config", help="validate a config file")
+    with_shard(p_run)
+    p_check = sub.add_parser(
+        "check-config", help="validate a config file (with a shard: list what it owns)"
+    )
     with_config(p_check)
+    with_shard(p_check)
     p_status = sub.add_parser("status", help="poll once and print lag per replica")
     with_config(p_status)
+    with_shard(p_status)
     p_status.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p_status.add_argument("--group", action="append", help="only this group (repeatable)")
     p_probe = sub.add_parser("probe", help="run one WAIT probe per group and print the result")
     with_config(p_probe)
+    with_shard(p_probe)
     p_probe.add_argument("--group", action="append", help="only this group (repeatable)")
     p_probe.add_argument("--json", action="store_true", help="print JSON")
     p_demo = sub.add_parser(
@@ -96,12 +113,46 @@ def _load(path: str) -> Config:
     return load_config(path)
 
 
+def _load_shard(args: argparse.Namespace) -> tuple[Config, Config]:
+    """The whole config, and the part of it this instance runs (its shard: --shard, else the
+    config's `shard`, else everything)."""
+    whole = _load(args.config)
+    return whole, apply_shard(whole, args.config, args.shard)
+
+
+def _check_groups(args: argparse.Namespace, whole: Config, cfg: Config) -> None:
+    """--group names must be groups of the config, and of this shard."""
+    ours = {g.name for g in cfg.groups}
+    for name in args.group or []:
+        if name in ours:
+            continue
+        if cfg.shard is not None and any(g.name == name for g in whole.groups):
+            count = cfg.shard.count
+            raise ReplwatchError(
+                f"--group: group {name!r} belongs to shard {owner(name, count)}/{count}, "
+                f"not to this one ({cfg.shard})"
+            )
+        raise ReplwatchError(f"--group: no group named {name!r} in {args.config}")
+
+
 def _cmd_check_config(args: argparse.Namespace) -> int:
-    cfg = _load(args.config)
-    nodes = sum(len(cfg.nodes_of(g)) for g in cfg.groups)
-    discovered = sum(1 for g in cfg.groups if g.source != "static")
+    whole, cfg = _load_shard(args)
+    nodes = sum(len(whole.nodes_of(g)) for g in whole.groups)
+    discovered = sum(1 for g in whole.groups if g.source != "static")
     more = f", {discovered} discovered through Sentinel/Cluster" if discovered else ""
-    print(f"{args.config}: OK ({len(cfg.groups)} group(s), {nodes} node(s) configured{more})")
+    print(f"{args.config}: OK ({len(whole.groups)} group(s), {nodes} node(s) configured{more})")
+    if cfg.shard is not None and (args.shard is not None or whole.shard is not None):
+        print(
+            f"shard {cfg.shard} owns {len(cfg.groups)} of {len(whole.groups)} group(s) and "
+            f"{len(cfg.sync.tasks)} of {len(whole.sync.tasks)} sync task(s):"
+        )
+        for group in cfg.groups:
+            print(f"  group {group.name}")
+        for task in cfg.sync.tasks:
+            print(f"  task {task.name}")
+        if cfg.publish.url is not None:
+            print(f"  publish.key {cfg.publish.key}")
+            print(f"  publish.channel {cfg.publish.channel}")
     return EXIT_OK
 
 
@@ -109,10 +160,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from replwatch.app import run_daemon
     from replwatch.sync.task_state import TaskStateFile, state_dir_of
 
-    cfg = _load(args.config)
+    whole, cfg = _load_shard(args)
     if (
-        not cfg.groups
-        and not cfg.sync.tasks
+        not whole.groups
+        and not whole.sync.tasks
         and cfg.admin.token is None
         and not TaskStateFile(state_dir_of(cfg, args.config)).load().created
     ):
@@ -120,7 +171,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
             args.config,
             ["groups: at least one group (or one sync task, or admin.token) is needed to run"],
         )
-    run_daemon(cfg, config_path=args.config, log_level=args.log_level)
+    if cfg.shard is not None and cfg.shard.count > 1 and not cfg.groups and not cfg.sync.tasks:
+        log.warning(
+            "shard %s owns none of the %d group(s) and %d sync task(s) of %s",
+            cfg.shard,
+            len(whole.groups),
+            len(whole.sync.tasks),
+            args.config,
+        )
+
+    def reload_config() -> Config:
+        # a reload runs the same shard (--shard given at start wins, as at start)
+        return apply_shard(_load(args.config), args.config, args.shard)
+
+    run_daemon(cfg, config_path=args.config, log_level=args.log_level, reload_config=reload_config)
     return EXIT_OK
 
 
@@ -163,10 +227,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
     from replwatch.state import GroupSnapshot
     from replwatch.status_view import render_json, render_table
 
-    cfg = _load(args.config)
-    unknown = sorted(set(args.group or []) - {g.name for g in cfg.groups})
-    if unknown:
-        raise ReplwatchError(f"--group: no group named {unknown[0]!r} in {args.config}")
+    whole, cfg = _load_shard(args)
+    _check_groups(args, whole, cfg)
     polled, failed = asyncio.run(_status_snapshots(cfg, args.group))
     snapshots = [s for s in polled if isinstance(s, GroupSnapshot)]
     print(render_json(snapshots) if args.json else render_table(snapshots))
@@ -182,10 +244,8 @@ def _cmd_probe(args: argparse.Namespace) -> int:
 
     from replwatch.observe.probe import ProbeResult
 
-    cfg = _load(args.config)
-    unknown = sorted(set(args.group or []) - {g.name for g in cfg.groups})
-    if unknown:
-        raise ReplwatchError(f"--group: no group named {unknown[0]!r} in {args.config}")
+    whole, cfg = _load_shard(args)
+    _check_groups(args, whole, cfg)
     if not any(cfg.probe_of(g).enabled for g in _only_groups(cfg, args.group).groups):
         raise ReplwatchError(f"{args.config}: no group has probes enabled (probe.enabled)")
 

@@ -31,6 +31,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from replwatch.errors import ConfigError
+from replwatch.topology.sharding import WHOLE_FLEET, ShardSpec, owns, parse_shard
 
 # --------------------------------------------------------------------------- scalars
 
@@ -911,6 +912,20 @@ class SyncConfig(_Strict):
         return next((t for t in self.tasks if t.name == name), None)
 
 
+def _shard(value: Any) -> ShardSpec | None:
+    if value is None or isinstance(value, ShardSpec):
+        return value
+    if not isinstance(value, str):
+        raise PydanticCustomError("shard_value", 'must be a string i/n, e.g. "2/3"')
+    try:
+        return parse_shard(value)
+    except ValueError as exc:
+        raise PydanticCustomError("shard_value", "{problem}", {"problem": str(exc)}) from None
+
+
+SHARD_PLACEHOLDER = "{shard}"
+
+
 class AdminConfig(_Strict):
     token: SecretStr | None = None
     token_file: Path | None = None
@@ -929,11 +944,53 @@ class Config(_Strict):
     publish: PublishConfig = PublishConfig()
     sync: SyncConfig = SyncConfig()
     admin: AdminConfig = AdminConfig()
+    # this instance's part of a fleet split across several replwatch instances: "i/n"
+    # (docs/sharding.md); `replwatch --shard i/n` overrides it
+    shard: Annotated[ShardSpec | None, BeforeValidator(_shard)] = None
 
     @model_validator(mode="after")
     def _unique_groups(self) -> Config:
         _require_unique([g.name for g in self.groups], "groups", "group")
+        problem = self.shard_problem(self.shard or WHOLE_FLEET)
+        if problem is not None:
+            raise PydanticCustomError("shard", problem)
         return self
+
+    def shard_problem(self, spec: ShardSpec) -> str | None:
+        """Why this config cannot run as shard `spec` ('path: reason'), or None. Several
+        shards publishing one routing table would overwrite each other's: with n > 1 the
+        publish key and channel must contain {shard}."""
+        if spec.count > 1 and self.publish.url is not None:
+            for field in ("key", "channel"):
+                if SHARD_PLACEHOLDER not in getattr(self.publish, field):
+                    return (
+                        f"publish.{field}: must contain {SHARD_PLACEHOLDER} when the fleet is "
+                        f"split into shards (shard {spec}): each shard publishes the routing "
+                        f"table of its own groups, e.g. replwatch:routing:{SHARD_PLACEHOLDER}"
+                    )
+        return None
+
+    def for_shard(self, spec: ShardSpec) -> Config:
+        """This config as shard `spec` runs it: the groups and sync.tasks the shard owns,
+        {shard} in publish.key / publish.channel replaced by "i-of-n", and `shard` set to
+        `spec`. Call shard_problem(spec) first."""
+        publish = self.publish.model_copy(
+            update={
+                "key": self.publish.key.replace(SHARD_PLACEHOLDER, spec.slug),
+                "channel": self.publish.channel.replace(SHARD_PLACEHOLDER, spec.slug),
+            }
+        )
+        sync = self.sync.model_copy(
+            update={"tasks": [t for t in self.sync.tasks if owns(spec, t.name, "task")]}
+        )
+        return self.model_copy(
+            update={
+                "groups": [g for g in self.groups if owns(spec, g.name, "group")],
+                "sync": sync,
+                "publish": publish,
+                "shard": spec,
+            }
+        )
 
     def nodes_of(self, group: GroupConfig) -> list[RedisEndpoint]:
         """The nodes the config lists (a Sentinel or cluster group's are discovered)."""
@@ -996,7 +1053,10 @@ def _format_errors(err: ValidationError) -> list[str]:
         path = _loc_to_path(tuple(e["loc"]))
         msg = e["msg"]
         # model-level checks carry 'field: reason' in their message
-        if e["type"] in ("poll", "dup", "routing", "probe", "dbmap", "group") and ": " in msg:
+        if (
+            e["type"] in ("poll", "dup", "routing", "probe", "dbmap", "group", "shard")
+            and ": " in msg
+        ):
             field, _, msg = msg.partition(": ")
             path = _join(path if path != "<root>" else "", field)
         if msg.startswith("Value error, "):
@@ -1120,6 +1180,22 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Confi
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise ConfigError(source, [f"{where}: {problem}"]) from None
     return config_from_data(data, source, env)
+
+
+def apply_shard(cfg: Config, source: str, shard: str | None = None) -> Config:
+    """The config as one shard runs it: `shard` ("i/n", from --shard) wins over the config's
+    `shard`; neither means the whole fleet (1/1). ConfigError: a bad --shard value (source
+    "--shard"), or a config that cannot be split (publish.key without {shard})."""
+    spec = cfg.shard or WHOLE_FLEET
+    if shard is not None:
+        try:
+            spec = parse_shard(shard)
+        except ValueError as exc:
+            raise ConfigError("--shard", [str(exc)]) from None
+    problem = cfg.shard_problem(spec)
+    if problem is not None:
+        raise ConfigError(source, [problem])
+    return cfg.for_shard(spec)
 
 
 def iter_secrets(cfg: Config) -> Iterator[str]:

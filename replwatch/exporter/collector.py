@@ -23,6 +23,7 @@ from replwatch import __version__
 from replwatch.routing.engine import RoutingEngine
 from replwatch.scheduler import SchedulerStats
 from replwatch.state import GroupSnapshot, ProbeStore, ReplicaView, SnapshotStore
+from replwatch.topology.sharding import WHOLE_FLEET, ShardSpec
 
 _REPLICA_GAUGES: list[tuple[str, str, Callable[[ReplicaView], float | int | bool | None]]] = [
     (
@@ -124,8 +125,10 @@ class SnapshotCollector(Collector):
         stats: SchedulerStats | None = None,
         probes: ProbeStore | None = None,
         routing: RoutingEngine | None = None,
+        shard: ShardSpec | None = None,
     ) -> None:
         self.routing = routing
+        self.shard = shard or WHOLE_FLEET
         self.store = store
         self.stats = stats
         self.probes = probes
@@ -148,6 +151,14 @@ class SnapshotCollector(Collector):
         )
         build.add_metric([__version__, platform.python_version()], 1)
         yield build
+        shard = GaugeMetricFamily(
+            "replwatch_shard_info",
+            "Which part of a fleet split across several replwatch instances this one watches "
+            "(--shard index/count; 1 of 1 when not split); always 1.",
+            labels=["index", "count"],
+        )
+        shard.add_metric([str(self.shard.index), str(self.shard.count)], 1)
+        yield shard
 
     def _group_metrics(self, snapshots: list[GroupSnapshot]) -> Iterator[Metric]:
         offset = GaugeMetricFamily(
