@@ -45,3 +45,10 @@ class ProtocolFailure(RedisError):
 
 class ServerBinaryNotFound(ReplwatchError):
     """No redis-server / valkey-server binary could be found (demo)."""
+
+
+class DiscoveryError(RedisError):
+    """No Sentinel or cluster node described the topology; the message names each address
+    asked and its problem (never a password)."""
+
+    reason = "discovery"

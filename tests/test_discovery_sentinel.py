@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 import redis
 
+from replwatch.topology.sentinel import fields_of
+
 from .harness import RedisProcess, ServerSet, free_port, wait_for
 from .sentinels import SentinelProcess, require_sentinel
 
@@ -95,11 +97,8 @@ class SentinelGroup:
                     replicas = client.execute_command("SENTINEL", "replicas", NAME)
                 healthy = 0
                 for entry in replicas:
-                    fields = dict(zip(entry[0::2], entry[1::2], strict=True))
-                    if (
-                        fields.get(b"flags") == b"slave"
-                        and fields.get(b"master-link-status") == b"ok"
-                    ):
+                    fields = fields_of(entry)  # redis-py may have parsed it into a dict
+                    if fields.get("flags") == "slave" and fields.get("master-link-status") == "ok":
                         healthy += 1
                 if healthy < 2:
                     return False
@@ -169,7 +168,11 @@ groups:
                 for r in group.replicas
             )
 
-        wait_for(all_linked, 20, "master and both replicas watched through the Sentinels")
+        try:
+            wait_for(all_linked, 20, "master and both replicas watched through the Sentinels")
+        except AssertionError:
+            lines = [ln for ln in metrics().splitlines() if 'group="orders"' in ln]
+            raise AssertionError("\n".join(lines[:60])) from None
         text = metrics()
         assert value(text, "replwatch_discovery_success", group="orders", source="sentinel") == 1
         assert value(text, "replwatch_group_info", group="orders", source="sentinel") == 1

@@ -56,7 +56,8 @@ class FleetCollector(Collector):
         for name in sorted(self.fleet.monitors):
             monitor = self.fleet.monitors[name]
             group = monitor.group
-            info.add_metric([name, group.source, group.parent, slot_ranges_text(group.slots)], 1)
+            labels = [name, group.master.label, group.source, group.parent]
+            info.add_metric([*labels, slot_ranges_text(group.slots)], 1)
             cycles.add_metric([name], monitor.cycle)
             if group.source == "cluster":
                 slots.add_metric([name, group.parent], sum(b - a + 1 for a, b in group.slots))
