@@ -38,45 +38,114 @@ def low_free_port() -> int:
 
 
 class Cluster:
-    def __init__(self, servers: ServerSet, masters: int = 3, prefix: str = "node") -> None:
+    """`masters` masters owning all slots; with `replicas_per_master`, that many replicas of
+    each (`self.replicas[i]` follow `self.nodes[i]`; `self.nodes` are the first masters,
+    whatever failovers do later: `all_nodes` is everyone)."""
+
+    def __init__(
+        self,
+        servers: ServerSet,
+        masters: int = 3,
+        prefix: str = "node",
+        replicas_per_master: int = 0,
+    ) -> None:
         self.nodes: list[RedisProcess] = []
+        self.replicas: list[list[RedisProcess]] = [[] for _ in range(masters)]
         bus_ports: list[int] = []
-        for i in range(masters):
+
+        def start(name: str) -> RedisProcess:
             bus_ports.append(low_free_port())
-            self.nodes.append(
-                servers.start(
-                    f"{prefix}{i}",
-                    port=low_free_port(),
-                    extra=[
-                        "--cluster-port",
-                        str(bus_ports[-1]),
-                        "--cluster-enabled",
-                        "yes",
-                        "--cluster-config-file",
-                        "nodes.conf",
-                        "--cluster-node-timeout",
-                        "5000",
-                    ],
-                )
+            return servers.start(
+                name,
+                port=low_free_port(),
+                extra=[
+                    "--cluster-port",
+                    str(bus_ports[-1]),
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "5000",
+                ],
             )
+
+        for i in range(masters):
+            self.nodes.append(start(f"{prefix}{i}"))
+        for i in range(masters):
+            for j in range(replicas_per_master):
+                self.replicas[i].append(start(f"{prefix}{i}-replica{j}"))
         per = SLOTS // masters
         for i, node in enumerate(self.nodes):
             first = i * per
             last = SLOTS - 1 if i == masters - 1 else (i + 1) * per - 1
             with connect(node) as client:
                 client.execute_command("CLUSTER", "ADDSLOTS", *range(first, last + 1))
+        everyone = self.all_nodes
         with connect(self.nodes[0]) as client:
-            for other, bus in zip(self.nodes[1:], bus_ports[1:], strict=True):
+            for other, bus in zip(everyone[1:], bus_ports[1:], strict=True):
                 client.execute_command("CLUSTER", "MEET", other.host, other.port, bus)
         wait_for(self._ok, 30, "the cluster to be ok on every node")
+        if replicas_per_master:
+            for master, followers in zip(self.nodes, self.replicas, strict=True):
+                master_id = self.node_id(master)
+                for replica in followers:
+                    # the replica must know the master's id first (gossip after MEET)
+                    wait_for(
+                        lambda r=replica, m=master_id: (
+                            m in connect(r).execute_command("CLUSTER", "NODES").decode()
+                        ),
+                        20,
+                        "the replica to know its master",
+                    )
+                    with connect(replica) as client:
+                        client.execute_command("CLUSTER", "REPLICATE", master_id)
+            wait_for(self._replicas_linked, 30, "every cluster replica linked")
+
+    @property
+    def all_nodes(self) -> list[RedisProcess]:
+        return self.nodes + [r for followers in self.replicas for r in followers]
+
+    def _replicas_linked(self) -> bool:
+        for followers in self.replicas:
+            for replica in followers:
+                with connect(replica) as client:
+                    info = client.info("replication")
+                if info.get("role") != "slave" or info.get("master_link_status") != "up":
+                    return False
+        # and every node's view agrees (gossip): each replica flagged slave everywhere
+        ids = [self.node_id(r) for followers in self.replicas for r in followers]
+        for node in self.all_nodes:
+            with connect(node) as client:
+                view = client.execute_command("CLUSTER", "NODES").decode().splitlines()
+            flags = {line.split()[0]: line.split()[2] for line in view}
+            if any("slave" not in flags.get(i, "") for i in ids):
+                return False
+        return True
+
+    def failover(self, replica: RedisProcess) -> None:
+        """A manual failover (CLUSTER FAILOVER on the replica), waited for on every node."""
+        replica_id = self.node_id(replica)
+        with connect(replica) as client:
+            client.execute_command("CLUSTER", "FAILOVER")
+
+        def promoted() -> bool:
+            for node in self.all_nodes:
+                with connect(node) as client:
+                    for line in client.execute_command("CLUSTER", "NODES").decode().splitlines():
+                        if line.startswith(replica_id) and "master" not in line.split()[2]:
+                            return False
+            return True
+
+        wait_for(promoted, 30, "the manual failover to be seen by every node")
 
     def _ok(self) -> bool:
-        for node in self.nodes:
+        for node in self.all_nodes:
             with connect(node) as client:
                 info = client.execute_command("CLUSTER", "INFO").decode()
                 if (
                     "cluster_state:ok" not in info
-                    or f"cluster_known_nodes:{len(self.nodes)}" not in info
+                    or f"cluster_known_nodes:{len(self.all_nodes)}" not in info
                 ):
                     return False
                 slots = client.execute_command("CLUSTER", "SLOTS")
@@ -114,7 +183,7 @@ class Cluster:
             for start, end, master, *_ in client.execute_command("CLUSTER", "SLOTS"):
                 if int(start) <= slot <= int(end):
                     port = int(master[1])
-                    return next(n for n in self.nodes if n.port == port)
+                    return next(n for n in self.all_nodes if n.port == port)
         raise AssertionError(f"slot {slot} has no owner")
 
     def migrate_slot(self, slot: int, to: RedisProcess, pause: float = 0.0) -> None:
@@ -134,9 +203,10 @@ class Cluster:
                 old.execute_command("MIGRATE", to.host, to.port, "", 0, 5000, "KEYS", *keys)
                 if pause:
                     time.sleep(pause)
-            for node in self.nodes:
+            for node in self.all_nodes:
                 with connect(node) as client:
-                    client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", to_id)
+                    if client.info("replication").get("role") == "master":
+                        client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", to_id)
         wait_for(lambda: self.owner(slot) is to, 10, f"slot {slot} to move")
 
 

@@ -147,3 +147,25 @@ def test_reconcile_follows_moves_keeps_monitors_and_survives_failures(
         scheduler.shutdown()
         fleet.close()
         loop.close()
+
+
+def test_resolvers_name_every_address_they_asked_when_none_answers() -> None:
+    from replwatch.errors import DiscoveryError
+    from replwatch.topology.cluster import resolve_cluster
+    from replwatch.topology.sentinel import resolve_sentinel
+
+    from .harness import closed_port
+
+    dead = [
+        RedisEndpoint(host="127.0.0.1", port=closed_port(), password="pw-Zk3"),  # type: ignore[arg-type]
+        RedisEndpoint(host="127.0.0.1", port=closed_port()),
+    ]
+    with pytest.raises(DiscoveryError) as info:
+        asyncio.run(resolve_sentinel(dead, "m", None, 0.5))
+    message = str(info.value)
+    assert all(d.label in message for d in dead) and "'m'" in message
+    assert "pw-Zk3" not in message
+    with pytest.raises(DiscoveryError) as info:
+        asyncio.run(resolve_cluster(dead, None, 0.5))
+    assert all(d.label in str(info.value) for d in dead)
+    assert info.value.reason == "discovery"

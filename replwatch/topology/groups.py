@@ -162,16 +162,24 @@ def name_shards(
     named: list[tuple[str, DiscoveredGroup]] = []
     taken: set[str] = set()
     pending: list[DiscoveredGroup] = []
+    # most shared nodes first; on a tie the shard that owns slots, then the one whose own
+    # name it is (mid-failover a shard's two masters may be listed apart for a moment)
     candidates = sorted(
         (
-            (-len(shard.node_ids & ids), name, index)
+            (
+                -len(shard.node_ids & ids),
+                not shard.slots,
+                name != f"{parent}:{shard.key}",
+                name,
+                index,
+            )
             for index, shard in enumerate(shards)
             for name, ids in previous.items()
             if shard.node_ids & ids
         ),
     )
     assigned: dict[int, str] = {}
-    for _overlap, name, index in candidates:
+    for *_, name, index in candidates:
         if index in assigned or name in taken:
             continue
         assigned[index] = name
@@ -191,4 +199,4 @@ def name_shards(
             name, suffix = f"{base}-{suffix}", suffix + 1
         taken.add(name)
         named.append((name, shard))
-    return sorted(named, key=lambda item: (item[1].slots[:1] or [(16384, 0)], item[0]))
+    return sorted(named, key=lambda item: (item[1].slots[:1] or ((16384, 0),), item[0]))
