@@ -39,6 +39,8 @@ from replwatch.config import (
 from replwatch.errors import AuthFailure, ProtocolFailure, RedisError
 from replwatch.observe.connection import classify_reply_error, encode_command
 from replwatch.sync.reader import BufferedSocket, open_socket
+from replwatch.topology.cluster import parse_cluster_nodes_groups, parse_cluster_shards_groups
+from replwatch.topology.model import DiscoveredGroup
 
 CLUSTER_SLOTS = 16384
 
@@ -170,70 +172,27 @@ def shard_identity(slots: Sequence[tuple[int, int]]) -> str:
     return f"s{min(start for start, _ in slots)}"
 
 
-def _pairs(flat: Any) -> dict[str, Any]:
-    """A RESP2 flat [name, value, …] list (or a RESP3 map) → dict with text keys."""
-    if isinstance(flat, dict):
-        return {_text(k): v for k, v in flat.items()}
-    if not isinstance(flat, list) or len(flat) % 2:
-        raise ProtocolFailure("CLUSTER SHARDS returned no name/value list")
-    return {_text(k): v for k, v in zip(flat[0::2], flat[1::2], strict=True)}
+def _master_shards(groups: Sequence[DiscoveredGroup]) -> list[Shard]:
+    """The shards that own slots and whose master is not failed (what a sync reads)."""
+    return [
+        Shard(shard_identity(g.slots), g.master.host, g.master.port, g.slots)
+        for g in groups
+        if g.slots and not g.master_down
+    ]
 
 
 def parse_cluster_shards(reply: Any) -> list[Shard]:
     """CLUSTER SHARDS (7.0+) → the shards that own slots and have a master that is not
-    failed, by identity."""
-    if not isinstance(reply, list):
-        raise ProtocolFailure("CLUSTER SHARDS returned no list")
-    shards: list[Shard] = []
-    for entry in reply:
-        fields = _pairs(entry)
-        flat_slots = [int(_text(s)) for s in fields.get("slots") or []]
-        ranges = tuple(zip(flat_slots[0::2], flat_slots[1::2], strict=True))
-        if not ranges:
-            continue
-        master = None
-        for node in fields.get("nodes") or []:
-            info = _pairs(node)
-            if (
-                _text(info.get("role", b"")) == "master"
-                and _text(info.get("health", b"")) != "fail"
-            ):
-                master = info
-        if master is None:
-            continue
-        host = _text(master.get("ip") or master.get("endpoint") or b"")
-        port = master.get("port") or master.get("tls-port")
-        if not host or port is None:
-            continue
-        shards.append(Shard(shard_identity(ranges), host, int(_text(port)), ranges))
-    return sorted(shards, key=lambda s: s.slots[0][0] if s.slots else 0)
+    failed, by identity (parsed by replwatch/topology/cluster.py)."""
+    try:
+        return _master_shards(parse_cluster_shards_groups(reply))
+    except ValueError as exc:
+        raise ProtocolFailure(f"CLUSTER SHARDS: {exc}") from None
 
 
 def parse_cluster_nodes(text: str) -> list[Shard]:
     """CLUSTER NODES (any version) → the master shards that own slots and are not failed."""
-    shards: list[Shard] = []
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) < 8:
-            continue
-        flags = parts[2].split(",")
-        if "master" not in flags or "fail" in flags or "noaddr" in flags:
-            continue
-        ranges: list[tuple[int, int]] = []
-        for item in parts[8:]:
-            if item.startswith("["):  # a slot being migrated or imported
-                continue
-            start, _, end = item.partition("-")
-            ranges.append((int(start), int(end or start)))
-        if not ranges:
-            continue
-        address = parts[1].split("@", 1)[0].split(",", 1)[0]
-        host, _, port = address.rpartition(":")
-        if not host or not port.isdigit():
-            continue
-        ranges.sort()
-        shards.append(Shard(shard_identity(ranges), host, int(port), tuple(ranges)))
-    return sorted(shards, key=lambda s: s.slots[0][0])
+    return _master_shards(parse_cluster_nodes_groups(text))
 
 
 def cluster_shards(source: ClusterSource, tls: TLSConfig | None, timeout: float) -> list[Shard]:
