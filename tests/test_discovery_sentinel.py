@@ -6,12 +6,7 @@ Sentinels and data nodes have passwords; none appear in the metrics or the log."
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,33 +15,13 @@ import redis
 
 from replwatch.topology.sentinel import fields_of
 
+from .daemons import RunningDaemon, fetch, series, value
 from .harness import RedisProcess, ServerSet, free_port, wait_for
 from .sentinels import SentinelProcess, require_sentinel
 
 NAME = "orders-master"
 NODE_PASSWORD = "node-pw-Q7x"
 SENTINEL_PASSWORD = "sentinel-pw-K2m"
-
-
-def fetch(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-
-
-def series(text: str, name: str, **labels: str) -> list[tuple[str, float]]:
-    out = []
-    for line in text.splitlines():
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            out.append((line, float(line.rsplit(" ", 1)[1])))
-    return out
-
-
-def value(text: str, name: str, **labels: str) -> float | None:
-    found = series(text, name, **labels)
-    return found[0][1] if found else None
 
 
 def master_label(text: str) -> str | None:
@@ -143,19 +118,9 @@ groups:
     auth: {{password: "{NODE_PASSWORD}"}}
 """
     )
-    log_path = tmp_path / "daemon.log"
-    log = log_path.open("w+")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "replwatch", "run", "-c", str(cfg)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-
-    def metrics() -> str:
-        status, text = fetch(base + "/metrics")
-        assert status == 200
-        return text
+    daemon = RunningDaemon(cfg, port)
+    base = daemon.base
+    metrics, log_path, proc = daemon.metrics, daemon.log_path, daemon.proc
 
     old, promoted_label = group.master.label, None
     try:
@@ -227,11 +192,4 @@ groups:
             assert secret not in log_path.read_text()
         assert proc.poll() is None
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-        log.close()
+        daemon.stop()

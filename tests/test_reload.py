@@ -10,44 +10,21 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import subprocess
-import sys
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from ._servers import RedisProc, Servers, free_port, server_builds, wait_for, wait_linked
+from .daemons import RunningDaemon, fetch, value
 
 TOKEN = "reload-token-Zq81"
-
-
-def fetch(url: str, method: str = "GET", token: str | None = None) -> tuple[int, str]:
-    request = urllib.request.Request(url, method=method)
-    if token is not None:
-        request.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(request, timeout=10) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
 
 
 def listening(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(1)
         return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-def value(text: str, name: str, **labels: str) -> float | None:
-    for line in text.splitlines():
-        if line.startswith((name + "{", name + " ")) and all(
-            f'{k}="{v}"' in line for k, v in labels.items()
-        ):
-            return float(line.rsplit(" ", 1)[1])
-    return None
 
 
 def groups_up(text: str) -> set[str]:
@@ -110,19 +87,9 @@ def test_reload_adds_removes_keeps_and_survives_a_bad_config(
     port = free_port()
     cfg = tmp_path / "config.yaml"
     cfg.write_text(config_text(port, group_a(n) + group_of("b", n["b_master"])))
-    log_path = tmp_path / "daemon.log"
-    log = log_path.open("w+")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "replwatch", "run", "-c", str(cfg)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-
-    def metrics() -> str:
-        status, text = fetch(base + "/metrics")
-        assert status == 200
-        return text
+    daemon = RunningDaemon(cfg, port)
+    base = daemon.base
+    metrics, log_path, proc = daemon.metrics, daemon.log_path, daemon.proc
 
     def cycles_of(group: str) -> float:
         return value(metrics(), "replwatch_group_poll_cycles_total", group=group) or 0.0
@@ -200,11 +167,4 @@ def test_reload_adds_removes_keeps_and_survives_a_bad_config(
         assert cycles_of("a") > before  # the same monitor, retargeted
         assert proc.poll() is None
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-        log.close()
+        daemon.stop()

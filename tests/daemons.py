@@ -1,0 +1,87 @@
+"""`replwatch run` as a subprocess for end-to-end tests: started on a config file, its
+/metrics and other endpoints fetched, its log read, and always stopped by pid (SIGTERM, then
+SIGKILL) when the `with` block ends, also on failure."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from types import TracebackType
+
+
+def fetch(url: str, method: str = "GET", token: str | None = None) -> tuple[int, str]:
+    request = urllib.request.Request(url, method=method)
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def series(text: str, name: str, **labels: str) -> list[tuple[str, float]]:
+    """The exposition lines of metric `name` carrying all `labels`, with their values."""
+    out = []
+    for line in text.splitlines():
+        if line.startswith((name + "{", name + " ")) and all(
+            f'{k}="{v}"' in line for k, v in labels.items()
+        ):
+            out.append((line, float(line.rsplit(" ", 1)[1])))
+    return out
+
+
+def value(text: str, name: str, **labels: str) -> float | None:
+    found = series(text, name, **labels)
+    return found[0][1] if found else None
+
+
+class RunningDaemon:
+    def __init__(self, config: Path, port: int, *args: str) -> None:
+        self.base = f"http://127.0.0.1:{port}"
+        self.log_path = config.parent / "daemon.log"
+        self._log = self.log_path.open("w+")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "replwatch", "run", "-c", str(config), *args],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def fetch(self, path: str, method: str = "GET", token: str | None = None) -> tuple[int, str]:
+        return fetch(self.base + path, method, token)
+
+    def metrics(self) -> str:
+        status, text = self.fetch("/metrics")
+        assert status == 200, text
+        return text
+
+    def log_text(self) -> str:
+        return self.log_path.read_text()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._log.close()
+
+    def __enter__(self) -> RunningDaemon:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
