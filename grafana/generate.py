@@ -647,6 +647,63 @@ def fleet() -> Json:
     )
     lay.add(
         table(
+            "Groups and their masters",
+            "Every monitored group: the node polled as its master now, where its nodes come "
+            "from (static, sentinel, cluster), its configured group and a cluster shard's slots "
+            "(replwatch_group_info). A Sentinel or cluster group's master changes here after a "
+            "failover.",
+            targets((f"replwatch_group_info{{{g}}}", "{{group}}")),
+            overrides=[],
+            transformations=[
+                {
+                    "id": "organize",
+                    "options": {"excludeByName": {"Time": True, "Value": True, "__name__": True}},
+                }
+            ],
+        ),
+        12,
+        6,
+    )
+    lay.add(
+        timeseries(
+            "Failovers followed and shard slots",
+            "Masters moved in Sentinel / cluster groups (increase), and the slots each cluster "
+            "shard owns (a resharding shows here).",
+            "short",
+            targets(
+                (
+                    f"increase(replwatch_group_master_changes_total{{{g}}}[$__rate_interval])",
+                    "{{group}} master moved",
+                ),
+                (f"replwatch_cluster_shard_slots{{{g}}}", "{{group}} slots"),
+            ),
+            minimum=0,
+        ),
+        12,
+        6,
+    )
+    lay.add(
+        stat(
+            "Config reload",
+            "1: the newest config reload (SIGHUP, POST /-/reload) worked; 0: it failed and the "
+            "previous config runs (see the log). Also failed reloads and the instance's shard.",
+            "short",
+            targets(
+                ("replwatch_config_last_reload_successful", "{{instance}} last reload ok"),
+                ("replwatch_config_reloads_failed_total", "{{instance}} failed reloads"),
+                (
+                    "time() - replwatch_config_last_reload_success_timestamp_seconds",
+                    "{{instance}} config age s",
+                ),
+                ("replwatch_shard_info", "{{instance}} shard {{index}}/{{count}}"),
+                (f"replwatch_group_poll_cycles_total{{{g}}}", "{{group}} cycles"),
+            ),
+        ),
+        24,
+        5,
+    )
+    lay.add(
+        table(
             "replwatch versions",
             "replwatch and Python versions of every replwatch scraped (replwatch_build_info).",
             targets(("replwatch_build_info", "{{version}}")),

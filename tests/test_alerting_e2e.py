@@ -78,6 +78,8 @@ NO_DATA_EXPECTED = {
         "replica that does not acknowledge makes a probe time out, counted in "
         "replwatch_probe_total"
     ),
+    r"replwatch_cluster_shard_slots\b": "only for cluster shards (this run has static groups)",
+    r"replwatch_group_master_changes_total\b": "only for Sentinel and cluster groups",
     r'replwatch_scheduler_runs_total\{[^}]*outcome=~"missed': (
         "only when a scheduled poll / heartbeat / probe run is missed, overruns or fails"
     ),

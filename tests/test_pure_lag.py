@@ -182,7 +182,10 @@ BAD_CONFIGS = [
     ),
     ({"nope": 1}, "nope: unknown key"),
     ({"groups": [{**G, "colour": "red"}]}, "groups[0].colour: unknown key"),
-    ({"groups": [{"name": "g"}]}, "groups[0].master: Field required"),
+    (
+        {"groups": [{"name": "g"}]},
+        "groups[0].master: required (or give sentinel: or cluster: instead)",
+    ),
     ({"groups": [{**G, "name": "a b"}]}, "groups[0].name: must be letters, digits, _ . : - only"),
     ({"groups": [G, G]}, "groups: group name 'g' is used twice"),
     (
@@ -205,11 +208,12 @@ BAD_CONFIGS = [
     ),
     (
         {"groups": [{**G, "sentinel": {"addresses": []}}]},
-        "groups[0].sentinel: not supported in this version (Sentinel/Cluster discovery)",
+        "groups[0].sentinel.addresses: List should have at least 1 item after validation, not 0",
     ),
     (
         {"groups": [{**G, "cluster": {"startup_nodes": []}}]},
-        "groups[0].cluster: not supported in this version (Sentinel/Cluster discovery)",
+        "groups[0].cluster.startup_nodes: List should have at least 1 item after validation, "
+        "not 0",
     ),
     (
         {"exporter": {"listen": "nowhere"}},
