@@ -17,7 +17,7 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from replwatch.admin.api import AdminAPI
-from replwatch.config import Config, RoutingConfig, load_config
+from replwatch.config import Config, RoutingConfig, load_config, tls_over
 from replwatch.errors import ConfigError, ReplwatchError
 from replwatch.exporter.collector import SnapshotCollector
 from replwatch.exporter.fleet_collector import FleetCollector
@@ -34,6 +34,7 @@ from replwatch.sync.supervisor import SupervisorCollector, SyncSupervisor
 from replwatch.sync.watch import SyncStore
 from replwatch.topology.fleet import Fleet, Resolvers
 from replwatch.topology.sharding import ShardSpec
+from replwatch.web_config import WebConfigSource
 
 log = logging.getLogger("replwatch")
 
@@ -49,7 +50,7 @@ def build_monitors(cfg: Config) -> list[GroupMonitor]:
 
 def build_probers(cfg: Config) -> list[WaitProber]:
     return [
-        WaitProber(g.name, g.master, cfg.probe_of(g), g.tls or cfg.tls)
+        WaitProber(g.name, g.master, cfg.probe_of(g), tls_over(cfg.tls, g.tls))
         for g in cfg.groups
         if cfg.probe_of(g).enabled and g.master is not None
     ]
@@ -169,7 +170,11 @@ class Daemon:
             (),
             probe_store,
             routing,
-            RoutingPublisher(cfg.publish, routing.tables, cfg.tls) if cfg.publish.url else None,
+            (
+                RoutingPublisher(cfg.publish, routing.tables, tls_over(cfg.tls, cfg.publish.tls))
+                if cfg.publish.url
+                else None
+            ),
             # no job when no task can exist (keeps a monitor-only daemon's series as they were)
             poll_sync if sync_watchers.names() or cfg.admin.token is not None else None,
             fleet=fleet,
@@ -193,6 +198,7 @@ class Daemon:
                 store.ready,
                 routing,
                 AdminAPI(cfg.admin.token, lifecycle),
+                WebConfigSource(cfg.exporter.web_config) if cfg.exporter.web_config else None,
             )
         except OSError as exc:
             scheduler.shutdown()
@@ -297,7 +303,8 @@ class Daemon:
                 loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         self.http.start()
         log.info(
-            "replwatch listening on http://%s:%d/metrics, watching %d group(s), %d sync task(s)%s",
+            "replwatch listening on %s://%s:%d/metrics, watching %d group(s), %d sync task(s)%s",
+            self.http.scheme,
             self.cfg.exporter.host,
             self.http.bound_port,
             len(self.cfg.groups),

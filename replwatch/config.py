@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import ssl
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -32,6 +33,7 @@ from pydantic_core import PydanticCustomError
 
 from replwatch.errors import ConfigError
 from replwatch.topology.sharding import WHOLE_FLEET, ShardSpec, owns, parse_shard
+from replwatch.web_config import load_web_config
 
 # --------------------------------------------------------------------------- scalars
 
@@ -93,11 +95,38 @@ class _Strict(BaseModel):
 
 
 class TLSConfig(_Strict):
+    """How rediss:// connections are made. Verification is on unless
+    `insecure_skip_verify`; `ca_file` adds to (replaces) the system's CA bundle; a client
+    certificate (cert_file, key_file) is sent when the server asks for one (tls-auth-clients);
+    `server_name` is the name checked against the server's certificate (default: the host of
+    the URL). Set at the top of the config and overridden field by field per group, per sync
+    task and for publish (see tls_over)."""
+
     ca_file: Path | None = None
     cert_file: Path | None = None
     key_file: Path | None = None
     server_name: str | None = None
     insecure_skip_verify: bool = False
+
+    @model_validator(mode="after")
+    def _key_needs_cert(self) -> TLSConfig:
+        if self.key_file is not None and self.cert_file is None:
+            raise PydanticCustomError("tls", "key_file: given without cert_file")
+        return self
+
+
+def tls_over(base: TLSConfig, override: TLSConfig | None) -> TLSConfig:
+    """The TLS settings in effect where `override` (a group's, a task's, publish's `tls:`)
+    applies over the top-level `base`: each field the override sets wins, the others are
+    the base's (a group can change server_name alone and keep the top-level CA)."""
+    if override is None:
+        return base
+    fields = override.model_fields_set
+    if not fields:
+        return base
+    merged = base.model_dump()
+    merged.update({name: getattr(override, name) for name in fields})
+    return TLSConfig.model_validate(merged)
 
 
 class RedisEndpoint(_Strict):
@@ -211,17 +240,9 @@ ListenAddress = Annotated[str, BeforeValidator(_listen_address)]
 
 class ExporterConfig(_Strict):
     listen: ListenAddress = "127.0.0.1:9750"
+    # TLS and basic auth for the HTTP server, in the exporter-toolkit web config format
+    # (replwatch/web_config.py); re-read when it changes
     web_config: Path | None = None
-
-    @field_validator("web_config")
-    @classmethod
-    def _web_config(cls, v: Path | None) -> Path | None:
-        if v is not None:
-            # refusing beats silently serving without the TLS / basic auth the file asks for
-            raise PydanticCustomError(
-                "unsupported", "TLS / basic auth web config is not supported in this version"
-            )
-        return v
 
     @property
     def host(self) -> str:
@@ -512,6 +533,8 @@ class PublishConfig(_Strict):
     whole table as JSON, and a pub/sub channel announcing it, on change and every interval."""
 
     url: Endpoint | None = None
+    auth: Auth | None = None  # credentials when the URL has none (password_file works)
+    tls: TLSConfig | None = None  # over the top-level tls
     key: str = "replwatch:routing"
     channel: str = "replwatch:routing"
     interval: Duration = 2.0
@@ -797,7 +820,11 @@ class SyncTask(_Strict):
     # the stream: no byte from the source for this long ends the session (reconnect), like a
     # replica's repl-timeout; keep it above the source's repl-ping-replica-period (10s)
     source_timeout: Duration = 60.0
-    tls: TLSConfig | None = None
+    tls: TLSConfig | None = None  # over the top-level tls, for the source and the target
+    # credentials of the source / the target when their URL (or block) has none; with
+    # password_file (read at start and at reload, never through the admin API)
+    source_auth: Auth | None = None
+    target_auth: Auth | None = None
     # high availability: several daemons may run this task; one holds a lease in the
     # target (fencing token checked with every write), the others wait and take over when
     # it lapses. `lease`: how long a holder that stopped renewing keeps it
@@ -1077,7 +1104,7 @@ def sync_task_from_data(data: Any, where: str = "tasks") -> SyncTask:
     if not isinstance(data, dict):
         raise ConfigError(where, [f"{where}: must be a mapping of task fields (name, source, …)"])
     try:
-        return SyncTask.model_validate(data)
+        task = SyncTask.model_validate(data)
     except ValidationError as exc:
         problems = []
         for line in _format_errors(exc):
@@ -1088,6 +1115,21 @@ def sync_task_from_data(data: Any, where: str = "tasks") -> SyncTask:
             else:
                 problems.append(f"{where}.{line}")
         raise ConfigError(where, problems) from None
+    file_fields = [
+        f"{where}.{name}.password_file"
+        for name in ("source_auth", "target_auth")
+        if (auth := getattr(task, name)) is not None and auth.password_file is not None
+    ]
+    if file_fields:
+        raise ConfigError(
+            where,
+            [
+                f"{field}: not accepted here (the daemon would read a file of its own host); "
+                "send the password, or define the task in the config file"
+                for field in file_fields
+            ],
+        )
+    return _apply_task_auth(task, where, [])
 
 
 def _read_secret_file(path: Path, where: str, problems: list[str]) -> SecretStr | None:
@@ -1138,7 +1180,101 @@ def _apply_auth(cfg: Config, problems: list[str]) -> Config:
     if admin.token_file is not None:
         token = _read_secret_file(admin.token_file, "admin.token_file", problems)
         admin = admin.model_copy(update={"token": token})
-    return cfg.model_copy(update={"groups": groups, "admin": admin})
+    publish = cfg.publish
+    publish_auth = _resolve_auth(publish.auth, "publish.auth", problems)
+    if publish.url is not None and publish_auth is not None:
+        publish = publish.model_copy(
+            update={
+                "url": publish.url.with_credentials(publish_auth.username, publish_auth.password),
+                "auth": publish_auth,
+            }
+        )
+    tasks = [
+        _apply_task_auth(task, f"sync.tasks[{ti}]", problems)
+        for ti, task in enumerate(cfg.sync.tasks)
+    ]
+    return cfg.model_copy(
+        update={
+            "groups": groups,
+            "admin": admin,
+            "publish": publish,
+            "sync": cfg.sync.model_copy(update={"tasks": tasks}),
+        }
+    )
+
+
+def _with_auth(endpoint: Any, auth: Auth | None) -> Any:
+    """A sync source/target (URL endpoint, Sentinel, Cluster) with `auth`'s credentials
+    where it has no password of its own."""
+    if auth is None or auth.password is None or endpoint.password is not None:
+        return endpoint
+    return endpoint.model_copy(
+        update={"username": endpoint.username or auth.username, "password": auth.password}
+    )
+
+
+def _apply_task_auth(task: SyncTask, where: str, problems: list[str]) -> SyncTask:
+    """A task's source_auth / target_auth (password_file read) put into its endpoints."""
+    source_auth = _resolve_auth(task.source_auth, f"{where}.source_auth", problems)
+    target_auth = _resolve_auth(task.target_auth, f"{where}.target_auth", problems)
+    if source_auth is None and target_auth is None:
+        return task
+    return task.model_copy(
+        update={
+            "source": _with_auth(task.source, source_auth),
+            "target": _with_auth(task.target, target_auth),
+            "source_auth": source_auth,
+            "target_auth": target_auth,
+        }
+    )
+
+
+def _check_tls(tls: TLSConfig | None, where: str, problems: list[str]) -> None:
+    """The files a `tls:` block names exist and load (an unreadable CA or a key that does
+    not match its certificate is a config error now, not a failed handshake per poll)."""
+    if tls is None:
+        return
+    for field in ("ca_file", "cert_file", "key_file"):
+        path = getattr(tls, field)
+        if path is None:
+            continue
+        try:
+            with Path(path).open("rb"):
+                pass
+        except OSError as exc:
+            problems.append(f"{where}.{field}: cannot read {path}: {exc.strerror or exc}")
+            return
+    context = ssl.create_default_context()
+    if tls.ca_file is not None:
+        try:
+            context.load_verify_locations(cafile=str(tls.ca_file))
+        except (ssl.SSLError, ValueError):
+            problems.append(f"{where}.ca_file: {tls.ca_file} holds no PEM certificate")
+            return
+    if tls.cert_file is not None:
+        try:
+            context.load_cert_chain(
+                str(tls.cert_file), str(tls.key_file) if tls.key_file else None
+            )
+        except (ssl.SSLError, ValueError):
+            problems.append(
+                f"{where}.cert_file: {tls.cert_file} is not a PEM certificate with its key "
+                "(or key_file does not match it)"
+            )
+
+
+def _check_tls_files(cfg: Config, problems: list[str]) -> None:
+    if cfg.exporter.web_config is not None:
+        try:
+            load_web_config(cfg.exporter.web_config)
+        except ConfigError as exc:
+            problems.append(f"exporter.web_config: {exc}")
+    _check_tls(cfg.tls, "tls", problems)
+    _check_tls(cfg.publish.tls, "publish.tls", problems)
+    for gi, group in enumerate(cfg.groups):
+        _check_tls(group.tls, f"groups[{gi}].tls", problems)
+    for ti, task in enumerate(cfg.sync.tasks):
+        _check_tls(task.tls, f"sync.tasks[{ti}].tls", problems)
 
 
 def config_from_data(
@@ -1159,6 +1295,7 @@ def config_from_data(
     if problems:
         raise ConfigError(source, problems)
     cfg = _apply_auth(cfg, problems)
+    _check_tls_files(cfg, problems)
     if problems:
         raise ConfigError(source, problems)
     return cfg

@@ -270,10 +270,13 @@ INVALID: list[tuple[str, Any, dict[str, str], list[str]]] = [
         ["groups[0].address_map: '10.0.0.1:6379': map host:port to host:port, or host to host"],
     ),
     (
-        "web-config-not-supported",
-        {"exporter": {"web_config": "/etc/replwatch/web.yml"}},
+        "web-config-missing",
+        {"exporter": {"web_config": "/nonexistent/replwatch/web.yml"}},
         {},
-        ["exporter.web_config: TLS / basic auth web config is not supported in this version"],
+        [
+            "exporter.web_config: /nonexistent/replwatch/web.yml: <file>: cannot read: "
+            "No such file or directory"
+        ],
     ),
     (
         "listen-without-port",

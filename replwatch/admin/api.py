@@ -9,7 +9,9 @@ it; the HTTP server (replwatch/exporter/server.py) only passes requests through.
     POST   /api/v1/tasks/<name>/start      start ({"afresh": true} or ?afresh=1)
     POST   /api/v1/tasks/<name>/stop       stop (SIGTERM; returns when the process is gone)
 
-Every call needs `Authorization: Bearer <admin.token>`: 401 without it or with another token
+Every call needs `Authorization: Bearer <admin.token>` (or `X-Replwatch-Token:
+<admin.token>` when the web config's basic auth takes the Authorization header): 401 without
+it or with another token
 (compared in constant time), and nothing changes. Without admin.token / admin.token_file in
 the config the API is disabled: every call answers 403 saying how to enable it. Errors are
 `{"error": "<one line>"}`: 400 bad body or task definition (the field named), 404 unknown
@@ -139,7 +141,8 @@ class AdminAPI:
             if not token_matches(authorization, self.token):
                 raise _Refused(
                     401,
-                    "missing or wrong admin token: send Authorization: Bearer <admin.token>",
+                    "missing or wrong admin token: send Authorization: Bearer <admin.token> "
+                    "(or X-Replwatch-Token: <admin.token> behind basic auth)",
                     {"WWW-Authenticate": 'Bearer realm="replwatch"'},
                 )
             query = parse_qs(query_text, keep_blank_values=True)

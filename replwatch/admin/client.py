@@ -3,15 +3,20 @@
 Address and token, first found wins, each on its own: the `--url` / `--token` flags, then
 the environment (REPLWATCH_URL, REPLWATCH_TOKEN), then a client config file (`--client-config
 FILE`, default $XDG_CONFIG_HOME/replwatch/client.yaml, i.e. ~/.config/replwatch/client.yaml)
-with the keys url, token and token_file.
+with the keys url, token and token_file. For a daemon behind its web config (TLS, basic
+auth) the client config also takes ca_file (the CA of the daemon's certificate), username
+and password_file (REPLWATCH_USERNAME / REPLWATCH_PASSWORD in the environment); with basic
+auth the token travels in X-Replwatch-Token.
 
 Errors are ClientError: one line, and the exit status the command should end with.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import ssl
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
@@ -43,10 +48,18 @@ def default_client_config(env: Mapping[str, str]) -> Path:
     return Path(base).expanduser() / "replwatch" / "client.yaml"
 
 
+ENV_USERNAME = "REPLWATCH_USERNAME"
+ENV_PASSWORD = "REPLWATCH_PASSWORD"
+CLIENT_KEYS = ("url", "token", "token_file", "ca_file", "username", "password_file")
+
+
 @dataclass(frozen=True)
 class ClientSettings:
     url: str | None
     token: str | None
+    ca_file: str | None = None
+    username: str | None = None
+    password: str | None = None
 
 
 def _read_client_config(path: Path, explicit: bool) -> dict[str, Any]:
@@ -65,11 +78,11 @@ def _read_client_config(path: Path, explicit: bool) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ClientError(f"{path}: must be a mapping (url, token, token_file)", EXIT_USAGE)
-    unknown = sorted(set(data) - {"url", "token", "token_file"})
+        raise ClientError(f"{path}: must be a mapping ({', '.join(CLIENT_KEYS)})", EXIT_USAGE)
+    unknown = sorted(set(data) - set(CLIENT_KEYS))
     if unknown:
-        raise ClientError(f"{path}: {unknown[0]}: unknown key (url, token, token_file)", 2)
-    for key in ("url", "token", "token_file"):
+        raise ClientError(f"{path}: {unknown[0]}: unknown key ({', '.join(CLIENT_KEYS)})", 2)
+    for key in CLIENT_KEYS:
         if key in data and not isinstance(data[key], str):
             raise ClientError(f"{path}: {key}: must be a string", EXIT_USAGE)
     return data
@@ -94,15 +107,21 @@ def resolve_settings(
     """Flags, then environment, then the client config file (read only when needed)."""
     url = url or env.get(ENV_URL) or None
     token = token or env.get(ENV_TOKEN) or None
-    if url is None or token is None or client_config is not None:
-        path = Path(client_config) if client_config else default_client_config(env)
-        data = _read_client_config(path, explicit=client_config is not None)
-        url = url or data.get("url") or None
-        if token is None and data.get("token"):
-            token = data["token"]
-        elif token is None and data.get("token_file"):
-            token = _read_token_file(Path(data["token_file"]), f"{path}: token_file")
-    return ClientSettings(url.rstrip("/") if url else None, token)
+    username = env.get(ENV_USERNAME) or None
+    password = env.get(ENV_PASSWORD) or None
+    ca_file = None
+    path = Path(client_config) if client_config else default_client_config(env)
+    data = _read_client_config(path, explicit=client_config is not None)
+    url = url or data.get("url") or None
+    if token is None and data.get("token"):
+        token = data["token"]
+    elif token is None and data.get("token_file"):
+        token = _read_token_file(Path(data["token_file"]), f"{path}: token_file")
+    ca_file = data.get("ca_file") or None
+    username = username or data.get("username") or None
+    if password is None and data.get("password_file"):
+        password = _read_token_file(Path(data["password_file"]), f"{path}: password_file")
+    return ClientSettings(url.rstrip("/") if url else None, token, ca_file, username, password)
 
 
 def has_daemon_address(url: str | None, client_config: str | None, env: Mapping[str, str]) -> bool:
@@ -127,6 +146,15 @@ class AdminClient:
         self.url = settings.url
         self.token = settings.token
         self.timeout = timeout
+        self.basic = settings
+        self.context: ssl.SSLContext | None = None
+        if settings.ca_file:
+            try:
+                self.context = ssl.create_default_context(cafile=settings.ca_file)
+            except (OSError, ssl.SSLError):
+                raise ClientError(
+                    f"ca_file: cannot load a CA certificate from {settings.ca_file}", EXIT_USAGE
+                ) from None
 
     def request(self, method: str, path: str, body: Any = None) -> Any:
         """The decoded JSON answer of a 2xx; ClientError (one line) otherwise."""
@@ -134,10 +162,16 @@ class AdminClient:
         req = urllib.request.Request(self.url + path, data=data, method=method)
         if data is not None:
             req.add_header("Content-Type", "application/json")
-        if self.token:
+        basic = self.basic
+        if basic.username is not None and basic.password is not None:
+            pair = f"{basic.username}:{basic.password}".encode()
+            req.add_header("Authorization", "Basic " + base64.b64encode(pair).decode())
+            if self.token:
+                req.add_header("X-Replwatch-Token", self.token)
+        elif self.token:
             req.add_header("Authorization", f"Bearer {self.token}")
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+            with urllib.request.urlopen(req, timeout=self.timeout, context=self.context) as resp:
                 return json.loads(resp.read() or b"{}")
         except urllib.error.HTTPError as exc:
             raise self._refused(exc.code, exc.read()) from None

@@ -6,8 +6,10 @@ AdminAPI (replwatch/admin/api.py) whole: this module does no task work itself.""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import ssl
 import threading
 from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,8 +21,10 @@ from prometheus_client.exposition import choose_encoder
 
 from replwatch.admin.api import MAX_BODY, PREFIX, AdminAPI, token_matches
 from replwatch.routing.engine import RoutingEngine
+from replwatch.web_config import REALM, WebConfigSource, WebSettings, token_header_value
 
 log = logging.getLogger("replwatch.http")
+HANDSHAKE_TIMEOUT = 10.0
 
 Route = Callable[["_Handler"], tuple[int, str, bytes]]
 
@@ -32,6 +36,24 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s " + format, self.address_string(), *args)
 
+    def parse_request(self) -> bool:
+        """The request line and headers, then the web config's basic auth (every path, as
+        exporter-toolkit has it): a request without good credentials gets 401 here."""
+        if not super().parse_request():
+            return False
+        settings = self.server.web_settings()
+        self.web = settings
+        if settings is not None and not settings.authorized(self.headers.get("Authorization")):
+            self._discard_body()
+            self._send(
+                401,
+                "text/plain; charset=utf-8",
+                b"Unauthorized\n",
+                {"WWW-Authenticate": f'Basic realm="{REALM}"'},
+            )
+            return False
+        return True
+
     def _send(
         self,
         status: int,
@@ -40,6 +62,10 @@ class _Handler(BaseHTTPRequestHandler):
         headers: Mapping[str, str] | None = None,
     ) -> None:
         self.send_response(status)
+        settings = getattr(self, "web", None)
+        if settings is not None:
+            for name, value in settings.headers.items():
+                self.send_header(name, value)
         for name, value in (headers or {}).items():
             self.send_header(name, value)
         self.send_header("Content-Type", content_type)
@@ -111,11 +137,12 @@ class _Handler(BaseHTTPRequestHandler):
             return
         admin = self.server.admin
         token = admin.token if admin is not None else None
-        if token is not None and not token_matches(self.headers.get("Authorization"), token):
+        if token is not None and not token_matches(self._admin_authorization(), token):
             self._send(
                 401,
                 text,
-                b"missing or wrong admin token: send Authorization: Bearer <admin.token>\n",
+                b"missing or wrong admin token: send Authorization: Bearer <admin.token> "
+                b"(or X-Replwatch-Token: <admin.token> behind basic auth)\n",
                 {"WWW-Authenticate": "Bearer"},
             )
             return
@@ -126,6 +153,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(500, text, b"reload failed (see the daemon's log)\n")
             return
         self._send(200 if ok else 500, text, (message + "\n").encode())
+
+    def _admin_authorization(self) -> str | None:
+        """The admin token as `Authorization: Bearer …`: from `X-Replwatch-Token` when
+        given (a client behind basic auth sends its credentials in Authorization), else
+        the Authorization header itself."""
+        return token_header_value(self.headers) or self.headers.get("Authorization")
 
     def _discard_body(self) -> None:
         length = self.headers.get("Content-Length")
@@ -154,7 +187,7 @@ class _Handler(BaseHTTPRequestHandler):
             response = admin.handle(
                 self.command,
                 self.path,
-                self.headers.get("Authorization"),
+                self._admin_authorization(),
                 body,
                 self.headers.get("Content-Type"),
             )
@@ -232,15 +265,52 @@ class ExporterHTTPServer(ThreadingHTTPServer):
         is_ready: Callable[[], bool],
         routing: RoutingEngine | None = None,
         admin: AdminAPI | None = None,
+        web: WebConfigSource | None = None,
     ) -> None:
         self.routing = routing
         self.admin = admin
+        self.web = web
         self.registry = registry
         # POST /-/reload: () -> (ok, message); set by the daemon when it can reload
         self.reload: Callable[[], tuple[bool, str]] | None = None
         self.is_ready = is_ready
         super().__init__(address, _Handler)
         self._thread: threading.Thread | None = None
+
+    def web_settings(self) -> WebSettings | None:
+        return self.web.current() if self.web is not None else None
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        """In the connection's own thread: the TLS handshake (when the web config has
+        tls_server_config), bounded by HANDSHAKE_TIMEOUT so a silent client holds only its
+        own thread, then the request. A failed handshake is logged at debug and dropped."""
+        settings = self.web_settings()
+        if settings is None or settings.context is None:
+            super().finish_request(request, client_address)
+            return
+        request.settimeout(HANDSHAKE_TIMEOUT)
+        try:
+            conn = settings.context.wrap_socket(
+                request, server_side=True, do_handshake_on_connect=False
+            )
+        except OSError:
+            return
+        try:
+            conn.do_handshake()
+            if not settings.allowed_peer(conn.getpeercert()):
+                log.info("TLS client %s: no SAN in client_allowed_sans", client_address)
+                return
+            conn.settimeout(None)
+            super().finish_request(conn, client_address)
+        except (OSError, ssl.SSLError) as exc:
+            log.debug("TLS connection from %s failed: %s", client_address, exc)
+        finally:
+            with contextlib.suppress(OSError):
+                conn.close()
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.web is not None and self.web.tls else "http"
 
     @property
     def bound_port(self) -> int:

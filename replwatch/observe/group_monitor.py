@@ -18,6 +18,7 @@ from replwatch.config import (
     PollConfig,
     RedisEndpoint,
     TLSConfig,
+    tls_over,
 )
 from replwatch.lag.compute import NodeSample, ReplicaMemory, compute_group
 from replwatch.lag.heartbeat import HeartbeatHistory
@@ -118,7 +119,7 @@ class GroupMonitor:
         self.poll_config = poll
         self.heartbeat_config = heartbeat
         self.lag_config = lag
-        self.tls = group.tls or tls
+        self.tls = tls_over(tls, group.tls)
         self._wall = wall_clock
         self._hb_key = heartbeat.key if heartbeat.enabled else None
         self.master = NodePoller(group.master, poll.timeout, self.tls)

@@ -21,7 +21,7 @@ import logging
 import threading
 from dataclasses import dataclass, field
 
-from replwatch.config import ClusterSource, SyncTask, TLSConfig
+from replwatch.config import ClusterSource, SyncTask, TLSConfig, tls_over
 from replwatch.errors import RedisError
 from replwatch.sync.checkpoint import CHECKPOINT_DB, CHECKPOINT_PREFIX, checkpoint_key
 from replwatch.sync.sources import cluster_shards, shard_locator, shard_task, shard_task_name
@@ -55,7 +55,7 @@ class ClusterTaskRunner:
             raise ValueError(f"task {task.name}: the source is not a cluster")
         self.task = task
         self.source: ClusterSource = task.source
-        self.tls = task.tls or tls
+        self.tls = tls_over(tls, task.tls)
         self.stop_event = stop or threading.Event()
         self.io_timeout = io_timeout
         self.shards: dict[str, _ShardThread] = {}

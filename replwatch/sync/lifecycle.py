@@ -29,7 +29,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from replwatch.config import Config, RedisEndpoint, SyncTask, TLSConfig, sync_task_from_data
+from replwatch.config import (
+    Config,
+    RedisEndpoint,
+    SyncTask,
+    TLSConfig,
+    sync_task_from_data,
+    tls_over,
+)
 from replwatch.errors import ConfigError, RedisError, ReplwatchError
 from replwatch.lag.offset_clock import OffsetClock
 from replwatch.observe.connection import Connection
@@ -356,7 +363,7 @@ class TaskLifecycle:
 async def purge_checkpoint(task: SyncTask, tls: TLSConfig) -> bool:
     """Delete the task's checkpoint key on its target; True when there was one."""
     target = task.target.model_copy(update={"db": CHECKPOINT_DB})
-    conn = await Connection.open(target, PURGE_TIMEOUT, task.tls or tls)
+    conn = await Connection.open(target, PURGE_TIMEOUT, tls_over(tls, task.tls))
     try:
         replies = await conn.execute([("DEL", checkpoint_key(task.name))], PURGE_TIMEOUT)
     finally:

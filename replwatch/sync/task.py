@@ -28,7 +28,7 @@ from typing import Any
 
 import hiredis
 
-from replwatch.config import SyncTask, TLSConfig
+from replwatch.config import SyncTask, TLSConfig, tls_over
 from replwatch.errors import ProtocolFailure, RedisError, ReplwatchError, TimeoutFailure
 from replwatch.observe.connection import encode_command
 from replwatch.sync.checkpoint import (
@@ -140,7 +140,7 @@ class SyncTaskRunner:
         locate_source: Locator | None = None,
     ) -> None:
         self.task = task
-        self.tls = task.tls or tls
+        self.tls = tls_over(tls, task.tls)
         # where the source is at each (re)connect: its URL, or the master the Sentinels (or
         # the cluster, for one shard) name now (replwatch/sync/sources.py)
         self.locate_source = locate_source or source_locator(task.source, self.tls, io_timeout)

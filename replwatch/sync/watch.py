@@ -31,7 +31,14 @@ from typing import Any, Generic, TypeVar
 
 import hiredis
 
-from replwatch.config import ClusterSource, Config, RedisEndpoint, SyncTask, TLSConfig
+from replwatch.config import (
+    ClusterSource,
+    Config,
+    RedisEndpoint,
+    SyncTask,
+    TLSConfig,
+    tls_over,
+)
 from replwatch.errors import ProtocolFailure, RedisError, TimeoutFailure
 from replwatch.lag.offset_clock import OffsetClock
 from replwatch.observe.connection import Command, Connection, classify_reply_error
@@ -337,7 +344,7 @@ class SyncWatcher:
         self.stale_after = stale_after
         self.clock = clock if clock is not None else OffsetClock()
         self._wall = wall_clock
-        effective_tls = task.tls or tls
+        effective_tls = tls_over(tls, task.tls)
         self._source = _source_link(task, timeout, effective_tls, locate)
         target = task.target.model_copy(update={"db": CHECKPOINT_DB})
         self._target = _Link(target, timeout, effective_tls)
@@ -386,7 +393,7 @@ def task_watchers(
     """The watchers of one task: one; for a cluster source one per master shard found now
     (task `<name>@<shard>`, its own checkpoint and series; none while the cluster cannot be
     discovered: a blocking lookup bounded by the poll timeout per startup node)."""
-    tls = task.tls or cfg.tls
+    tls = tls_over(cfg.tls, task.tls)
 
     def clock() -> OffsetClock:
         return OffsetClock(cfg.lag.offset_clock_window, cfg.lag.offset_clock_max_points)

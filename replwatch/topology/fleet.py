@@ -31,7 +31,14 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
-from replwatch.config import Config, GroupConfig, ProbeConfig, RedisEndpoint, TLSConfig
+from replwatch.config import (
+    Config,
+    GroupConfig,
+    ProbeConfig,
+    RedisEndpoint,
+    TLSConfig,
+    tls_over,
+)
 from replwatch.errors import RedisError
 from replwatch.observe.group_monitor import GroupMonitor
 from replwatch.observe.probe import WaitProber
@@ -171,7 +178,7 @@ class Fleet:
         status = self.discovery[group.name]
         resolvers = self._resolvers or Resolvers.default()
         self._resolvers = resolvers
-        tls = group.tls or self.cfg.tls
+        tls = tls_over(self.cfg.tls, group.tls)
         amap = AddressMap(self.cfg.address_map_of(group))
         started = time.monotonic()
         status.attempts += 1
@@ -238,7 +245,7 @@ class Fleet:
     def _sync_prober(self, group: MonitoredGroup) -> None:
         probe = self.cfg.probe_of(group.config)
         current = self.probers.get(group.name)
-        tls = group.tls or self.cfg.tls
+        tls = tls_over(self.cfg.tls, group.tls)
         if current is not None:
             prober, _ = current
             if probe.enabled and (prober.endpoint, prober.config, prober.tls) == (
