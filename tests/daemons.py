@@ -4,6 +4,9 @@ SIGKILL) when the `with` block ends, also on failure."""
 
 from __future__ import annotations
 
+import base64
+import os
+import ssl
 import subprocess
 import sys
 import urllib.error
@@ -12,12 +15,27 @@ from pathlib import Path
 from types import TracebackType
 
 
-def fetch(url: str, method: str = "GET", token: str | None = None) -> tuple[int, str]:
+def fetch(
+    url: str,
+    method: str = "GET",
+    token: str | None = None,
+    *,
+    context: ssl.SSLContext | None = None,
+    basic: tuple[str, str] | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, str]:
     request = urllib.request.Request(url, method=method)
-    if token is not None:
+    if basic is not None:
+        pair = base64.b64encode(f"{basic[0]}:{basic[1]}".encode()).decode()
+        request.add_header("Authorization", f"Basic {pair}")
+        if token is not None:
+            request.add_header("X-Replwatch-Token", token)
+    elif token is not None:
         request.add_header("Authorization", f"Bearer {token}")
+    for name, value in (headers or {}).items():
+        request.add_header(name, value)
     try:
-        with urllib.request.urlopen(request, timeout=10) as resp:
+        with urllib.request.urlopen(request, timeout=10, context=context) as resp:
             return resp.status, resp.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()
@@ -40,14 +58,28 @@ def value(text: str, name: str, **labels: str) -> float | None:
 
 
 class RunningDaemon:
-    def __init__(self, config: Path, port: int, *args: str) -> None:
-        self.base = f"http://127.0.0.1:{port}"
+    """`replwatch run -c config`; with `context` (an SSL context trusting the daemon's
+    certificate) and `basic` (user, password) for a daemon behind a web config."""
+
+    def __init__(
+        self,
+        config: Path,
+        port: int,
+        *args: str,
+        env: dict[str, str] | None = None,
+        context: ssl.SSLContext | None = None,
+        basic: tuple[str, str] | None = None,
+    ) -> None:
+        self.base = f"{'https' if context is not None else 'http'}://127.0.0.1:{port}"
+        self.context = context
+        self.basic = basic
         self.log_path = config.parent / "daemon.log"
         self._log = self.log_path.open("w+")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "replwatch", "run", "-c", str(config), *args],
             stdout=self._log,
             stderr=subprocess.STDOUT,
+            env=None if env is None else {**os.environ, **env},
         )
 
     @property
@@ -55,7 +87,7 @@ class RunningDaemon:
         return self.proc.pid
 
     def fetch(self, path: str, method: str = "GET", token: str | None = None) -> tuple[int, str]:
-        return fetch(self.base + path, method, token)
+        return fetch(self.base + path, method, token, context=self.context, basic=self.basic)
 
     def metrics(self) -> str:
         status, text = self.fetch("/metrics")
