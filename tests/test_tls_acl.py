@@ -145,6 +145,7 @@ def test_daemon_over_tls_as_minimal_acl_users(servers: ServerSet, pki: PKI, tmp_
     wait_for(lambda: replica.proc.info().get("master_link_status") == "up", 15, "TLS replication")
 
     port = free_port()
+    monitor_pw_file = secret_file(tmp_path, "mon.pw", monitor_pw)
     cfg = tmp_path / "replwatch.yaml"
     cfg.write_text(
         f"""
@@ -163,10 +164,10 @@ groups:
   - name: tls
     master: "rediss://{master.label}"
     replicas: ["rediss://{replica.label}"]
-    auth: {{username: replwatch-monitor, password_file: {secret_file(tmp_path, "mon.pw", monitor_pw)}}}
+    auth: {{username: replwatch-monitor, password_file: {monitor_pw_file}}}
   - name: named
     master: "rediss://{named.label}"
-    auth: {{username: replwatch-monitor, password_file: {tmp_path / "mon.pw"}}}
+    auth: {{username: replwatch-monitor, password_file: {monitor_pw_file}}}
     tls: {{server_name: redis.internal}}
 """
     )
@@ -304,6 +305,8 @@ def test_sync_over_tls_as_minimal_acl_users(servers: ServerSet, pki: PKI, tmp_pa
     pipe.execute()
 
     port = free_port()
+    source_file = secret_file(tmp_path, "s.pw", source_pw)
+    target_file = secret_file(tmp_path, "t.pw", target_pw)
     cfg = tmp_path / "replwatch.yaml"
     cfg.write_text(
         f"""
@@ -314,8 +317,8 @@ sync:
     - name: tls-copy
       source: "rediss://{source.label}"
       target: "rediss://{target.label}"
-      source_auth: {{username: replwatch-sync-source, password_file: {secret_file(tmp_path, "s.pw", source_pw)}}}
-      target_auth: {{username: replwatch-sync-target, password_file: {secret_file(tmp_path, "t.pw", target_pw)}}}
+      source_auth: {{username: replwatch-sync-source, password_file: {source_file}}}
+      target_auth: {{username: replwatch-sync-target, password_file: {target_file}}}
       tls: {{server_name: redis.internal}}
 """
     )
