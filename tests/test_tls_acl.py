@@ -20,7 +20,8 @@ What is proved:
   `insecure_skip_verify` change that as documented; a group's `tls:` overrides the top
   level field by field;
 - the syncer copies a source to a target over TLS as the documented source and target
-  users (password files via source_auth / target_auth; a task's own `tls:`).
+  users (password files via source_auth / target_auth; a task's own `tls:` over the top
+  level), and `compare` reads both over TLS with its --tls-* options.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ import asyncio
 import json
 import re
 import secrets
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -290,12 +293,14 @@ def test_tls_verification_is_on_by_default(servers: ServerSet, pki: PKI) -> None
 
 
 def test_sync_over_tls_as_minimal_acl_users(servers: ServerSet, pki: PKI, tmp_path: Path) -> None:
-    # both servers carry the redis.internal certificate: the task's own `tls:` names it
-    source = TLSServer(servers, "source", pki, pki.named_server)
-    target = TLSServer(servers, "target", pki, pki.named_server)
+    source = TLSServer(servers, "source", pki)
+    target = TLSServer(servers, "target", pki)
     source_pw, target_pw = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
     create_user(source.admin(), "replwatch-sync-source", source_pw)
     create_user(target.admin(), "replwatch-sync-target", target_pw)
+    compare_pw = secrets.token_urlsafe(24)
+    for server in (source, target):
+        create_user(server.admin(), "replwatch-compare", compare_pw)
     src = source.admin()
     pipe = src.pipeline(transaction=False)
     for i in range(DB_KEYS):
@@ -311,7 +316,8 @@ def test_sync_over_tls_as_minimal_acl_users(servers: ServerSet, pki: PKI, tmp_pa
     cfg.write_text(
         f"""
 exporter: {{listen: "127.0.0.1:{port}"}}
-tls: {{ca_file: {pki.ca}, cert_file: {pki.client.cert}, key_file: {pki.client.key}}}
+# the top level trusts the wrong CA: the task's own `tls:` overrides just ca_file
+tls: {{ca_file: {pki.rogue_ca}, cert_file: {pki.client.cert}, key_file: {pki.client.key}}}
 sync:
   tasks:
     - name: tls-copy
@@ -319,7 +325,7 @@ sync:
       target: "rediss://{target.label}"
       source_auth: {{username: replwatch-sync-source, password_file: {source_file}}}
       target_auth: {{username: replwatch-sync-target, password_file: {target_file}}}
-      tls: {{server_name: redis.internal}}
+      tls: {{ca_file: {pki.ca}}}
 """
     )
     with RunningDaemon(cfg, port) as daemon:
@@ -344,3 +350,26 @@ sync:
             assert all(c["laddr"].endswith(f":{server.tls_port}") for c in ours), ours
     assert source.denials() == []
     assert target.denials() == []
+
+    # compare over TLS (read-only, as the same users): equal; with the wrong CA it cannot
+    # complete and says so in one line, without a password
+    def compare(ca: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                sys.executable, "-m", "replwatch", "compare",
+                "--source", f"rediss://replwatch-compare:{compare_pw}@{source.label}",
+                "--target", f"rediss://replwatch-compare:{compare_pw}@{target.label}",
+                "--tls-ca-file", str(ca), "--tls-cert-file", str(pki.client.cert),
+                "--tls-key-file", str(pki.client.key), "--ignore", "__replwatch:*",
+            ],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+
+    equal = compare(pki.ca)
+    assert equal.returncode == 0, equal.stdout + equal.stderr
+    refused = compare(pki.rogue_ca)
+    assert refused.returncode == 3, refused.stdout + refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert source.denials() == [] and target.denials() == []
+    for secret in (source_pw, target_pw, compare_pw):
+        assert secret not in equal.stdout + equal.stderr + refused.stdout + refused.stderr

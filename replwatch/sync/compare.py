@@ -54,6 +54,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Final, Literal
 
 import redis
@@ -1268,6 +1269,14 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--source", metavar="URL", help="source redis:// or rediss:// URL (required)")
     add("--target", metavar="URL", help="target redis:// or rediss:// URL (required)")
+    add("--tls-ca-file", metavar="FILE", help="rediss://: the CA bundle to verify servers with")
+    add("--tls-cert-file", metavar="FILE", help="rediss://: client certificate (PEM)")
+    add("--tls-key-file", metavar="FILE", help="rediss://: the client certificate's key (PEM)")
+    add(
+        "--tls-insecure-skip-verify",
+        action="store_true",
+        help="rediss://: do not verify the servers' certificates (testing only)",
+    )
     add("--db", metavar="N", help="compare db N on both (default: the db in each URL, else 0)")
     add("--all-dbs", action="store_true", help="compare every db that has keys on either side")
     add("--sample", metavar="N", help="check N random source keys per db; skips extra keys")
@@ -1399,6 +1408,27 @@ def options_from_args(
     return source, target, options
 
 
+def tls_from_args(args: argparse.Namespace) -> TLSConfig:
+    """The --tls-* options as a TLSConfig; a file that cannot be read is a usage error."""
+    files = {
+        "ca_file": getattr(args, "tls_ca_file", None),
+        "cert_file": getattr(args, "tls_cert_file", None),
+        "key_file": getattr(args, "tls_key_file", None),
+    }
+    for name, path in files.items():
+        if path is not None and not Path(path).is_file():
+            flag = "--tls-" + name.replace("_", "-")
+            raise ConfigError(flag, [f"{path}: no such file"])
+    if files["key_file"] and not files["cert_file"]:
+        raise ConfigError("--tls-key-file", ["given without --tls-cert-file"])
+    return TLSConfig(
+        ca_file=files["ca_file"],
+        cert_file=files["cert_file"],
+        key_file=files["key_file"],
+        insecure_skip_verify=bool(getattr(args, "tls_insecure_skip_verify", False)),
+    )
+
+
 def run_compare(args: argparse.Namespace) -> int:
     """The `compare` command: prints the report (or one error line) and returns the exit
     code. It handles its own errors, so the caller must not map them to its own codes."""
@@ -1408,7 +1438,12 @@ def run_compare(args: argparse.Namespace) -> int:
         print(f"replwatch compare: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        report = compare_databases(source, target, options)
+        tls = tls_from_args(args)
+    except ConfigError as exc:
+        print(f"replwatch compare: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        report = compare_databases(source, target, options, tls=tls)
     except RedisError as exc:
         print(f"replwatch compare: error: {exc}", file=sys.stderr)
         return EXIT_INCOMPLETE
