@@ -69,6 +69,7 @@ class RunningDaemon:
         env: dict[str, str] | None = None,
         context: ssl.SSLContext | None = None,
         basic: tuple[str, str] | None = None,
+        global_args: tuple[str, ...] = (),
     ) -> None:
         self.base = f"{'https' if context is not None else 'http'}://127.0.0.1:{port}"
         self.context = context
@@ -76,7 +77,7 @@ class RunningDaemon:
         self.log_path = config.parent / "daemon.log"
         self._log = self.log_path.open("w+")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "replwatch", "run", "-c", str(config), *args],
+            [sys.executable, "-m", "replwatch", *global_args, "run", "-c", str(config), *args],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=None if env is None else {**os.environ, **env},
