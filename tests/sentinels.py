@@ -51,7 +51,11 @@ class SentinelProcess:
         down_after_ms: int = 1000,
         auth_pass: str | None = None,
         requirepass: str | None = None,
+        master_port: int | None = None,
+        extra_lines: tuple[str, ...] = (),
     ) -> None:
+        """`master_port`: where the Sentinel reaches the master (its TLS port, say);
+        `extra_lines`: more sentinel.conf lines (TLS settings)."""
         self.dir = workdir / f"sentinel-{index}"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -62,7 +66,7 @@ class SentinelProcess:
             "daemonize no",
             f"dir {self.dir}",
             f"logfile {self.dir / 'sentinel.log'}",
-            f"sentinel monitor {name} {master.host} {master.port} {quorum}",
+            f"sentinel monitor {name} {master.host} {master_port or master.port} {quorum}",
             f"sentinel down-after-milliseconds {name} {down_after_ms}",
             f"sentinel failover-timeout {name} 10000",
             f"sentinel parallel-syncs {name} 1",
@@ -71,6 +75,7 @@ class SentinelProcess:
             lines.append(f"sentinel auth-pass {name} {auth_pass}")
         if requirepass is not None:
             lines.append(f"requirepass {requirepass}")
+        lines += extra_lines
         self.conf = self.dir / "sentinel.conf"
         self.conf.write_text("\n".join(lines) + "\n")
         command = require_sentinel()

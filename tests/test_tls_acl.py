@@ -45,6 +45,7 @@ from replwatch.observe.connection import Connection
 
 from .daemons import RunningDaemon, value
 from .harness import RedisProcess, ServerSet, free_port, require_build, wait_for
+from .sentinels import SentinelProcess
 from .tlsfiles import PKI, CertPair, make_pki, redis_tls_args
 
 ACL_DOC = Path(__file__).resolve().parent.parent / "docs" / "acl.md"
@@ -373,3 +374,87 @@ sync:
     assert source.denials() == [] and target.denials() == []
     for secret in (source_pw, target_pw, compare_pw):
         assert secret not in equal.stdout + equal.stderr + refused.stdout + refused.stderr
+
+
+def test_sentinel_group_over_tls_as_minimal_acl_users(
+    servers: ServerSet, pki: PKI, tmp_path: Path
+) -> None:
+    """A Sentinel group where the Sentinel, the master and the replica all speak TLS only to
+    replwatch: discovery asks the Sentinel over TLS as the documented discovery user, and the
+    nodes it names (their TLS ports: replication over TLS announces them) are polled over TLS
+    as the monitor user."""
+    master = TLSServer(servers, "master", pki)
+    replica = TLSServer(servers, "replica", pki, replica_of=master)
+    monitor_pw, discovery_pw = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+    for server in (master, replica):
+        create_user(server.admin(), "replwatch-monitor", monitor_pw)
+    wait_for(lambda: replica.proc.info().get("master_link_status") == "up", 15, "TLS replication")
+    sentinel_tls_port = free_port()
+    sentinel = SentinelProcess(
+        tmp_path,
+        0,
+        "tlsmaster",
+        master.proc,
+        quorum=1,
+        master_port=master.tls_port,
+        # the default user has a password only the test knows: replwatch gets in only as
+        # replwatch-discovery
+        requirepass=secrets.token_urlsafe(16),
+        extra_lines=tuple(
+            " ".join(redis_tls_args(sentinel_tls_port, pki)[i : i + 2]).lstrip("-")
+            for i in range(0, len(redis_tls_args(sentinel_tls_port, pki)), 2)
+        ),
+    )
+    try:
+        with sentinel.client() as client:
+            for rule in doc_acl_rules()["replwatch-discovery"]:
+                words = rule.replace(">PASSWORD", f">{discovery_pw}").split()
+                client.execute_command("ACL", "SETUSER", "replwatch-discovery", *words)
+
+        def sentinel_sees_replica() -> bool:
+            with sentinel.client() as client:
+                replicas = client.execute_command("SENTINEL", "REPLICAS", "tlsmaster")
+            return any(int(r[b"port"]) == replica.tls_port for r in replicas)
+
+        wait_for(sentinel_sees_replica, 20, "the Sentinel to find the replica's TLS port")
+        (tmp_path / "mon.pw").write_text(monitor_pw)
+        (tmp_path / "disc.pw").write_text(discovery_pw)
+        port = free_port()
+        cfg = tmp_path / "replwatch.yaml"
+        cfg.write_text(
+            f"""
+exporter: {{listen: "127.0.0.1:{port}"}}
+poll: {{interval: 250ms, timeout: 200ms}}
+probe: {{enabled: false}}
+tls: {{ca_file: {pki.ca}, cert_file: {pki.client.cert}, key_file: {pki.client.key}}}
+groups:
+  - name: ha
+    sentinel:
+      addresses: ["rediss://127.0.0.1:{sentinel_tls_port}"]
+      master_name: tlsmaster
+      tls: true
+      auth: {{username: replwatch-discovery, password_file: {tmp_path / "disc.pw"}}}
+    auth: {{username: replwatch-monitor, password_file: {tmp_path / "mon.pw"}}}
+"""
+        )
+        with RunningDaemon(cfg, port) as daemon:
+
+            def discovered() -> bool:
+                text = daemon.metrics()
+                return (
+                    value(text, "replwatch_discovery_success", group="ha") == 1
+                    and value(text, "replwatch_node_up", node=master.label) == 1
+                    and value(text, "replwatch_node_up", node=replica.label) == 1
+                    and value(
+                        text, "replwatch_replica_heartbeat_lag_seconds", replica=replica.label
+                    )
+                    is not None
+                )
+
+            wait_for(discovered, 30, f"Sentinel discovery over TLS; {daemon.log_text()[-1500:]}")
+            with sentinel.client() as client:
+                assert client.acl_log() == []
+    finally:
+        sentinel.stop()
+    for server in (master, replica):
+        assert only_config_get(server.denials()) == [], server.proc.name
