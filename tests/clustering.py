@@ -8,7 +8,7 @@ from __future__ import annotations
 import random
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -48,7 +48,9 @@ class Cluster:
         masters: int = 3,
         prefix: str = "node",
         replicas_per_master: int = 0,
+        node_extra: Callable[[], list[str]] | None = None,
     ) -> None:
+        """`node_extra`: more arguments for each node, asked once per node (TLS ports)."""
         self.nodes: list[RedisProcess] = []
         self.replicas: list[list[RedisProcess]] = [[] for _ in range(masters)]
         bus_ports: list[int] = []
@@ -67,6 +69,7 @@ class Cluster:
                     "nodes.conf",
                     "--cluster-node-timeout",
                     "5000",
+                    *(node_extra() if node_extra is not None else []),
                 ],
             )
 

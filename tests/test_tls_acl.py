@@ -43,6 +43,7 @@ from replwatch.config import TLSConfig, parse_redis_url
 from replwatch.errors import RedisError
 from replwatch.observe.connection import Connection
 
+from .clustering import Cluster
 from .daemons import RunningDaemon, value
 from .harness import RedisProcess, ServerSet, free_port, require_build, wait_for
 from .sentinels import SentinelProcess
@@ -458,3 +459,83 @@ groups:
         sentinel.stop()
     for server in (master, replica):
         assert only_config_get(server.denials()) == [], server.proc.name
+
+
+def tls_port_of(proc: RedisProcess) -> int:
+    return int(proc.extra[proc.extra.index("--tls-port") + 1])
+
+
+def test_cluster_over_tls_discovery_and_sync(
+    servers: ServerSet, pki: PKI, tmp_path: Path
+) -> None:
+    """A Redis Cluster whose nodes speak TLS (tls-cluster yes: they announce their TLS
+    ports): a cluster group discovers its shards over TLS and polls them there, a sync task
+    copies a TLS source into the TLS cluster as a cluster target, and another copies the
+    cluster (a cluster source, one reader per shard over TLS) into a TLS server."""
+    cluster = Cluster(
+        servers,
+        masters=3,
+        node_extra=lambda: [*redis_tls_args(free_port(), pki), "--tls-cluster", "yes"],
+    )
+    source = TLSServer(servers, "source", pki)
+    copy = TLSServer(servers, "copy", pki)
+    src = source.admin()
+    src.mset({f"key:{i}": f"value-{i}" for i in range(300)})
+    seed = f"rediss://127.0.0.1:{tls_port_of(cluster.nodes[0])}"
+    port = free_port()
+    cfg = tmp_path / "replwatch.yaml"
+    cfg.write_text(
+        f"""
+exporter: {{listen: "127.0.0.1:{port}"}}
+poll: {{interval: 250ms, timeout: 200ms}}
+heartbeat: {{enabled: false}}
+probe: {{enabled: false}}
+tls: {{ca_file: {pki.ca}, cert_file: {pki.client.cert}, key_file: {pki.client.key}}}
+groups:
+  - name: shop
+    cluster: {{startup_nodes: ["{seed}"]}}
+sync:
+  tasks:
+    - name: into-cluster
+      source: "rediss://{source.label}"
+      target: {{cluster: {{startup_nodes: ["{seed}"]}}, tls: true}}
+    # and out of it again: a cluster source over TLS (one reader per shard)
+    - name: out-of-cluster
+      source: {{cluster: {{startup_nodes: ["{seed}"]}}, tls: true}}
+      target: "rediss://{copy.label}"
+"""
+    )
+    with RunningDaemon(cfg, port) as daemon:
+
+        def polled_over_tls() -> bool:
+            text = daemon.metrics()
+            return all(
+                value(text, "replwatch_node_up", node=f"127.0.0.1:{tls_port_of(n)}") == 1
+                for n in cluster.nodes
+            )
+
+        wait_for(polled_over_tls, 30, f"cluster shards over TLS; {daemon.log_text()[-1500:]}")
+
+        def copied() -> int:
+            total = 0
+            for node in cluster.nodes:
+                total += node.client().dbsize()
+            return total
+
+        wait_for(lambda: copied() >= 300, 30, f"the copy; {daemon.log_text()[-1500:]}")
+        src.set("key:stream", "over-tls")
+        def streamed() -> bool:
+            for node in cluster.nodes:
+                try:
+                    return node.client().get("key:stream") == b"over-tls"
+                except redis.exceptions.ResponseError:  # MOVED: another node owns the slot
+                    continue
+            return False
+
+        wait_for(streamed, 20, "the stream into the TLS cluster")
+        wait_for(
+            lambda: copy.admin().get("key:stream") == b"over-tls",
+            30,
+            f"the copy out of the TLS cluster; {daemon.log_text()[-1500:]}",
+        )
+        assert copy.admin().get("key:7") == b"value-7"

@@ -38,12 +38,11 @@ from replwatch.config import (
     tls_over,
 )
 from replwatch.errors import ConfigError, RedisError, ReplwatchError
-from replwatch.lag.offset_clock import OffsetClock
 from replwatch.observe.connection import Connection
 from replwatch.sync.checkpoint import CHECKPOINT_DB, checkpoint_key
 from replwatch.sync.supervisor import ProcessStatus, SyncSupervisor
 from replwatch.sync.task_state import TaskState, TaskStateFile, state_dir_of
-from replwatch.sync.watch import SyncStore, SyncTaskView, SyncWatcher
+from replwatch.sync.watch import SyncStore, SyncTaskView, SyncWatcher, task_watchers
 
 log = logging.getLogger("replwatch.sync.lifecycle")
 
@@ -75,11 +74,16 @@ class TaskConflict(LifecycleError):
 class WatcherSet:
     """The sync watchers of the daemon, changed at run time from other threads. add/remove
     take effect at the next poll; a removed watcher's connections are closed by the poll, in
-    the event loop that owns them."""
+    the event loop that owns them. A task has one watcher, a cluster-source task one per
+    master shard (found by a lookup; while the cluster cannot be asked, none: the next poll
+    asks again)."""
 
-    def __init__(self, make: Callable[[SyncTask], SyncWatcher], tasks: Sequence[SyncTask]) -> None:
+    def __init__(
+        self, make: Callable[[SyncTask], list[SyncWatcher]], tasks: Sequence[SyncTask]
+    ) -> None:
         self._make = make
         self._lock = threading.Lock()
+        self._tasks = {t.name: t for t in tasks}
         self._watchers = {t.name: make(t) for t in tasks}
         self._retired: list[SyncWatcher] = []
 
@@ -88,26 +92,39 @@ class WatcherSet:
             return list(self._watchers)
 
     def add(self, task: SyncTask) -> None:
-        watcher = self._make(task)
+        watchers = self._make(task)
         with self._lock:
-            old = self._watchers.get(task.name)
-            if old is not None:
-                self._retired.append(old)
-            self._watchers[task.name] = watcher
+            self._retired.extend(self._watchers.get(task.name, []))
+            self._watchers[task.name] = watchers
+            self._tasks[task.name] = task
 
     def remove(self, name: str) -> None:
         with self._lock:
-            old = self._watchers.pop(name, None)
-            if old is not None:
-                self._retired.append(old)
+            self._retired.extend(self._watchers.pop(name, []))
+            self._tasks.pop(name, None)
 
     def _take(self) -> tuple[list[SyncWatcher], list[SyncWatcher]]:
         with self._lock:
             retired, self._retired = self._retired, []
-            return list(self._watchers.values()), retired
+            current = [w for watchers in self._watchers.values() for w in watchers]
+            return current, retired
+
+    async def _fill_empty(self) -> None:
+        """Ask again for the watchers of tasks that have none (a cluster that could not be
+        asked), off the event loop: the lookup blocks up to the poll timeout per node."""
+        with self._lock:
+            empty = [self._tasks[n] for n, ws in self._watchers.items() if not ws]
+        for task in empty:
+            watchers = await asyncio.to_thread(self._make, task)
+            with self._lock:
+                if self._watchers.get(task.name) == [] and self._tasks.get(task.name) is task:
+                    self._watchers[task.name] = watchers
+                else:
+                    self._retired.extend(watchers)
 
     async def poll_into(self, store: SyncStore) -> list[SyncTaskView]:
         """Poll every current watcher concurrently into `store` (a scheduler job)."""
+        await self._fill_empty()
         watchers, retired = self._take()
         for watcher in retired:
             watcher.close()
@@ -123,10 +140,9 @@ class WatcherSet:
             watcher.close()
 
 
-def make_watcher_factory(cfg: Config) -> Callable[[SyncTask], SyncWatcher]:
-    def make(task: SyncTask) -> SyncWatcher:
-        clock = OffsetClock(cfg.lag.offset_clock_window, cfg.lag.offset_clock_max_points)
-        return SyncWatcher(task, cfg.poll.timeout, cfg.tls, clock)
+def make_watcher_factory(cfg: Config) -> Callable[[SyncTask], list[SyncWatcher]]:
+    def make(task: SyncTask) -> list[SyncWatcher]:
+        return task_watchers(cfg, task)
 
     return make
 

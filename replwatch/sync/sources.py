@@ -181,11 +181,12 @@ def _master_shards(groups: Sequence[DiscoveredGroup]) -> list[Shard]:
     ]
 
 
-def parse_cluster_shards(reply: Any) -> list[Shard]:
+def parse_cluster_shards(reply: Any, tls: bool = False) -> list[Shard]:
     """CLUSTER SHARDS (7.0+) → the shards that own slots and have a master that is not
-    failed, by identity (parsed by replwatch/topology/cluster.py)."""
+    failed, by identity (parsed by replwatch/topology/cluster.py); with `tls` the nodes'
+    tls-port is their address."""
     try:
-        return _master_shards(parse_cluster_shards_groups(reply))
+        return _master_shards(parse_cluster_shards_groups(reply, tls))
     except ValueError as exc:
         raise ProtocolFailure(f"CLUSTER SHARDS: {exc}") from None
 
@@ -203,7 +204,7 @@ def cluster_shards(source: ClusterSource, tls: TLSConfig | None, timeout: float)
         try:
             with NodeClient(node, tls, timeout) as client:
                 try:
-                    shards = parse_cluster_shards(client.call("CLUSTER", "SHARDS"))
+                    shards = parse_cluster_shards(client.call("CLUSTER", "SHARDS"), source.tls)
                 except RedisError as exc:
                     if exc.reason == "auth":
                         raise
