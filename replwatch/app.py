@@ -16,13 +16,17 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
+from replwatch import __version__
 from replwatch.admin.api import AdminAPI
 from replwatch.config import Config, RoutingConfig, load_config, tls_over
 from replwatch.errors import ConfigError, ReplwatchError
 from replwatch.exporter.collector import SnapshotCollector
 from replwatch.exporter.fleet_collector import FleetCollector
 from replwatch.exporter.server import ExporterHTTPServer
+from replwatch.exporter.status_doc import StatusSources
+from replwatch.exporter.status_page import StatusPage
 from replwatch.exporter.sync_collector import SyncCollector
+from replwatch.lag.history import LagHistory
 from replwatch.observe.group_monitor import GroupMonitor
 from replwatch.observe.probe import WaitProber
 from replwatch.routing.engine import RoutingEngine
@@ -158,8 +162,10 @@ class Daemon:
             return holder[0].cfg.routing if group is None else holder[0].cfg.routing_of(group)
 
         routing = RoutingEngine(routing_of)
+        history = LagHistory()
         fleet = Fleet(cfg, store, routing, probe_store, resolvers)
         fleet.forget_others.append(stats.forget_groups_except)
+        fleet.forget_others.append(history.forget_except)
         holder.append(fleet)
         scheduler = MonitorScheduler(
             (),
@@ -178,6 +184,7 @@ class Daemon:
             # no job when no task can exist (keeps a monitor-only daemon's series as they were)
             poll_sync if sync_watchers.names() or cfg.admin.token is not None else None,
             fleet=fleet,
+            on_snapshot=history.record,
         )
         reload_status = ReloadStatus()
         registry = build_registry(
@@ -199,6 +206,18 @@ class Daemon:
                 routing,
                 AdminAPI(cfg.admin.token, lifecycle),
                 WebConfigSource(cfg.exporter.web_config) if cfg.exporter.web_config else None,
+                StatusPage(
+                    StatusSources(
+                        snapshots=store.all,
+                        routing=routing.table,
+                        probes=lambda: {name: last for name, *_, last in probe_store.snapshot()},
+                        sync=sync_store.all,
+                        history=history.series,
+                        poll_interval=cfg.poll.interval,
+                        history_window=history.window,
+                        version=__version__,
+                    )
+                ),
             )
         except OSError as exc:
             scheduler.shutdown()

@@ -230,6 +230,7 @@ def run_demo(listen: str, server: str | None, duration: str | None) -> int:
             )
             daemon = Daemon.build(cfg)
             base = f"http://{cfg.exporter.host}:{daemon.http.bound_port}"
+            print(f"status page: {base}/   (open it in a browser)", flush=True)
             print(f"replwatch demo ({binary.name} {binary})", flush=True)
             print(f"  metrics:  {base}/metrics", flush=True)
             print(f"  ready:    {base}/-/ready", flush=True)

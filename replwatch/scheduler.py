@@ -88,11 +88,14 @@ class MonitorScheduler:
         publisher: RoutingPublisher | None = None,
         sync_poll: Callable[[], Awaitable[object]] | None = None,
         fleet: Fleet | None = None,
+        on_snapshot: Callable[[GroupSnapshot], None] | None = None,
     ) -> None:
         """`fleet`: the daemon's set of groups, which discovery and reloads change while
         the scheduler runs; its monitors and probers are polled (`monitors` and `probers`
         are then ignored), and a discovery job runs every poll interval when it has
-        Sentinel or cluster groups."""
+        Sentinel or cluster groups. `on_snapshot`: told of every snapshot recorded (the
+        status page's lag history)."""
+        self.on_snapshot = on_snapshot
         self.sync_poll = sync_poll
         self.routing = routing
         self.publisher = publisher
@@ -140,6 +143,8 @@ class MonitorScheduler:
 
     def _record(self, name: str, snapshot: GroupSnapshot) -> None:
         self.store.put(snapshot)
+        if self.on_snapshot is not None:
+            self.on_snapshot(snapshot)
         if self.routing is not None:
             self.routing.update(snapshot)
         self.stats.add("poll", name, "completed")

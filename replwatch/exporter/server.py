@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 from replwatch.admin.api import MAX_BODY, PREFIX, AdminAPI, token_matches
+from replwatch.exporter.status_page import CONTENT_SECURITY_POLICY, StatusPage
 from replwatch.routing.engine import RoutingEngine
 from replwatch.web_config import REALM, WebConfigSource, WebSettings, token_header_value
 
@@ -102,6 +103,22 @@ class _Handler(BaseHTTPRequestHandler):
             self._routing(path)
         elif path.startswith("/health/replica/"):
             self._replica_health(path)
+        elif path == "/status.json" and self.server.status is not None:
+            try:
+                body = self.server.status.document()
+            except Exception:  # a rendering bug must not kill the server thread
+                log.exception("rendering /status.json failed")
+                self._send(500, "text/plain; charset=utf-8", b"error rendering status\n")
+                return
+            self._send(200, "application/json", body, {"Cache-Control": "no-store"})
+        elif self.server.status is not None and (asset := self.server.status.asset(path)):
+            body, content_type = asset
+            self._send(
+                200,
+                content_type,
+                body,
+                {"Content-Security-Policy": CONTENT_SECURITY_POLICY, "Cache-Control": "no-cache"},
+            )
         elif path == "/":
             body = (
                 b"<html><head><title>replwatch</title></head><body><h1>replwatch</h1>"
@@ -266,7 +283,9 @@ class ExporterHTTPServer(ThreadingHTTPServer):
         routing: RoutingEngine | None = None,
         admin: AdminAPI | None = None,
         web: WebConfigSource | None = None,
+        status: StatusPage | None = None,
     ) -> None:
+        self.status = status
         self.routing = routing
         self.admin = admin
         self.web = web

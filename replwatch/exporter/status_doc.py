@@ -1,0 +1,226 @@
+"""The status page's data (`GET /status.json`): every group with its master and replicas
+(time lag by every estimate, byte lag, backlog risk, link, routing state and reason, the last
+WAIT probe, the recent lag for a chart) and every sync task, worst first. Pure: built from the
+stores' values and `now`; no secret can reach it (views carry labels, never URLs).
+
+Severity, per replica and per group: "bad" (cannot be read from: unreachable, link down,
+full sync, out of rotation, or the master is down), "warn" (in rotation but lagging by a
+second or more, or the backlog is half used), "ok".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from replwatch.lag.history import LagPoint
+from replwatch.observe.probe import ProbeResult
+from replwatch.routing.policy import RoutingTable
+from replwatch.state import GroupSnapshot, ReplicaView
+from replwatch.sync.watch import SyncTaskView
+
+SEVERITY_ORDER = {"bad": 0, "warn": 1, "ok": 2}
+WARN_LAG_SECONDS = 1.0
+WARN_BACKLOG_RATIO = 0.5
+BAD_BACKLOG_RATIO = 0.9
+
+
+@dataclass(frozen=True)
+class StatusSources:
+    """What the document is built from, as the daemon holds it (each a callable returning
+    the current values, read on the HTTP thread)."""
+
+    snapshots: Callable[[], Sequence[GroupSnapshot]]
+    routing: Callable[[str], RoutingTable | None]
+    probes: Callable[[], Mapping[str, ProbeResult]]
+    sync: Callable[[], Sequence[SyncTaskView]]
+    history: Callable[[str], Mapping[str, list[LagPoint]]]
+    poll_interval: float
+    history_window: float
+    version: str
+
+
+def link_state(r: ReplicaView) -> str:
+    if not r.reachable:
+        return "unreachable"
+    if r.sync_in_progress:
+        return "full-sync"
+    if not r.link_up:
+        return "down"
+    if not r.following_master:
+        return "other-master"
+    return "up"
+
+
+def backlog_risk(ratio: float | None) -> str | None:
+    if ratio is None:
+        return None
+    if ratio >= BAD_BACKLOG_RATIO:
+        return "bad"
+    if ratio >= WARN_BACKLOG_RATIO:
+        return "warn"
+    return "ok"
+
+
+def replica_severity(
+    link: str, in_rotation: bool | None, lag: float | None, risk: str | None
+) -> str:
+    if link != "up" or in_rotation is False or risk == "bad":
+        return "bad"
+    if (lag is not None and lag >= WARN_LAG_SECONDS) or risk == "warn":
+        return "warn"
+    return "ok"
+
+
+def _round(value: float | None, digits: int = 3) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def replica_doc(
+    r: ReplicaView, table: RoutingTable | None, points: list[LagPoint]
+) -> dict[str, Any]:
+    entry = table.entry(r.label) if table is not None else None
+    link = link_state(r)
+    risk = backlog_risk(r.backlog_usage_ratio)
+    in_rotation = entry.in_rotation if entry is not None else None
+    return {
+        "label": r.label,
+        "upstream": r.upstream,
+        "chained": r.chained,
+        "link": link,
+        "lag_seconds": _round(r.lag_seconds),
+        "lag_source": r.lag_source,
+        "heartbeat_lag_seconds": _round(r.heartbeat_lag_seconds),
+        "offset_lag_seconds": _round(r.offset_lag_seconds),
+        "offset_lag_exact": r.offset_lag_exact,
+        "ack_age_seconds": _round(r.ack_age_seconds),
+        "link_down_seconds": _round(r.link_down_seconds),
+        "lag_bytes": r.lag_bytes,
+        "backlog_usage_ratio": _round(r.backlog_usage_ratio, 4),
+        "backlog_risk": risk,
+        "in_rotation": in_rotation,
+        "routing_reason": entry.reason if entry is not None else None,
+        "routing_since": entry.since if entry is not None else None,
+        "severity": replica_severity(link, in_rotation, r.lag_seconds, risk),
+        "history": [[round(t, 3), _round(s), b] for t, s, b in points],
+    }
+
+
+def probe_doc(result: ProbeResult | None, now: float) -> dict[str, Any] | None:
+    if result is None:
+        return None
+    return {
+        "result": result.result,
+        "seconds": _round(result.seconds, 6),
+        "acked": result.acked,
+        "wanted": result.wanted,
+        "reason": result.reason,
+        "age_seconds": _round(max(0.0, now - result.at)) if result.at else None,
+    }
+
+
+def _worst_first(item: Mapping[str, Any]) -> tuple[int, float, str]:
+    lag = item.get("worst_lag_seconds", item.get("lag_seconds"))
+    name = str(item.get("name", item.get("label")))
+    return (SEVERITY_ORDER[item["severity"]], -(lag or 0.0), name)
+
+
+def group_doc(
+    snapshot: GroupSnapshot,
+    table: RoutingTable | None,
+    probe: ProbeResult | None,
+    history: Mapping[str, list[LagPoint]],
+    now: float,
+) -> dict[str, Any]:
+    master = next((n for n in snapshot.nodes if n.label == snapshot.master), None)
+    replicas = sorted(
+        (replica_doc(r, table, history.get(r.label, [])) for r in snapshot.replicas),
+        key=_worst_first,
+    )
+    lags = [r["lag_seconds"] for r in replicas if r["lag_seconds"] is not None]
+    severities = [r["severity"] for r in replicas]
+    if not snapshot.master_up or not snapshot.master_role_ok or "bad" in severities:
+        severity = "bad"
+    elif "warn" in severities or (probe is not None and probe.result != "ok"):
+        severity = "warn"
+    else:
+        severity = "ok"
+    return {
+        "name": snapshot.name,
+        "master": snapshot.master,
+        "master_up": snapshot.master_up,
+        "master_role_ok": snapshot.master_role_ok,
+        "master_error": (
+            f"{master.error_reason}: {master.error_message}"
+            if master is not None and not master.up
+            else None
+        ),
+        "master_offset": snapshot.master_offset,
+        "degraded": table.degraded if table is not None else None,
+        "reads_on_master": table.reads_on_master if table is not None else None,
+        "in_rotation": sum(1 for r in replicas if r["in_rotation"]),
+        "probe": probe_doc(probe, now),
+        "severity": severity,
+        "worst_lag_seconds": max(lags) if lags else None,
+        "age_seconds": _round(max(0.0, now - snapshot.taken_at)),
+        "replicas": replicas,
+    }
+
+
+def sync_doc(view: SyncTaskView) -> dict[str, Any]:
+    error = view.source_error_message or view.target_error_message or view.last_error
+    if not view.running or view.stale:
+        severity = "bad"
+    elif view.state == "full_sync" or (view.lag_seconds or 0.0) >= WARN_LAG_SECONDS:
+        severity = "warn"
+    else:
+        severity = "ok"
+    return {
+        "name": view.task,
+        "source": view.source,
+        "target": view.target,
+        "state": view.state,
+        "running": view.running,
+        "source_up": view.source_up,
+        "target_up": view.target_up,
+        "lag_seconds": _round(view.lag_seconds),
+        "lag_seconds_exact": view.lag_seconds_exact,
+        "lag_bytes": view.lag_bytes,
+        "progress": _round(view.progress, 4),
+        "keys_loaded": view.keys_loaded,
+        "keys_total": view.keys_total,
+        "stale": view.stale,
+        "error": error,
+        "severity": severity,
+    }
+
+
+def status_document(sources: StatusSources, now: float) -> dict[str, Any]:
+    probes = sources.probes()
+    groups = sorted(
+        (
+            group_doc(s, sources.routing(s.name), probes.get(s.name), sources.history(s.name), now)
+            for s in sources.snapshots()
+        ),
+        key=_worst_first,
+    )
+    tasks = sorted((sync_doc(v) for v in sources.sync()), key=_worst_first)
+    replicas = [r for g in groups for r in g["replicas"]]
+    return {
+        "generated_at": now,
+        "version": sources.version,
+        "poll_interval": sources.poll_interval,
+        "history_window": sources.history_window,
+        "summary": {
+            "groups": len(groups),
+            "groups_bad": sum(1 for g in groups if g["severity"] == "bad"),
+            "replicas": len(replicas),
+            "replicas_in_rotation": sum(1 for r in replicas if r["in_rotation"]),
+            "replicas_bad": sum(1 for r in replicas if r["severity"] == "bad"),
+            "tasks": len(tasks),
+            "tasks_bad": sum(1 for t in tasks if t["severity"] == "bad"),
+        },
+        "groups": groups,
+        "sync": tasks,
+    }
