@@ -1,0 +1,252 @@
+"""The status page in a real browser: headless Chromium (Debian's chromium and
+chromium-driver, driven by Selenium) opens `/` of a live daemon watching a real master and
+replica under write load. The replica is paused (SIGSTOP): the page must show its lag rising
+and its routing state flipping to "out" without a reload, then flipping back after it is
+resumed. A screenshot is saved and inspected for the page's main elements (the red "out"
+badge, the red border of the bad group, the lag chart's line) at the places the DOM says they
+are. The same page on a narrow screen must not scroll sideways."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .daemons import RunningDaemon
+from .harness import RedisProcess, ServerSet, free_port, in_ci, wait_for
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+RED = (0xD9, 0x30, 0x25)
+GREEN = (0x1E, 0x8E, 0x3E)
+BLUE = (0x1A, 0x73, 0xE8)
+
+
+def require_browser() -> None:
+    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not shutil.which(p)]
+    try:
+        import PIL  # noqa: F401
+        import selenium  # noqa: F401
+    except ImportError:
+        missing.append("selenium / pillow (pip install -e '.[test]')")
+    if missing:
+        message = f"browser test needs {', '.join(missing)} (scripts/test installs them)"
+        if in_ci():
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[Any]:
+    require_browser()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",  # root in a container
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,1000",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+    ):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()  # stops chromedriver and the browser it started
+
+
+@pytest.fixture
+def servers(tmp_path: Path) -> Iterator[ServerSet]:
+    from .harness import require_build
+
+    with ServerSet(require_build("redis-7.0"), tmp_path) as started:
+        yield started
+
+
+class WriteLoad:
+    def __init__(self, master: RedisProcess) -> None:
+        self.client = master.client()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        n = 0
+        while not self.stop.is_set():
+            self.client.set(f"load:{n % 500}", "x" * 200)
+            n += 1
+            self.stop.wait(0.005)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+
+
+def seconds_of(text: str) -> float:
+    match = re.match(r"[≥]?([\d.]+)(s|m|h)", text.strip())
+    assert match, f"not a duration: {text!r}"
+    scale = {"s": 1, "m": 60, "h": 3600}[match.group(2)]
+    return float(match.group(1)) * scale
+
+
+def rgb_near(pixel: tuple[int, ...], color: tuple[int, int, int], tolerance: int = 40) -> bool:
+    return all(abs(a - b) <= tolerance for a, b in zip(pixel[:3], color, strict=True))
+
+
+def colour_share(
+    image: Any, rect: dict[str, float], color: tuple[int, int, int], ratio: float
+) -> float:
+    """The share of pixels of `rect` (CSS px, scaled by the device pixel ratio) near `color`."""
+    left, top = int(rect["x"] * ratio), int(rect["y"] * ratio)
+    right, bottom = (
+        int((rect["x"] + rect["width"]) * ratio),
+        int((rect["y"] + rect["height"]) * ratio),
+    )
+    box = image.crop((left, top, max(left + 1, right), max(top + 1, bottom))).convert("RGB")
+    pixels = list(box.getdata())
+    return sum(1 for p in pixels if rgb_near(p, color)) / max(1, len(pixels))
+
+
+def test_status_page_shows_lag_rising_and_routing_flipping(
+    servers: ServerSet, browser: Any, tmp_path: Path
+) -> None:
+    from PIL import Image
+
+    master = servers.start("master")
+    replica = servers.start("replica", replica_of=master)
+    wait_for(lambda: replica.info().get("master_link_status") == "up", 15, "replication up")
+    port = free_port()
+    cfg = tmp_path / "replwatch.yaml"
+    cfg.write_text(
+        f"""
+exporter: {{listen: "127.0.0.1:{port}"}}
+poll: {{interval: 250ms, timeout: 200ms}}
+heartbeat: {{interval: 100ms}}
+probe: {{interval: 500ms, timeout: 250ms}}
+routing:
+  trip: {{lag_seconds: 1s, for: 0s}}
+  recover: {{lag_seconds: 0.5s, for: 0.5s}}
+groups:
+  - name: shop
+    master: "127.0.0.1:{master.port}"
+    replicas: ["127.0.0.1:{replica.port}"]
+"""
+    )
+    load = WriteLoad(master)
+    try:
+        with RunningDaemon(cfg, port) as daemon:
+            wait_for(lambda: daemon.fetch("/-/ready")[0] == 200, 20, "daemon ready")
+            browser.get(daemon.base + "/")
+            row = f'tr[data-replica="{replica.label}"]'
+
+            def text_of(selector: str) -> str:
+                # the page redraws every update: read in one script, never hold an element
+                return str(
+                    browser.execute_script(
+                        "const e = document.querySelector(arguments[0]);"
+                        "return e ? e.innerText : '';",
+                        selector,
+                    )
+                )
+
+            def cell(field: str) -> str:
+                return text_of(f'{row} [data-field="{field}"]')
+
+            wait_for(lambda: "in rotation" in cell("routing"), 20, "the replica in rotation")
+            assert seconds_of(cell("lag")) < 1.0, cell("lag")
+            assert browser.title == "replwatch"
+            loads_before = browser.execute_script("return document.body.dataset.updated")
+
+            replica.pause()
+            try:
+                seen: list[float] = []
+
+                def lag_rose_and_flipped() -> bool:
+                    text = cell("lag")
+                    if (text and text[0].isdigit()) or text.startswith("≥"):
+                        seen.append(seconds_of(text))
+                    return "out" in cell("routing") and bool(seen) and seen[-1] >= 2.0
+
+                wait_for(lag_rose_and_flipped, 20, f"lag rising and routing out; saw {seen[-5:]}")
+                # it rose on screen, update after update, without a reload
+                assert len(set(seen)) >= 3, seen
+                assert seen[-1] > seen[0], seen
+                assert (
+                    browser.execute_script("return document.body.dataset.updated") != loads_before
+                )
+                assert browser.execute_script("return performance.navigation.type") == 0
+                severity = browser.execute_script(
+                    "return document.querySelector('details[data-group=\"shop\"]')"
+                    ".dataset.severity"
+                )
+                assert severity == "bad"
+                assert "reads on master" in text_of('details[data-group="shop"] summary')
+                assert "unreachable" in cell("routing") or "lag" in cell("routing")
+
+                shot = tmp_path / "status.png"
+                browser.save_screenshot(str(shot))
+                ratio = float(browser.execute_script("return window.devicePixelRatio") or 1)
+                rects = browser.execute_script(
+                    """
+                    const r = (sel) => { const e = document.querySelector(sel);
+                      if (!e) return null; const b = e.getBoundingClientRect();
+                      return {x: b.x, y: b.y, width: b.width, height: b.height}; };
+                    return {
+                      badge: r(arguments[0] + ' [data-field="routing"] .badge'),
+                      group: r('details[data-group="shop"]'),
+                      chart: r(arguments[0] + ' svg.chart'),
+                      summary: r('#summary'),
+                    };
+                    """,
+                    row,
+                )
+            finally:
+                replica.resume()
+            image = Image.open(shot)
+            assert image.size[0] >= 1000 and image.size[1] >= 600
+            for name in ("badge", "group", "chart", "summary"):
+                rect = rects[name]
+                assert rect and rect["width"] > 0 and rect["height"] > 0, (name, rect)
+                assert rect["y"] + rect["height"] <= image.size[1] / ratio, (name, rect)
+            # the "out" badge is red; the group's left border is red; the chart draws a line
+            assert colour_share(image, rects["badge"], RED, ratio) > 0.4
+            border = dict(rects["group"], width=5)
+            assert colour_share(image, border, RED, ratio) > 0.6
+            # the chart spans the last 5 minutes: a few seconds of history is a short line at
+            # its right end, still a few dozen pixels of the line's colour
+            assert colour_share(image, rects["chart"], BLUE, ratio) * 180 * 36 >= 5
+
+            # resumed, it catches up: back in rotation, on screen
+            wait_for(lambda: "in rotation" in cell("routing"), 30, "back in rotation")
+
+            # a narrow screen: cards instead of a wide table, nothing scrolls sideways
+            browser.set_window_size(390, 900)
+            wait_for(
+                lambda: browser.execute_script(
+                    "return document.documentElement.scrollWidth <= window.innerWidth + 1"
+                ),
+                5,
+                "no horizontal scrolling on a narrow screen",
+            )
+            head_display = browser.execute_script(
+                "return getComputedStyle(document.querySelector('table.replicas thead')).display"
+            )
+            assert head_display == "none"
+            label = browser.execute_script(
+                "return getComputedStyle(document.querySelector(arguments[0]), '::before')"
+                ".content",
+                f'{row} [data-field="lag"]',
+            )
+            assert label == '"lag"'  # each value has its label beside it
+    finally:
+        load.close()
