@@ -222,7 +222,7 @@ BAD_CONFIGS = [
     ({"exporter": {"listen": "1.2.3.4:99999"}}, "exporter.listen: port must be 0-65535"),
     (
         {"exporter": {"web_config": "/x.yml"}},
-        "exporter.web_config: TLS / basic auth web config is not supported in this version",
+        "exporter.web_config: /x.yml: <file>: cannot read: No such file or directory",
     ),
     (
         {"groups": [{**G, "auth": {"password_file": "/nonexistent/pw"}}]},
