@@ -197,20 +197,12 @@ def parse_redis_url(url: str) -> RedisEndpoint:
         raise PydanticCustomError(
             "url", "malformed URL (an IPv6 address goes in brackets: redis://[::1]:6379)"
         ) from None
-    try:
-        port = parts.port
-    except ValueError:
-        raise PydanticCustomError("url", "port must be 1-65535") from None
     if parts.scheme not in ("redis", "rediss"):
         raise PydanticCustomError(
             "url",
             "unsupported scheme '{scheme}': use redis:// or rediss://",
             {"scheme": parts.scheme},
         )
-    if not parts.hostname:
-        raise PydanticCustomError("url", "URL has no host")
-    if any(c.isspace() for c in parts.hostname):
-        raise PydanticCustomError("url", "the host must not contain spaces")
     if parts.query or parts.fragment or url.endswith(("?", "#")):
         # redis-py style ?db=…&password=… would be silently ignored; never echo it
         raise PydanticCustomError(
@@ -219,6 +211,14 @@ def parse_redis_url(url: str) -> RedisEndpoint:
             "credentials as user:password@, TLS settings under tls: (percent-encode '?' "
             "or '#' in a password as %3F / %23)",
         )
+    try:
+        port = parts.port
+    except ValueError:
+        raise PydanticCustomError("url", "port must be 1-65535") from None
+    if not parts.hostname:
+        raise PydanticCustomError("url", "URL has no host")
+    if any(c.isspace() for c in parts.hostname):
+        raise PydanticCustomError("url", "the host must not contain spaces")
     if port is not None and not 1 <= port <= 65535:
         raise PydanticCustomError("url", "port must be 1-65535")
     if port == 0:
@@ -1151,6 +1151,7 @@ _FIELD_IN_MESSAGE = frozenset(
         "pair_self",
         "heartbeat_ttl",
         "lag_window",
+        "tls",
     )
 )
 # pydantic's wording that names Python types, in the words of a config file

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 import tracemalloc
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -359,6 +360,39 @@ CASES: list[tuple[str, Any, str, str]] = [
         "admin.token",
         "must not be empty",
     ),
+    (
+        "sync-target-auth-password-file",
+        "sync: {tasks: [{name: t, source: '127.0.0.1:6379', target: '127.0.0.1:6380', "
+        "target_auth: {password_file: '@DIR@/nope'}}]}\n",
+        "sync.tasks[0].target_auth.password_file",
+        "cannot read @DIR@/nope: No such file or directory",
+    ),
+    # ---- TLS
+    (
+        "tls-key-without-cert",
+        G + "tls: {key_file: '@DIR@/pw'}\n",
+        "tls.key_file",
+        "given without cert_file",
+    ),
+    ("tls-ca-file-missing", G + "tls: {ca_file: '@DIR@/ca.pem'}\n", "tls.ca_file", "cannot read"),
+    (
+        "tls-ca-file-not-pem",
+        G + "tls: {ca_file: '@DIR@/pw'}\n",
+        "tls.ca_file",
+        "@DIR@/pw holds no PEM certificate",
+    ),
+    (
+        "group-tls-cert-not-pem",
+        "groups: [{name: a, master: 'rediss://127.0.0.1:6379', tls: {cert_file: '@DIR@/pw'}}]\n",
+        "groups[0].tls.cert_file",
+        "is not a PEM certificate with its key",
+    ),
+    (
+        "web-config-missing",
+        G + "exporter: {web_config: '@DIR@/web.yml'}\n",
+        "exporter.web_config",
+        "cannot read",
+    ),
     # ---- shard and listen address
     ("shard-out-of-range", G + "shard: 4/3\n", "shard", "must be i/n with 1 <= i <= n"),
     ("shard-a-number", G + "shard: 3\n", "shard", 'must be a string i/n, e.g. "2/3"'),
@@ -441,14 +475,18 @@ CASES: list[tuple[str, Any, str, str]] = [
 ]
 
 
+def make_secret_files(directory: Path) -> None:
+    (directory / "pw").write_text(SECRET_FILE + "\n")
+    (directory / "pw-latin1").write_bytes(b"caf\xe9-" + SECRET_FILE.encode() + b"\n")
+    (directory / "pw-empty").write_text("\n")
+    (directory / "pw-dir").mkdir()
+
+
 @pytest.fixture
 def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """The test's directory with the password files the table refers to; the environment
     without UNSET_ENV and with SECRET_ENV; `run` may never start the daemon."""
-    (tmp_path / "pw").write_text(SECRET_FILE + "\n")
-    (tmp_path / "pw-latin1").write_bytes(b"caf\xe9-" + SECRET_FILE.encode() + b"\n")
-    (tmp_path / "pw-empty").write_text("\n")
-    (tmp_path / "pw-dir").mkdir()
+    make_secret_files(tmp_path)
     monkeypatch.delenv(UNSET_ENV, raising=False)
     monkeypatch.setenv(SECRET_ENV_NAME, SECRET_ENV)
 
@@ -474,14 +512,18 @@ def files_under(directory: Path) -> set[Path]:
     return set(directory.rglob("*"))
 
 
-def run_main(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
+def run_main(
+    capsys: pytest.CaptureFixture[str], command: str, config: Path
+) -> tuple[Path, int, str, str]:
+    """`replwatch <command> --config <config>` in this process: config, exit code, stdout,
+    stderr."""
+    code = main([command, "--config", str(config)])
     out, err = capsys.readouterr()
-    return code, out, err
+    return config, code, out, err
 
 
 def assert_refused(
-    code: int, out: str, err: str, config: Path, field: str, reason: str, workdir: Path
+    config: Path, code: int, out: str, err: str, field: str, reason: str, workdir: Path
 ) -> str:
     """Exit 2, nothing on stdout, one line `<config>: <field path>: <reason>`; the line."""
     assert code == 2, (code, out, err)
@@ -512,12 +554,8 @@ def test_check_config_and_run_refuse(
 ) -> None:
     config = write_case(workdir, name, content)
     before = files_under(workdir)
-    checked = assert_refused(
-        *run_main(capsys, "check-config", "--config", str(config)), config, field, reason, workdir
-    )
-    ran = assert_refused(
-        *run_main(capsys, "run", "--config", str(config)), config, field, reason, workdir
-    )
+    checked = assert_refused(*run_main(capsys, "check-config", config), field, reason, workdir)
+    ran = assert_refused(*run_main(capsys, "run", config), field, reason, workdir)
     assert ran == checked  # run refuses exactly as check-config does
     assert files_under(workdir) == before  # nothing written: no state dir, no pid file
 
@@ -550,6 +588,11 @@ LEAKS: list[tuple[str, str, str]] = [
         "query-after-password",
         f"groups: [{{name: a, master: 'redis://:{SECRET_URL}@127.0.0.1:6379?password={SECRET_URL}'"
         "}]\n",
+        "groups[0].master",
+    ),
+    (
+        "question-mark-in-password",
+        f"groups: [{{name: a, master: 'redis://:{SECRET_URL}?{SECRET_URL}@127.0.0.1:6379'}}]\n",
         "groups[0].master",
     ),
     (
@@ -601,7 +644,7 @@ def test_passwords_never_printed(
 ) -> None:
     config = write_case(workdir, name, text)
     for command in ("check-config", "run"):
-        code, out, err = run_main(capsys, command, "-c", str(config))
+        _, code, out, err = run_main(capsys, command, config)
         assert code == 2, err
         assert len(err.splitlines()) == 1, err
         assert err.startswith(f"{config}: {field}"), err
@@ -620,8 +663,7 @@ def test_unreadable_password_file(workdir: Path, capsys: pytest.CaptureFixture[s
     )
     for command in ("check-config", "run"):
         assert_refused(
-            *run_main(capsys, command, "-c", str(config)),
-            config,
+            *run_main(capsys, command, config),
             "groups[0].auth.password_file",
             f"cannot read {secret}: Permission denied",
             workdir,
@@ -649,7 +691,7 @@ def test_aliases_and_merge_keys_stay_valid(
         "    master: '127.0.0.1:6390'\n"
         "  - {name: c, master: '127.0.0.1:6391', probe: *probe}\n",
     )
-    code, out, err = run_main(capsys, "check-config", "-c", str(config))
+    _, code, out, err = run_main(capsys, "check-config", config)
     assert (code, err) == (0, "")
     assert out.strip() == f"{config}: OK (3 group(s), 3 node(s) configured)"
 
@@ -657,54 +699,75 @@ def test_aliases_and_merge_keys_stay_valid(
 # ------------------------------------------------------------------ real subprocesses
 
 
-def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "replwatch", *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-        env=env,
-    )
+# table cases run as real processes (`python -m replwatch`), and the first LEAKS file
+SUBPROCESS_CASES = ["not-utf-8", "unknown-nested", "env-unset", "password-file-not-utf-8"]
+COMMANDS = ("check-config", "run")
+
+RealRun = tuple[Path, int, str, str]  # config, exit code, stdout, stderr
 
 
-SUBPROCESS_CASES = [
-    "not-utf-8",
-    "unknown-nested",
-    "env-unset",
-    "password-file-not-utf-8",
-    "empty-file",
-]
+@pytest.fixture(scope="module")
+def real_runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[tuple[str, str], Any]]:
+    """Every (case, command) of SUBPROCESS_CASES + "leak" run as a real process, all at
+    once (each costs ~1 s of interpreter start-up); every process is gone on return. Also
+    ("files", "before"/"after"): the directory's files before and after."""
+    workdir = tmp_path_factory.mktemp("real-cli")
+    make_secret_files(workdir)
+    env = {k: v for k, v in os.environ.items() if k != UNSET_ENV}
+    env[SECRET_ENV_NAME] = SECRET_ENV
+    configs = {name: write_case(workdir, name, case_content(name)) for name in SUBPROCESS_CASES}
+    configs["leak"] = write_case(workdir, "leak", LEAKS[0][1])
+    before = files_under(workdir)
+    procs: dict[tuple[str, str], subprocess.Popen[str]] = {}
+    try:
+        for name, config in configs.items():
+            for command in COMMANDS:
+                procs[(name, command)] = subprocess.Popen(
+                    [sys.executable, "-m", "replwatch", command, "--config", str(config)],
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                    env=env,
+                )
+        runs: dict[tuple[str, str], Any] = {}
+        for (name, command), proc in procs.items():
+            out, err = proc.communicate(timeout=60)
+            runs[(name, command)] = (configs[name], proc.returncode, out, err)
+        runs[("files", "before")] = before
+        runs[("files", "after")] = files_under(workdir)
+        runs[("workdir", "")] = workdir
+        yield runs
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def case_content(name: str) -> Any:
+    return next(c[1] for c in CASES if c[0] == name)
 
 
 @pytest.mark.parametrize("name", SUBPROCESS_CASES)
-def test_real_cli_refuses(workdir: Path, name: str) -> None:
-    _, content, field, reason = next(c for c in CASES if c[0] == name)
-    config = write_case(workdir, name, content)
-    env = {k: v for k, v in os.environ.items() if k != UNSET_ENV}
-    before = files_under(workdir)
-    lines = []
-    for command in ("check-config", "run"):
-        result = cli(command, "--config", str(config), env=env)
-        lines.append(
-            assert_refused(
-                result.returncode, result.stdout, result.stderr, config, field, reason, workdir
-            )
-        )
+def test_real_cli_refuses(real_runs: dict[tuple[str, str], Any], name: str) -> None:
+    _, _, field, reason = next(c for c in CASES if c[0] == name)
+    workdir = real_runs[("workdir", "")]
+    lines = [assert_refused(*real_runs[(name, c)], field, reason, workdir) for c in COMMANDS]
     assert lines[0] == lines[1]
-    assert files_under(workdir) == before
 
 
-def test_real_cli_never_prints_the_passwords(workdir: Path) -> None:
-    _, text, field = LEAKS[0]
-    config = write_case(workdir, "leak", text)
-    env = {**os.environ, SECRET_ENV_NAME: SECRET_ENV}
-    for command in ("check-config", "run"):
-        result = cli(command, "-c", str(config), env=env)
-        assert result.returncode == 2
-        assert result.stderr.startswith(f"{config}: {field}: ")
+def test_real_cli_writes_nothing(real_runs: dict[tuple[str, str], Any]) -> None:
+    assert real_runs[("files", "after")] == real_runs[("files", "before")]
+
+
+def test_real_cli_never_prints_the_passwords(real_runs: dict[tuple[str, str], Any]) -> None:
+    field = LEAKS[0][2]
+    for command in COMMANDS:
+        config, code, out, err = real_runs[("leak", command)]
+        assert code == 2, err
+        assert err.startswith(f"{config}: {field}: ")
         for secret in SECRETS:
-            assert secret not in result.stdout + result.stderr
+            assert secret not in out + err
 
 
 def run_measured(args: list[str], out: Path, timeout: float) -> tuple[int, str, float, int]:
@@ -760,7 +823,7 @@ def test_alias_bombs_in_process(
     tracemalloc.start()
     started = time.monotonic()
     try:
-        code, _, err = run_main(capsys, "check-config", "-c", str(config))
+        _, code, _, err = run_main(capsys, "check-config", config)
         seconds = time.monotonic() - started
         peak = tracemalloc.get_traced_memory()[1]
     finally:
