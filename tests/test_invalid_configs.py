@@ -845,6 +845,8 @@ def test_alias_bombs_in_process(
     workdir: Path, capsys: pytest.CaptureFixture[str], levels: int, width: int
 ) -> None:
     config = write_case(workdir, "bomb", _billion_laughs(levels, width))
+    warm_up = write_case(workdir, "small", G + "poll: {timeout: 0}\n")
+    assert run_main(capsys, "check-config", warm_up)[1] == 2  # the CLI's imports done
     tracemalloc.start()
     started = time.monotonic()
     try:
