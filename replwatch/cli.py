@@ -137,6 +137,7 @@ def _check_groups(args: argparse.Namespace, whole: Config, cfg: Config) -> None:
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
     whole, cfg = _load_shard(args)
+    _require_something_to_run(args.config, whole, cfg)
     nodes = sum(len(whole.nodes_of(g)) for g in whole.groups)
     discovered = sum(1 for g in whole.groups if g.source != "static")
     more = f", {discovered} discovered through Sentinel/Cluster" if discovered else ""
@@ -156,21 +157,28 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
-    from replwatch.app import run_daemon
+def _require_something_to_run(path: str, whole: Config, cfg: Config) -> None:
+    """`run` refuses a config with nothing to do (no group, no sync task, no admin API and
+    no task created through it): an empty or truncated file; check-config says the same."""
     from replwatch.sync.task_state import TaskStateFile, state_dir_of
 
-    whole, cfg = _load_shard(args)
     if (
         not whole.groups
         and not whole.sync.tasks
         and cfg.admin.token is None
-        and not TaskStateFile(state_dir_of(cfg, args.config)).load().created
+        and not TaskStateFile(state_dir_of(cfg, path)).load().created
     ):
         raise ConfigError(
-            args.config,
+            path,
             ["groups: at least one group (or one sync task, or admin.token) is needed to run"],
         )
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from replwatch.app import run_daemon
+
+    whole, cfg = _load_shard(args)
+    _require_something_to_run(args.config, whole, cfg)
     if cfg.shard is not None and cfg.shard.count > 1 and not cfg.groups and not cfg.sync.tasks:
         log.warning(
             "shard %s owns none of the %d group(s) and %d sync task(s) of %s",

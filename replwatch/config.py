@@ -6,16 +6,16 @@ secrets are SecretStr and never appear in reprs, errors or logs.
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 import re
 import ssl
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 from urllib.parse import unquote, urlsplit
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -31,6 +31,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from replwatch.config_file import parse_yaml, read_config_text
 from replwatch.errors import ConfigError
 from replwatch.topology.sharding import WHOLE_FLEET, ShardSpec, owns, parse_shard
 from replwatch.web_config import load_web_config
@@ -84,6 +85,15 @@ def parse_size(value: Any) -> int:
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+def _above_zero(value: float) -> float:
+    if value <= 0:
+        raise PydanticCustomError("duration", "must be above 0")
+    return value
+
+
+PositiveDuration = Annotated[float, BeforeValidator(parse_duration), AfterValidator(_above_zero)]
 Size = Annotated[int, BeforeValidator(parse_size)]
 
 
@@ -183,17 +193,32 @@ def parse_redis_url(url: str) -> RedisEndpoint:
         url = "redis://" + url
     try:
         parts = urlsplit(url)
-        port = parts.port
     except ValueError:
-        raise PydanticCustomError("url", "port must be 1-65535") from None
+        raise PydanticCustomError(
+            "url", "malformed URL (an IPv6 address goes in brackets: redis://[::1]:6379)"
+        ) from None
     if parts.scheme not in ("redis", "rediss"):
         raise PydanticCustomError(
             "url",
             "unsupported scheme '{scheme}': use redis:// or rediss://",
             {"scheme": parts.scheme},
         )
+    if parts.query or parts.fragment or url.endswith(("?", "#")):
+        # redis-py style ?db=…&password=… would be silently ignored; never echo it
+        raise PydanticCustomError(
+            "url",
+            "'?…' and '#…' are not supported in the URL: give the database as /N, "
+            "credentials as user:password@, TLS settings under tls: (percent-encode '?' "
+            "or '#' in a password as %3F / %23)",
+        )
+    try:
+        port = parts.port
+    except ValueError:
+        raise PydanticCustomError("url", "port must be 1-65535") from None
     if not parts.hostname:
         raise PydanticCustomError("url", "URL has no host")
+    if any(c.isspace() for c in parts.hostname):
+        raise PydanticCustomError("url", "the host must not contain spaces")
     if port is not None and not 1 <= port <= 65535:
         raise PydanticCustomError("url", "port must be 1-65535")
     if port == 0:
@@ -227,9 +252,13 @@ Endpoint = Annotated[RedisEndpoint, BeforeValidator(RedisEndpoint.parse)]
 def _listen_address(value: Any) -> str:
     if not isinstance(value, str) or ":" not in value:
         raise PydanticCustomError("listen", "must be host:port, e.g. 127.0.0.1:9750")
-    _host, _, port = value.rpartition(":")
+    host, _, port = value.rpartition(":")
     if not port.isdigit() or not 0 <= int(port) <= 65535:
         raise PydanticCustomError("listen", "port must be 0-65535")
+    if any(c.isspace() or c in "/@" for c in host):
+        raise PydanticCustomError(
+            "listen", "'{host}' is not a host name or IP address", {"host": host}
+        )
     return value
 
 
@@ -289,6 +318,16 @@ class HeartbeatConfig(_Strict):
         if not v or any(c.isspace() for c in v):
             raise PydanticCustomError("heartbeat", "must be a non-empty key without spaces")
         return v
+
+    @model_validator(mode="after")
+    def _ttl(self) -> HeartbeatConfig:
+        if self.ttl < self.interval:
+            # the key would expire between writes and the replicas would have none to read
+            raise PydanticCustomError(
+                "heartbeat_ttl",
+                "ttl: must not be shorter than interval (the key would expire between writes)",
+            )
+        return self
 
 
 class LagConfig(_Strict):
@@ -433,7 +472,7 @@ class GroupSentinel(_Strict):
     addresses: list[Endpoint] = Field(min_length=1)
     master_name: str = Field(min_length=1)
     auth: Auth | None = None  # the Sentinels' own credentials (sentinel.conf requirepass/ACL)
-    timeout: Duration = 0.5  # one Sentinel query (connect + reply)
+    timeout: PositiveDuration = 0.5  # one Sentinel query (connect + reply)
     tls: bool = False  # the data nodes speak TLS (rediss); Sentinels: by their URL scheme
 
     def nodes(self) -> list[RedisEndpoint]:
@@ -451,7 +490,7 @@ class GroupCluster(_Strict):
     # CLUSTER SHARDS / CLUSTER NODES describes the cluster
     startup_nodes: list[Endpoint] = Field(min_length=1)
     auth: Auth | None = None  # credentials of the cluster's nodes (or the group's `auth`)
-    timeout: Duration = 0.5
+    timeout: PositiveDuration = 0.5
 
     @property
     def tls(self) -> bool:
@@ -557,7 +596,7 @@ class SentinelSettings(_Strict):
     username: str | None = None
     password: SecretStr | None = None
     # connect and reply timeout of one Sentinel query
-    timeout: Duration = 1.0
+    timeout: PositiveDuration = 1.0
 
     def nodes(self) -> list[RedisEndpoint]:
         """The Sentinels with this block's credentials (an address's own win)."""
@@ -861,6 +900,10 @@ class SyncTask(_Strict):
             raise PydanticCustomError("source_timeout", "source_timeout: must be at least 1s")
         if self.lease < 1.0:
             raise PydanticCustomError("lease", "lease: must be at least 1s")
+        if self.reconnect_min <= 0:
+            raise PydanticCustomError(
+                "reconnect", "reconnect_min: must be above 0 (0 would reconnect in a busy loop)"
+            )
         if self.reconnect_max < self.reconnect_min:
             raise PydanticCustomError(
                 "reconnect", "reconnect_max: must not be less than reconnect_min"
@@ -957,6 +1000,16 @@ class AdminConfig(_Strict):
     token: SecretStr | None = None
     token_file: Path | None = None
 
+    @field_validator("token")
+    @classmethod
+    def _token(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and not v.get_secret_value().strip():
+            # an empty token would let in anyone who sends "Authorization: Bearer "
+            raise PydanticCustomError(
+                "token", "must not be empty (leave admin.token out to disable the admin API)"
+            )
+        return v
+
 
 class Config(_Strict):
     exporter: ExporterConfig = ExporterConfig()
@@ -978,6 +1031,12 @@ class Config(_Strict):
     @model_validator(mode="after")
     def _unique_groups(self) -> Config:
         _require_unique([g.name for g in self.groups], "groups", "group")
+        if self.lag.offset_clock_window < 2 * self.poll.interval:
+            raise PydanticCustomError(
+                "lag_window",
+                "lag.offset_clock_window: must be at least twice poll.interval (the offset "
+                "clock needs two samples to tell a follower's age)",
+            )
         problem = self.shard_problem(self.shard or WHOLE_FLEET)
         if problem is not None:
             raise PydanticCustomError("shard", problem)
@@ -1074,24 +1133,92 @@ def _loc_to_path(loc: tuple[int | str, ...]) -> str:
     return out or "<root>"
 
 
-def _format_errors(err: ValidationError) -> list[str]:
+# error types of model-level checks whose message reads 'field: reason'
+_FIELD_IN_MESSAGE = frozenset(
+    (
+        "poll",
+        "dup",
+        "routing",
+        "probe",
+        "dbmap",
+        "group",
+        "shard",
+        "same",
+        "source_timeout",
+        "lease",
+        "reconnect",
+        "pair_flush",
+        "pair_self",
+        "heartbeat_ttl",
+        "lag_window",
+        "tls",
+    )
+)
+# pydantic's wording that names Python types, in the words of a config file
+_PLAIN_MESSAGES = {
+    "model_type": "must be a mapping of settings (key: value)",
+    "model_attributes_type": "must be a mapping of settings (key: value)",
+    "path_type": "must be a file path (a string)",
+}
+_PLAIN_KEY_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def _format_errors(err: ValidationError, root: type[BaseModel] | None = None) -> list[str]:
+    """One 'path: reason' line per error. `root`: the model validated (default Config), for
+    the did-you-mean of unknown keys."""
     lines = []
     for e in err.errors(include_url=False, include_input=False):
-        path = _loc_to_path(tuple(e["loc"]))
+        loc = tuple(e["loc"])
+        path = _loc_to_path(loc)
         msg = e["msg"]
         # model-level checks carry 'field: reason' in their message
-        if (
-            e["type"] in ("poll", "dup", "routing", "probe", "dbmap", "group", "shard")
-            and ": " in msg
-        ):
+        if e["type"] in _FIELD_IN_MESSAGE and ": " in msg:
             field, _, msg = msg.partition(": ")
             path = _join(path if path != "<root>" else "", field)
         if msg.startswith("Value error, "):
             msg = msg[len("Value error, ") :]
+        msg = _PLAIN_MESSAGES.get(e["type"], msg)
         if e["type"] == "extra_forbidden":
-            msg = "unknown key"
+            key = str(loc[-1]) if loc else ""
+            if not _PLAIN_KEY_RE.fullmatch(key):
+                # e.g. `{password:hunter2}` (no space after ':') is one key holding a value
+                path = _loc_to_path(loc[:-1])
+                msg = (
+                    "unknown key (not shown: it is not a plain name and may hold a value; "
+                    "write key: value with a space after ':')"
+                )
+            else:
+                msg = "unknown key" + _did_you_mean(key, _keys_at(root or Config, loc[:-1]))
         lines.append(f"{path}: {msg}")
     return lines
+
+
+def _did_you_mean(key: str, known: set[str]) -> str:
+    close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.75)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The models a field's type holds (through list, dict, Optional, Annotated, unions)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in get_args(annotation) for m in _models_in(arg)]
+
+
+def _keys_at(root: type[BaseModel], loc: tuple[int | str, ...]) -> set[str]:
+    """The keys allowed at `loc` (every form's, where a field takes several models)."""
+    models = [root]
+    for part in loc:
+        if isinstance(part, int) or str(part).startswith(("function-", "kind:")):
+            continue
+        models = [
+            found
+            for model in models
+            for name, field in model.model_fields.items()
+            if part in (name, field.alias)
+            for found in _models_in(field.annotation)
+        ]
+    return {field.alias or name for model in models for name, field in model.model_fields.items()}
 
 
 _FIELD_PREFIX_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\[\]]*: ")
@@ -1107,7 +1234,7 @@ def sync_task_from_data(data: Any, where: str = "tasks") -> SyncTask:
         task = SyncTask.model_validate(data)
     except ValidationError as exc:
         problems = []
-        for line in _format_errors(exc):
+        for line in _format_errors(exc, SyncTask):
             if line.startswith("<root>: "):
                 rest = line[len("<root>: ") :]
                 sep = "." if _FIELD_PREFIX_RE.match(rest) else ": "
@@ -1137,6 +1264,9 @@ def _read_secret_file(path: Path, where: str, problems: list[str]) -> SecretStr 
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         problems.append(f"{where}: cannot read {path}: {exc.strerror or exc}")
+        return None
+    except UnicodeDecodeError:
+        problems.append(f"{where}: {path} is not UTF-8 text")
         return None
     value = text.strip()
     if not value:
@@ -1303,19 +1433,7 @@ def config_from_data(
 
 def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
     source = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(source, ["<file>: no such file"]) from None
-    except OSError as exc:
-        raise ConfigError(source, [f"<file>: cannot read: {exc.strerror or exc}"]) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "<file>"
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise ConfigError(source, [f"{where}: {problem}"]) from None
+    data = parse_yaml(read_config_text(path), source)
     return config_from_data(data, source, env)
 
 

@@ -74,13 +74,23 @@ INVALID: list[tuple[str, Any, dict[str, str], list[str]]] = [
         ["poll.interval: must be at least 100ms"],
     ),
     ("poll-timeout-zero", {"poll": {"timeout": 0}}, {}, ["poll.timeout: must be above 0"]),
-    ("unknown-root-key", {"exporterz": {}}, {}, ["exporterz: unknown key"]),
-    ("unknown-section-key", {"poll": {"intervall": "1s"}}, {}, ["poll.intervall: unknown key"]),
+    (
+        "unknown-root-key",
+        {"exporterz": {}},
+        {},
+        ["exporterz: unknown key (did you mean exporter?)"],
+    ),
+    (
+        "unknown-section-key",
+        {"poll": {"intervall": "1s"}},
+        {},
+        ["poll.intervall: unknown key (did you mean interval?)"],
+    ),
     (
         "unknown-group-key",
         {"groups": [group(replica=["h:1"])]},
         {},
-        ["groups[0].replica: unknown key"],
+        ["groups[0].replica: unknown key (did you mean replicas?)"],
     ),
     (
         "unknown-auth-key",
@@ -424,7 +434,7 @@ INVALID: list[tuple[str, Any, dict[str, str], list[str]]] = [
             "sync.tasks[0].source.sentinel.master_name: Field required",
             "sync.tasks[0].source.sentinel.timeout: invalid duration 'soon': use 250ms, 1s, "
             "2m, 1h or seconds",
-            "sync.tasks[0].source.passwd: unknown key",
+            "sync.tasks[0].source.passwd: unknown key (did you mean password?)",
         ],
     ),
     (
