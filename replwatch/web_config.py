@@ -37,9 +37,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import bcrypt
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from replwatch.config_file import parse_yaml
 from replwatch.errors import ConfigError
 
 log = logging.getLogger("replwatch.http")
@@ -230,12 +230,8 @@ def load_web_config(path: Path) -> tuple[WebConfig, ssl.SSLContext | None]:
         raise ConfigError(source, [f"<file>: cannot read: {exc.strerror or exc}"]) from None
     except UnicodeDecodeError:
         raise ConfigError(source, ["<file>: not UTF-8 text"]) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark else "<file>"
-        raise ConfigError(source, [f"{where}: not valid YAML"]) from None
+    # the config file's guarded loader: no alias bomb, no deep nesting, no duplicate keys
+    data = parse_yaml(text, source)
     try:
         config = parse_web_config(data, path.parent)
         context = (

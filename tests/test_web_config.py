@@ -155,7 +155,14 @@ def test_load_web_config_errors_name_file_and_field(tmp_path: Path) -> None:
         load_web_config(path)
     assert str(caught.value).startswith(f"{path}: tls_server_config.cert_file: cannot read")
     path.write_text("basic_auth_users: [\n")
-    with pytest.raises(ConfigError, match=r"line \d+: not valid YAML"):
+    with pytest.raises(ConfigError, match=r"web.yml: line \d+, column \d+: "):
+        load_web_config(path)
+    # the config file's guards hold here too: an alias bomb is refused, not expanded
+    bomb = ["a: &a [x, x, x, x, x, x, x, x, x, x]"]
+    for level in range(1, 9):
+        bomb.append(f"{chr(97 + level)}: &{chr(97 + level)} " + str([f"*{chr(96 + level)}"] * 10))
+    path.write_text("\n".join(bomb).replace("'", "") + "\n")
+    with pytest.raises(ConfigError, match="alias"):
         load_web_config(path)
 
 
