@@ -187,7 +187,13 @@ class Topology:
 
 
 def read_banner(demo: Demo) -> Topology:
+    page = demo.read_until(r"^status page: (http://127\.0\.0\.1:\d+/)\s", 60).group(1)
+    # the status page's address is the first thing the demo prints
+    assert demo.output().startswith(f"status page: {page}"), demo.output()
+    with urllib.request.urlopen(page, timeout=5) as resp:
+        assert resp.status == 200 and b"<title>replwatch</title>" in resp.read()
     url = demo.read_until(r"metrics:\s+(http://127\.0\.0\.1:\d+/metrics)", 60).group(1)
+    assert url == page + "metrics"
     master = demo.read_until(r"master\s+redis://127\.0\.0\.1:(\d+)", 5).group(1)
     fast = demo.read_until(r"replica\s+redis://127\.0\.0\.1:(\d+)\s+\(direct\)", 5).group(1)
     starved = demo.read_until(r"replica\s+redis://127\.0\.0\.1:(\d+)\s+\(starved", 5).group(1)

@@ -210,7 +210,16 @@ def test_every_endpoint_needs_basic_auth_and_tls(
     daemon, _web, port = protected
     context = ssl.create_default_context(cafile=str(pki.ca))
     base = f"https://127.0.0.1:{port}"
-    for path in ("/metrics", "/-/healthy", "/-/ready", "/routing", "/api/v1/tasks", "/"):
+    for path in (
+        "/metrics",
+        "/-/healthy",
+        "/-/ready",
+        "/routing",
+        "/api/v1/tasks",
+        "/",
+        "/status.json",
+        "/status.js",
+    ):
         assert fetch(base + path, context=context)[0] == 401, path
         assert fetch(base + path, context=context, basic=(USER, "wrong"))[0] == 401, path
         assert fetch(base + path, context=context, basic=("nobody", PASSWORD))[0] == 401, path
