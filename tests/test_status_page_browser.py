@@ -186,8 +186,7 @@ groups:
                 )
                 assert browser.execute_script("return performance.navigation.type") == 0
                 severity = browser.execute_script(
-                    "return document.querySelector('details[data-group=\"shop\"]')"
-                    ".dataset.severity"
+                    "return document.querySelector('details[data-group=\"shop\"]').dataset.severity"
                 )
                 assert severity == "bad"
                 assert "reads on master" in text_of('details[data-group="shop"] summary')
@@ -243,10 +242,136 @@ groups:
             )
             assert head_display == "none"
             label = browser.execute_script(
-                "return getComputedStyle(document.querySelector(arguments[0]), '::before')"
-                ".content",
+                "return getComputedStyle(document.querySelector(arguments[0]), '::before').content",
                 f'{row} [data-field="lag"]',
             )
             assert label == '"lag"'  # each value has its label beside it
     finally:
         load.close()
+
+
+def test_status_page_with_hundreds_of_replicas_and_sync_tasks(browser: Any) -> None:
+    """The page with 60 groups of 8 replicas and 3 sync tasks (the document built by the
+    real status_document from generated snapshots, served by the real HTTP server): bad
+    groups first and open, healthy ones collapsed, the filter narrows to one group, the
+    sync tasks show state, lag and a full-sync progress bar."""
+    from prometheus_client import CollectorRegistry
+
+    from replwatch.exporter.server import ExporterHTTPServer
+    from replwatch.exporter.status_doc import StatusSources
+    from replwatch.exporter.status_page import StatusPage
+    from replwatch.lag.history import LagHistory
+    from replwatch.sync.watch import SyncTaskView
+
+    from .test_status_doc import NOW, replica, snapshot, table
+
+    snapshots = []
+    tables = {}
+    history = LagHistory()
+    for g in range(60):
+        name = f"g{g:02d}"
+        lagging = g % 20 == 7  # three groups with a replica out of rotation
+        replicas = [
+            replica(f"10.0.{g}.{r}:6379", lag_seconds=9.0 if lagging and r == 3 else 0.01 * r)
+            for r in range(8)
+        ]
+        snap = snapshot(name, replicas)
+        snapshots.append(snap)
+        history.record(snap)
+        tables[name] = table(
+            name,
+            {
+                rv.label: (not (lagging and i == 3), "lag 9s > 2s" if lagging and i == 3 else "ok")
+                for i, rv in enumerate(replicas)
+            },
+        )
+    views = [
+        SyncTaskView("copy-a", "a:1", "b:1", "incremental", None, True, True, lag_seconds=0.02),
+        SyncTaskView(
+            "copy-b",
+            "c:1",
+            "d:1",
+            "full_sync",
+            None,
+            True,
+            True,
+            progress=0.42,
+            keys_loaded=420,
+            keys_total=1000,
+        ),
+        SyncTaskView(
+            "copy-c",
+            "e:1",
+            "f:1",
+            "unknown",
+            None,
+            False,
+            True,
+            source_error_message="connection refused",
+        ),
+    ]
+    sources = StatusSources(
+        snapshots=lambda: snapshots,
+        routing=tables.get,
+        probes=dict,
+        sync=lambda: views,
+        history=history.series,
+        poll_interval=1.0,
+        history_window=history.window,
+        version="test",
+    )
+    server = ExporterHTTPServer(
+        ("127.0.0.1", 0),
+        CollectorRegistry(),
+        lambda: True,
+        status=StatusPage(sources, clock=lambda: NOW),
+    )
+    server.start()
+    try:
+        browser.get(f"http://127.0.0.1:{server.bound_port}/")
+        wait_for(
+            lambda: (
+                browser.execute_script("return document.querySelectorAll('details.group').length")
+                == 60
+            ),
+            15,
+            "60 groups on the page",
+        )
+        state = browser.execute_script(
+            """
+            const groups = [...document.querySelectorAll('details.group')];
+            return {
+              order: groups.slice(0, 3).map((d) => d.dataset.group),
+              open: groups.filter((d) => d.open).map((d) => d.dataset.group),
+              rows: document.querySelectorAll('tr[data-replica]').length,
+              summary: document.getElementById('summary').innerText,
+              tasks: [...document.querySelectorAll('tr[data-task]')].map((t) => t.dataset.task),
+              progress: document.querySelector('tr[data-task="copy-b"] [data-field="progress"]')
+                .innerText,
+              bar: document.querySelector('tr[data-task="copy-b"] .progress > span').style.width,
+            };
+            """
+        )
+        assert state["order"] == ["g07", "g27", "g47"]  # the bad groups, first
+        assert state["open"] == ["g07", "g27", "g47"]  # healthy ones collapsed
+        assert state["rows"] == 480
+        assert "477/480 replicas in rotation" in state["summary"]
+        assert state["tasks"] == ["copy-c", "copy-b", "copy-a"]  # failing first
+        assert "42%" in state["progress"] and "420/1000 keys" in state["progress"]
+        assert state["bar"] == "42%"
+        # the filter narrows to the one group holding a replica
+        box = browser.find_element("id", "filter")
+        box.send_keys("10.0.33.5")
+        wait_for(
+            lambda: (
+                browser.execute_script(
+                    "return [...document.querySelectorAll('details.group')]"
+                    ".map((d) => d.dataset.group)"
+                )
+                == ["g33"]
+            ),
+            5,
+            "the filter to leave g33 alone",
+        )
+    finally:
+        server.stop()
