@@ -7,7 +7,7 @@ target passwords, a task created through the admin API with its password, the ad
 from a token file, and a basic-auth password of the web config. It is driven through its
 paths that talk about connections: polls, an authentication failure, a sync, a reload, an
 admin API error, the CLI's status, probe, sync status, check-config (valid and invalid) and
-compare (failing).
+compare (failing), and the status page's data.
 
 Then everything it produced is collected: the daemon's log at debug level, every HTTP
 endpoint's answer (/metrics, /routing, health checks, the admin API, error bodies), every
@@ -191,6 +191,7 @@ sync:
             f"/health/replica/main/127.0.0.1:{r}",
             "/-/ready",
             "/",
+            "/status.json",
         ):
             collected.append(f"GET {path}\n{daemon.fetch(path)[1]}")
         for path in ("/api/v1/tasks", "/api/v1/tasks/copy", "/api/v1/tasks/api-copy"):
@@ -259,6 +260,7 @@ sync:
         "$ replwatch check-config -> 2",  # the broken config
         "redis://src:***@",  # redacted URLs are shown
         "reload",
+        '"routing_reason"',  # the status page's data
     ):
         assert expected in blob, expected
     leaks = {
