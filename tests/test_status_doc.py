@@ -160,10 +160,9 @@ def test_document_is_worst_first_with_routing_reason_probe_and_history() -> None
         ],
     )
     down = snapshot("c-down", [replica("d:1", reachable=False, lag_seconds=None)], False)
-    history = LagHistory(window=60, max_points=5)
-    for step in range(8):  # more than max_points: the ring keeps the newest five
-        moment = replace(lagging, taken_at=NOW - 8 + step)
-        history.record(moment)
+    history = LagHistory(window=50, points=5)  # 10 s buckets
+    for step in range(8):
+        history.record(replace(lagging, taken_at=NOW - 8 + step))
     tables = {
         "b-lagging": table("b-lagging", {"l:1": (True, "ok"), "l:2": (False, "lag 7.5s > 2s")}),
         "a-healthy": table("a-healthy", {"h:1": (True, "ok")}),
@@ -179,7 +178,7 @@ def test_document_is_worst_first_with_routing_reason_probe_and_history() -> None
     out = worst["replicas"][0]
     assert out["in_rotation"] is False and out["routing_reason"] == "lag 7.5s > 2s"
     assert out["backlog_risk"] == "warn" and out["lag_bytes"] == 900_000
-    assert len(out["history"]) == 5 and out["history"][-1][0] == NOW - 1
+    assert out["history"] == {"start": NOW - 50, "step": 10.0, "lag": [None] * 4 + [7.5]}
     assert worst["probe"] == {
         "result": "timeout",
         "seconds": 0.5,
@@ -190,7 +189,7 @@ def test_document_is_worst_first_with_routing_reason_probe_and_history() -> None
     }
     assert doc["groups"][1]["master_error"] == "refused: connection refused"
     assert doc["groups"][2]["severity"] == "ok"
-    assert doc["groups"][2]["replicas"][0]["history"] == []  # never recorded
+    assert doc["groups"][2]["replicas"][0]["history"] is None  # never recorded
     assert doc["summary"] == {
         "groups": 3,
         "groups_bad": 2,
@@ -202,15 +201,32 @@ def test_document_is_worst_first_with_routing_reason_probe_and_history() -> None
     }
 
 
-def test_history_trims_the_window_and_forgets_departed_replicas_and_groups() -> None:
-    history = LagHistory(window=10, max_points=100)
-    two = snapshot("g", [replica("r:1", lag_seconds=1.0), replica("r:2", lag_seconds=2.0)])
+def test_history_keeps_the_window_the_highest_lag_per_bucket_and_gaps() -> None:
+    history = LagHistory(window=10, points=10)  # 1 s buckets
     for step in range(20):
-        history.record(replace(two, taken_at=NOW + step))
+        if step == 15:
+            continue  # a bucket without a measurement
+        lag = float(step)
+        group = snapshot("g", [replica("r:1", lag_seconds=lag), replica("r:2", lag_seconds=None)])
+        history.record(replace(group, taken_at=NOW + step + 0.1))
+        if step == 18:  # a spike inside the bucket is kept, a lower value after it is not
+            history.record(
+                replace(snapshot("g", [replica("r:1", lag_seconds=99.0)]), taken_at=NOW + 18.5)
+            )
+            history.record(
+                replace(snapshot("g", [replica("r:1", lag_seconds=1.0)]), taken_at=NOW + 18.9)
+            )
     series = history.series("g")
-    assert set(series) == {"r:1", "r:2"}
-    assert [p[0] for p in series["r:1"]] == [NOW + s for s in range(9, 20)]
-    history.record(replace(snapshot("g", [replica("r:2")]), taken_at=NOW + 21))
+    assert series["r:1"].start == NOW + 10 and series["r:1"].step == 1.0
+    assert series["r:1"].values == [10.0, 11.0, 12.0, 13.0, 14.0, None, 16.0, 17.0, 99.0, 19.0]
+    assert "r:2" in series  # r:2 came back at step 19 with no lag
+    assert series["r:2"].values == [None] * 10
+
+
+def test_history_forgets_departed_replicas_and_groups() -> None:
+    history = LagHistory(window=10, points=10)
+    history.record(snapshot("g", [replica("r:1"), replica("r:2")]))
+    history.record(replace(snapshot("g", [replica("r:2")]), taken_at=NOW + 1))
     assert set(history.series("g")) == {"r:2"}
     history.forget_except(["other"])
     assert history.series("g") == {}

@@ -104,13 +104,17 @@ class _Handler(BaseHTTPRequestHandler):
         elif path.startswith("/health/replica/"):
             self._replica_health(path)
         elif path == "/status.json" and self.server.status is not None:
+            gzipped = "gzip" in self.headers.get("Accept-Encoding", "")
             try:
-                body = self.server.status.document()
+                body = self.server.status.document(gzipped)
             except Exception:  # a rendering bug must not kill the server thread
                 log.exception("rendering /status.json failed")
                 self._send(500, "text/plain; charset=utf-8", b"error rendering status\n")
                 return
-            self._send(200, "application/json", body, {"Cache-Control": "no-store"})
+            headers = {"Cache-Control": "no-store", "Vary": "Accept-Encoding"}
+            if gzipped:
+                headers["Content-Encoding"] = "gzip"
+            self._send(200, "application/json", body, headers)
         elif self.server.status is not None and (asset := self.server.status.asset(path)):
             body, content_type = asset
             self._send(

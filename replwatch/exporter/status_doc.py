@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from replwatch.lag.history import LagPoint
+from replwatch.lag.history import LagSeries
 from replwatch.observe.probe import ProbeResult
 from replwatch.routing.policy import RoutingTable
 from replwatch.state import GroupSnapshot, ReplicaView
@@ -35,7 +35,7 @@ class StatusSources:
     routing: Callable[[str], RoutingTable | None]
     probes: Callable[[], Mapping[str, ProbeResult]]
     sync: Callable[[], Sequence[SyncTaskView]]
-    history: Callable[[str], Mapping[str, list[LagPoint]]]
+    history: Callable[[str], Mapping[str, LagSeries]]
     poll_interval: float
     history_window: float
     version: str
@@ -77,8 +77,20 @@ def _round(value: float | None, digits: int = 3) -> float | None:
     return None if value is None else round(value, digits)
 
 
+def history_doc(series: LagSeries | None) -> dict[str, Any] | None:
+    """The chart's data, compact (a few hundred bytes per replica, sent every poll):
+    bucket i starts at start + i × step; lag seconds with 2 decimals, null where unknown."""
+    if series is None:
+        return None
+    return {
+        "start": round(series.start, 3),
+        "step": series.step,
+        "lag": [None if v is None else round(v, 2) for v in series.values],
+    }
+
+
 def replica_doc(
-    r: ReplicaView, table: RoutingTable | None, points: list[LagPoint]
+    r: ReplicaView, table: RoutingTable | None, series: LagSeries | None
 ) -> dict[str, Any]:
     entry = table.entry(r.label) if table is not None else None
     link = link_state(r)
@@ -103,7 +115,7 @@ def replica_doc(
         "routing_reason": entry.reason if entry is not None else None,
         "routing_since": entry.since if entry is not None else None,
         "severity": replica_severity(link, in_rotation, r.lag_seconds, risk),
-        "history": [[round(t, 3), _round(s), b] for t, s, b in points],
+        "history": history_doc(series),
     }
 
 
@@ -130,12 +142,12 @@ def group_doc(
     snapshot: GroupSnapshot,
     table: RoutingTable | None,
     probe: ProbeResult | None,
-    history: Mapping[str, list[LagPoint]],
+    history: Mapping[str, LagSeries],
     now: float,
 ) -> dict[str, Any]:
     master = next((n for n in snapshot.nodes if n.label == snapshot.master), None)
     replicas = sorted(
-        (replica_doc(r, table, history.get(r.label, [])) for r in snapshot.replicas),
+        (replica_doc(r, table, history.get(r.label)) for r in snapshot.replicas),
         key=_worst_first,
     )
     lags = [r["lag_seconds"] for r in replicas if r["lag_seconds"] is not None]

@@ -5,7 +5,9 @@ sits behind the same web config (TLS, basic auth) as /metrics."""
 
 from __future__ import annotations
 
+import gzip
 import json
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +20,7 @@ ASSETS = {
     "/status.css": ("status.css", "text/css; charset=utf-8"),
     "/status.js": ("status.js", "text/javascript; charset=utf-8"),
 }
+CACHE_SECONDS = 0.5
 # only this origin's own files; no inline script or style, no framing
 CONTENT_SECURITY_POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
@@ -36,6 +39,8 @@ class StatusPage:
     ) -> None:
         self.sources = sources
         self._clock = clock
+        self._lock = threading.Lock()
+        self._cached: tuple[float, bytes, bytes] | None = None
         self._assets = {
             path: ((static_dir / name).read_bytes(), content_type)
             for path, (name, content_type) in ASSETS.items()
@@ -44,6 +49,13 @@ class StatusPage:
     def asset(self, path: str) -> tuple[bytes, str] | None:
         return self._assets.get(path)
 
-    def document(self) -> bytes:
-        doc = status_document(self.sources, self._clock())
-        return (json.dumps(doc, separators=(",", ":")) + "\n").encode()
+    def document(self, gzipped: bool = False) -> bytes:
+        """The JSON (gzip-compressed when asked), built at most every CACHE_SECONDS: several
+        open pages cost one build (~120 ms for 1,000 replicas, bench/status_page.py)."""
+        now = self._clock()
+        with self._lock:
+            if self._cached is None or now - self._cached[0] >= CACHE_SECONDS:
+                doc = status_document(self.sources, now)
+                raw = (json.dumps(doc, separators=(",", ":")) + "\n").encode()
+                self._cached = (now, raw, gzip.compress(raw, compresslevel=1))
+            return self._cached[2] if gzipped else self._cached[1]

@@ -51,20 +51,32 @@
     svg.setAttribute("viewBox", `0 0 ${w} ${h}`);
     svg.setAttribute("preserveAspectRatio", "none");
     svg.setAttribute("role", "img");
-    const points = history.filter((p) => p[1] !== null);
-    const max = Math.max(1, ...points.map((p) => p[1]));
-    svg.setAttribute("aria-label", `lag over the last ${Math.round(windowSeconds / 60)} min, max ${seconds(max)}`);
+    const lags = history ? history.lag : [];
+    const known = lags.filter((v) => v !== null);
+    const max = Math.max(1, ...known);
+    const minutes = Math.round(windowSeconds / 60);
+    svg.setAttribute("aria-label", `lag over the last ${minutes} min, max ${seconds(known.length ? Math.max(...known) : null)}`);
     const start = now - windowSeconds;
-    const coords = points.map((p) => {
-      const x = Math.max(0, ((p[0] - start) / windowSeconds) * w);
-      const y = h - 2 - (p[1] / max) * (h - 4);
-      return `${x.toFixed(1)},${y.toFixed(1)}`;
+    // one polyline per run of known buckets (a gap where the replica was not measured)
+    let run = [];
+    const flush = () => {
+      if (run.length) {
+        const line = document.createElementNS(ns, "polyline");
+        line.setAttribute("points", (run.length === 1 ? [run[0], run[0].replace(/^[\d.]+/, (x) => String(Math.min(w, +x + 1.5)))] : run).join(" "));
+        svg.append(line);
+      }
+      run = [];
+    };
+    lags.forEach((v, i) => {
+      if (v === null) return flush();
+      const t = history.start + (i + 0.5) * history.step;
+      const x = Math.min(w, Math.max(0, ((t - start) / windowSeconds) * w));
+      const y = h - 2 - (v / max) * (h - 4);
+      run.push(`${x.toFixed(1)},${y.toFixed(1)}`);
     });
-    const line = document.createElementNS(ns, "polyline");
-    line.setAttribute("points", coords.join(" "));
-    svg.append(line);
+    flush();
     const title = document.createElementNS(ns, "title");
-    title.textContent = `max ${seconds(max)} in the last ${Math.round(windowSeconds / 60)} min`;
+    title.textContent = `max ${seconds(known.length ? Math.max(...known) : null)} in the last ${minutes} min`;
     svg.append(title);
     return svg;
   }
