@@ -209,6 +209,11 @@ groups:
                     """,
                     row,
                 )
+                chart_points = browser.execute_script(
+                    "return [...document.querySelectorAll(arguments[0] + ' svg.chart polyline')]"
+                    ".flatMap((l) => l.getAttribute('points').split(' '))",
+                    row,
+                )
             finally:
                 replica.resume()
             image = Image.open(shot)
@@ -222,8 +227,10 @@ groups:
             border = dict(rects["group"], width=5)
             assert colour_share(image, border, RED, ratio) > 0.6
             # the chart spans the last 5 minutes: a few seconds of history is a short line at
-            # its right end, still a few dozen pixels of the line's colour
-            assert colour_share(image, rects["chart"], BLUE, ratio) * 180 * 36 >= 5
+            # its right end, climbing (the lag rose): drawn, and going up
+            assert colour_share(image, rects["chart"], BLUE, ratio) * 180 * 36 >= 2
+            ys = [float(p.split(",")[1]) for p in chart_points]
+            assert len(ys) >= 2 and ys[-1] < ys[0], chart_points
 
             # resumed, it catches up: back in rotation, on screen
             wait_for(lambda: "in rotation" in cell("routing"), 30, "back in rotation")
