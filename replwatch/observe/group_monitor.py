@@ -47,9 +47,10 @@ def discovered_endpoints(
             if not line.ip or line.port <= 0:
                 continue
             host, port = amap.map(line.ip, line.port)
+            label = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"  # endpoint.label
+            if label in known:
+                continue  # every cycle for every known replica: no model copy for those
             endpoint = template.model_copy(update={"host": host, "port": port})
-            if endpoint.label in known:
-                continue
             known.add(endpoint.label)
             found.append(endpoint)
     return found
