@@ -162,6 +162,8 @@ class SyncTaskRunner:
         self.fence: Fence | None = None
         self._keeper: LeaseKeeper | None = None
         self.leases_taken = 0
+        # the target connection of the current session (`<run_id>:<client id>`)
+        self.writer_client: str | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -349,7 +351,7 @@ class SyncTaskRunner:
         )
         source: SourceLink | None = None
         try:
-            checkpoint = target.read_checkpoint(self.task.name)
+            checkpoint = self._claim_target(target)
             source = SourceLink(self.locate_source(), self.tls, self.io_timeout)
             source.handshake()
             resume = checkpoint is not None and checkpoint.resumable and not self._afresh
@@ -373,6 +375,35 @@ class SyncTaskRunner:
             if source is not None:
                 source.close()
             target.close()
+
+    def _claim_target(self, target: TargetLink) -> Checkpoint | None:
+        """The checkpoint, read once no earlier session of this task can write any more.
+
+        A session cut off from the target leaves the batches it sent in the network and in
+        the send queue of its closed socket; TCP delivers them when the link heals, maybe
+        after a new session read the checkpoint, and they would be applied twice (and move
+        the checkpoint back). So the connection the checkpoint names as its writer
+        (`writer_client`) is closed on the target first: what it has not executed then
+        never is. The checkpoint is read (again) after that, and this connection is
+        recorded as the writer before anything else is written through it."""
+        checkpoint = target.read_checkpoint(self.task.name)
+        if isinstance(target, ClusterTargetLink):
+            return checkpoint  # (one connection per node: not claimed this way)
+        self.writer_client = target.client_tag()
+        if self.writer_client is None:
+            log.warning(
+                "task %s: target %s refuses CLIENT ID: batches of an earlier session cut off "
+                "from it could still arrive after this one resumed",
+                self.task.name,
+                self.task.target.label,
+            )
+            return checkpoint
+        previous = checkpoint.writer_client if checkpoint is not None else None
+        if previous not in (None, self.writer_client) and target.kill_client(previous):
+            log.info("task %s: closed the connection of an earlier session", self.task.name)
+            checkpoint = target.read_checkpoint(self.task.name)
+        target.write("HSET", self.key, "writer_client", self.writer_client)
+        return checkpoint
 
     # ------------------------------------------------------------------ full sync
 
@@ -1337,6 +1368,8 @@ class _StreamApplier:
         # in this same transaction) must not leave a checkpoint that forgot its history
         fields += ["task", runner.task.name, "source", runner.task.source.label]
         fields += ["full_resyncs", self.full_resyncs]
+        if runner.writer_client is not None:
+            fields += ["writer_client", runner.writer_client]
         fence = runner.fence
         if fence is not None:  # a FLUSHALL in this batch must not end the lease
             fields += ["lease_holder", fence.holder, "lease_token", fence.token]

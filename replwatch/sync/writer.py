@@ -90,6 +90,32 @@ class TargetLink:
             raise classify_reply_error(str(reply))
         return reply
 
+    def try_call(self, *args: Any) -> Any:
+        """call(), with an error reply returned (a hiredis.ReplyError) instead of raised."""
+        self.drain()
+        self.conn.send(encode_command(args))
+        return self._next_reply()
+
+    def client_tag(self) -> str | None:
+        """`<run_id>:<client id>`: this connection, unique on the target for as long as the
+        target runs (ids are never reused within a run; the run_id tells runs apart). None
+        when the target does not answer CLIENT ID (an ACL may refuse it)."""
+        reply = self.try_call("CLIENT", "ID")
+        run_id = self.info.get("run_id")
+        if not isinstance(reply, int) or not run_id:
+            return None
+        return f"{run_id}:{reply}"
+
+    def kill_client(self, tag: str) -> bool:
+        """Close the target's connection `tag` (client_tag() of an earlier link) if it is
+        still open in this run of the target: what it sent and the target has not executed
+        yet is never executed. True when one was closed."""
+        run_id, _, client_id = tag.rpartition(":")
+        if run_id != self.info.get("run_id") or not client_id.isdigit():
+            return False  # of an earlier run: its connections died with it
+        reply = self.try_call("CLIENT", "KILL", "ID", client_id)
+        return isinstance(reply, int) and reply > 0
+
     def _setup(self) -> None:
         ep = self.endpoint
         if ep.password is not None:
