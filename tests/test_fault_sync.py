@@ -24,6 +24,7 @@ import itertools
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -34,24 +35,38 @@ from pathlib import Path
 
 import pytest
 import redis
+import yaml
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from replwatch.config import SyncTask, TLSConfig
 from replwatch.exporter.sync_collector import error_reasons
+from replwatch.sync.checkpoint import Checkpoint
 from replwatch.sync.watch import SyncTaskView, SyncWatcher
 
+from .daemons import RunningDaemon, series, value
 from .datasets import connect
-from .harness import RedisProcess, ServerSet, have_tool, in_ci, require_build, wait_for
+from .harness import (
+    RedisProcess,
+    ServerSet,
+    free_port,
+    have_tool,
+    in_ci,
+    require_build,
+    wait_for,
+)
 from .syncing import (
+    TASK,
     RunnerThread,
     assert_equal,
     checkpoint,
     make_task,
+    source_position,
     start,
     wait_caught_up,
 )
 from .test_netns_starved import StarvedLink
+from .test_sync_ops import child_pids
 
 LISTS = 8
 TX_EVERY = 4
@@ -466,3 +481,211 @@ def test_target_killed_mid_stream_resumes_from_its_persisted_checkpoint(
         assert_equal(source, target)
     finally:
         stop_all(runners, writer)
+
+
+# --------------------------------------------------------------------------- the daemon
+
+
+def daemon_config(
+    path: Path,
+    port: int,
+    source: RedisProcess,
+    target: RedisProcess,
+    groups: list[dict[str, object]] | None = None,
+    trip_seconds: float = 2.0,
+) -> Path:
+    data = {
+        "exporter": {"listen": f"127.0.0.1:{port}"},
+        "poll": {"interval": "200ms", "timeout": "150ms"},
+        "heartbeat": {"interval": "100ms"},
+        "routing": {"trip": {"lag_seconds": trip_seconds}},
+        "groups": groups or [],
+        "sync": {
+            "tasks": [
+                {
+                    "name": TASK,
+                    "source": source.url,
+                    "target": target.url,
+                    "reconnect_min": "200ms",
+                    "reconnect_max": "1s",
+                }
+            ]
+        },
+    }
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def gone(pid: int) -> bool:
+    """No process with this pid is left (a zombie counts as gone: it runs nothing)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def task_pid(daemon: RunningDaemon) -> int:
+    """The daemon's one task process (a child of the daemon, and the checkpoint's writer)."""
+    children = wait_for(lambda: child_pids(daemon.pid), 10, "the task process")
+    assert len(children) == 1, children
+    return int(children[0])
+
+
+def sigterm_and_check(daemon: RunningDaemon, target: RedisProcess) -> Checkpoint:
+    """SIGTERM to the daemon: it exits 0 within the supervisor's grace period, its task
+    process is gone, and the checkpoint says stopped (written by that process)."""
+    child = task_pid(daemon)
+    started = time.monotonic()
+    daemon.proc.send_signal(signal.SIGTERM)
+    assert daemon.proc.wait(20) == 0, daemon.log_text()[-3000:]
+    took = time.monotonic() - started
+    assert took < 15, f"the daemon took {took:.1f}s to stop"
+    assert gone(child), f"task process {child} outlived the daemon"
+    assert not child_pids(daemon.pid)
+    cp = checkpoint(target)
+    assert cp is not None and cp.state == "stopped" and cp.pid == child, cp
+    return cp
+
+
+@pytest.mark.timeout(90)
+def test_sigterm_of_the_daemon_mid_full_sync_and_mid_stream_then_it_continues(
+    debian_servers: ServerSet, tmp_path: Path
+) -> None:
+    """`replwatch run` stopped by SIGTERM while its task is in a full sync, then while it
+    streams under the writer: each time the daemon exits 0, its task process is gone (by
+    pid) and the checkpoint is kept with state stopped. A full sync cut short is not
+    resumable (a half-loaded snapshot): the next start does it again, once. A stream cut
+    short is: the next start continues from the checkpoint (no full sync; the writes made
+    while the daemon was down arrive by PSYNC continue), and the target ends equal to the
+    source with every acknowledged write once."""
+    source = debian_servers.start(
+        "source", extra=["--repl-backlog-size", "16mb", "--rdb-key-save-delay", "100"]
+    )
+    target = debian_servers.start("target")
+    with connect(source) as client:
+        client.execute_command("DEBUG", "POPULATE", 8000, "bulk", 16)  # ~2 s to snapshot
+    port = free_port()
+    cfg = daemon_config(tmp_path / "c.yaml", port, source, target)
+    writer = SequenceWriter(lambda: writer_client(source))
+    try:
+        with RunningDaemon(cfg, port) as first:
+            wait_for(
+                lambda: (cp := checkpoint(target)) is not None
+                and cp.state == "full_sync"
+                and (cp.keys_loaded or 0) > 0,
+                20,
+                "the full sync to be loading",
+            )
+            cut = sigterm_and_check(first, target)
+            assert not cut.resumable and cut.full_resyncs == 1, cut
+
+        with RunningDaemon(cfg, port) as second:
+            cp = wait_caught_up(source, target, timeout=30)
+            assert cp.full_resyncs == 2, cp  # the cut full sync was done again, once
+            writer.wait_steps(200)
+            stopped = sigterm_and_check(second, target)
+            assert stopped.resumable and stopped.full_resyncs == 2, stopped
+
+        writer.wait_steps(200)  # while no daemon runs
+        with RunningDaemon(cfg, port) as third:
+            wait_caught_up(source, target, timeout=30)
+            writer.wait_steps(100)
+            writer.stop()
+            cp = wait_caught_up(source, target, timeout=30)
+            assert cp.full_resyncs == 2, cp
+            wait_for(
+                lambda: value(third.metrics(), "replwatch_sync_full_resyncs_total", task=TASK)
+                == 2,
+                5,
+                "the metrics to show the two full syncs",
+            )
+            log = third.log_text()
+            assert "continuing" in log and "full sync from" not in log, log[-3000:]
+        assert_exactly_once(target, writer)
+        assert_equal(source, target)
+    finally:
+        writer.stop()
+
+
+@pytest.mark.timeout(60)
+def test_sighup_reload_under_load_keeps_polling_and_streaming(
+    debian_servers: ServerSet, tmp_path: Path
+) -> None:
+    """SIGHUP reloads of `replwatch run` while the writer writes, the task streams and the
+    group of the source (with a native replica) is polled every 200 ms and heartbeated:
+    each reload succeeds (replwatch_config_last_reload_successful 1), the group keeps its
+    monitor and its poll cycles keep coming on schedule (none missed), the task process is
+    the same one throughout (no restart) and keeps applying, and the target ends equal to
+    the source with every acknowledged write once."""
+    source = debian_servers.start("source", extra=["--repl-backlog-size", "16mb"])
+    replica = debian_servers.start("replica", replica_of=source)
+    target = debian_servers.start("target")
+    port = free_port()
+    groups: list[dict[str, object]] = [
+        {"name": "g", "master": source.label, "replicas": [replica.label]}
+    ]
+    cfg = daemon_config(tmp_path / "c.yaml", port, source, target, groups)
+    writer = SequenceWriter(lambda: writer_client(source))
+    try:
+        with RunningDaemon(cfg, port) as daemon:
+
+            def cycles() -> float:
+                return value(daemon.metrics(), "replwatch_group_poll_cycles_total", group="g") or 0
+
+            def missed() -> float:
+                text = daemon.metrics()
+                return sum(
+                    v
+                    for outcome in ("missed", "skipped_overrun", "error")
+                    for _line, v in series(text, "replwatch_scheduler_runs_total", outcome=outcome)
+                )
+
+            wait_for(lambda: daemon.fetch("/-/ready")[0] == 200, 20, "the daemon to be ready")
+            wait_caught_up(source, target)
+            wait_for(lambda: cycles() >= 5, 10, "a few poll cycles")
+            child = task_pid(daemon)
+            before_cycles, before_missed, t0 = cycles(), missed(), time.monotonic()
+
+            def applied() -> int:
+                cp = checkpoint(target)
+                return cp.offset if cp is not None and cp.offset is not None else 0
+
+            def loaded_at() -> float | None:
+                return value(
+                    daemon.metrics(), "replwatch_config_last_reload_success_timestamp_seconds"
+                )
+
+            def reload(trip: float) -> None:
+                daemon_config(cfg, port, source, target, groups, trip_seconds=trip)
+                before = loaded_at()
+                _replid, offset = source_position(source)
+                os.kill(daemon.pid, signal.SIGHUP)
+                wait_for(lambda: loaded_at() != before, 10, "the reload")
+                assert value(daemon.metrics(), "replwatch_config_last_reload_successful") == 1
+                # the task goes on applying what the writer writes
+                wait_for(lambda: applied() > offset, 10, "the writes made at the reload applied")
+                writer.wait_steps(100)
+
+            reload(2.0)  # the file as it was
+            reload(3.0)  # a routing threshold changed
+
+            after_cycles, elapsed = cycles(), time.monotonic() - t0
+            assert after_cycles - before_cycles >= elapsed / 0.2 * 0.75 - 1, (
+                before_cycles,
+                after_cycles,
+                elapsed,
+            )
+            assert missed() == before_missed
+            assert task_pid(daemon) == child
+            text = daemon.metrics()
+            assert value(text, "replwatch_sync_process_restarts_total", task=TASK) == 0
+            assert value(text, "replwatch_replica_link_up", group="g") == 1
+            assert "config reload failed" not in daemon.log_text()
+            writer.stop()
+            cp = wait_caught_up(source, target)
+            assert cp.full_resyncs == 1 and cp.pid == child, cp
+        assert_exactly_once(target, writer)
+        assert_equal(source, target)
+    finally:
+        writer.stop()

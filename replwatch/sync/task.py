@@ -391,19 +391,28 @@ class SyncTaskRunner:
             return checkpoint  # (one connection per node: not claimed this way)
         self.writer_client = target.client_tag()
         if self.writer_client is None:
-            log.warning(
-                "task %s: target %s refuses CLIENT ID: batches of an earlier session cut off "
-                "from it could still arrive after this one resumed",
-                self.task.name,
-                self.task.target.label,
-            )
+            self._unclaimed("CLIENT ID")
             return checkpoint
         previous = checkpoint.writer_client if checkpoint is not None else None
-        if previous not in (None, self.writer_client) and target.kill_client(previous):
-            log.info("task %s: closed the connection of an earlier session", self.task.name)
-            checkpoint = target.read_checkpoint(self.task.name)
+        if previous is not None and previous != self.writer_client:
+            killed = target.kill_client(previous)
+            if killed is None:
+                self._unclaimed("CLIENT KILL")
+            elif killed:
+                log.info("task %s: closed the connection of an earlier session", self.task.name)
+                checkpoint = target.read_checkpoint(self.task.name)
         target.write("HSET", self.key, "writer_client", self.writer_client)
         return checkpoint
+
+    def _unclaimed(self, refused: str) -> None:
+        log.warning(
+            "task %s: target %s refuses %s: a batch of an earlier session that was cut off "
+            "from it could still arrive after this session resumed, and be applied twice "
+            "(allow CLIENT ID and CLIENT KILL to the task's user)",
+            self.task.name,
+            self.task.target.label,
+            refused,
+        )
 
     # ------------------------------------------------------------------ full sync
 

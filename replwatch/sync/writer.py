@@ -106,14 +106,17 @@ class TargetLink:
             return None
         return f"{run_id}:{reply}"
 
-    def kill_client(self, tag: str) -> bool:
+    def kill_client(self, tag: str) -> bool | None:
         """Close the target's connection `tag` (client_tag() of an earlier link) if it is
         still open in this run of the target: what it sent and the target has not executed
-        yet is never executed. True when one was closed."""
+        yet is never executed. True when one was closed, False when none was open, None
+        when the target refuses CLIENT KILL (an ACL)."""
         run_id, _, client_id = tag.rpartition(":")
         if run_id != self.info.get("run_id") or not client_id.isdigit():
             return False  # of an earlier run: its connections died with it
         reply = self.try_call("CLIENT", "KILL", "ID", client_id)
+        if isinstance(reply, hiredis.ReplyError):
+            return None
         return isinstance(reply, int) and reply > 0
 
     def _setup(self) -> None:
