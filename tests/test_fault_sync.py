@@ -39,10 +39,12 @@ import yaml
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from replwatch.config import SyncTask, TLSConfig
+from replwatch.config import SyncTask, TLSConfig, parse_redis_url
+from replwatch.errors import RedisError
 from replwatch.exporter.sync_collector import error_reasons
 from replwatch.sync.checkpoint import Checkpoint
 from replwatch.sync.watch import SyncTaskView, SyncWatcher
+from replwatch.sync.writer import CLIENT_NAME, TargetLink, named_clients
 
 from .daemons import RunningDaemon, series, value
 from .datasets import connect
@@ -193,9 +195,10 @@ def watch_once(task: SyncTask) -> SyncTaskView:
 
 
 def task_connections(target: RedisProcess) -> list[dict[str, object]]:
-    """The target's clients that a sync task opened (CLIENT SETNAME replwatch-sync)."""
+    """The target's clients that sessions of the task opened (CLIENT SETNAME
+    replwatch-sync:<task>)."""
     with connect(target) as client:
-        return [c for c in client.client_list() if c.get("name") == "replwatch-sync"]
+        return [c for c in client.client_list() if c.get("name") == f"{CLIENT_NAME}:{TASK}"]
 
 
 def netns_prerequisites() -> str | None:
@@ -413,6 +416,64 @@ def test_target_partition_mid_stream_resumes_without_doubling(
     finally:
         stop_all(runners, writer)
         servers.close()
+
+
+# --------------------------------------------------------------------------- the fix
+
+
+@pytest.mark.parametrize(
+    ("listing", "ids"),
+    [
+        ("", []),
+        ("id=3 addr=1.2.3.4:5 name=replwatch-sync:t db=0\n", [3]),
+        (
+            "id=3 name=replwatch-sync:t cmd=exec\n"
+            "id=4 name=replwatch-sync:tt cmd=exec\n"  # another task
+            "id=5 name=replwatch-sync cmd=hset\n"  # a status write, not a session
+            "id=6 name= cmd=client|list\n"
+            "id=7 name=replwatch-sync:t cmd=psync\n",
+            [3, 7],
+        ),
+        ("name=replwatch-sync:t\n", []),  # no id: nothing to close
+    ],
+)
+def test_named_clients_finds_the_sessions_of_one_task(listing: str, ids: list[int]) -> None:
+    assert named_clients(listing, "replwatch-sync:t") == ids
+
+
+def test_close_others_named_closes_earlier_sessions_only(debian_servers: ServerSet) -> None:
+    """The connections of the task's earlier sessions are closed; the new session's own,
+    other tasks', status connections and applications' stay. A user whose ACL refuses
+    CLIENT LIST/KILL gets None (the task then warns), not an error."""
+    server = debian_servers.start("target")
+    endpoint = parse_redis_url(server.url)
+    name = f"{CLIENT_NAME}:{TASK}"
+    links = [TargetLink(endpoint, None, 5, 1, client_name=n) for n in (name, name, "x", name)]
+    try:
+        older, old, other_task, new = links
+        assert new.close_others_named() == 2
+        for dead in (older, old):
+            with pytest.raises(RedisError):
+                dead.call("PING")
+        assert other_task.call("PING") == b"PONG" and new.call("PING") == b"PONG"
+        assert new.close_others_named() == 0
+        with connect(server) as client:
+            client.acl_setuser(
+                "limited",
+                enabled=True,
+                passwords=["+pw"],
+                keys=["*"],
+                commands=["+@all", "-client"],
+            )
+        limited = TargetLink(
+            parse_redis_url(f"redis://limited:pw@{server.label}"), None, 5, 1, client_name=name
+        )
+        links.append(limited)
+        assert limited.close_others_named() is None
+        assert new.call("PING") == b"PONG"
+    finally:
+        for link in links:
+            link.close()
 
 
 # --------------------------------------------------------------------------- restarts

@@ -35,10 +35,6 @@ strings; times are unix milliseconds of the syncer's clock):
                              (snapshot: skip)
     last_error               the last error that stopped or restarted the task (no secrets)
     pid, host                the process that writes it
-    writer_client            the target connection the task writes through, as
-                             `<target run_id>:<client id>`: a new session closes it
-                             (CLIENT KILL ID) before it reads the checkpoint, so nothing an
-                             earlier session sent is executed after that read
     lease_holder, lease_token, lease_until
                              a task with `ha: true`: the process holding the task's lease
                              (host:pid:random), its fencing token (grows with every
@@ -124,7 +120,6 @@ class Checkpoint:
     last_error: str | None = None
     pid: int | None = None
     host: str | None = None
-    writer_client: str | None = None
     lease_holder: str | None = None
     lease_token: int | None = None
     lease_until: int | None = None
@@ -159,7 +154,6 @@ class Checkpoint:
             last_error=_text(raw, "last_error") or None,
             pid=_int(raw, "pid"),
             host=_text(raw, "host"),
-            writer_client=_text(raw, "writer_client") or None,
             lease_holder=_text(raw, "lease_holder"),
             lease_token=_int(raw, "lease_token"),
             lease_until=_int(raw, "lease_until"),

@@ -65,6 +65,7 @@ from replwatch.sync.rdb import (
 from replwatch.sync.reader import Continue, FullResync, RdbPayload, SourceLink
 from replwatch.sync.sources import Locator, source_locator
 from replwatch.sync.writer import (
+    CLIENT_NAME,
     OK_REPLY,
     QUEUED_REPLY,
     Batch,
@@ -162,8 +163,6 @@ class SyncTaskRunner:
         self.fence: Fence | None = None
         self._keeper: LeaseKeeper | None = None
         self.leases_taken = 0
-        # the target connection of the current session (`<run_id>:<client id>`)
-        self.writer_client: str | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -347,7 +346,12 @@ class SyncTaskRunner:
     def session(self) -> None:
         self.counters.sessions += 1
         target = open_target(
-            self.task.target, self.tls, self.io_timeout, MAX_IN_FLIGHT, self.fence
+            self.task.target,
+            self.tls,
+            self.io_timeout,
+            MAX_IN_FLIGHT,
+            self.fence,
+            client_name=f"{CLIENT_NAME}:{self.task.name}",
         )
         source: SourceLink | None = None
         try:
@@ -382,37 +386,23 @@ class SyncTaskRunner:
         A session cut off from the target leaves the batches it sent in the network and in
         the send queue of its closed socket; TCP delivers them when the link heals, maybe
         after a new session read the checkpoint, and they would be applied twice (and move
-        the checkpoint back). So the connection the checkpoint names as its writer
-        (`writer_client`) is closed on the target first: what it has not executed then
-        never is. The checkpoint is read (again) after that, and this connection is
-        recorded as the writer before anything else is written through it."""
-        checkpoint = target.read_checkpoint(self.task.name)
-        if isinstance(target, ClusterTargetLink):
-            return checkpoint  # (one connection per node: not claimed this way)
-        self.writer_client = target.client_tag()
-        if self.writer_client is None:
-            self._unclaimed("CLIENT ID")
-            return checkpoint
-        previous = checkpoint.writer_client if checkpoint is not None else None
-        if previous is not None and previous != self.writer_client:
-            killed = target.kill_client(previous)
-            if killed is None:
-                self._unclaimed("CLIENT KILL")
-            elif killed:
-                log.info("task %s: closed the connection of an earlier session", self.task.name)
-                checkpoint = target.read_checkpoint(self.task.name)
-        target.write("HSET", self.key, "writer_client", self.writer_client)
-        return checkpoint
-
-    def _unclaimed(self, refused: str) -> None:
-        log.warning(
-            "task %s: target %s refuses %s: a batch of an earlier session that was cut off "
-            "from it could still arrive after this session resumed, and be applied twice "
-            "(allow CLIENT ID and CLIENT KILL to the task's user)",
-            self.task.name,
-            self.task.target.label,
-            refused,
-        )
+        the checkpoint back). So every other connection of the task on the target (its
+        client name) is closed first: what it has not executed then never is."""
+        if not isinstance(target, ClusterTargetLink):  # (one link per node: not claimed)
+            closed = target.close_others_named()
+            if closed is None:
+                log.warning(
+                    "task %s: target %s refuses CLIENT LIST or CLIENT KILL: a batch of an "
+                    "earlier session that was cut off from it could still arrive after this "
+                    "session resumed, and be applied twice (allow both to the task's user)",
+                    self.task.name,
+                    self.task.target.label,
+                )
+            elif closed:
+                log.info(
+                    "task %s: closed %d connection(s) of earlier sessions", self.task.name, closed
+                )
+        return target.read_checkpoint(self.task.name)
 
     # ------------------------------------------------------------------ full sync
 
@@ -1377,8 +1367,6 @@ class _StreamApplier:
         # in this same transaction) must not leave a checkpoint that forgot its history
         fields += ["task", runner.task.name, "source", runner.task.source.label]
         fields += ["full_resyncs", self.full_resyncs]
-        if runner.writer_client is not None:
-            fields += ["writer_client", runner.writer_client]
         fence = runner.fence
         if fence is not None:  # a FLUSHALL in this batch must not end the lease
             fields += ["lease_holder", fence.holder, "lease_token", fence.token]
