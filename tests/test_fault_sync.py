@@ -12,9 +12,21 @@ there (nothing lost), no step may be there that the writer does not know of, and
 
 Partitions (@pytest.mark.netns): the side that is cut off runs inside a network namespace
 the test creates, joined to the host by a veth pair (tests/test_netns_starved.py's
-StarvedLink, without its rate limit); `ip link set <host end> down` cuts it off, `up` joins
-it again. Traffic stays on loopback and that veth. While a source is cut off, the writer
-reaches it through its unix socket.
+StarvedLink, without its rate limit). The namespace's end of the veth goes down for
+PARTITION seconds; the host's end has a permanent neighbour entry for it, so the host's
+kernel never learns that the peer is gone: its connections see silence and keep
+retransmitting, as across a WAN partition (taking the host's end down instead would answer
+"no route to host" at once, and TCP would drop what was queued). A fallback `unreachable`
+route for the namespace's /30 keeps its addresses off the default route whatever happens
+to the veth. Traffic stays on loopback and that veth. While a source is cut off, the
+writer reaches it through its unix socket.
+
+Tests that existing files already cover are not repeated here: kill -9 of the task process
+at random moments (tests/test_sync_engine.py, test_kill_9_at_random_moments_...), a source
+that restarts empty without persistence and a backlog overflow (test_backlog_overflow_...),
+a paused (SIGSTOP) source (tests/test_sync_ops.py, test_a_silent_source_...), SIGTERM of an
+idle daemon and kill -9 of its task process (test_daemon_supervises_task_processes), and
+the reload rules themselves (tests/test_reload.py).
 """
 
 from __future__ import annotations
@@ -91,6 +103,7 @@ class SequenceWriter:
     acked_tx: set[int] = field(default_factory=set)
     uncertain: set[int] = field(default_factory=set)
     failures: int = 0
+    error: BaseException | None = None  # anything but a connection problem ends it
 
     def __post_init__(self) -> None:
         self._stop = threading.Event()
@@ -98,6 +111,12 @@ class SequenceWriter:
         self._thread.start()
 
     def _run(self) -> None:
+        try:
+            self._write()
+        except BaseException as exc:  # reported by stop() and wait_steps()
+            self.error = exc
+
+    def _write(self) -> None:
         client = self.connect()
         n = 0
         while not self._stop.is_set():
@@ -126,12 +145,18 @@ class SequenceWriter:
 
     def wait_steps(self, more: int, timeout: float = 10) -> None:
         goal = self.steps + more
-        wait_for(lambda: self.steps >= goal, timeout, f"the writer to make {more} more steps")
+        wait_for(
+            lambda: self.steps >= goal or self.error,
+            timeout,
+            f"the writer to make {more} more steps",
+        )
+        assert self.error is None, self.error
 
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(10)
         assert not self._thread.is_alive(), "the writer did not stop"
+        assert self.error is None, self.error
 
 
 def writer_client(proc: RedisProcess, via_unix: bool = False) -> redis.Redis:
