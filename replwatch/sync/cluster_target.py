@@ -50,7 +50,14 @@ from replwatch.sync.slots import (
     parse_cluster_slots,
     route,
 )
-from replwatch.sync.writer import OK_REPLY, QUEUED_REPLY, Batch, TargetLink, TargetRejected
+from replwatch.sync.writer import (
+    CLIENT_NAME,
+    OK_REPLY,
+    QUEUED_REPLY,
+    Batch,
+    TargetLink,
+    TargetRejected,
+)
 
 if TYPE_CHECKING:
     pass
@@ -76,12 +83,14 @@ def open_target(
     timeout: float,
     max_in_flight: int,
     fence: Fence | None = None,
+    client_name: str = CLIENT_NAME,
 ) -> TargetLink:
-    """The task's target: one node (TargetLink, fenced for an `ha` task) or a whole cluster
-    (ClusterTargetLink; the config refuses `ha` with a cluster target)."""
+    """The task's target: one node (TargetLink, fenced for an `ha` task, its connection
+    named `client_name`) or a whole cluster (ClusterTargetLink; the config refuses `ha`
+    with a cluster target)."""
     if isinstance(endpoint, ClusterTarget):
         return ClusterTargetLink(endpoint, tls, timeout)
-    return TargetLink(endpoint, tls, timeout, max_in_flight, fence=fence)
+    return TargetLink(endpoint, tls, timeout, max_in_flight, fence=fence, client_name=client_name)
 
 
 class NodeLink(TargetLink):

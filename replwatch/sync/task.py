@@ -65,6 +65,7 @@ from replwatch.sync.rdb import (
 from replwatch.sync.reader import Continue, FullResync, RdbPayload, SourceLink
 from replwatch.sync.sources import Locator, source_locator
 from replwatch.sync.writer import (
+    CLIENT_NAME,
     OK_REPLY,
     QUEUED_REPLY,
     Batch,
@@ -345,11 +346,16 @@ class SyncTaskRunner:
     def session(self) -> None:
         self.counters.sessions += 1
         target = open_target(
-            self.task.target, self.tls, self.io_timeout, MAX_IN_FLIGHT, self.fence
+            self.task.target,
+            self.tls,
+            self.io_timeout,
+            MAX_IN_FLIGHT,
+            self.fence,
+            client_name=f"{CLIENT_NAME}:{self.task.name}",
         )
         source: SourceLink | None = None
         try:
-            checkpoint = target.read_checkpoint(self.task.name)
+            checkpoint = self._claim_target(target)
             source = SourceLink(self.locate_source(), self.tls, self.io_timeout)
             source.handshake()
             resume = checkpoint is not None and checkpoint.resumable and not self._afresh
@@ -373,6 +379,30 @@ class SyncTaskRunner:
             if source is not None:
                 source.close()
             target.close()
+
+    def _claim_target(self, target: TargetLink) -> Checkpoint | None:
+        """The checkpoint, read once no earlier session of this task can write any more.
+
+        A session cut off from the target leaves the batches it sent in the network and in
+        the send queue of its closed socket; TCP delivers them when the link heals, maybe
+        after a new session read the checkpoint, and they would be applied twice (and move
+        the checkpoint back). So every other connection of the task on the target (its
+        client name) is closed first: what it has not executed then never is."""
+        if not isinstance(target, ClusterTargetLink):  # (one link per node: not claimed)
+            closed = target.close_others_named()
+            if closed is None:
+                log.warning(
+                    "task %s: target %s refuses CLIENT LIST or CLIENT KILL: a batch of an "
+                    "earlier session that was cut off from it could still arrive after this "
+                    "session resumed, and be applied twice (allow both to the task's user)",
+                    self.task.name,
+                    self.task.target.label,
+                )
+            elif closed:
+                log.info(
+                    "task %s: closed %d connection(s) of earlier sessions", self.task.name, closed
+                )
+        return target.read_checkpoint(self.task.name)
 
     # ------------------------------------------------------------------ full sync
 

@@ -52,6 +52,20 @@ OK_REPLY = b"+OK\r\n"
 QUEUED_REPLY = b"+QUEUED\r\n"
 _MULTI = encode_command(("MULTI",))
 _EXEC = encode_command(("EXEC",))
+# CLIENT SETNAME of the task's connections to the target; a session's own connection adds
+# `:<task>` (TargetLink.close_others_named finds the earlier ones by it)
+CLIENT_NAME = "replwatch-sync"
+
+
+def named_clients(listing: str, name: str) -> list[int]:
+    """The ids of the clients called `name` in a CLIENT LIST reply (one client a line of
+    `key=value` fields; a name holds no space)."""
+    ids = []
+    for line in listing.splitlines():
+        fields = dict(field.partition("=")[::2] for field in line.split())
+        if fields.get("name") == name and fields.get("id", "").isdigit():
+            ids.append(int(fields["id"]))
+    return ids
 
 
 class TargetLink:
@@ -67,9 +81,11 @@ class TargetLink:
         timeout: float,
         max_in_flight: int,
         fence: Fence | None = None,
+        client_name: str = CLIENT_NAME,
     ) -> None:
         self.endpoint = endpoint
         self.fence = fence
+        self.client_name = client_name
         self._wire_db = 0  # the db the connection is in once everything sent has run
         self.conn = BufferedSocket(open_socket(endpoint, tls, timeout), endpoint.label)
         self.reader = hiredis.Reader()
@@ -90,6 +106,31 @@ class TargetLink:
             raise classify_reply_error(str(reply))
         return reply
 
+    def try_call(self, *args: Any) -> Any:
+        """call(), with an error reply returned (a hiredis.ReplyError) instead of raised."""
+        self.drain()
+        self.conn.send(encode_command(args))
+        return self._next_reply()
+
+    def close_others_named(self) -> int | None:
+        """Close every other connection on the target that carries this link's client name
+        (those of earlier sessions of the same task): what they sent and the target has not
+        executed yet is never executed. The number closed; None when the target refuses
+        CLIENT ID, LIST or KILL (an ACL may)."""
+        own = self.try_call("CLIENT", "ID")
+        listing = self.try_call("CLIENT", "LIST", "TYPE", "normal")
+        if not isinstance(own, int) or not isinstance(listing, bytes):
+            return None
+        closed = 0
+        for client_id in named_clients(listing.decode("utf-8", "replace"), self.client_name):
+            if client_id == own:
+                continue
+            reply = self.try_call("CLIENT", "KILL", "ID", client_id)
+            if not isinstance(reply, int):
+                return None
+            closed += reply
+        return closed
+
     def _setup(self) -> None:
         ep = self.endpoint
         if ep.password is not None:
@@ -99,7 +140,7 @@ class TargetLink:
             reply = self._next_reply()
             if isinstance(reply, hiredis.ReplyError):
                 raise AuthFailure(f"AUTH to {ep.label} failed: {str(reply)[:120]}")
-        self.conn.send(encode_command(("CLIENT", "SETNAME", "replwatch-sync")))
+        self.conn.send(encode_command(("CLIENT", "SETNAME", self.client_name)))
         self._next_reply()  # may be refused by ACL: not fatal
         self.call("PING")
         info = self.call("INFO", "server")
