@@ -30,8 +30,13 @@ from replwatch.errors import (
     RefusedFailure,
     TimeoutFailure,
 )
+from replwatch.observe.resp_limits import ReplyGuard
 
 Command = Sequence[bytes | str | int | float]
+
+# What a hiredis reader raises on bytes it cannot turn into a reply: a protocol error, or
+# (hiredis-py) TypeError for a RESP3 map whose key is an array or a map (unhashable).
+READER_ERRORS = (hiredis.ProtocolError, TypeError)
 
 
 def encode_command(args: Command) -> bytes:
@@ -90,8 +95,10 @@ class InFlight:
 
 
 class _RespProtocol(asyncio.Protocol):
-    def __init__(self) -> None:
+    def __init__(self, label: str = "server") -> None:
+        self.label = label
         self.reader = hiredis.Reader()
+        self.guard = ReplyGuard()  # sizes a reply declares, checked before hiredis sees them
         self.waiters: deque[InFlight] = deque()
         self.transport: asyncio.Transport | None = None
         self.lost: BaseException | None = None
@@ -100,25 +107,35 @@ class _RespProtocol(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
 
+    def _protocol_error(self, message: str) -> None:
+        self._fail(ProtocolFailure(message))
+        if self.transport is not None:
+            self.transport.close()
+
     def data_received(self, data: bytes) -> None:
+        if self.lost is not None:
+            return  # (bytes already in flight when the connection was given up)
+        problem = self.guard.check(data)
+        if problem is not None:
+            self._protocol_error(f"a reply from {self.label} {problem}")
+            return
         self.reader.feed(data)
         waiters = self.waiters
         now = 0.0
         while True:
             try:
                 reply = self.reader.gets()
-            except hiredis.ProtocolError as exc:
-                self._fail(ProtocolFailure(f"bad reply from server: {exc}"))
-                if self.transport is not None:
-                    self.transport.close()
+            except READER_ERRORS as exc:
+                self._protocol_error(f"bad reply from {self.label}: {exc}")
                 return
             if reply is False:
+                problem = self.guard.pending_problem(self.reader.len())
+                if problem is not None:
+                    self._protocol_error(f"{self.label} {problem}")
                 return
             if not waiters:
                 # an unsolicited reply means we lost track of the stream
-                self._fail(ProtocolFailure("unexpected reply from server"))
-                if self.transport is not None:
-                    self.transport.close()
+                self._protocol_error(f"unexpected reply from {self.label} (not asked for)")
                 return
             pending = waiters[0]
             pending.replies.append(reply)
@@ -190,7 +207,7 @@ class Connection:
         try:
             transport, protocol = await asyncio.wait_for(
                 loop.create_connection(
-                    _RespProtocol,
+                    lambda: _RespProtocol(endpoint.label),
                     endpoint.host,
                     endpoint.port,
                     ssl=ssl_ctx,

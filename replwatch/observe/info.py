@@ -105,6 +105,14 @@ def _opt_seconds(fields: dict[str, str], key: str) -> float | None:
         raise ProtocolFailure(f"INFO field {key} is not a number: {raw[:40]!r}") from None
 
 
+def _port(text: str | None) -> int | None:
+    """A port field; None when absent or not a port (ASCII digits only: str.isdigit() also
+    takes "²", which int() refuses)."""
+    if text and text.isascii() and text.isdigit() and len(text) <= 5:
+        return int(text)
+    return None
+
+
 def parse_replication(text: str) -> ReplicationInfo:
     """Parse the text of `INFO replication` (Redis 5–7.4, Valkey 7.2–9)."""
     fields = parse_info(text)
@@ -142,7 +150,7 @@ def parse_replication(text: str) -> ReplicationInfo:
         backlog_histlen=_int(fields, "repl_backlog_histlen"),
         replicas=tuple(replicas),
         master_host=fields.get("master_host"),
-        master_port=int(master_port) if master_port and master_port.isdigit() else None,
+        master_port=_port(master_port),
         link_up=fields.get("master_link_status") == "up",
         last_io_seconds_ago=_opt_seconds(fields, "master_last_io_seconds_ago"),
         sync_in_progress=fields.get("master_sync_in_progress") == "1",

@@ -15,6 +15,7 @@ simplest correct model here: no event loop to share with the monitor.
 from __future__ import annotations
 
 import contextlib
+import re
 import select
 import socket
 import ssl
@@ -31,14 +32,20 @@ from replwatch.errors import (
     TimeoutFailure,
 )
 from replwatch.observe.connection import (
+    READER_ERRORS,
     build_ssl_context,
     classify_reply_error,
     connect_error,
     encode_command,
 )
+from replwatch.observe.resp_limits import STREAM_LIMITS
 
+_OFFSET = re.compile(r"-?[0-9]{1,20}")  # a replication offset (int64)
 EOF_MARK_LEN = 40
 RECV_SIZE = 256 * 1024
+# an incomplete command this big has its items walked (then at twice the size, and so on):
+# an unterminated line or a size over STREAM_LIMITS in it is refused, at a cost linear in it
+PENDING_WALK_FROM = 1 << 20
 
 
 class SourceRetryLater(RedisError):
@@ -251,6 +258,19 @@ def command_length(argv: list[bytes]) -> int:
     return 3 + len(str(n)) + 5 * n + sum(sizes) + sum(map(len, map(str, sizes)))
 
 
+def check_aligned(raw: bytearray, pos: int, label: str) -> None:
+    """Once a stream's reader holds no complete command: the commands taken end at `pos` in
+    `raw` (the bytes fed to the reader), where the next one (still incomplete) must start.
+    Spans are computed from the arguments' sizes (command_length), so a reply that is not an
+    array of bulk strings (a status line or a nested array as an argument) shows here as a
+    misaligned stream."""
+    if pos != len(raw) and (pos > len(raw) or raw[pos] != 42):  # b"*"
+        raise ProtocolFailure(
+            f"replication stream from {label} is not a stream of commands "
+            "(a reply's bytes do not match its arguments)"
+        )
+
+
 class SourceLink:
     """One replication connection to the source."""
 
@@ -268,6 +288,8 @@ class SourceLink:
         self.reader = hiredis.Reader()
         self.raw = bytearray()  # stream bytes fed to the reader, not yet consumed
         self.raw_pos = 0
+        self._walked = 0  # raw[:_walked] holds whole items, checked (see feed_buffered)
+        self._walk_at = PENDING_WALK_FROM
 
     def _call(self, *args: str | int) -> bytes:
         self.conn.send(encode_command(args))
@@ -311,7 +333,7 @@ class SourceLink:
         text = line.decode("utf-8", "replace")
         if text.startswith("+FULLRESYNC"):
             parts = text.split()
-            if len(parts) != 3 or not parts[2].lstrip("-").isdigit():
+            if len(parts) != 3 or not _OFFSET.fullmatch(parts[2]):
                 raise ProtocolFailure(f"malformed FULLRESYNC reply from {self.endpoint.label}")
             return FullResync(parts[1], int(parts[2]))
         if text.startswith("+CONTINUE"):
@@ -343,7 +365,9 @@ class SourceLink:
         try:
             length = int(line[1:])
         except ValueError:
-            raise ProtocolFailure(f"bad snapshot length from {self.endpoint.label}") from None
+            length = -1
+        if length < 0:
+            raise ProtocolFailure(f"bad snapshot length from {self.endpoint.label}")
         return RdbPayload(self.conn, length, None)
 
     def ack(self, offset: int) -> None:
@@ -351,17 +375,33 @@ class SourceLink:
 
     def feed_buffered(self) -> None:
         """Move what the socket delivered into the command reader (and `raw`), dropping
-        the bytes of `raw` already consumed (their runs must have been copied out)."""
+        the bytes of `raw` already consumed (their runs must have been copied out).
+
+        `raw` then starts with the command not yet complete, so the new bytes are checked
+        against STREAM_LIMITS before the reader sees them (hiredis would allocate a huge
+        command's slots at once, or wait for a huge value for ever), and a command that
+        stays incomplete has its items walked as it grows (PENDING_WALK_FROM)."""
         raw = self.raw
         if self.raw_pos:
             del raw[: self.raw_pos]
+            self._walked = max(0, self._walked - self.raw_pos)
+            self._walk_at = PENDING_WALK_FROM
             self.raw_pos = 0
         conn = self.conn
         if conn.available():
             data = bytes(conn.buf[conn.pos :])
             conn.pos = len(conn.buf)
-            self.reader.feed(data)
+            pending = len(raw)
             raw += data
+            problem = STREAM_LIMITS.oversized(raw, pending, 0)
+            if problem is None and pending > STREAM_LIMITS.max_pending:
+                problem = f"sent a command of more than {STREAM_LIMITS.max_pending} bytes"
+            if problem is None and len(raw) >= self._walk_at:
+                self._walk_at = 2 * len(raw)
+                self._walked, problem = STREAM_LIMITS.walk(raw, self._walked, len(raw))
+            if problem is not None:
+                raise ProtocolFailure(f"replication stream from {self.endpoint.label} {problem}")
+            self.reader.feed(data)
 
     def commands(self) -> Iterator[tuple[list[bytes], int, int]]:
         """The commands the reader holds, each with its span in `raw` (start, end), taken
@@ -375,14 +415,21 @@ class SourceLink:
         while True:
             try:
                 argv = gets()
-            except hiredis.ProtocolError as exc:
+            except READER_ERRORS as exc:
                 raise ProtocolFailure(f"bad replication stream from {label}: {exc}") from None
             if argv is False:
+                check_aligned(self.raw, self.raw_pos, label)
                 return
-            if type(argv) is not list:
+            if type(argv) is not list or not argv:
                 raise ProtocolFailure(f"replication stream from {label} holds a non-command reply")
             n = len(argv)
-            sizes = list(map(len, argv))
+            try:
+                sizes = list(map(bytes.__len__, argv))  # (and every argument is bytes)
+            except TypeError:
+                raise ProtocolFailure(
+                    f"replication stream from {label} holds a command whose arguments are not "
+                    "all bulk strings"
+                ) from None
             start = self.raw_pos
             self.raw_pos = start + 3 + len(str(n)) + 3 * n + sum(sizes) + len(repr(sizes))
             yield argv, start, self.raw_pos

@@ -22,6 +22,7 @@ Blocking sockets with timeouts, like the reader: a task runs in its own process 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -36,8 +37,9 @@ from replwatch.config import (
     SyncTask,
     TLSConfig,
 )
-from replwatch.errors import AuthFailure, ProtocolFailure, RedisError
-from replwatch.observe.connection import classify_reply_error, encode_command
+from replwatch.errors import AuthFailure, ProtocolFailure, RedisError, TimeoutFailure
+from replwatch.observe.connection import READER_ERRORS, classify_reply_error, encode_command
+from replwatch.observe.resp_limits import ReplyGuard
 from replwatch.sync.reader import BufferedSocket, open_socket
 from replwatch.topology.cluster import parse_cluster_nodes_groups, parse_cluster_shards_groups
 from replwatch.topology.model import DiscoveredGroup
@@ -57,8 +59,10 @@ class NodeClient:
 
     def __init__(self, endpoint: RedisEndpoint, tls: TLSConfig | None, timeout: float) -> None:
         self.endpoint = endpoint
+        self.timeout = timeout
         self.conn = BufferedSocket(open_socket(endpoint, tls, timeout), endpoint.label)
         self.reader = hiredis.Reader()
+        self.guard = ReplyGuard()
         try:
             if endpoint.password is not None:
                 secret = endpoint.password.get_secret_value()
@@ -74,16 +78,31 @@ class NodeClient:
             raise
 
     def call(self, *args: str | int) -> Any:
+        """One command's reply, within the timeout as a whole (a peer that trickles bytes
+        cannot hold it longer); declared sizes are checked before the reader sees them."""
+        label = self.endpoint.label
         self.conn.send(encode_command(args))
+        deadline = time.monotonic() + self.timeout
         while True:
-            reply = self.reader.gets()
+            try:
+                reply = self.reader.gets()
+            except READER_ERRORS as exc:
+                raise ProtocolFailure(f"bad reply from {label}: {exc}") from None
             if reply is not False:
                 break
+            problem = self.guard.pending_problem(self.reader.len())
+            if problem is not None:
+                raise ProtocolFailure(f"{label} {problem}")
             if self.conn.available():
                 data = bytes(self.conn.buf[self.conn.pos :])
                 self.conn.pos = len(self.conn.buf)
+                problem = self.guard.check(data)
+                if problem is not None:
+                    raise ProtocolFailure(f"a reply from {label} {problem}")
                 self.reader.feed(data)
                 continue
+            if time.monotonic() > deadline:
+                raise TimeoutFailure(f"no whole reply from {label} within {self.timeout:g}s")
             self.conn.fill()
         if isinstance(reply, hiredis.ReplyError):
             raise classify_reply_error(str(reply))
@@ -100,7 +119,11 @@ class NodeClient:
 
 
 def _text(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    """A reply element as text (an array or map where text belongs: "?", never its repr,
+    which a peer can nest deep enough to exhaust the recursion limit)."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value) if isinstance(value, int | float | str) else "?"
 
 
 # --------------------------------------------------------------------------- Sentinel
@@ -114,7 +137,8 @@ def parse_master_addr(reply: Any) -> tuple[str, int] | None:
     if not isinstance(reply, list) or len(reply) != 2:
         raise ProtocolFailure("SENTINEL get-master-addr-by-name returned no [host, port]")
     host, port = _text(reply[0]), _text(reply[1])
-    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+    usable = port.isascii() and port.isdigit() and len(port) <= 5 and 1 <= int(port) <= 65535
+    if not host or not usable:
         raise ProtocolFailure(f"SENTINEL named no usable address ({host!r}, {port!r})")
     return host, int(port)
 

@@ -30,7 +30,7 @@ import hiredis
 
 from replwatch.config import SyncTask, TLSConfig, tls_over
 from replwatch.errors import ProtocolFailure, RedisError, ReplwatchError, TimeoutFailure
-from replwatch.observe.connection import encode_command
+from replwatch.observe.connection import READER_ERRORS, encode_command
 from replwatch.sync.checkpoint import (
     CHECKPOINT_DB,
     CHECKPOINT_PREFIX,
@@ -57,12 +57,19 @@ from replwatch.sync.rdb import (
     FunctionEntry,
     KeyEntry,
     RdbEnd,
+    RdbError,
     RdbHeader,
     RdbModuleError,
     ResizeDb,
     parse_rdb,
 )
-from replwatch.sync.reader import Continue, FullResync, RdbPayload, SourceLink
+from replwatch.sync.reader import (
+    Continue,
+    FullResync,
+    RdbPayload,
+    SourceLink,
+    check_aligned,
+)
 from replwatch.sync.sources import Locator, source_locator
 from replwatch.sync.writer import (
     CLIENT_NAME,
@@ -517,6 +524,8 @@ class SyncTaskRunner:
             raise FatalTaskError(
                 f"{exc} (task {task.name}: set on_module_key: skip to leave such keys out)"
             ) from None
+        except RdbError as exc:  # a corrupt or cut snapshot: retried like a lost connection
+            raise ProtocolFailure(f"bad snapshot from {source.endpoint.label}: {exc}") from None
         payload.finish()
         loader.flush()
         target.drain()
@@ -1061,25 +1070,30 @@ class _StreamApplier:
             while True:
                 try:
                     argv = gets()
-                except hiredis.ProtocolError as exc:
+                except READER_ERRORS as exc:
                     raise ProtocolFailure(
                         f"bad replication stream from {link.endpoint.label}: {exc}"
                     ) from None
                 if argv is False:
+                    check_aligned(link.raw, pos, link.endpoint.label)
                     return False
                 if type(argv) is not list:
                     raise ProtocolFailure(
                         f"replication stream from {link.endpoint.label} holds a non-command reply"
                     )
                 n = len(argv)
-                sizes = list(map(len, argv))
+                try:  # (an argument that is no string: a nested array shows in check_aligned)
+                    sizes = list(map(len, argv))
+                    name = argv[0].upper()
+                    checkpoint_write = n > 1 and argv[1].startswith(prefix)
+                except (TypeError, AttributeError, IndexError):
+                    raise ProtocolFailure(
+                        f"replication stream from {link.endpoint.label} holds a reply that is "
+                        "not a command"
+                    ) from None
                 start = pos
                 pos += 3 + len(str(n)) + 3 * n + sum(sizes) + len(repr(sizes))
-                if (
-                    self.in_tx
-                    or argv[0].upper() in special
-                    or (n > 1 and argv[1].startswith(prefix))
-                ):
+                if self.in_tx or name in special or checkpoint_write:
                     self.count, self.size, self.pending_offset = count, size, pending
                     self.run_end = run_end
                     if not self.in_tx and run_end == start:
