@@ -73,8 +73,8 @@ def assert_equal(source: RedisProcess, target: RedisProcess) -> None:
 class RunnerThread:
     """A SyncTaskRunner in a thread; stop() waits for it."""
 
-    def __init__(self, task: SyncTask) -> None:
-        self.runner = SyncTaskRunner(task, TLSConfig(), io_timeout=5)
+    def __init__(self, task: SyncTask, io_timeout: float = 5) -> None:
+        self.runner = SyncTaskRunner(task, TLSConfig(), io_timeout=io_timeout)
         self.exit_code: int | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -89,8 +89,8 @@ class RunnerThread:
         return self.exit_code
 
 
-def start(task: SyncTask, runners: list[RunnerThread]) -> RunnerThread:
+def start(task: SyncTask, runners: list[RunnerThread], io_timeout: float = 5) -> RunnerThread:
     """A task running in a thread, registered for the teardown of `runners`."""
-    runner = RunnerThread(task)
+    runner = RunnerThread(task, io_timeout)
     runners.append(runner)
     return runner

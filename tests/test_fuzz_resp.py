@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import time
 import tracemalloc
 from collections.abc import Callable, Iterator
@@ -33,13 +34,18 @@ from replwatch.sync.sources import NodeClient, NotMasterError, require_master
 from replwatch.sync.task import SyncTaskRunner, _StreamApplier
 from replwatch.sync.writer import TargetLink
 
-from .harness import RedisProcess, ServerSet, require_build
+from .harness import RedisProcess, ServerSet, in_ci, require_build
 from .hostile import Flood, HostileServer, Recv, Send, Stall
 
 HANG_GUARD = 2.0  # seconds per example: a hang guard, not a performance target
 MEMORY_BOUND = 64 << 20  # tracemalloc peak while a 10 GB size is refused
+# REPLWATCH_FUZZ_SCALE=50 runs 50 times the examples (a longer hunt by hand). CI runs the
+# same examples every time (derandomized); no example database is written to the tree.
+SCALE = int(os.environ.get("REPLWATCH_FUZZ_SCALE", "1"))
 FUZZ = settings(
-    max_examples=150,
+    derandomize=in_ci(),
+    database=None,
+    max_examples=150 * SCALE,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )

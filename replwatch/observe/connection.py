@@ -148,7 +148,7 @@ class _RespProtocol(asyncio.Protocol):
                     pending.future.set_result(pending.replies)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._fail(RedisError("connection closed by server", reason="reset"))
+        self._fail(RedisError(f"{self.label} closed the connection", reason="reset"))
 
     def _fail(self, exc: BaseException) -> None:
         self.lost = exc

@@ -1459,7 +1459,11 @@ class _Parser:
         else:
             r.skip_string()
         body = r.end_capture()
-        assert body is not None  # the capture limit is the string cap, enforced by reads
+        if body is None:  # (quicklist nodes, or one string with its length prefix)
+            raise RdbFormatError(
+                f"the serialized value of key {key[:60]!r} is over the {r.max_string}-byte cap",
+                r.offset,
+            )
         raw = _TYPE_PREFIX[t] + body
         if len(body) <= self.raw_limit:
             return KeyEntry(db, key, kind, None, expire_ms, raw, t, idle, freq)

@@ -376,7 +376,11 @@ class SyncTaskRunner:
                 self.full_sync(source, target, checkpoint, reply)
                 offset, replid = reply.offset, reply.replid
             else:
-                assert checkpoint is not None and checkpoint.offset is not None
+                if not resume or checkpoint is None or checkpoint.offset is None:
+                    raise ProtocolFailure(
+                        f"{source.endpoint.label} answered +CONTINUE to a PSYNC that asked "
+                        "for a full sync"
+                    )
                 assert isinstance(reply, Continue)
                 replid = reply.replid or checkpoint.replid or ""
                 offset = checkpoint.offset
