@@ -198,6 +198,7 @@ class HostileServer:
 
     def _proxy(self, conn: socket.socket, step: Proxy) -> None:
         upstream = socket.create_connection((step.host, step.port), timeout=5)
+        upstream.settimeout(_POLL)
         with self._lock:
             self._sockets.append(upstream)
         try:
@@ -208,7 +209,7 @@ class HostileServer:
                     data = sock.recv(65536)
                     if not data:
                         raise ClientGone
-                    peers[sock].sendall(data)
+                    self._send(peers[sock], data)
         finally:
             with contextlib.suppress(OSError):
                 upstream.close()
