@@ -18,6 +18,7 @@ import logging
 import time
 import tracemalloc
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -28,8 +29,17 @@ from replwatch.sync.checkpoint import checkpoint_key
 from replwatch.sync.rdb import parse_rdb
 from replwatch.sync.reader import FullResync, SourceLink
 
+from .daemons import RunningDaemon, value
 from .datasets import connect
-from .harness import RedisProcess, ServerSet, make_monitor, node_view, wait_for, watching
+from .harness import (
+    RedisProcess,
+    ServerSet,
+    free_port,
+    make_monitor,
+    node_view,
+    wait_for,
+    watching,
+)
 from .hostile import Flood, HostileServer, Proxy, Recv, Script, Send, Stall
 from .syncing import TASK, RunnerThread, start, wait_caught_up
 
@@ -132,6 +142,39 @@ def test_poller_memory_while_a_server_floods(real: RedisProcess) -> None:
     # no further than the socket buffers
     assert hostile.connections == 2
     assert hostile.bytes_sent < 32 << 20, hostile.bytes_sent
+
+
+def test_daemon_against_a_hostile_master(real: RedisProcess, tmp_path: Path) -> None:
+    """`replwatch run` whose group's master sends a 10 GB value then floods: the daemon's
+    loop goes on (an error metric, no traceback in its log), polls again, and the node comes
+    up once the server proxies to a real redis-server."""
+    port = free_port()
+    with HostileServer([*SETNAME_THEN_POLL, Send(b"$10000000000\r\n"), FLOOD]) as hostile:
+        cfg = tmp_path / "config.yaml"
+        cfg.write_text(
+            f'exporter: {{listen: "127.0.0.1:{port}"}}\n'
+            "poll: {interval: 200ms, timeout: 150ms}\n"
+            "heartbeat: {enabled: false}\n"
+            f'groups:\n  - {{name: g, master: "{hostile.label}"}}\n'
+        )
+        with RunningDaemon(cfg, port) as daemon:
+
+            def metric(name: str, **labels: str) -> float | None:
+                status, text = daemon.fetch("/metrics")
+                return value(text, name, node=hostile.label, **labels) if status == 200 else None
+
+            wait_for(
+                lambda: metric("replwatch_node_last_error_info", reason="protocol") == 1,
+                20,
+                "the node's protocol error in /metrics",
+            )
+            hostile.wait_connections(3)
+            hostile.script = [Proxy(real.host, real.port)]
+            wait_for(lambda: metric("replwatch_node_up") == 1, 20, "the node up via the proxy")
+            assert metric("replwatch_node_last_error_info", reason="protocol") is None
+            assert daemon.proc.poll() is None
+        log = daemon.log_text()
+    assert "Traceback" not in log, log[-3000:]
 
 
 # ----------------------------------------------------------------------------- the source link
