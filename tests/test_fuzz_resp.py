@@ -13,6 +13,7 @@ anything big is buffered (tracemalloc peak, and bytes fed before the refusal).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import time
@@ -28,6 +29,11 @@ from hypothesis import strategies as st
 from replwatch.config import TLSConfig, config_from_data, parse_redis_url
 from replwatch.errors import ProtocolFailure, RedisError, ReplwatchError, TimeoutFailure
 from replwatch.observe.connection import InFlight, _RespProtocol, encode_command
+from replwatch.observe.info import (
+    parse_client_list,
+    parse_output_buffer_limit,
+    parse_replication,
+)
 from replwatch.observe.resp_limits import REPLY_LIMITS, STREAM_LIMITS, ReplyGuard
 from replwatch.sync.reader import SourceLink
 from replwatch.sync.sources import NodeClient, NotMasterError, require_master
@@ -434,6 +440,64 @@ def test_guard_catches_a_header_split_across_reads() -> None:
             guard = ReplyGuard()
             problems = [guard.check(b"+OK\r\n" + header[:cut]), guard.check(header[cut:])]
             assert any(problems), (header, cut)
+
+
+INFO_KEYS = [
+    "role",
+    "master_replid",
+    "master_repl_offset",
+    "second_repl_offset",
+    "repl_backlog_size",
+    "repl_backlog_first_byte_offset",
+    "repl_backlog_histlen",
+    "master_host",
+    "master_port",
+    "master_link_status",
+    "master_last_io_seconds_ago",
+    "master_sync_in_progress",
+    "slave_repl_offset",
+    "slave_read_repl_offset",
+    "master_link_down_since_seconds",
+    "slave_read_only",
+    "slave0",
+    "slave1",
+]
+INFO_VALUES = st.sampled_from(
+    [
+        "master",
+        "slave",
+        "0",
+        "-1",
+        "²",  # str.isdigit() says yes, int() says no
+        "٣",
+        "1e400",
+        "nan",
+        "9" * 5000,  # over int()'s digit limit
+        "ip=10.0.0.1,port=²,state=online,offset=5,lag=0",
+        "ip=::1,port=6379,state=online,offset=x,lag=0",
+        "id=1 addr=1.2.3.4:5 laddr=1.2.3.4:6 flags=S omem=² tot-mem=1",
+    ]
+) | st.text(max_size=30)
+
+
+@FUZZ
+@given(
+    st.sampled_from(["master", "slave"]),
+    st.lists(st.tuples(st.sampled_from(INFO_KEYS[1:]), INFO_VALUES), max_size=12),
+)
+def test_reply_text_parsers_fail_typed(role: str, lines: list[tuple[str, str]]) -> None:
+    """What the poller makes of the text replies (INFO replication, CLIENT LIST, CONFIG GET):
+    a value or a ProtocolFailure, never ValueError (a master_port of "²" once escaped the
+    poll and ended the group's whole cycle)."""
+    text = "\r\n".join(f"{key}:{value}" for key, value in [("role", role), *lines])
+    for parse in (parse_replication, parse_client_list, parse_output_buffer_limit):
+        with contextlib.suppress(ProtocolFailure):
+            parse(text)
+
+
+def test_replica_info_with_a_superscript_port() -> None:
+    info = parse_replication("role:slave\r\nmaster_host:10.0.0.1\r\nmaster_port:²\r\n")
+    assert info.role == "replica" and info.master_port is None
 
 
 # ----------------------------------------------------------------------------- NodeClient
