@@ -16,13 +16,16 @@ for the replica leaves by another interface). Nothing answers, nothing is refuse
 the replica time out, as across a real partition. Then the link is set up again.
 
 What the test proves, from the daemon's own endpoints, sampled every half poll interval:
-- during the partition, after the detection delay (one poll interval + poll.timeout +
-  0.5 s), EVERY sample shows the replica out of read rotation (`/routing/part`:
+- no routing table computed from a poll cycle that began after the cut shows the replica
+  in rotation, and after the detection delay (one poll interval + poll.timeout + 0.5 s)
+  EVERY sample shows the replica out of read rotation (`/routing/part`:
   in_rotation false, reads on the master, read_from = [master];
   `replwatch_routing_in_rotation` 0; `/health/replica/...` 503), its link reported down
   (`replwatch_replica_link_up` 0) and the node down (`replwatch_node_up` 0, last error
-  "timeout"), from a routing table that is fresh (updated within the detection delay) —
-  never a stale "in rotation" for a replica nobody can see;
+  "timeout", or "unreachable" while the kernel's ARP entry for it has failed), from a
+  routing table that is fresh (updated within the detection delay) — never a stale "in
+  rotation" for a replica nobody can see; by the end the replica itself (asked through its
+  unix socket) reports its master link down: the partition was real on both sides;
 - the master stays up and a master (`replwatch_master_role_ok` 1, its `replwatch_node_up`
   1): a partitioned replica costs its group nothing but the replica;
 - /metrics answers every sample, each within 2 s, all through the partition;
@@ -217,7 +220,7 @@ def test_partitioned_replica_is_out_of_rotation_and_comes_back_without_a_restart
 
         # ---- the partition
         history: list[Sample] = []
-        cut_at = time.monotonic()
+        cut_at, cut_wall = time.monotonic(), time.time()
         link.cut()
         # the route to the replica still points into the (carrier-less) veth: dropped there
         assert link.route_dev() == link.host_if
@@ -227,6 +230,9 @@ def test_partitioned_replica_is_out_of_rotation_and_comes_back_without_a_restart
             history.append(sample)
             trail = "\n".join(str(s) for s in history[-12:])
             assert sample.metrics_seconds < METRICS_WITHIN, trail
+            # a table from a cycle that began after the cut never has the replica serving
+            if sample.table["updated_at"] > cut_wall + POLL_TIMEOUT + 0.1:
+                assert sample.entry["in_rotation"] is False, trail
             if sample.at >= DETECTION:
                 table, entry = sample.table, sample.entry
                 assert entry["in_rotation"] is False, trail
@@ -244,6 +250,7 @@ def test_partitioned_replica_is_out_of_rotation_and_comes_back_without_a_restart
         # the partition was real for the replica too: it lost its master (repl-timeout 5 s)
         assert replica_local.info("replication")["master_link_status"] == "down"
         checked = [s for s in history if s.at >= DETECTION]
+        detected = next(s.at for s in history if not s.entry["in_rotation"])
         assert len(checked) >= (PARTITION - DETECTION) / SAMPLE_EVERY * 0.8, len(checked)
         partial_before = int(master.info("stats")["sync_partial_ok"])
         full_before = int(master.info("stats")["sync_full"])
@@ -287,6 +294,9 @@ def test_partitioned_replica_is_out_of_rotation_and_comes_back_without_a_restart
         stats = master.info("stats")
         print(
             "\n".join(str(s) for s in history)
+            + f"\nout of rotation in the first sample {detected:.1f}s after the cut; "
+            f"/metrics at most {max(s.metrics_seconds for s in history):.3f}s; "
+            f"table at most {max(s.wall - s.table['updated_at'] for s in checked):.2f}s old"
             + f"\nresynced {resynced:.1f}s after the heal (partial resyncs "
             f"{partial_before}->{stats['sync_partial_ok']}, full {full_before}->"
             f"{stats['sync_full']}); back in rotation after {back_in:.1f}s"
