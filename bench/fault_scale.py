@@ -8,14 +8,16 @@ the same fleet (tests/faults.py: groups of master + replica on real redis-server
 processes, each master + replica pair serving up to 19 groups in a database each; 10 % of the
 nodes are loopback black holes, half of them accepting and never answering, half never
 accepting), one `replwatch run` with `poll.interval` 1 s, `poll.timeout` 500 ms and the rest
-at its defaults. The daemon's /metrics is sampled once a second for S seconds, then for S
-seconds while N threads fetch /metrics back to back. Prints one JSON object (and writes it
-to bench/results/fault_scale.json): per phase the healthy groups' cycle duration
-(replwatch_poll_duration_seconds) p50/p95/max, the black-holed groups' cycle duration, the
-fewest cycles a healthy group completed, scheduler runs skipped / missed / failed in the
-phase, the daemon's CPU share, and every disagreement with the truth (real nodes reported
-down, black-holed nodes not down by timeout); under load also the scrapers' answers and
-latency. Asserts nothing: a benchmark, not a test.
+at its defaults. The daemon's /metrics is sampled once a second (--sample-every) for S
+seconds, then for S seconds while N threads fetch /metrics back to back.
+
+Prints one JSON object (and writes it to bench/results/fault_scale.json): per phase the
+healthy groups' cycle duration (replwatch_poll_duration_seconds) p50/p95/max, the
+black-holed groups' cycle duration, the fewest cycles a healthy group completed, scheduler
+runs skipped / missed / failed in the phase, the daemon's CPU share, and every
+disagreement with the truth (real nodes reported down, black-holed nodes not down by
+timeout); under load also the scrapers' answers and latency. Asserts nothing: a benchmark,
+not a test.
 
 Uses the tests' helpers (tests/harness.py, tests/daemons.py, tests/faults.py), so it needs
 the test extras: pip install -e '.[test]'. Every process it starts (the servers, the
@@ -66,7 +68,9 @@ def raise_nofile(needed: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
 
 
-def measure(targets: int, seconds: float, scrapers: int, workdir: Path) -> dict[str, Any]:
+def measure(
+    targets: int, seconds: float, scrapers: int, every: float, workdir: Path
+) -> dict[str, Any]:
     build = available_builds().get("redis-7.0")
     if build is None:
         raise SystemExit("needs Debian's redis-server 7.0 (apt-get install redis-server)")
@@ -100,12 +104,12 @@ def measure(targets: int, seconds: float, scrapers: int, workdir: Path) -> dict[
             wait_for(all_real_nodes_up, 60, "every real node polled as up", interval=1.0)
             load0 = os.getloadavg()[0]
             cpu0, t0 = cpu_seconds(daemon.pid), time.monotonic()
-            quiet = phase_figures(sample(daemon.base, seconds, POLL_INTERVAL), fleet, 1.0)
+            quiet = phase_figures(sample(daemon.base, seconds, every), fleet, POLL_INTERVAL)
             cpu1, t1 = cpu_seconds(daemon.pid), time.monotonic()
             hammer = Scrapers(daemon.base, scrapers, len(fleet.groups))
             try:
                 wait_for(lambda: hammer.good or hammer.failures, 60, "a first scrape")
-                loaded_samples = sample(daemon.base, seconds, POLL_INTERVAL)
+                loaded_samples = sample(daemon.base, seconds, every)
             finally:
                 hammer.stop()
             cpu2, t2 = cpu_seconds(daemon.pid), time.monotonic()
@@ -127,6 +131,7 @@ def measure(targets: int, seconds: float, scrapers: int, workdir: Path) -> dict[
         "black_holed_nodes": layout.black_holed,
         "redis_server_processes": 2 * layout.pairs,
         "poll": {"interval_seconds": POLL_INTERVAL, "timeout_seconds": POLL_TIMEOUT},
+        "sample_every_seconds": every,
         "quiet": quiet,
         "under_scrapers": loaded,
         "metrics_bytes": metrics_bytes,
@@ -148,6 +153,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--targets", type=int, default=1000, help="nodes (a multiple of 40)")
     ap.add_argument("--seconds", type=float, default=10, help="length of each phase")
     ap.add_argument("--scrapers", type=int, default=50, help="threads fetching /metrics")
+    ap.add_argument(
+        "--sample-every",
+        type=float,
+        default=1.0,
+        help="seconds between the measuring scrapes (each one is a full /metrics render)",
+    )
     ap.add_argument("--output", type=Path, default=RESULTS, help="where to write the JSON")
     args = ap.parse_args(argv)
     if args.targets <= 0 or args.targets % 40:
@@ -159,7 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_term)
     try:
         with tempfile.TemporaryDirectory(prefix="replwatch-fault-scale-") as tmp:
-            result = measure(args.targets, args.seconds, args.scrapers, Path(tmp))
+            result = measure(
+                args.targets, args.seconds, args.scrapers, args.sample_every, Path(tmp)
+            )
     except KeyboardInterrupt:
         print("interrupted; every started process was stopped", file=sys.stderr)
         return 130
