@@ -215,6 +215,7 @@ _READ = (
     "replwatch_group_poll_cycles_total{",
     "replwatch_scheduler_runs_total{",
     "replwatch_master_role_ok{",
+    "replwatch_routing_in_rotation{",
 )
 OVERRUN = ("skipped_overrun", "missed", "error")  # outcomes of runs that did not happen
 
@@ -231,6 +232,7 @@ class Scrape:
     cycles: dict[str, float] = field(default_factory=dict)  # group -> cycles completed
     runs: dict[tuple[str, str, str], float] = field(default_factory=dict)  # job, group, outcome
     role_ok: dict[str, float] = field(default_factory=dict)
+    in_rotation: dict[tuple[str, str], float] = field(default_factory=dict)  # (group, replica)
 
     def overruns(self) -> dict[str, float]:
         return {"/".join(k): v for k, v in self.runs.items() if k[2] in OVERRUN and v}
@@ -262,6 +264,8 @@ def scrape(base: str) -> Scrape:
             out.runs[(labels["job"], labels["group"], labels["outcome"])] = value
         elif name == "replwatch_master_role_ok":
             out.role_ok[labels["group"]] = value
+        elif name == "replwatch_routing_in_rotation":
+            out.in_rotation[(labels["group"], labels["replica"])] = value
     return out
 
 
@@ -339,7 +343,7 @@ def phase_figures(samples: Sequence[Scrape], fleet: Fleet, interval: float) -> d
     """What a phase's samples say: cycle durations, cycles completed and runs skipped
     between its first and last sample, and every disagreement with the truth (a real node
     reported down, a black-holed one not down by timeout, a half-dark group's master not
-    up)."""
+    up, a black-holed replica in read rotation or a real one out of it)."""
     first, last = samples[0], samples[-1]
     span = last.at - first.at
     healthy = [s.duration[g] for s in samples for g in fleet.healthy if g in s.duration]
@@ -348,6 +352,7 @@ def phase_figures(samples: Sequence[Scrape], fleet: Fleet, interval: float) -> d
     real_down: set[tuple[str, str]] = set()
     holes_wrong: dict[tuple[str, str], str] = {}
     masters_wrong: set[str] = set()
+    routing_wrong: set[str] = set()
     holes_seen = 0
     for s in samples:
         real_down.update(k for k in fleet.real_nodes if s.node_up.get(k) != 1)
@@ -357,6 +362,10 @@ def phase_figures(samples: Sequence[Scrape], fleet: Fleet, interval: float) -> d
                 if up != 0 or s.errors.get(key) != "timeout":
                     holes_wrong[key] = f"up={up} reason={s.errors.get(key)}"
         masters_wrong.update(g for g in fleet.half if s.role_ok.get(g) != 1)
+        for (group, replica), serving in s.in_rotation.items():
+            # a black-holed replica never serves; a real one, caught up, always does
+            if serving != (0 if replica in fleet.holes else 1):
+                routing_wrong.add(f"{group}/{replica} in_rotation={serving}")
     return {
         "samples": len(samples),
         "seconds": round(span, 2),
@@ -384,5 +393,6 @@ def phase_figures(samples: Sequence[Scrape], fleet: Fleet, interval: float) -> d
                 f"{'/'.join(k)} {v}" for k, v in holes_wrong.items()
             )[:10],
             "half_dark_masters_not_up": sorted(masters_wrong)[:10],
+            "routing_wrong": sorted(routing_wrong)[:10],
         },
     }

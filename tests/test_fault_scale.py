@@ -22,6 +22,8 @@
    - no real node was ever reported down (a poll loop starved by renders would time out
      nodes that answer), every black-holed node was down with reason "timeout", and the
      real masters of half-dark groups stayed up;
+   - read routing agreed in every sample: no black-holed replica in rotation
+     (`replwatch_routing_in_rotation` 0), every real replica in it (1);
    - every one of the scrapers' answers was a 200 carrying all 100 groups.
 
 2. `test_black_holed_master_does_not_stretch_the_scheduler_rounds`: the scheduler as the
@@ -101,6 +103,7 @@ def check_phase(name: str, figures: dict[str, Any]) -> None:
         "real_nodes_reported_down": [],
         "black_holed_not_down_by_timeout": [],
         "half_dark_masters_not_up": [],
+        "routing_wrong": [],
     }, line
 
 
