@@ -53,6 +53,7 @@ from tests.faults import (  # noqa: E402
     phase_figures,
     sample,
     scrape,
+    settled,
 )
 from tests.harness import ServerSet, available_builds, free_port, wait_for, wait_synced  # noqa: E402
 
@@ -97,11 +98,12 @@ def measure(
             wait_for(lambda: daemon.fetch("/-/ready")[0] == 200, 60, "daemon ready")
             ready = time.monotonic() - started
 
-            def all_real_nodes_up() -> bool:
-                up = scrape(daemon.base).node_up
-                return all(up.get(k) == 1 for k in fleet.real_nodes)
-
-            wait_for(all_real_nodes_up, 60, "every real node polled as up", interval=1.0)
+            wait_for(
+                lambda: settled(scrape(daemon.base), fleet),
+                60,
+                "every real node up, black-holed replicas out of rotation, real ones in",
+                interval=1.0,
+            )
             load0 = os.getloadavg()[0]
             cpu0, t0 = cpu_seconds(daemon.pid), time.monotonic()
             quiet = phase_figures(sample(daemon.base, seconds, every), fleet, POLL_INTERVAL)

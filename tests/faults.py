@@ -324,6 +324,15 @@ def sample(base: str, seconds: float, every: float) -> list[Scrape]:
     return samples
 
 
+def settled(s: Scrape, fleet: Fleet) -> bool:
+    """Every real node up and read routing as it should be (black-holed replicas out, real
+    ones in): the state the phases are measured from."""
+    return all(s.node_up.get(k) == 1 for k in fleet.real_nodes) and all(
+        serving == (0 if replica in fleet.holes else 1)
+        for (_, replica), serving in s.in_rotation.items()
+    )
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     """Nearest-rank percentile (q in 0..100); NaN for no values."""
     data = sorted(values)

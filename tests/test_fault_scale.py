@@ -65,6 +65,7 @@ from .faults import (
     phase_figures,
     sample,
     scrape,
+    settled,
 )
 from .harness import ServerSet, free_port, require_build, wait_for, wait_synced
 
@@ -131,11 +132,12 @@ def test_black_holed_targets_and_50_scrapers_do_not_slow_polling(tmp_path: Path)
         with RunningDaemon(cfg, port) as daemon:
             wait_for(lambda: daemon.fetch("/-/ready")[0] == 200, 30, "daemon ready")
 
-            def all_real_nodes_up() -> bool:
-                up = scrape(daemon.base).node_up
-                return all(up.get(k) == 1 for k in fleet.real_nodes)
-
-            wait_for(all_real_nodes_up, 20, "every real node polled as up", interval=0.5)
+            wait_for(
+                lambda: settled(scrape(daemon.base), fleet),
+                20,
+                "every real node up, black-holed replicas out of rotation, real ones in",
+                interval=0.5,
+            )
             cpu0, t0 = cpu_seconds(daemon.pid), time.monotonic()
             quiet = phase_figures(sample(daemon.base, QUIET, POLL_INTERVAL), fleet, POLL_INTERVAL)
             cpu1, t1 = cpu_seconds(daemon.pid), time.monotonic()
