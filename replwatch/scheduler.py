@@ -116,9 +116,15 @@ class MonitorScheduler:
         self._scheduler = AsyncIOScheduler(
             job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": None}
         )
-        self._ticks = 0
-        self._rounds_per_poll = 1
+        self._next_poll: float | None = None  # loop time the tick job's next poll cycle is due
         self._poll_task: asyncio.Task[None] | None = None
+        self._heartbeat_task: asyncio.Task[None] | None = None
+        # per kind ("heartbeat", "probe"), per group: a write or probe that needed the slow
+        # path (a connect) and runs on its own, outside the rounds (see _detach)
+        self._detached: dict[str, dict[str, asyncio.Task[None]]] = {
+            "heartbeat": {},
+            "probe": {},
+        }
         self._scheduler.add_listener(
             self._on_event, EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES | EVENT_JOB_ERROR
         )
@@ -168,7 +174,10 @@ class MonitorScheduler:
             log.exception("poll of group %s failed", name)
 
     async def heartbeat_group(self, name: str) -> None:
-        result = await self.monitors[name].write_heartbeat()
+        monitor = self.monitors.get(name)
+        if monitor is None:  # the group went (reload, discovery) before this ran
+            return
+        result = await monitor.write_heartbeat()
         if result is True:
             self.stats.add("heartbeat", name, "ok")
         elif result is False:
@@ -241,18 +250,53 @@ class MonitorScheduler:
             # once per cycle (not per group): announce at once when any group's routing changed
             await self.publisher.publish_if_changed()
 
-    async def heartbeat_all(self, names: Iterable[str] | None = None) -> None:
+    def _in_flight(self, kind: str, name: str) -> bool:
+        task = self._detached[kind].get(name)
+        return task is not None and not task.done()
+
+    def _detach(
+        self, kind: str, names: Iterable[str], run: Callable[[str], Awaitable[None]]
+    ) -> None:
+        """Run the slow path of these groups (a connect first, a script load) as one task
+        per group that the round does not wait for: a black-holed master makes its connect
+        wait out the whole timeout, and a round waiting for that would overrun its interval,
+        so the scheduler would skip the next round of every group. The task counts its own
+        outcome when it ends; while it runs, that group sits the rounds out (_in_flight)."""
+        pending = self._detached[kind]
+        for name in names:
+            if self._in_flight(kind, name):
+                continue
+            task = asyncio.ensure_future(run(name))
+            pending[name] = task
+            task.add_done_callback(functools.partial(self._detached_done, kind, name))
+
+    def _detached_done(self, kind: str, name: str, task: asyncio.Task[None]) -> None:
+        if self._detached[kind].get(name) is task:
+            del self._detached[kind][name]
+        if not task.cancelled() and task.exception() is not None:
+            self.stats.add(kind, name, "error")
+            log.error("%s of group %s failed: %s", kind, name, task.exception())
+
+    async def heartbeat_round(self) -> None:
+        """The heartbeat job: one round; writes that need a connect run on their own."""
+        await self.heartbeat_all(detach_slow=True)
+
+    async def heartbeat_all(
+        self, names: Iterable[str] | None = None, *, detach_slow: bool = False
+    ) -> None:
         """One heartbeat per group (or per named group): every write is sent first, then all
         are awaited together under one timeout (no task per write: at 4 rounds a second
         over hundreds of masters the per-write overhead is what costs). Groups that need a
-        connect or a script load take the ordinary path."""
+        connect or a script load take the ordinary path: awaited here, or with
+        `detach_slow` (the scheduled rounds) run on their own (_detach). A group whose
+        detached write is still running skips the round."""
         fast: list[tuple[str, HeartbeatWriter, InFlight]] = []
         slow: list[str] = []
         timeout = 0.0
         for name in self.monitors if names is None else names:
             monitor = self.monitors[name]
             writer = monitor.writer
-            if writer is None:
+            if writer is None or self._in_flight("heartbeat", name):
                 continue
             if monitor.master_is_master is False:
                 self.stats.add("heartbeat", name, "skipped")
@@ -271,19 +315,22 @@ class MonitorScheduler:
                     slow.append(name)
                 else:
                     self.stats.add("heartbeat", name, "ok" if result else "failed")
-        if slow:
+        if slow and detach_slow:
+            self._detach("heartbeat", slow, self.heartbeat_group)
+        elif slow:
             await asyncio.gather(*(self.heartbeat_group(name) for name in slow))
 
-    async def probe_all(self, names: list[str]) -> None:
+    async def probe_all(self, names: list[str], *, detach_slow: bool = False) -> None:
         """One probe per named group, sent together and awaited under one timeout (as
         heartbeat rounds are); groups that need a connect, a script load or a second WAIT
-        take the ordinary path."""
+        take the ordinary path: awaited here, or with `detach_slow` (the scheduled rounds)
+        run on their own, as heartbeat_all does."""
         fast: list[tuple[str, WaitProber, InFlight]] = []
         slow: list[str] = []
         timeout = 0.0
         for name in names:
             entry = self.probers.get(name)
-            if entry is None:
+            if entry is None or self._in_flight("probe", name):
                 continue
             prober, _ = entry
             inflight = prober.begin()
@@ -302,13 +349,17 @@ class MonitorScheduler:
                 if self.probe_store is not None:
                     self.probe_store.record(result)
                 self.stats.add("probe", name, "completed")
-        if slow:
+        if slow and detach_slow:
+            self._detach("probe", slow, self.probe_group)
+        elif slow:
             await asyncio.gather(*(self.probe_group(name) for name in slow))
 
     async def probe_every(self, interval: float) -> None:
         """The probe round of every group whose probe interval is `interval` (the groups
         are looked up at each round: discovery and reloads change them)."""
-        await self.probe_all([n for n, (_, i) in self.probers.items() if i == interval])
+        await self.probe_all(
+            [n for n, (_, i) in self.probers.items() if i == interval], detach_slow=True
+        )
 
     async def discover(self) -> None:
         """The discovery job: the fleet asks its Sentinels and clusters, then reconciles."""
@@ -325,7 +376,7 @@ class MonitorScheduler:
         self.poll_interval = poll_interval
         self.heartbeat_interval = heartbeat_interval
         self._scheduler.remove_all_jobs()
-        self._ticks = 0
+        self._next_poll = None
         self._add_jobs()
 
     def _probe_intervals(self) -> list[float]:
@@ -340,7 +391,6 @@ class MonitorScheduler:
         rounds = self.heartbeat_rounds_per_poll()
         if rounds is not None:
             assert self.heartbeat_interval is not None
-            self._rounds_per_poll = rounds
             self._scheduler.add_job(
                 self.tick, "interval", seconds=self.heartbeat_interval, id="tick:all"
             )
@@ -350,7 +400,7 @@ class MonitorScheduler:
             )
             if self.heartbeat_interval is not None and self._has_writers():
                 self._scheduler.add_job(
-                    self.heartbeat_all,
+                    self.heartbeat_round,
                     "interval",
                     seconds=self.heartbeat_interval,
                     id="heartbeat:all",
@@ -398,26 +448,37 @@ class MonitorScheduler:
         return rounds
 
     async def tick(self) -> None:
-        """The combined job: a heartbeat round, and on every k-th tick the poll cycle with
-        that round's heartbeats carried along. The poll cycle runs as a task of its own, so
-        a node that makes it wait for poll.timeout never holds up the next heartbeat rounds;
-        a poll cycle still running when its next turn comes is skipped and counted, as
-        APScheduler's max_instances=1 does for separate jobs."""
-        tick, self._ticks = self._ticks, self._ticks + 1
-        if tick % self._rounds_per_poll:
-            await self.heartbeat_all()
-            return
-        if self._poll_task is not None and not self._poll_task.done():
+        """The combined job, every heartbeat interval: a heartbeat round, and when the poll
+        cycle is due (by the clock: every poll interval, phase-locked to the first cycle)
+        the poll cycle instead, carrying that round's heartbeats. Both run as tasks of their
+        own and the job returns at once: a job still running at its next turn makes
+        APScheduler skip that turn, and a cadence counted in turns would then stretch every
+        group's poll interval. A round or a poll cycle still running when its next turn
+        comes is skipped and counted (skipped_overrun, group "all")."""
+        now = asyncio.get_running_loop().time()
+        due = self._next_poll
+        assert self.heartbeat_interval is not None
+        if due is None or now >= due - self.heartbeat_interval / 2:
+            # the next cycle stays on the grid; past it by a whole interval: a new grid
+            due = now if due is None else due
+            self._next_poll = due + self.poll_interval
+            if self._next_poll <= now:
+                self._next_poll = now + self.poll_interval
+            if self._poll_task is None or self._poll_task.done():
+                self._poll_task = asyncio.ensure_future(self.poll_all(with_heartbeat=True))
+                self._poll_task.add_done_callback(functools.partial(self._round_done, "poll"))
+                return
             self.stats.add("poll", "all", "skipped_overrun")
-            await self.heartbeat_all()
+        if self._heartbeat_task is not None and not self._heartbeat_task.done():
+            self.stats.add("heartbeat", "all", "skipped_overrun")
             return
-        self._poll_task = asyncio.ensure_future(self.poll_all(with_heartbeat=True))
-        self._poll_task.add_done_callback(self._poll_task_done)
+        self._heartbeat_task = asyncio.ensure_future(self.heartbeat_round())
+        self._heartbeat_task.add_done_callback(functools.partial(self._round_done, "heartbeat"))
 
-    def _poll_task_done(self, task: asyncio.Task[None]) -> None:
+    def _round_done(self, kind: str, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
-            self.stats.add("poll", "all", "error")
-            log.error("poll cycle failed: %s", task.exception())
+            self.stats.add(kind, "all", "error")
+            log.error("%s round failed: %s", kind, task.exception())
 
     async def poll_sync_tasks(self) -> None:
         """The sync tasks' checkpoints and their sources' offsets (replwatch/sync/watch)."""
@@ -433,8 +494,12 @@ class MonitorScheduler:
     def shutdown(self) -> None:
         if self._scheduler.running:
             self._scheduler.shutdown(wait=False)
-        if self._poll_task is not None:
-            self._poll_task.cancel()
+        for task in (self._poll_task, self._heartbeat_task):
+            if task is not None:
+                task.cancel()
+        for pending in self._detached.values():
+            for task in pending.values():
+                task.cancel()
         for monitor in self.monitors.values():
             monitor.close()
         for prober, _ in self.probers.values():

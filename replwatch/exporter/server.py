@@ -11,6 +11,7 @@ import json
 import logging
 import ssl
 import threading
+import time
 from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -28,6 +29,58 @@ log = logging.getLogger("replwatch.http")
 HANDSHAKE_TIMEOUT = 10.0
 
 Route = Callable[["_Handler"], tuple[int, str, bytes]]
+Encoder = Callable[[CollectorRegistry], bytes]
+
+
+class RenderGate:
+    """Renders /metrics for any number of concurrent scrapes without starving the event
+    loop. The exposition is pure Python (prometheus_client): ~0.3 s of CPU for 1,000 nodes,
+    all of it holding the GIL that the poll loop needs too. So:
+    - one render at a time, shared by every scrape that arrived before it started (each
+      answer is still rendered after its request arrived: never an older one);
+    - after a render, the next one waits as long as that render took (`pause` times it), so
+      scrapes hold the GIL at most half the time however many clients hammer /metrics.
+    A Prometheus server scraping every few seconds never meets the pause."""
+
+    def __init__(self, render: Encoder, pause: float = 1.0) -> None:
+        self._render = render
+        self._pause = pause
+        self._cond = threading.Condition()
+        self._started = 0  # renders begun
+        self._done = 0  # renders finished (their result in _result)
+        self._result: bytes | BaseException = b""
+        self._rendering = False
+        self._not_before = 0.0  # monotonic time the next render may start
+
+    def render(self, registry: CollectorRegistry) -> bytes:
+        with self._cond:
+            wanted = self._started + 1  # the first render that starts after we arrived
+            while self._done < wanted:
+                now = time.monotonic()
+                if self._rendering or now < self._not_before:
+                    self._cond.wait(None if self._rendering else self._not_before - now)
+                    continue
+                self._rendering = True
+                self._started += 1
+                self._cond.release()
+                started = time.monotonic()
+                result: bytes | BaseException
+                try:
+                    result = self._render(registry)
+                except BaseException as exc:  # every scrape sharing this render gets it
+                    result = exc
+                finally:
+                    took = time.monotonic() - started
+                    self._cond.acquire()
+                self._result = result
+                self._done = self._started
+                self._rendering = False
+                self._not_before = time.monotonic() + self._pause * took
+                self._cond.notify_all()
+            result = self._result
+        if isinstance(result, BaseException):
+            raise result
+        return result
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -82,7 +135,7 @@ class _Handler(BaseHTTPRequestHandler):
         elif path == "/metrics":
             encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
             try:
-                body = encoder(self.server.registry)
+                body = self.server.render(encoder)
             except Exception:  # a collector bug must not kill the server thread
                 log.exception("rendering /metrics failed")
                 self._send(500, "text/plain; charset=utf-8", b"error rendering metrics\n")
@@ -297,6 +350,8 @@ class ExporterHTTPServer(ThreadingHTTPServer):
         # POST /-/reload: () -> (ok, message); set by the daemon when it can reload
         self.reload: Callable[[], tuple[bool, str]] | None = None
         self.is_ready = is_ready
+        self._render_gates: dict[Encoder, RenderGate] = {}
+        self._gates_lock = threading.Lock()
         super().__init__(address, _Handler)
         self._thread: threading.Thread | None = None
 
@@ -334,6 +389,14 @@ class ExporterHTTPServer(ThreadingHTTPServer):
     @property
     def scheme(self) -> str:
         return "https" if self.web is not None and self.web.tls else "http"
+
+    def render(self, encoder: Encoder) -> bytes:
+        """The exposition in `encoder`'s format, through that format's RenderGate."""
+        with self._gates_lock:
+            gate = self._render_gates.get(encoder)
+            if gate is None:
+                gate = self._render_gates[encoder] = RenderGate(encoder)
+        return gate.render(self.registry)
 
     @property
     def bound_port(self) -> int:
