@@ -398,3 +398,27 @@ def test_bcrypt_cost_is_paid_once_per_credential(monkeypatch: pytest.MonkeyPatch
     for _ in range(3):
         assert not checker.check(basic(USER, "wrong"))
     assert len(calls) == 4  # a wrong password is checked every time
+
+
+def test_non_ascii_content_length_is_a_400_not_a_crash() -> None:
+    """str.isdigit() accepts '²', which int() refuses: the handler must answer 400."""
+    import socket
+
+    from prometheus_client import CollectorRegistry
+
+    from replwatch.admin.api import AdminAPI
+    from replwatch.exporter.server import ExporterHTTPServer
+
+    server = ExporterHTTPServer(
+        ("127.0.0.1", 0), CollectorRegistry(), lambda: True, admin=AdminAPI(None, None)
+    )
+    server.start()
+    try:
+        with socket.create_connection(("127.0.0.1", server.bound_port), timeout=5) as sock:
+            sock.sendall(
+                "POST /api/v1/tasks HTTP/1.1\r\nHost: x\r\nContent-Length: ²\r\n\r\n".encode()
+            )
+            answer = sock.recv(4096).decode()
+        assert answer.startswith("HTTP/1.1 400"), answer
+    finally:
+        server.stop()

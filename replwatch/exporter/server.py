@@ -236,14 +236,14 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _discard_body(self) -> None:
         length = self.headers.get("Content-Length")
-        if length and length.isdigit() and int(length) <= MAX_BODY:
+        if length and length.isascii() and length.isdigit() and int(length) <= MAX_BODY:
             self.rfile.read(int(length))
         elif length:
             self.close_connection = True
 
     def _admin(self) -> None:
         length_header = self.headers.get("Content-Length") or "0"
-        if not length_header.isdigit():
+        if not (length_header.isascii() and length_header.isdigit()):
             self.close_connection = True
             self._json(400, {"error": "Content-Length: must be a number of bytes"})
             return

@@ -165,7 +165,7 @@ def parse_redirect(message: str) -> Redirect | None:
     if head in ("MOVED", "ASK"):
         slot, _, address = rest.partition(" ")
         host, _, port = address.rpartition(":")
-        if not (slot.isdigit() and port.isdigit()):
+        if not (slot.isascii() and slot.isdigit() and port.isascii() and port.isdigit()):
             return None
         return Redirect(head, int(slot), host.strip("[]"), int(port))
     if head in ("TRYAGAIN", "CLUSTERDOWN"):

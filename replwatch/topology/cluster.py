@@ -105,7 +105,7 @@ def parse_cluster_nodes_groups(text: str) -> list[DiscoveredGroup]:
             continue
         address_text = address_field.split("@", 1)[0].split(",", 1)[0]
         host, _, port = address_text.rpartition(":")
-        if not host or not port.isdigit() or int(port) <= 0:
+        if not host or not (port.isascii() and port.isdigit()) or int(port) <= 0:
             continue
         address = Address(host.strip("[]"), int(port))
         if "master" in flags:
@@ -115,7 +115,7 @@ def parse_cluster_nodes_groups(text: str) -> list[DiscoveredGroup]:
                     continue
                 start, _, end = item.partition("-")
                 ranges.append((int(start), int(end or start)))
-            epoch = int(parts[6]) if parts[6].isdigit() else 0
+            epoch = int(parts[6]) if parts[6].isascii() and parts[6].isdigit() else 0
             masters[node_id] = (address, ranges, epoch, bool(flags & {"fail", "fail?"}))
         elif upstream != "-":
             replicas.setdefault(upstream, []).append((node_id, address))

@@ -64,7 +64,7 @@ class AddressMap:
         if not self:
             return label
         host, _, port = label.rpartition(":")
-        if not port.isdigit():
+        if not (port.isascii() and port.isdigit()):
             return label
         mapped_host, mapped_port = self.map(host.strip("[]"), int(port))
         return Address(mapped_host, mapped_port).label

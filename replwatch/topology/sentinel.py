@@ -27,6 +27,13 @@ from replwatch.topology.model import Address, DiscoveredGroup
 DOWN_FLAGS = frozenset({"s_down", "o_down", "disconnected"})
 
 
+def _is_integer(text: str) -> bool:
+    """ASCII digits with an optional leading '-' (str.isdigit also takes '²', which int()
+    refuses)."""
+    digits = text[1:] if text.startswith("-") else text
+    return bool(digits) and digits.isascii() and digits.isdigit()
+
+
 def _text(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
@@ -43,7 +50,7 @@ def fields_of(entry: Any) -> dict[str, str]:
 
 def _address(fields: dict[str, str]) -> Address:
     ip, port = fields.get("ip", ""), fields.get("port", "")
-    if not ip or not port.isdigit() or not 1 <= int(port) <= 65535:
+    if not ip or not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
         raise ValueError(f"no usable address ({ip!r}, {port!r})")
     return Address(ip, int(port))
 
@@ -75,7 +82,7 @@ def parse_sentinel_view(master_reply: Any, replicas_reply: Any) -> SentinelView:
             continue  # a replica Sentinel knows no address of yet
     return SentinelView(
         master=_address(master),
-        epoch=int(epoch_text) if epoch_text.lstrip("-").isdigit() else 0,
+        epoch=int(epoch_text) if _is_integer(epoch_text) else 0,
         master_down=bool(flags & DOWN_FLAGS),
         replicas=tuple(replicas),
     )
