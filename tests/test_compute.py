@@ -269,7 +269,8 @@ def test_link_down_floor(
     r = view(snap, R1)
     assert r.link_up is False and r.reachable
     assert r.link_down_seconds == down_since
-    assert r.lag_seconds == pytest.approx(lag)
+    # a heartbeat lag is as of the reply (`ok` samples finish 1 ms after `at`)
+    assert r.lag_seconds == pytest.approx(lag + (0.001 if source == "heartbeat" else 0.0))
     assert r.lag_source == source
 
 
@@ -303,11 +304,31 @@ def test_heartbeat_preferred_over_offset_clock() -> None:
         history=history,
     )
     r1, r2 = view(snap, R1), view(snap, R2)
-    assert r1.heartbeat_lag_seconds == pytest.approx(2.0)  # lacks the 98.0 write
+    # lacks the 98.0 write; as of the reply, 1 ms after `at`
+    assert r1.heartbeat_lag_seconds == pytest.approx(2.001)
     assert r1.offset_lag_seconds == pytest.approx(2.5)  # master passed 97500 at t=97.5
-    assert (r1.lag_seconds, r1.lag_source) == (pytest.approx(2.0), "heartbeat")
+    assert (r1.lag_seconds, r1.lag_source) == (pytest.approx(2.001), "heartbeat")
     assert (r2.lag_seconds, r2.lag_source) == (0.0, "heartbeat")
     assert r2.offset_lag_seconds == 0.0
+
+
+def test_heartbeat_lag_is_as_of_the_reply() -> None:
+    """On a starved link the read waits behind the replication stream: the follower was
+    read late in the round trip. The lag is taken at the reply, not mid-way (which hid up to
+    half the round trip: 0.5 s of a 1 s trip in tests/test_starved_replica.py)."""
+    history = HeartbeatHistory()
+    for t in (96.0, 97.0, 98.0, 99.0):
+        history.record(t, t, t)
+    slow = NodeSample(
+        label=R1, info=replica_info(97_000), heartbeat=96.0, started=NOW - 1.0, finished=NOW
+    )
+    snap, _ = compute(
+        ok(MASTER, master_info(99_000)),
+        {R1: slow},
+        clock=steady_clock(rate=1000.0, until=99.0),
+        history=history,
+    )
+    assert view(snap, R1).heartbeat_lag_seconds == pytest.approx(NOW - 97.0)
 
 
 def test_offset_clock_when_no_heartbeat() -> None:

@@ -83,6 +83,18 @@ class Driver:
 
         return self.loop.run_until_complete(once())
 
+    def heartbeats(self, seconds: float, interval: float) -> None:
+        """Heartbeat writes every `interval` for `seconds`, as the daemon's writer does
+        between poll cycles (a cycle carries one write; the daemon writes more often)."""
+
+        async def run() -> None:
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                await self.monitor.write_heartbeat()
+                await asyncio.sleep(interval)
+
+        self.loop.run_until_complete(run())
+
     def until(self, predicate: Any, timeout: float, what: str) -> GroupSnapshot:
         deadline = time.monotonic() + timeout
         snap = self.cycle()

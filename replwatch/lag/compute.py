@@ -221,7 +221,10 @@ def compute_group(
         hb_seen = sample.heartbeat if reachable else mem.heartbeat
         hb_lag: float | None = None
         if heartbeat is not None and hb_seen is not None:
-            mono = sample.at if reachable else now_mono
+            # as of the reply: the GET may have waited behind the replication stream on a
+            # starved link (the follower was read late, not early), so the reply time bounds
+            # the error upward by the round trip instead of hiding up to half of it
+            mono = sample.finished if reachable else now_mono
             hb_lag = heartbeat.lag_of(hb_seen, mono, now_wall - (now_mono - mono))
 
         current = reachable and link_up and not syncing and same_stream

@@ -120,6 +120,7 @@ class Fleet:
         self.probers: dict[str, tuple[WaitProber, float]] = {}
         self.discovery: dict[str, DiscoveryStatus] = {}
         self._configs: dict[str, GroupConfig] = {}
+        self._names: list[str] | None = None  # the group names the stores were last told
         self._set_config(cfg)
         self.reconcile(quiet=True)
 
@@ -154,6 +155,12 @@ class Fleet:
     def _set_config(self, cfg: Config) -> None:
         self.cfg = cfg
         self._configs = {g.name: g for g in cfg.groups}
+        # built once per config: reconcile runs every poll interval when discovery groups exist
+        self._static = {
+            g.name: MonitoredGroup.static(g, AddressMap(cfg.address_map_of(g)))
+            for g in cfg.groups
+            if g.source == "static"
+        }
         old = self.discovery
         self.discovery = {}
         for g in cfg.groups:
@@ -224,7 +231,7 @@ class Fleet:
         desired: dict[str, MonitoredGroup] = {}
         for group in self.cfg.groups:
             if group.source == "static":
-                found = [MonitoredGroup.static(group, AddressMap(self.cfg.address_map_of(group)))]
+                found = [self._static[group.name]]
             else:
                 found = self.discovery[group.name].found
             for mg in found:
@@ -292,13 +299,15 @@ class Fleet:
                 monitor.retarget(group)
             self._sync_prober(group)
         names = sorted(desired)
-        self.store.expect(names)
-        if self.routing is not None:
-            self.routing.forget_except(names)
-        if self.probe_store is not None:
-            self.probe_store.forget_except(names)
-        for forget in self.forget_others:
-            forget(names)
+        if names != self._names:  # the stores forget departed groups only when some went
+            self._names = names
+            self.store.expect(names)
+            if self.routing is not None:
+                self.routing.forget_except(names)
+            if self.probe_store is not None:
+                self.probe_store.forget_except(names)
+            for forget in self.forget_others:
+                forget(names)
         for line in changes:
             log.log(logging.DEBUG if quiet else logging.INFO, "%s", line)
         return changes
