@@ -6,6 +6,7 @@ docs/prometheus/ (promtool-checked and embedded verbatim in docs/sharding.md).""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import subprocess
@@ -432,12 +433,16 @@ def test_two_daemons_watch_every_group_exactly_once(
                 return None
             return groups if d.samples("replwatch_last_poll_timestamp_seconds") else None
 
-        seen = [
-            wait_for(lambda d=d: groups_of(d), 20, f"{d.log_path.name}: every group polled")
-            for d in daemons
-        ]
+        owned = [{n for n, shard in expected.items() if shard == i} for i in (1, 2)]
+        # each daemon's groups appear as their first cycles finish: wait for its whole set
+        # (a daemon that polled a group of the other shard would never match)
+        seen: list[set[str] | None] = []
+        for d, mine in zip(daemons, owned, strict=True):
+            with contextlib.suppress(AssertionError):  # the assertion below says what differs
+                wait_for(lambda d=d, mine=mine: groups_of(d) == mine, 20, "its groups polled")
+            seen.append(groups_of(d))
         for i, groups in enumerate(seen, 1):
-            assert groups == {n for n, shard in expected.items() if shard == i}
+            assert groups == owned[i - 1]
             assert daemons[i - 1].samples("replwatch_shard_info") == [
                 {"index": str(i), "count": "2", "value": "1.0"}
             ]
