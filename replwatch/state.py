@@ -55,6 +55,19 @@ class ReplicaView:
     seconds_since_contact: float | None
 
 
+def link_state(r: ReplicaView) -> str:
+    """The replica's link in one word: unreachable, full-sync, down, other-master or up."""
+    if not r.reachable:
+        return "unreachable"
+    if r.sync_in_progress:
+        return "full-sync"
+    if not r.link_up:
+        return "down"
+    if not r.following_master:
+        return "other-master"
+    return "up"
+
+
 @dataclass(frozen=True, slots=True)
 class GroupSnapshot:
     name: str

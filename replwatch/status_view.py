@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from replwatch.state import GroupSnapshot, ReplicaView
+from replwatch.state import GroupSnapshot, link_state
 
 
 def _seconds(value: float | None, exact: bool = True) -> str:
@@ -21,18 +21,6 @@ def _bytes(value: int | None) -> str:
         if value >= size:
             return f"{value / size:.1f}{unit}"
     return f"{value}B"
-
-
-def _link(r: ReplicaView) -> str:
-    if not r.reachable:
-        return "unreachable"
-    if r.sync_in_progress:
-        return "full-sync"
-    if not r.link_up:
-        return "down"
-    if not r.following_master:
-        return "other-master"
-    return "up"
 
 
 def render_table(snapshots: Sequence[GroupSnapshot]) -> str:
@@ -61,7 +49,7 @@ def render_table(snapshots: Sequence[GroupSnapshot]) -> str:
             rows.append(
                 (
                     name,
-                    _link(r),
+                    link_state(r),
                     _bytes(r.lag_bytes),
                     _seconds(r.lag_seconds),
                     _seconds(r.heartbeat_lag_seconds),

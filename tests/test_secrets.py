@@ -27,7 +27,6 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
@@ -35,7 +34,7 @@ import bcrypt
 import pytest
 
 from .daemons import RunningDaemon, fetch, value
-from .harness import RedisProcess, ServerSet, free_port, require_build, wait_for
+from .harness import RedisProcess, ServerSet, free_port, wait_for
 from .tlsfiles import make_pki
 
 MONITOR_RULES = (
@@ -64,12 +63,6 @@ def add_user(server: RedisProcess, user: str, password: str, rules: str) -> None
     server.client().execute_command("ACL", "SETUSER", user, *rules.split(), f">{password}")
 
 
-@pytest.fixture
-def servers(tmp_path: Path) -> Iterator[ServerSet]:
-    with ServerSet(require_build("redis-7.0"), tmp_path) as started:
-        yield started
-
-
 def run_cli(*args: str, env: dict[str, str] | None = None) -> str:
     proc = subprocess.run(
         [sys.executable, "-m", "replwatch", *args],
@@ -83,7 +76,8 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> str:
     return f"$ replwatch {args[0]} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
 
 
-def test_no_secret_leaves_replwatch(servers: ServerSet, tmp_path: Path) -> None:
+def test_no_secret_leaves_replwatch(debian_servers: ServerSet, tmp_path: Path) -> None:
+    servers = debian_servers
     s = Secrets
     master = servers.start("master")
     replica = servers.start("replica", replica_of=master)

@@ -24,7 +24,6 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 RED = (0xD9, 0x30, 0x25)
 GREEN = (0x1E, 0x8E, 0x3E)
-BLUE = (0x1A, 0x73, 0xE8)
 
 
 def require_browser() -> None:
@@ -63,14 +62,6 @@ def browser(tmp_path: Path) -> Iterator[Any]:
         yield driver
     finally:
         driver.quit()  # stops chromedriver and the browser it started
-
-
-@pytest.fixture
-def servers(tmp_path: Path) -> Iterator[ServerSet]:
-    from .harness import require_build
-
-    with ServerSet(require_build("redis-7.0"), tmp_path) as started:
-        yield started
 
 
 class WriteLoad:
@@ -113,13 +104,27 @@ def colour_share(
         int((rect["y"] + rect["height"]) * ratio),
     )
     box = image.crop((left, top, max(left + 1, right), max(top + 1, bottom))).convert("RGB")
-    pixels = list(box.getdata())
+    raw = box.tobytes()
+    pixels = [tuple(raw[i : i + 3]) for i in range(0, len(raw), 3)]
     return sum(1 for p in pixels if rgb_near(p, color)) / max(1, len(pixels))
 
 
+def bluish_pixels(image: Any, rect: dict[str, float], ratio: float) -> int:
+    """Pixels of `rect` tinted towards the chart's blue (a short line is mostly anti-aliased
+    edge over the chart's grey, not the exact colour)."""
+    left, top = int(rect["x"] * ratio), int(rect["y"] * ratio)
+    right = int((rect["x"] + rect["width"]) * ratio) + 1
+    bottom = int((rect["y"] + rect["height"]) * ratio) + 1
+    raw = image.crop((left, top, right, bottom)).convert("RGB").tobytes()
+    return sum(
+        1 for i in range(0, len(raw), 3) if raw[i + 2] - raw[i] >= 40 and raw[i + 2] > raw[i + 1]
+    )
+
+
 def test_status_page_shows_lag_rising_and_routing_flipping(
-    servers: ServerSet, browser: Any, tmp_path: Path
+    debian_servers: ServerSet, browser: Any, tmp_path: Path
 ) -> None:
+    servers = debian_servers
     from PIL import Image
 
     master = servers.start("master")
@@ -226,11 +231,12 @@ groups:
             assert colour_share(image, rects["badge"], RED, ratio) > 0.4
             border = dict(rects["group"], width=5)
             assert colour_share(image, border, RED, ratio) > 0.6
-            # the chart spans the last 5 minutes: a few seconds of history is a short line at
-            # its right end, climbing (the lag rose): drawn, and going up
-            assert colour_share(image, rects["chart"], BLUE, ratio) * 180 * 36 >= 2
+            # the chart spans the last 5 minutes in 3 s buckets: a few seconds of history is a
+            # short line at its right end whose newest bucket holds the highest lag so far (the
+            # top of the chart: SVG y grows downwards)
+            assert bluish_pixels(image, rects["chart"], ratio) >= 1
             ys = [float(p.split(",")[1]) for p in chart_points]
-            assert len(ys) >= 2 and ys[-1] < ys[0], chart_points
+            assert ys and ys[-1] == min(ys) and ys[-1] < 10, chart_points
 
             # resumed, it catches up: back in rotation, on screen
             wait_for(lambda: "in rotation" in cell("routing"), 30, "back in rotation")

@@ -32,7 +32,6 @@ import re
 import secrets
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +44,7 @@ from replwatch.observe.connection import Connection
 
 from .clustering import Cluster
 from .daemons import RunningDaemon, value
-from .harness import RedisProcess, ServerSet, free_port, require_build, wait_for
+from .harness import RedisProcess, ServerSet, free_port, wait_for
 from .sentinels import SentinelProcess
 from .tlsfiles import PKI, CertPair, make_pki, redis_tls_args
 
@@ -124,12 +123,6 @@ def only_config_get(denials: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [d for d in denials if decoded(d.get("object")) != "config|get"]
 
 
-@pytest.fixture
-def servers(tmp_path: Path) -> Iterator[ServerSet]:
-    with ServerSet(require_build("redis-7.0"), tmp_path) as started:
-        yield started
-
-
 def secret_file(directory: Path, name: str, value: str) -> Path:
     path = directory / name
     path.write_text(value + "\n")
@@ -137,7 +130,10 @@ def secret_file(directory: Path, name: str, value: str) -> Path:
     return path
 
 
-def test_daemon_over_tls_as_minimal_acl_users(servers: ServerSet, pki: PKI, tmp_path: Path) -> None:
+def test_daemon_over_tls_as_minimal_acl_users(
+    debian_servers: ServerSet, pki: PKI, tmp_path: Path
+) -> None:
+    servers = debian_servers
     master = TLSServer(servers, "master", pki)
     replica = TLSServer(servers, "replica", pki, replica_of=master)
     # a third server whose certificate names only redis.internal: its group overrides just
@@ -201,8 +197,13 @@ groups:
                 line
                 for line in seen[0].splitlines()
                 if line.startswith(
-                    ("replwatch_node_up", "replwatch_node_last_error", "replwatch_probe",
-                     "replwatch_routing_in_rotation", "replwatch_replica_heartbeat_lag")
+                    (
+                        "replwatch_node_up",
+                        "replwatch_node_last_error",
+                        "replwatch_probe",
+                        "replwatch_routing_in_rotation",
+                        "replwatch_replica_heartbeat_lag",
+                    )
                 )
             ]
             raise AssertionError("\n".join([*interesting, daemon.log_text()[-2000:]])) from None
@@ -270,7 +271,8 @@ def open_once(server: TLSServer, tls: TLSConfig) -> str | None:
     return asyncio.run(attempt())
 
 
-def test_tls_verification_is_on_by_default(servers: ServerSet, pki: PKI) -> None:
+def test_tls_verification_is_on_by_default(debian_servers: ServerSet, pki: PKI) -> None:
+    servers = debian_servers
     plain = TLSServer(servers, "ip-cert", pki)
     named = TLSServer(servers, "named-cert", pki, pki.named_server)
     client = {"cert_file": pki.client.cert, "key_file": pki.client.key}
@@ -294,7 +296,10 @@ def test_tls_verification_is_on_by_default(servers: ServerSet, pki: PKI) -> None
     assert open_once(plain, TLSConfig(ca_file=pki.ca)) in ("tls", "reset")
 
 
-def test_sync_over_tls_as_minimal_acl_users(servers: ServerSet, pki: PKI, tmp_path: Path) -> None:
+def test_sync_over_tls_as_minimal_acl_users(
+    debian_servers: ServerSet, pki: PKI, tmp_path: Path
+) -> None:
+    servers = debian_servers
     source = TLSServer(servers, "source", pki)
     target = TLSServer(servers, "target", pki)
     source_pw, target_pw = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
@@ -378,8 +383,9 @@ sync:
 
 
 def test_sentinel_group_over_tls_as_minimal_acl_users(
-    servers: ServerSet, pki: PKI, tmp_path: Path
+    debian_servers: ServerSet, pki: PKI, tmp_path: Path
 ) -> None:
+    servers = debian_servers
     """A Sentinel group where the Sentinel, the master and the replica all speak TLS only to
     replwatch: discovery asks the Sentinel over TLS as the documented discovery user, and the
     nodes it names (their TLS ports: replication over TLS announces them) are polled over TLS
@@ -466,8 +472,9 @@ def tls_port_of(proc: RedisProcess) -> int:
 
 
 def test_cluster_over_tls_discovery_and_sync(
-    servers: ServerSet, pki: PKI, tmp_path: Path
+    debian_servers: ServerSet, pki: PKI, tmp_path: Path
 ) -> None:
+    servers = debian_servers
     """A Redis Cluster whose nodes speak TLS (tls-cluster yes: they announce their TLS
     ports): a cluster group discovers its shards over TLS and polls them there, a sync task
     copies a TLS source into the TLS cluster as a cluster target, and another copies the
@@ -524,6 +531,7 @@ sync:
 
         wait_for(lambda: copied() >= 300, 30, f"the copy; {daemon.log_text()[-1500:]}")
         src.set("key:stream", "over-tls")
+
         def streamed() -> bool:
             for node in cluster.nodes:
                 try:

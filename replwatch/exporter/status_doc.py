@@ -17,7 +17,7 @@ from typing import Any
 from replwatch.lag.history import LagSeries
 from replwatch.observe.probe import ProbeResult
 from replwatch.routing.policy import RoutingTable
-from replwatch.state import GroupSnapshot, ReplicaView
+from replwatch.state import GroupSnapshot, ReplicaView, link_state
 from replwatch.sync.watch import SyncTaskView
 
 SEVERITY_ORDER = {"bad": 0, "warn": 1, "ok": 2}
@@ -39,18 +39,6 @@ class StatusSources:
     poll_interval: float
     history_window: float
     version: str
-
-
-def link_state(r: ReplicaView) -> str:
-    if not r.reachable:
-        return "unreachable"
-    if r.sync_in_progress:
-        return "full-sync"
-    if not r.link_up:
-        return "down"
-    if not r.following_master:
-        return "other-master"
-    return "up"
 
 
 def backlog_risk(ratio: float | None) -> str | None:
