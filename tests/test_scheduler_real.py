@@ -198,6 +198,13 @@ def test_black_holed_group_delays_only_itself(servers: Servers) -> None:
                 assert healthy.replicas[0].link_up
             assert count(stats, "poll", "healthy", "completed") == 3
             assert count(stats, "poll", "holed", "completed") == 3
+            # the scheduled heartbeat round leaves the master the poll found down alone (no
+            # connect attempt per round); the healthy group's write goes on
+            skipped = count(stats, "heartbeat", "holed", "skipped")
+            ok = count(stats, "heartbeat", "healthy", "ok")
+            await sched.heartbeat_round()
+            assert count(stats, "heartbeat", "holed", "skipped") == skipped + 1
+            assert count(stats, "heartbeat", "healthy", "ok") == ok + 1
         finally:
             sched.shutdown()
             hole.close()
