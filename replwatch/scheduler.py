@@ -12,6 +12,7 @@ import contextlib
 import functools
 import logging
 import threading
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 
@@ -26,7 +27,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from replwatch.observe.connection import InFlight
 from replwatch.observe.group_monitor import GroupMonitor, PollCycle
 from replwatch.observe.heartbeat import HeartbeatWriter
-from replwatch.observe.probe import WaitProber
+from replwatch.observe.probe import ProbeResult, WaitProber
 from replwatch.routing.engine import RoutingEngine
 from replwatch.routing.publisher import RoutingPublisher
 from replwatch.state import GroupSnapshot, ProbeStore, SnapshotStore
@@ -343,6 +344,20 @@ class MonitorScheduler:
                 continue
             prober, _ = entry
             if detach_slow and self._master_down(name):
+                # no connect: the probe fails as the poll did (the probe metrics say so)
+                if self.probe_store is not None:
+                    self.probe_store.record(
+                        ProbeResult(
+                            name,
+                            "error",
+                            None,
+                            None,
+                            None,
+                            reason="master_down",
+                            message="the poll cannot reach the master",
+                            at=time.time(),
+                        )
+                    )
                 self.stats.add("probe", name, "skipped")
                 continue
             inflight = prober.begin()
