@@ -320,6 +320,7 @@ class Daemon:
         if self.reload_config is not None and threading.current_thread() is threading.main_thread():
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+        self.http.work.attach(loop)  # renders run on this loop from now on (loop_work.py)
         self.http.start()
         log.info(
             "replwatch listening on %s://%s:%d/metrics, watching %d group(s), %d sync task(s)%s",
@@ -347,7 +348,9 @@ class Daemon:
             self.sync_watchers.close()
             if self.supervisor is not None:
                 await asyncio.to_thread(self.supervisor.stop)
-            self.http.stop()
+            # in a thread: a scrape being answered may wait for a render on this loop
+            await asyncio.to_thread(self.http.stop)
+            self.http.work.attach(None)
 
     def stop(self) -> None:
         if self._stop is not None:

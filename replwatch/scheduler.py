@@ -306,9 +306,7 @@ class MonitorScheduler:
             writer = monitor.writer
             if writer is None or self._in_flight("heartbeat", name):
                 continue
-            if monitor.master_is_master is False or (
-                detach_slow and self._master_down(name)
-            ):
+            if monitor.master_is_master is False or self._master_down(name):
                 self.stats.add("heartbeat", name, "skipped")
                 continue
             inflight = writer.begin()

@@ -7,6 +7,7 @@ AdminAPI (replwatch/admin/api.py) whole: this module does no task work itself.""
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import ssl
@@ -21,6 +22,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 from replwatch.admin.api import MAX_BODY, PREFIX, AdminAPI, token_matches
+from replwatch.exporter.exposition import FastEncoder, fast_encoder_for
+from replwatch.exporter.loop_work import LoopWork
 from replwatch.exporter.status_page import CONTENT_SECURITY_POLICY, StatusPage
 from replwatch.routing.engine import RoutingEngine
 from replwatch.web_config import REALM, WebConfigSource, WebSettings, token_header_value
@@ -135,7 +138,7 @@ class _Handler(BaseHTTPRequestHandler):
         elif path == "/metrics":
             encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
             try:
-                body = self.server.render(encoder)
+                body = self.server.render(encoder, content_type)
             except Exception:  # a collector bug must not kill the server thread
                 log.exception("rendering /metrics failed")
                 self._send(500, "text/plain; charset=utf-8", b"error rendering metrics\n")
@@ -159,7 +162,7 @@ class _Handler(BaseHTTPRequestHandler):
         elif path == "/status.json" and self.server.status is not None:
             gzipped = "gzip" in self.headers.get("Accept-Encoding", "")
             try:
-                body = self.server.status.document(gzipped)
+                body = self.server.status.document(gzipped, self.server.work.call)
             except Exception:  # a rendering bug must not kill the server thread
                 log.exception("rendering /status.json failed")
                 self._send(500, "text/plain; charset=utf-8", b"error rendering status\n")
@@ -350,7 +353,10 @@ class ExporterHTTPServer(ThreadingHTTPServer):
         # POST /-/reload: () -> (ok, message); set by the daemon when it can reload
         self.reload: Callable[[], tuple[bool, str]] | None = None
         self.is_ready = is_ready
-        self._render_gates: dict[Encoder, RenderGate] = {}
+        # the renders run on the daemon's event loop once it attaches (loop_work.py)
+        self.work = LoopWork()
+        self._render_gates: dict[str, RenderGate] = {}  # per content type
+        self._encoders: dict[str, FastEncoder] = {}  # per content type (exposition.py)
         self._gates_lock = threading.Lock()
         super().__init__(address, _Handler)
         self._thread: threading.Thread | None = None
@@ -390,13 +396,21 @@ class ExporterHTTPServer(ThreadingHTTPServer):
     def scheme(self) -> str:
         return "https" if self.web is not None and self.web.tls else "http"
 
-    def render(self, encoder: Encoder) -> bytes:
-        """The exposition in `encoder`'s format, through that format's RenderGate."""
+    def render(self, encoder: Encoder, content_type: str) -> bytes:
+        """The exposition in `encoder`'s format, through that format's RenderGate (one per
+        content type: choose_encoder makes a new encoder object per OpenMetrics request, so
+        keyed by encoder every Prometheus scrape would get a gate of its own, kept forever)."""
         with self._gates_lock:
-            gate = self._render_gates.get(encoder)
+            gate = self._render_gates.get(content_type)
             if gate is None:
-                gate = self._render_gates[encoder] = RenderGate(encoder)
+                fast = fast_encoder_for(encoder, content_type, self._encoders)
+                gate = self._render_gates[content_type] = RenderGate(
+                    functools.partial(self._render_on_loop, fast)
+                )
         return gate.render(self.registry)
+
+    def _render_on_loop(self, encoder: Encoder, registry: CollectorRegistry) -> bytes:
+        return self.work.render(registry, encoder)
 
     @property
     def bound_port(self) -> int:
