@@ -279,8 +279,9 @@ class MonitorScheduler:
             log.error("%s of group %s failed: %s", kind, name, task.exception())
 
     def _master_down(self, name: str) -> bool:
-        """The group's newest poll could not reach its master: the scheduled heartbeat and
-        probe rounds leave it alone until a poll sees it again (a black-holed master would
+        """The group's newest poll could not reach its master: the heartbeat writes (the
+        scheduled rounds' and the poll cycle's own) and the scheduled probe rounds leave it
+        alone until a poll sees it again (a black-holed master would
         otherwise cost a connect attempt per round, ~6 a second, instead of one per cycle)."""
         snapshot = self.store.get(name)
         return snapshot is not None and not snapshot.master_up

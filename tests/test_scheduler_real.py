@@ -198,6 +198,11 @@ def test_black_holed_group_delays_only_itself(servers: Servers) -> None:
                 assert healthy.replicas[0].link_up
             assert count(stats, "poll", "healthy", "completed") == 3
             assert count(stats, "poll", "holed", "completed") == 3
+            # the cycles' own heartbeats: carried in the healthy master's pipeline; the holed
+            # master, down since the first cycle, gets no write (and no connect) of its own
+            assert count(stats, "heartbeat", "healthy", "ok") == 2
+            assert count(stats, "heartbeat", "holed", "skipped") == 2
+            assert count(stats, "heartbeat", "holed", "failed") == 0
             # the scheduled heartbeat round leaves the master the poll found down alone (no
             # connect attempt per round); the healthy group's write goes on
             skipped = count(stats, "heartbeat", "holed", "skipped")
