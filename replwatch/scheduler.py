@@ -119,7 +119,7 @@ class MonitorScheduler:
         )
         self._next_poll: float | None = None  # loop time the tick job's next poll cycle is due
         self._poll_task: asyncio.Task[None] | None = None
-        self._heartbeat_task: asyncio.Task[None] | None = None
+        self._heartbeat_rounds: set[asyncio.Task[None]] = set()  # may overlap (see tick)
         # per kind ("heartbeat", "probe"), per group: a write or probe that needed the slow
         # path (a connect) and runs on its own, outside the rounds (see _detach)
         self._detached: dict[str, dict[str, asyncio.Task[None]]] = {
@@ -310,6 +310,9 @@ class MonitorScheduler:
             if monitor.master_is_master is False or self._master_down(name):
                 self.stats.add("heartbeat", name, "skipped")
                 continue
+            if writer.busy:  # its write from an earlier round is still out
+                self.stats.add("heartbeat", name, "skipped_overrun")
+                continue
             inflight = writer.begin()
             if inflight is None:
                 slow.append(name)
@@ -479,8 +482,10 @@ class MonitorScheduler:
         the poll cycle instead, carrying that round's heartbeats. Both run as tasks of their
         own and the job returns at once: a job still running at its next turn makes
         APScheduler skip that turn, and a cadence counted in turns would then stretch every
-        group's poll interval. A round or a poll cycle still running when its next turn
-        comes is skipped and counted (skipped_overrun, group "all")."""
+        group's poll interval. A poll cycle still running when its next turn comes is
+        skipped and counted (skipped_overrun, group "all"). Heartbeat rounds may overlap: a
+        group whose write from an earlier round is still out sits the new round out
+        (skipped_overrun, that group), the other groups write on time."""
         now = asyncio.get_running_loop().time()
         due = self._next_poll
         assert self.heartbeat_interval is not None
@@ -495,11 +500,12 @@ class MonitorScheduler:
                 self._poll_task.add_done_callback(functools.partial(self._round_done, "poll"))
                 return
             self.stats.add("poll", "all", "skipped_overrun")
-        if self._heartbeat_task is not None and not self._heartbeat_task.done():
-            self.stats.add("heartbeat", "all", "skipped_overrun")
-            return
-        self._heartbeat_task = asyncio.ensure_future(self.heartbeat_round())
-        self._heartbeat_task.add_done_callback(functools.partial(self._round_done, "heartbeat"))
+        # a heartbeat round starts even while the previous one still waits for a late reply:
+        # only the groups whose write is still out sit it out (heartbeat_all), not all of them
+        task = asyncio.ensure_future(self.heartbeat_round())
+        self._heartbeat_rounds.add(task)
+        task.add_done_callback(self._heartbeat_rounds.discard)
+        task.add_done_callback(functools.partial(self._round_done, "heartbeat"))
 
     def _round_done(self, kind: str, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
@@ -520,7 +526,7 @@ class MonitorScheduler:
     def shutdown(self) -> None:
         if self._scheduler.running:
             self._scheduler.shutdown(wait=False)
-        for task in (self._poll_task, self._heartbeat_task):
+        for task in (self._poll_task, *self._heartbeat_rounds):
             if task is not None:
                 task.cancel()
         for pending in self._detached.values():

@@ -62,6 +62,7 @@ class HeartbeatWriter:
         self.last_error: str | None = None
         self.writes_ok = 0
         self.writes_failed = 0
+        self._out: InFlight | None = None  # the newest begin()'s write, until finish()
 
     async def write_once(self) -> bool:
         started = time.monotonic()
@@ -90,13 +91,22 @@ class HeartbeatWriter:
         if self._conn is None or self._conn.closed:
             return None
         try:
-            return self._conn.send_pipeline(self._evalsha, 1)
+            self._out = self._conn.send_pipeline(self._evalsha, 1)
         except RedisError:
             return None
+        return self._out
+
+    @property
+    def busy(self) -> bool:
+        """A begin()'s write is still out (sent in an earlier round, not finished yet): the
+        next round leaves this writer out instead of queueing a second write behind it."""
+        return self._out is not None
 
     def finish(self, inflight: InFlight) -> bool | None:
         """Account for a begin()'s write. None: the script was not loaded yet (NOSCRIPT);
         call write_once, which loads it."""
+        if self._out is inflight:
+            self._out = None
         future = inflight.future
         if not future.done():
             future.cancel()  # abandoned: closing the connection must not leave an error unread
