@@ -276,8 +276,9 @@ class SnapshotCollector(Collector):
         runs = CounterMetricFamily(
             "replwatch_scheduler_runs",
             "Scheduled job runs by job kind (poll, heartbeat), group and outcome: completed, "
-            "ok, failed, skipped (heartbeat while the master is a replica), missed / "
-            "skipped_overrun (the previous run still going), error.",
+            "ok, failed, skipped (heartbeat or probe while the master is a replica or "
+            "down), missed / skipped_overrun (the previous run still going; for heartbeats "
+            "per group: that group's earlier write still unanswered), error.",
             labels=["job", "group", "outcome"],
         )
         for (kind, group, what), count in self.stats.items():
