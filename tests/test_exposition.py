@@ -28,7 +28,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
 from prometheus_client.samples import Exemplar
 
-from replwatch.exporter.exposition import FastEncoder, fast_encoder_for, go_float
+from replwatch.exporter.exposition import Families, FastEncoder, fast_encoder_for, go_float
 from replwatch.exporter.server import RenderGate
 
 # what Prometheus 2 and 3 send, what curl sends, and the explicit variants
@@ -43,14 +43,6 @@ ACCEPTS = [
     "text/plain;version=1.0.0;escaping=dots",
     "application/openmetrics-text;version=1.0.0;escaping=values",
 ]
-
-
-class Families:
-    def __init__(self, families: list[Metric]) -> None:
-        self.families = families
-
-    def collect(self) -> list[Metric]:
-        return self.families
 
 
 def gauge(name: str = "g", doc: str = "A gauge.", **labels: str) -> GaugeMetricFamily:

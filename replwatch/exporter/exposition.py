@@ -38,7 +38,9 @@ _EOF = b"# EOF\n"
 LABEL_CACHE_LIMIT = 100_000
 
 
-class _Families:
+class Families:
+    """A registry stand-in for the encoders: collect() gives the families handed in."""
+
     def __init__(self, families: Iterable[Metric]) -> None:
         self._families = families
 
@@ -102,7 +104,7 @@ class FastEncoder:
                 self._family(family, out)
             except _NotSimple:
                 del out[mark:]
-                body = self._reference(_Families([family]))
+                body = self._reference(Families([family]))
                 out.append(body[: len(body) - len(self.trailer)].decode("utf-8"))
         return "".join(out).encode("utf-8")
 

@@ -25,13 +25,14 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import CancelledError as FutureCancelled
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, TypeVar
 
-from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
+
+from replwatch.exporter.exposition import Families
 
 log = logging.getLogger("replwatch.http")
 T = TypeVar("T")
@@ -40,19 +41,9 @@ SLICE_SECONDS = 0.004
 TIMEOUT_SECONDS = 10.0
 
 
-class _Families:
-    """A registry stand-in for the encoders: collect() gives the families handed in."""
-
-    def __init__(self, families: Iterable[Metric]) -> None:
-        self._families = families
-
-    def collect(self) -> Iterable[Metric]:
-        return self._families
-
-
 def trailer(encoder: Encoder) -> bytes:
     """What the format puts after the last family (OpenMetrics: `# EOF`; text: nothing)."""
-    return encoder(_Families(()))
+    return encoder(Families(()))
 
 
 async def render_in_slices(
@@ -65,7 +56,7 @@ async def render_in_slices(
     clock = time.perf_counter
     slice_end = clock() + slice_seconds
     for family in registry.collect():
-        parts.append(_strip(encoder(_Families((family,))), end))
+        parts.append(_strip(encoder(Families((family,))), end))
         if clock() >= slice_end:
             await asyncio.sleep(0)
             slice_end = clock() + slice_seconds
