@@ -21,10 +21,10 @@ import redis
 import yaml
 
 from replwatch.config import ClusterTarget, SyncTask, TLSConfig, config_from_data, iter_secrets
-from replwatch.errors import ConfigError
+from replwatch.errors import ConfigError, RedisError
 from replwatch.observe.connection import encode_command
 from replwatch.sync.checkpoint import Checkpoint, checkpoint_key
-from replwatch.sync.cluster_target import split_payload
+from replwatch.sync.cluster_target import ClusterTargetLink, split_payload
 from replwatch.sync.slots import (
     SLOTS,
     CrossSlotError,
@@ -39,6 +39,7 @@ from replwatch.sync.slots import (
     slot_tags,
 )
 from replwatch.sync.watch import SyncTaskView, SyncWatcher
+from replwatch.sync.writer import CLIENT_NAME
 
 from .clustering import Cluster, assert_same_data
 from .datasets import build_dataset, connect
@@ -270,6 +271,50 @@ def cluster_task(source: RedisProcess, cluster: Cluster, **options: object) -> S
     task = {"name": TASK, "source": source.url, "target": cluster.target_config()} | options
     cfg = config_from_data({"sync": {"tasks": [task]}})
     return cfg.sync.tasks[0]
+
+
+def test_a_session_claims_every_master_and_each_node_it_opens_later(
+    debian_servers: ServerSet, cluster: Cluster
+) -> None:
+    """Exactly once with a cluster target: a new session closes the task's earlier
+    connections on every master (what a cut-off session sent and a node has not run yet then
+    never runs), and on a node it connects to later (after a failover or resharding) too;
+    other tasks' connections stay."""
+    task = cluster_task(debian_servers.start("source"), cluster)
+    target = task.target
+    assert isinstance(target, ClusterTarget)
+    name = f"{CLIENT_NAME}:{TASK}"
+    old = ClusterTargetLink(target, None, 5, name)
+    other = ClusterTargetLink(target, None, 5, f"{name}-other")
+    new = ClusterTargetLink(target, None, 5, name)
+    later: ClusterTargetLink | None = None
+    try:
+        masters = list(new.masters)
+        assert len(masters) == 3
+        for link in (old, other):
+            for address in masters:
+                link.link(address)  # a connection to every master, as a busy session has
+        assert new.close_others_named() == len(masters)
+        for address in masters:
+            with pytest.raises(RedisError):
+                old.links[address].call("PING")
+            assert other.links[address].call("PING") == b"PONG"
+            assert new.links[address].call("PING") == b"PONG"
+        assert new.close_others_named() == 0
+        # a session started after the claim; then `new` connects to one master afresh
+        later = ClusterTargetLink(target, None, 5, name)
+        for address in masters:
+            later.link(address)
+        new._forget(masters[0])
+        new.link(masters[0])
+        with pytest.raises(RedisError):
+            later.links[masters[0]].call("PING")
+        for address in masters[1:]:
+            assert later.links[address].call("PING") == b"PONG"
+    finally:
+        for link in (old, other, new, later):
+            if link is not None:
+                link.close()
 
 
 def record(cluster: Cluster) -> Checkpoint | None:

@@ -140,6 +140,51 @@ def child_pids(parent: int) -> list[int]:
     return [int(p) for p in out.split()]
 
 
+@pytest.mark.timeout(180)
+def test_a_burst_of_stop_signals_stops_a_task_cleanly(
+    debian_servers: ServerSet, tmp_path: Path
+) -> None:
+    """Two SIGTERMs are the rule when a daemon stops its tasks (the kernel's parent-death
+    signal as the supervisor's thread ends, then the supervisor's own). Taken in a Python
+    signal handler, the second ran inside the first while it held a threading.Event's lock:
+    the task hung until the supervisor's SIGKILL, its checkpoint left "incremental". Here a
+    task in its stream gets bursts of SIGTERM and SIGINT a millisecond or so apart: it exits
+    0, says "stopping" once, and its checkpoint says "stopped"."""
+    source = debian_servers.start("source")
+    target = debian_servers.start("target")
+    config = tmp_path / "sync.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {"sync": {"tasks": [{"name": TASK, "source": source.url, "target": target.url}]}}
+        )
+    )
+    command = [sys.executable, "-m", "replwatch", "sync", "run", "-c", str(config), "--task", TASK]
+    for attempt in range(8):
+        log = tmp_path / f"task-{attempt}.log"
+        with log.open("wb") as err:
+            proc = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+            )
+        try:
+            with connect(source) as client:
+                client.incr("attempts")
+            wait_caught_up(source, target)
+            for i in range(6):
+                proc.send_signal(signal.SIGTERM if i % 2 == 0 else signal.SIGINT)
+                time.sleep(0.0005 * i)
+            assert proc.wait(15) == 0, log.read_text()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert log.read_text().count("stopping (signal") == 1, log.read_text()
+        cp = checkpoint(target)
+        assert cp is not None and cp.state == "stopped", cp
+
+
 @pytest.mark.timeout(120)
 def test_daemon_supervises_task_processes(debian_servers: ServerSet, tmp_path: Path) -> None:
     source = debian_servers.start("source", extra=["--repl-backlog-size", "32mb"])

@@ -89,16 +89,22 @@ def open_target(
     named `client_name`) or a whole cluster (ClusterTargetLink; the config refuses `ha`
     with a cluster target)."""
     if isinstance(endpoint, ClusterTarget):
-        return ClusterTargetLink(endpoint, tls, timeout)
+        return ClusterTargetLink(endpoint, tls, timeout, client_name)
     return TargetLink(endpoint, tls, timeout, max_in_flight, fence=fence, client_name=client_name)
 
 
 class NodeLink(TargetLink):
     """A TargetLink whose batches are queued and written together (push)."""
 
-    def __init__(self, endpoint: RedisEndpoint, tls: TLSConfig | None, timeout: float) -> None:
+    def __init__(
+        self,
+        endpoint: RedisEndpoint,
+        tls: TLSConfig | None,
+        timeout: float,
+        client_name: str = CLIENT_NAME,
+    ) -> None:
         self.out: list[bytes] = []
-        super().__init__(endpoint, tls, timeout, NODE_IN_FLIGHT)
+        super().__init__(endpoint, tls, timeout, NODE_IN_FLIGHT, client_name=client_name)
 
     def queue(self, payload: bytes, batch: Batch) -> None:
         self.out.append(payload)
@@ -149,8 +155,16 @@ class ClusterTargetLink(TargetLink):
     with MOVED / ASK / TRYAGAIN followed. Also takes what the full sync sends to a plain
     TargetLink (call, send of snapshot batches, drain), routing each command by its key."""
 
-    def __init__(self, target: ClusterTarget, tls: TLSConfig | None, timeout: float) -> None:
+    def __init__(
+        self,
+        target: ClusterTarget,
+        tls: TLSConfig | None,
+        timeout: float,
+        client_name: str = CLIENT_NAME,
+    ) -> None:
         # (no TargetLink.__init__: this link is many connections, opened per node)
+        self.client_name = client_name
+        self._claimed = False  # close_others_named ran: every node opened later is claimed
         self.endpoint = target
         self.cluster = target
         self.tls = tls
@@ -176,9 +190,33 @@ class ClusterTargetLink(TargetLink):
     def link(self, address: Address) -> NodeLink:
         node = self.links.get(address)
         if node is None:
-            node = NodeLink(self.cluster.node(*address), self.tls, self.timeout)
+            node = NodeLink(self.cluster.node(*address), self.tls, self.timeout, self.client_name)
             self.links[address] = node
+            if self._claimed and node.close_others_named() is None:
+                log.warning(
+                    "target node %s refuses CLIENT LIST or CLIENT KILL: a batch of an earlier "
+                    "session cut off from it could still arrive and be applied twice",
+                    node.endpoint.label,
+                )
         return node
+
+    def close_others_named(self) -> int | None:
+        """On every master, close the other connections carrying this link's client name
+        (the task's earlier sessions: what they sent and a node has not executed yet then
+        never is), and do the same on each node this link connects to later (a new master
+        after a failover or a resharding). The number closed; None when a master refuses
+        CLIENT ID, LIST or KILL."""
+        nodes = [self.link(address) for address in self.masters]  # (opened unclaimed)
+        self._claimed = True
+        closed = 0
+        refused = False
+        for node in nodes:
+            count = node.close_others_named()
+            if count is None:
+                refused = True
+            else:
+                closed += count
+        return None if refused else closed
 
     def refresh_slots(self) -> None:
         """The slot map from CLUSTER SLOTS, asked of a known master, else the startup nodes."""

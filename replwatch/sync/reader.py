@@ -259,11 +259,13 @@ def command_length(argv: list[bytes]) -> int:
 
 
 def check_aligned(raw: bytearray, pos: int, label: str) -> None:
-    """Once a stream's reader holds no complete command: the commands taken end at `pos` in
-    `raw` (the bytes fed to the reader), where the next one (still incomplete) must start.
-    Spans are computed from the arguments' sizes (command_length), so a reply that is not an
-    array of bulk strings (a status line or a nested array as an argument) shows here as a
-    misaligned stream."""
+    """The commands taken end at `pos` in `raw` (the bytes fed to the reader), where the next
+    one must start (or the bytes end). Spans are computed from the arguments' sizes
+    (command_length), so a reply that is not an array of bulk strings (a status line or an
+    integer as an argument: each is 3 bytes shorter than its bulk string) shows here as a
+    misaligned stream: checked after every command, before it is handed on (the span then
+    ends inside the next command or past the bytes read), and again once the reader holds no
+    complete command."""
     if pos != len(raw) and (pos > len(raw) or raw[pos] != 42):  # b"*"
         raise ProtocolFailure(
             f"replication stream from {label} is not a stream of commands "
@@ -431,8 +433,11 @@ class SourceLink:
                     "all bulk strings"
                 ) from None
             start = self.raw_pos
-            self.raw_pos = start + 3 + len(str(n)) + 3 * n + sum(sizes) + len(repr(sizes))
-            yield argv, start, self.raw_pos
+            self.raw_pos = end = start + 3 + len(str(n)) + 3 * n + sum(sizes) + len(repr(sizes))
+            raw = self.raw
+            if end > len(raw) or (end < len(raw) and raw[end] != 42):  # b"*"
+                check_aligned(raw, end, label)  # raises: not an array of bulk strings
+            yield argv, start, end
 
     def receive(self) -> None:
         """Read what the socket has into the command parser (blocking up to the timeout)."""

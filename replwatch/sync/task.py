@@ -399,20 +399,17 @@ class SyncTaskRunner:
         after a new session read the checkpoint, and they would be applied twice (and move
         the checkpoint back). So every other connection of the task on the target (its
         client name) is closed first: what it has not executed then never is."""
-        if not isinstance(target, ClusterTargetLink):  # (one link per node: not claimed)
-            closed = target.close_others_named()
-            if closed is None:
-                log.warning(
-                    "task %s: target %s refuses CLIENT LIST or CLIENT KILL: a batch of an "
-                    "earlier session that was cut off from it could still arrive after this "
-                    "session resumed, and be applied twice (allow both to the task's user)",
-                    self.task.name,
-                    self.task.target.label,
-                )
-            elif closed:
-                log.info(
-                    "task %s: closed %d connection(s) of earlier sessions", self.task.name, closed
-                )
+        closed = target.close_others_named()  # a cluster target: on every master
+        if closed is None:
+            log.warning(
+                "task %s: target %s refuses CLIENT LIST or CLIENT KILL: a batch of an "
+                "earlier session that was cut off from it could still arrive after this "
+                "session resumed, and be applied twice (allow both to the task's user)",
+                self.task.name,
+                self.task.target.label,
+            )
+        elif closed:
+            log.info("task %s: closed %d connection(s) of earlier sessions", self.task.name, closed)
         return target.read_checkpoint(self.task.name)
 
     # ------------------------------------------------------------------ full sync
@@ -1066,6 +1063,7 @@ class _StreamApplier:
             return self._consume_filtered(link)
         gets = link.reader.gets
         pos = link.raw_pos
+        raw = link.raw
         special = _SPECIAL
         prefix = _CHECKPOINT_PREFIX
         batch_size, batch_bytes = self.batch_size, self.batch_bytes
@@ -1097,6 +1095,8 @@ class _StreamApplier:
                     ) from None
                 start = pos
                 pos += 3 + len(str(n)) + 3 * n + sum(sizes) + len(repr(sizes))
+                if pos > len(raw) or (pos < len(raw) and raw[pos] != 42):  # not at a b"*"
+                    check_aligned(raw, pos, link.endpoint.label)  # raises: not all bulk strings
                 if self.in_tx or name in special or checkpoint_write:
                     self.count, self.size, self.pending_offset = count, size, pending
                     self.run_end = run_end
@@ -1469,8 +1469,6 @@ def _db_number(argv: list[bytes]) -> int | None:
 def run_task_foreground(task: SyncTask, tls: TLSConfig) -> int:
     """`replwatch sync run`: the task until SIGTERM/SIGINT (exit 0, checkpoint kept) or a
     fatal error (exit 1)."""
-    import signal
-
     from replwatch.config import ClusterSource
     from replwatch.sync.cluster import ClusterTaskRunner
 
@@ -1481,11 +1479,53 @@ def run_task_foreground(task: SyncTask, tls: TLSConfig) -> int:
         else SyncTaskRunner(task, tls)
     )
 
-    def on_signal(signum: int, frame: object) -> None:
-        log.info("task %s: stopping (signal %d)", task.name, signum)
-        runner.stop()
+    import signal
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop_on_signals(runner.stop, task.name)
     log.info("task %s: %s -> %s", task.name, task.source.label, task.target.label)
-    return runner.run()
+    try:
+        return runner.run()
+    finally:
+        # the rest of a burst of signals must not kill the exit (Python puts the default
+        # action back for its own handlers as it shuts down, not for an ignored signal)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, signal.SIG_IGN)
+
+
+def stop_on_signals(stop: Callable[[], None], name: str) -> None:
+    """Call stop() once at the first SIGTERM or SIGINT, from a thread of its own.
+
+    Not from a Python signal handler: a handler runs in the main thread between two of its
+    bytecodes, possibly while that thread holds the very lock stop() needs (a
+    threading.Event's), and a second signal runs the handler again inside the first. Both
+    deadlock, and two SIGTERMs are the rule, not the exception: the kernel sends one when the
+    supervisor's spawning thread exits (PR_SET_PDEATHSIG), the supervisor another (seen as
+    "stopping" logged twice, then SIGKILL after the grace period, checkpoint left
+    "incremental"). So the signals are taken through signal.set_wakeup_fd: the C handler
+    writes the signal's number to a pipe (async-signal-safe), a thread reads it.
+    Call from the main thread."""
+    import signal
+
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    wanted = {int(signal.SIGTERM), int(signal.SIGINT)}
+
+    def watch() -> None:
+        stopped = False
+        while True:
+            try:
+                data = os.read(read_end, 64)
+            except OSError:
+                return
+            if not data:
+                return
+            for signum in data:
+                if signum in wanted and not stopped:
+                    stopped = True
+                    log.info("task %s: stopping (signal %d)", name, signum)
+                    stop()
+
+    for signum in wanted:
+        signal.signal(signum, lambda _signum, _frame: None)  # the work is in watch()
+    signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+    threading.Thread(target=watch, name="signals", daemon=True).start()
