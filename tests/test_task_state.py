@@ -231,6 +231,17 @@ def test_client_settings_precedence(tmp_path: Path) -> None:
         ("url: [1]\n", "url: must be a string"),
         ("colour: red\n", "colour: unknown key"),
         ("- a\n", "must be a mapping"),
+        ("url: [\n", r"line 2, column 1: .*"),  # a syntax error, with where
+        ("url: http://a:1\nurl: http://b:2\n", "url: given twice"),
+        # an alias bomb: refused before it is expanded (as the daemon's config is)
+        (
+            "a: &a [x, x, x, x, x, x, x, x, x, x]\n"
+            + "".join(
+                f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 10)}]\n"
+                for i in range(8)
+            ),
+            "an alias bomb",
+        ),
     ],
 )
 def test_client_config_problems(tmp_path: Path, text: str, problem: str) -> None:

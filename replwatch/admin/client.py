@@ -24,9 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from replwatch.errors import ReplwatchError
+from replwatch.config_file import parse_yaml
+from replwatch.errors import ConfigError, ReplwatchError
 
 ENV_URL = "REPLWATCH_URL"
 ENV_TOKEN = "REPLWATCH_TOKEN"
@@ -72,9 +71,10 @@ def _read_client_config(path: Path, explicit: bool) -> dict[str, Any]:
     except OSError as exc:
         raise ClientError(f"{path}: cannot read: {exc.strerror or exc}", EXIT_USAGE) from None
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError:
-        raise ClientError(f"{path}: not valid YAML", EXIT_USAGE) from None
+        # guarded like the daemon's config: no alias bombs, no deep nesting, no key twice
+        data = parse_yaml(text, str(path))
+    except ConfigError as exc:
+        raise ClientError(str(exc), EXIT_USAGE) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
