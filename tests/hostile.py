@@ -57,6 +57,15 @@ class Flood:
 
 
 @dataclass(frozen=True)
+class Trickle:
+    """Send `data` a byte every `every` seconds (what the client sends is read and dropped):
+    a connection that is never silent and never finishes anything."""
+
+    data: bytes
+    every: float
+
+
+@dataclass(frozen=True)
 class Proxy:
     """From here on, relay bytes both ways to a real server until either side closes."""
 
@@ -64,7 +73,7 @@ class Proxy:
     port: int
 
 
-Step = Send | Recv | Stall | Flood | Proxy
+Step = Send | Recv | Stall | Flood | Trickle | Proxy
 Script = Sequence[Step]
 
 
@@ -144,6 +153,10 @@ class HostileServer:
                     while sent < step.total:
                         self._send(conn, step.data)
                         sent += len(step.data)
+                elif isinstance(step, Trickle):
+                    for i in range(len(step.data)):
+                        self._send(conn, step.data[i : i + 1])
+                        self._stall(conn, step.every)
                 elif isinstance(step, Proxy):
                     self._proxy(conn, step)
         except (ClientGone, OSError):

@@ -40,7 +40,7 @@ from .harness import (
     wait_for,
     watching,
 )
-from .hostile import Flood, HostileServer, Proxy, Recv, Script, Send, Stall
+from .hostile import Flood, HostileServer, Proxy, Recv, Script, Send, Stall, Trickle
 from .syncing import TASK, RunnerThread, start, wait_caught_up
 
 MEMORY_BOUND = 64 << 20
@@ -281,6 +281,12 @@ TASK_CASES: dict[str, Script] = {
     },
     # (once an AssertionError that ended the task's thread)
     "continue-without-checkpoint": [*HANDSHAKE, Send(b"+CONTINUE\r\n"), Stall()],
+    # never silent (a byte every 50 ms), never a whole command: a stall all the same
+    "stream-trickled-forever": [
+        *HANDSHAKE,
+        FULLRESYNC,
+        Trickle(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$100000\r\n" + b"x" * 100_000, 0.05),
+    ],
 }
 
 
@@ -333,6 +339,8 @@ def test_sync_task_against_a_hostile_source(
         runner = start(cfg.sync.tasks[0], runners, io_timeout=0.5)
         error = wait_for(lambda: last_error(target), 10, "the task to record an error")
         assert hostile.label in error, error
+        if case == "stream-trickled-forever":
+            assert "no whole command from the source" in error, error
         assert "Traceback" not in error
         hostile.wait_connections(2)
         assert runner.thread.is_alive() and runner.exit_code is None

@@ -85,6 +85,9 @@ log = logging.getLogger("replwatch.sync")
 
 IO_TIMEOUT = 10.0  # connect and reply timeout for both sides
 ACK_EVERY = 1.0
+# a stream that brings no whole command for source_timeout and less than this of an unfinished
+# one is stuck (a big value on a working link grows faster than 64 KiB a source_timeout)
+TRICKLE_BYTES = 64 * 1024
 PROGRESS_EVERY = 1.0
 MAX_IN_FLIGHT = 8
 # collections with more elements are read from the snapshot chunk by chunk as they are
@@ -649,6 +652,9 @@ class SyncTaskRunner:
         last_ack = 0.0
         last_data = time.monotonic()
         silence = self.task.source_timeout
+        # no whole command since (None: the last round took one), and the bytes held then
+        unfinished_since: float | None = None
+        unfinished_bytes = 0
         source.settimeout(0.05)
         while not self.stopping:
             if self.lease_lost:
@@ -681,6 +687,21 @@ class SyncTaskRunner:
                 source.ack(stream.applied)
                 last_ack = time.monotonic()
             stream.end_round()
+            if source.raw_pos:  # (feed_buffered set it to 0: this round took a command)
+                unfinished_since = None
+            elif unfinished_since is None:
+                unfinished_since, unfinished_bytes = time.monotonic(), len(source.raw)
+            elif time.monotonic() - unfinished_since > silence:
+                grew = len(source.raw) - unfinished_bytes
+                if grew < TRICKLE_BYTES:
+                    # bytes keep coming (never silent), a command never completes: a source
+                    # trickling one command is as stuck as a silent one (a real master's
+                    # pings are whole commands every 10 s)
+                    raise TimeoutFailure(
+                        f"no whole command from the source {self.task.source.label} for "
+                        f"{silence:g}s (source_timeout), only {grew} bytes of an unfinished one"
+                    )
+                unfinished_since, unfinished_bytes = time.monotonic(), len(source.raw)
             if not source.conn.available():
                 stream.flush()
             target.poll_replies()
