@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Fault scale: 1,000 targets with 10 % black-holed, and /metrics under 50 concurrent scrapers.
 
-    python bench/fault_scale.py [--targets 1000] [--seconds 10] [--scrapers 50]
+    python bench/fault_scale.py [--targets 1000] [--seconds 10] [--scrapers 50] [--status-pages 5]
 
 The measured version of tests/test_fault_scale.py (which asserts the same at 200 targets):
 the same fleet (tests/faults.py: groups of master + replica on real redis-server 7.0
@@ -9,14 +9,17 @@ processes, each master + replica pair serving up to 19 groups in a database each
 nodes are loopback black holes, half of them accepting and never answering, half never
 accepting), one `replwatch run` with `poll.interval` 1 s, `poll.timeout` 500 ms and the rest
 at its defaults. The daemon's /metrics is sampled once a second (--sample-every) for S
-seconds, then for S seconds while N threads fetch /metrics back to back.
+seconds, then for S seconds while N threads fetch /metrics back to back (every other one
+asking for OpenMetrics, as Prometheus does), then for S seconds while P status pages are open
+(each fetching /status.json once a second).
 
 Prints one JSON object (and writes it to bench/results/fault_scale.json): per phase the
 healthy groups' cycle duration (replwatch_poll_duration_seconds) p50/p95/max, the
 black-holed groups' cycle duration, the fewest cycles a healthy group completed, scheduler
 runs skipped / missed / failed in the phase, the daemon's CPU share, and every
 disagreement with the truth (real nodes reported down, black-holed nodes not down by
-timeout); under load also the scrapers' answers and latency. Asserts nothing: a benchmark,
+timeout); under load also the scrapers' answers and latency, with the pages open their
+answers and latency. Asserts nothing: a benchmark,
 not a test.
 
 Uses the tests' helpers (tests/harness.py, tests/daemons.py, tests/faults.py), so it needs
@@ -70,7 +73,7 @@ def raise_nofile(needed: int) -> None:
 
 
 def measure(
-    targets: int, seconds: float, scrapers: int, every: float, workdir: Path
+    targets: int, seconds: float, scrapers: int, pages: int, every: float, workdir: Path
 ) -> dict[str, Any]:
     build = available_builds().get("redis-7.0")
     if build is None:
@@ -116,6 +119,24 @@ def measure(
                 hammer.stop()
             cpu2, t2 = cpu_seconds(daemon.pid), time.monotonic()
             loaded = phase_figures(loaded_samples, fleet, POLL_INTERVAL)
+            readers = Scrapers(
+                daemon.base, pages, len(fleet.groups), path="/status.json", every=1.0
+            )
+            try:
+                wait_for(lambda: readers.good or readers.failures, 60, "a first /status.json")
+                page_samples = sample(daemon.base, seconds, every)
+            finally:
+                readers.stop()
+            cpu3, t3 = cpu_seconds(daemon.pid), time.monotonic()
+            paged = phase_figures(page_samples, fleet, POLL_INTERVAL)
+            paged["daemon_cpu_share"] = round((cpu3 - cpu2) / (t3 - t2), 3)
+            paged["status_pages"] = {
+                "pages": pages,
+                "answers": readers.good,
+                "failures": len(readers.failures),
+                "p50_seconds": round(percentile(readers.seconds, 50), 3),
+                "max_seconds": round(max(readers.seconds, default=0.0), 3),
+            }
             quiet["daemon_cpu_share"] = round((cpu1 - cpu0) / (t1 - t0), 3)
             loaded["daemon_cpu_share"] = round((cpu2 - cpu1) / (t2 - t1), 3)
             loaded["scrapers"] = {
@@ -136,6 +157,7 @@ def measure(
         "sample_every_seconds": every,
         "quiet": quiet,
         "under_scrapers": loaded,
+        "status_pages_open": paged,
         "metrics_bytes": metrics_bytes,
         "daemon_alive_at_end": alive,
         "setup_seconds": round(setup, 1),
@@ -156,6 +178,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=10, help="length of each phase")
     ap.add_argument("--scrapers", type=int, default=50, help="threads fetching /metrics")
     ap.add_argument(
+        "--status-pages",
+        type=int,
+        default=5,
+        help="open status pages in phase 3 (each fetches /status.json every second)",
+    )
+    ap.add_argument(
         "--sample-every",
         type=float,
         default=1.0,
@@ -173,7 +201,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="replwatch-fault-scale-") as tmp:
             result = measure(
-                args.targets, args.seconds, args.scrapers, args.sample_every, Path(tmp)
+                args.targets,
+                args.seconds,
+                args.scrapers,
+                args.status_pages,
+                args.sample_every,
+                Path(tmp),
             )
     except KeyboardInterrupt:
         print("interrupted; every started process was stopped", file=sys.stderr)

@@ -18,6 +18,7 @@ measured). No pytest here, so the bench can use it.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import re
 import selectors
@@ -217,7 +218,12 @@ _READ = (
     "replwatch_master_role_ok{",
     "replwatch_routing_in_rotation{",
 )
-OVERRUN = ("skipped_overrun", "missed", "error")  # outcomes of runs that did not happen
+OVERRUN = ("skipped_overrun", "missed", "error")
+# what Prometheus 2 sends when it scrapes
+PROMETHEUS_ACCEPT = (
+    "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;"
+    "q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+)  # outcomes of runs that did not happen
 
 
 @dataclass
@@ -270,32 +276,44 @@ def scrape(base: str) -> Scrape:
 
 
 class Scrapers:
-    """`count` threads fetching /metrics back to back until stop(); an answer counts as
-    good when it is a 200 that carries every group."""
+    """`count` threads fetching `path` until stop(): /metrics back to back (every other
+    thread asks as Prometheus does, for OpenMetrics; the rest take the text format), or
+    /status.json once every `every` seconds (an open status page). An answer counts as good
+    when it is a 200 that carries every group."""
 
-    def __init__(self, base: str, count: int, groups: int) -> None:
+    def __init__(
+        self, base: str, count: int, groups: int, path: str = "/metrics", every: float = 0.0
+    ) -> None:
         self.base = base
         self.groups = groups
+        self.path = path
+        self.every = every
         self.good = 0
         self.failures: list[str] = []
         self.seconds: list[float] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads = [
-            threading.Thread(target=self._run, name=f"scraper-{i}", daemon=True)
+            threading.Thread(target=self._run, args=(i,), name=f"scraper-{i}", daemon=True)
             for i in range(count)
         ]
         for thread in self._threads:
             thread.start()
 
-    def _run(self) -> None:
-        marker = b"\nreplwatch_master_role_ok{"
+    def _carries_every_group(self, body: bytes) -> bool:
+        if self.path == "/status.json":
+            return len(json.loads(body)["groups"]) == self.groups
+        return body.count(b"\nreplwatch_master_role_ok{") == self.groups
+
+    def _run(self, index: int) -> None:
+        headers = {"Accept": PROMETHEUS_ACCEPT} if index % 2 and self.path == "/metrics" else {}
         while not self._stop.is_set():
             started = time.monotonic()
             try:
-                with urllib.request.urlopen(self.base + "/metrics", timeout=30) as resp:
+                request = urllib.request.Request(self.base + self.path, headers=headers)
+                with urllib.request.urlopen(request, timeout=30) as resp:
                     body = resp.read()
-                    good = resp.status == 200 and body.count(marker) == self.groups
+                    good = resp.status == 200 and self._carries_every_group(body)
             except OSError as exc:
                 with self._lock:
                     self.failures.append(repr(exc))
@@ -306,6 +324,8 @@ class Scrapers:
                     self.good += 1
                 else:
                     self.failures.append(f"answer without every group ({len(body)} bytes)")
+            if self.every:
+                self._stop.wait(self.every)
 
     def stop(self) -> None:
         self._stop.set()

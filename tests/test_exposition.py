@@ -266,5 +266,5 @@ def test_the_daemons_registry_renders_alike() -> None:
         encoder, content_type = choose_encoder(accept)
         fast = fast_encoder_for(encoder, content_type, cache)
         assert fast(stable) == encoder(stable), accept
-        gate = RenderGate(fast, pause=0.0)
-        assert gate.render(stable) == encoder(stable), accept
+        gate = RenderGate(lambda registry, encoders: [e(registry) for e in encoders], 0.0)
+        assert gate.render(stable, content_type, fast) == encoder(stable), accept

@@ -1,9 +1,10 @@
 """LoopWork and render_in_slices (replwatch/exporter/loop_work.py): the exporter's renders run
-on the daemon's event loop, a metric family at a time, with the loop handed back between
-slices; without a loop, on the loop's own thread, or when the loop is wedged or closed, the
-work runs in the calling thread instead. And the HTTP server behind it: /metrics rendered on
-the loop is byte for byte prometheus_client's exposition, and Prometheus' scrapes (a new
-encoder object each) share one render gate per format.
+on the daemon's event loop, a metric family at a time (each family encoded in every format
+asked for), with the loop handed back between slices; without a loop, on the loop's own
+thread, or when the loop is wedged or closed, the work runs in the calling thread instead.
+And the HTTP server behind it: /metrics rendered on the loop is byte for byte
+prometheus_client's exposition in each format, and scrapes in OpenMetrics (Prometheus: a new
+encoder object each) and in text share render rounds.
 
 The effect on a daemon at 1,000 targets is measured in bench/fault_scale.py."""
 
@@ -84,14 +85,16 @@ async def _attach(work: LoopWork, loop: asyncio.AbstractEventLoop) -> None:
     work.attach(loop)  # on the loop's thread, as the daemon does
 
 
-@pytest.mark.parametrize("accept", ["", PROMETHEUS_ACCEPT])
-def test_slices_give_the_encoders_bytes(accept: str) -> None:
+def test_slices_give_each_encoders_bytes() -> None:
+    """One collection, every format: text and OpenMetrics, prometheus_client's encoders and
+    the fast ones, each byte for byte its encoder's own output (one `# EOF`, OpenMetrics
+    only)."""
     registry = registry_of(SlowFamilies(12, 0.0))
-    encoder, content_type = choose_encoder(accept)
-    for chosen in (encoder, fast_encoder_for(encoder, content_type, {})):
-        sliced = asyncio.run(render_in_slices(registry, chosen, slice_seconds=0.0))
-        assert sliced == encoder(registry)
-        assert sliced.count(b"# EOF") == (1 if "openmetrics" in content_type else 0)
+    chosen = [choose_encoder(accept) for accept in ("", PROMETHEUS_ACCEPT)]
+    encoders = [e for e, _ in chosen] + [fast_encoder_for(e, t, {}) for e, t in chosen]
+    sliced = asyncio.run(render_in_slices(registry, encoders, slice_seconds=0.0))
+    assert sliced == [encoder(registry) for encoder in encoders]
+    assert [body.count(b"# EOF") for body in sliced] == [0, 1, 0, 1]
 
 
 def test_the_loop_runs_between_slices() -> None:
@@ -112,7 +115,8 @@ def test_the_loop_runs_between_slices() -> None:
 
         loop.call_soon(tick)
         try:
-            return await render_in_slices(registry, encoder, slice_seconds=0.004)
+            (body,) = await render_in_slices(registry, [encoder], slice_seconds=0.004)
+            return body
         finally:
             stop = True
 
@@ -136,7 +140,8 @@ def test_render_and_call_run_on_the_attached_loop(loop_thread: asyncio.AbstractE
     loop_ident = asyncio.run_coroutine_threadsafe(_ident(), loop_thread).result(10)
     registry = registry_of(SlowFamilies(5, 0.0))
     encoder, content_type = choose_encoder(PROMETHEUS_ACCEPT)
-    assert work.render(registry, fast_encoder_for(encoder, content_type, {})) == encoder(registry)
+    fast = fast_encoder_for(encoder, content_type, {})
+    assert work.render(registry, [fast]) == [encoder(registry)]
     assert work.call(threading.get_ident, "ident") == loop_ident != threading.get_ident()
 
 
@@ -148,7 +153,7 @@ def test_without_a_loop_the_caller_does_the_work() -> None:
     work = LoopWork()
     registry = registry_of(SlowFamilies(3, 0.0))
     encoder, _ = choose_encoder("")
-    assert work.render(registry, encoder) == encoder(registry)
+    assert work.render(registry, [encoder]) == [encoder(registry)]
     assert work.call(threading.get_ident, "ident") == threading.get_ident()
 
 
@@ -202,25 +207,46 @@ def test_a_closed_loop_leaves_the_work_to_the_caller(
     assert work.call(threading.get_ident, "ident") == threading.get_ident()
 
 
-def test_server_renders_on_the_loop_with_one_gate_per_format(
+def test_server_renders_on_the_loop_in_every_format(
     loop_thread: asyncio.AbstractEventLoop,
 ) -> None:
-    """/metrics through a server whose work is attached to a loop: the OpenMetrics and text
-    answers are prometheus_client's bytes, and 30 Prometheus-style scrapes leave one render
-    gate per format (keyed by encoder object, every scrape made a gate of its own)."""
-    registry = registry_of(SlowFamilies(6, 0.0))
+    """/metrics through a server whose work is attached to a loop, scraped in OpenMetrics
+    (as Prometheus asks: a new encoder object every time) and in text, from threads at
+    once: every answer is prometheus_client's bytes for its format, and the collector ran
+    fewer times than there were answers (scrapes of both formats share render rounds)."""
+    events: list[str] = []
+    registry = registry_of(SlowFamilies(6, 0.001, events))
+    formats = [choose_encoder(accept) for accept in (PROMETHEUS_ACCEPT, "")]
+    expected = {content_type: encoder(registry) for encoder, content_type in formats}
+    events.clear()
     server = ExporterHTTPServer(("127.0.0.1", 0), registry, lambda: True)
     asyncio.run_coroutine_threadsafe(_attach(server.work, loop_thread), loop_thread).result(10)
     server.start()
-    try:
+    answers: list[tuple[str, bytes]] = []
+    lock = threading.Lock()
+
+    def scrape(accept: str) -> None:
         url = f"http://127.0.0.1:{server.bound_port}/metrics"
-        for accept in (PROMETHEUS_ACCEPT, ""):
-            encoder, content_type = choose_encoder(accept)
-            for _ in range(15):
-                request = urllib.request.Request(url, headers={"Accept": accept})
-                with urllib.request.urlopen(request, timeout=10) as answer:
-                    assert answer.headers["Content-Type"] == content_type
-                    assert answer.read() == encoder(registry)
-        assert len(server._render_gates) == 2
+        for _ in range(10):
+            request = urllib.request.Request(url, headers={"Accept": accept})
+            with urllib.request.urlopen(request, timeout=10) as answer:
+                got = (answer.headers["Content-Type"], answer.read())
+            with lock:
+                answers.append(got)
+
+    try:
+        threads = [
+            threading.Thread(target=scrape, args=(accept,))
+            for accept in (PROMETHEUS_ACCEPT, "") * 4
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
     finally:
         server.stop()
+    assert len(answers) == 80
+    for content_type, body in answers:
+        assert body == expected[content_type], content_type
+    collections = events.count("family") // 6
+    assert collections < len(answers), collections

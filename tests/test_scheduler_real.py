@@ -217,6 +217,48 @@ def test_black_holed_group_delays_only_itself(servers: Servers) -> None:
     asyncio.run(scenario())
 
 
+def test_a_slow_write_keeps_only_its_own_group_out_of_the_next_round(servers: Servers) -> None:
+    """Heartbeat rounds overlap: while one round still waits for a master that is slow to
+    answer (CLIENT PAUSE WRITE), the next round writes to every other master (whose earlier
+    write was answered, though that round has not finished) and leaves only the slow one
+    out, counted as its skipped_overrun. Both rounds then account for their own writes."""
+    fast_master = servers.start("fast")
+    slow_master = servers.start("slow")
+    cfg = make_config(
+        [{"name": "fast", "master": fast_master.url}, {"name": "slow", "master": slow_master.url}],
+        poll={"interval": "1s", "timeout": "500ms"},
+    )
+    sched, stats, _ = make_scheduler(cfg)
+    fast, slow = sched.monitors["fast"].writer, sched.monitors["slow"].writer
+    assert fast is not None and slow is not None
+
+    async def scenario() -> None:
+        try:
+            await sched.poll_all()  # the masters are seen up
+            await sched.heartbeat_all()  # each writer connects and loads its script
+            assert count(stats, "heartbeat", "fast", "ok") == 1
+            assert count(stats, "heartbeat", "slow", "ok") == 1
+            with slow_master.client() as client:
+                client.execute_command("CLIENT", "PAUSE", 150, "WRITE")  # (timeout 250 ms)
+            first = asyncio.ensure_future(sched.heartbeat_round())
+            deadline = time.monotonic() + 5
+            while (fast.busy or not slow.busy) and time.monotonic() < deadline:
+                await asyncio.sleep(0.005)
+            assert not fast.busy and slow.busy  # fast answered, slow paused
+            assert not first.done()  # the first round still waits for the slow master
+            await sched.heartbeat_round()  # the next round, while the first one waits
+            assert count(stats, "heartbeat", "fast", "ok") == 2  # this round's fast write
+            assert count(stats, "heartbeat", "slow", "skipped_overrun") == 1
+            await first
+            assert count(stats, "heartbeat", "fast", "ok") == 3  # the first round's too
+            assert count(stats, "heartbeat", "slow", "ok") == 2, stats.items()  # after the pause
+            assert count(stats, "heartbeat", "fast", "skipped_overrun") == 0
+        finally:
+            sched.shutdown()
+
+    asyncio.run(scenario())
+
+
 @pytest.mark.timeout(90)
 def test_probe_rounds_batched_and_replica_count_changes(servers: Servers) -> None:
     master = servers.start("master")

@@ -25,7 +25,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import CancelledError as FutureCancelled
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, TypeVar
@@ -47,21 +47,23 @@ def trailer(encoder: Encoder) -> bytes:
 
 
 async def render_in_slices(
-    registry: Collector, encoder: Encoder, slice_seconds: float = SLICE_SECONDS
-) -> bytes:
-    """The exposition of `registry` in `encoder`'s format, byte for byte what the encoder
-    itself gives, built a family at a time with the loop handed back between slices."""
-    end = trailer(encoder)
-    parts: list[bytes] = []
+    registry: Collector, encoders: Sequence[Encoder], slice_seconds: float = SLICE_SECONDS
+) -> list[bytes]:
+    """The exposition of `registry` in each encoder's format, byte for byte what each encoder
+    itself gives, from one collection, built a family at a time (each family encoded in
+    every format) with the loop handed back between slices."""
+    ends = [trailer(encoder) for encoder in encoders]
+    parts: list[list[bytes]] = [[] for _ in encoders]
     clock = time.perf_counter
     slice_end = clock() + slice_seconds
     for family in registry.collect():
-        parts.append(_strip(encoder(Families((family,))), end))
+        one = Families((family,))
+        for encoder, end, out in zip(encoders, ends, parts, strict=True):
+            out.append(_strip(encoder(one), end))
         if clock() >= slice_end:
             await asyncio.sleep(0)
             slice_end = clock() + slice_seconds
-    parts.append(end)
-    return b"".join(parts)
+    return [b"".join(out) + end for out, end in zip(parts, ends, strict=True)]
 
 
 def _strip(body: bytes, end: bytes) -> bytes:
@@ -84,11 +86,11 @@ class LoopWork:
         self._loop = loop
         self._loop_thread = threading.get_ident() if loop is not None else None
 
-    def render(self, registry: Collector, encoder: Encoder) -> bytes:
-        """The exposition of `registry` (see render_in_slices)."""
+    def render(self, registry: Collector, encoders: Sequence[Encoder]) -> list[bytes]:
+        """The exposition of `registry` in each encoder's format (see render_in_slices)."""
         return self._run(
-            lambda: render_in_slices(registry, encoder, self.slice_seconds),
-            lambda: encoder(registry),
+            lambda: render_in_slices(registry, encoders, self.slice_seconds),
+            lambda: [encoder(registry) for encoder in encoders],
             "/metrics",
         )
 

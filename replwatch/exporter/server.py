@@ -8,7 +8,6 @@ Admin requests (GET/POST/DELETE /api/v1/…) are passed to the AdminAPI
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import logging
 import ssl
@@ -34,32 +33,41 @@ HANDSHAKE_TIMEOUT = 10.0
 
 Route = Callable[["_Handler"], tuple[int, str, bytes]]
 Encoder = Callable[[CollectorRegistry], bytes]
+RenderRound = Callable[[CollectorRegistry, list[Encoder]], list[bytes]]  # one result a format
 
 
 class RenderGate:
-    """Renders /metrics for any number of concurrent scrapes without starving the event
-    loop. A render is pure Python and runs on the loop itself (loop_work.py; ~0.1 s of CPU
-    for 1,000 nodes with exposition.py's encoders), so every render is time the poll loop
-    does not have. So:
-    - one render at a time, shared by every scrape that arrived before it started (each
-      answer is still rendered after its request arrived: never an older one);
-    - after a render, the next one waits as long as that render took (`pause` times it), so
-      scrapes hold the GIL at most half the time however many clients hammer /metrics.
+    """Renders /metrics for any number of concurrent scrapes, in any mix of formats, without
+    starving the event loop. A render is pure Python and runs on the loop itself
+    (loop_work.py; ~0.1 s of CPU for 1,000 nodes with exposition.py's encoders), so every
+    render is time the poll loop does not have. So:
+    - one render round at a time, for every format asked for since the previous round
+      started (the registry collected once, each family encoded per format), shared by every
+      scrape that arrived before it started (each answer is still rendered after its request
+      arrived: never an older one);
+    - after a round, the next one waits as long as that round took (`pause` times it), so
+      renders take at most half the loop's time however many clients hammer /metrics and
+      however they split between formats (Prometheus asks for OpenMetrics, curl and many
+      agents for text: with a gate per format each got its half).
     A Prometheus server scraping every few seconds never meets the pause."""
 
-    def __init__(self, render: Encoder, pause: float = 1.0) -> None:
+    def __init__(self, render: RenderRound, pause: float = 1.0) -> None:
         self._render = render
         self._pause = pause
         self._cond = threading.Condition()
-        self._started = 0  # renders begun
-        self._done = 0  # renders finished (their result in _result)
-        self._result: bytes | BaseException = b""
+        self._started = 0  # rounds begun
+        self._done = 0  # rounds finished (their results in _results)
+        self._wanted: dict[str, Encoder] = {}  # format (content type) -> encoder, next round
+        self._results: dict[str, bytes | BaseException] = {}  # per format, the newest
         self._rendering = False
-        self._not_before = 0.0  # monotonic time the next render may start
+        self._not_before = 0.0  # monotonic time the next round may start
 
-    def render(self, registry: CollectorRegistry) -> bytes:
+    def render(self, registry: CollectorRegistry, key: str, encoder: Encoder) -> bytes:
+        """The exposition in `encoder`'s format (`key`: the format's name, its content type),
+        from a round that started after this call."""
         with self._cond:
-            wanted = self._started + 1  # the first render that starts after we arrived
+            self._wanted.setdefault(key, encoder)
+            wanted = self._started + 1  # the first round that starts after we arrived
             while self._done < wanted:
                 now = time.monotonic()
                 if self._rendering or now < self._not_before:
@@ -67,22 +75,27 @@ class RenderGate:
                     continue
                 self._rendering = True
                 self._started += 1
+                formats, self._wanted = self._wanted, {}
                 self._cond.release()
                 started = time.monotonic()
-                result: bytes | BaseException
+                results: dict[str, bytes | BaseException]
                 try:
-                    result = self._render(registry)
-                except BaseException as exc:  # every scrape sharing this render gets it
-                    result = exc
+                    results = dict(
+                        zip(formats, self._render(registry, list(formats.values())), strict=True)
+                    )
+                except BaseException as exc:  # every scrape sharing this round gets it
+                    results = dict.fromkeys(formats, exc)
                 finally:
                     took = time.monotonic() - started
                     self._cond.acquire()
-                self._result = result
+                # merged: a format this round did not render keeps its newest result, from
+                # a round that still started after its waiters arrived
+                self._results.update(results)
                 self._done = self._started
                 self._rendering = False
                 self._not_before = time.monotonic() + self._pause * took
                 self._cond.notify_all()
-            result = self._result
+            result = self._results[key]
         if isinstance(result, BaseException):
             raise result
         return result
@@ -357,9 +370,9 @@ class ExporterHTTPServer(ThreadingHTTPServer):
         self.is_ready = is_ready
         # the renders run on the daemon's event loop once it attaches (loop_work.py)
         self.work = LoopWork()
-        self._render_gates: dict[str, RenderGate] = {}  # per content type
+        self._gate = RenderGate(self._render_on_loop)  # one for every format
         self._encoders: dict[str, FastEncoder] = {}  # per content type (exposition.py)
-        self._gates_lock = threading.Lock()
+        self._encoders_lock = threading.Lock()
         super().__init__(address, _Handler)
         self._thread: threading.Thread | None = None
 
@@ -399,20 +412,15 @@ class ExporterHTTPServer(ThreadingHTTPServer):
         return "https" if self.web is not None and self.web.tls else "http"
 
     def render(self, encoder: Encoder, content_type: str) -> bytes:
-        """The exposition in `encoder`'s format, through that format's RenderGate (one per
-        content type: choose_encoder makes a new encoder object per OpenMetrics request, so
-        keyed by encoder every Prometheus scrape would get a gate of its own, kept forever)."""
-        with self._gates_lock:
-            gate = self._render_gates.get(content_type)
-            if gate is None:
-                fast = fast_encoder_for(encoder, content_type, self._encoders)
-                gate = self._render_gates[content_type] = RenderGate(
-                    functools.partial(self._render_on_loop, fast)
-                )
-        return gate.render(self.registry)
+        """The exposition in `encoder`'s format, through the RenderGate (the fast encoder
+        for the content type when there is one: exposition.py; kept per content type, as
+        choose_encoder makes a new encoder object per OpenMetrics request)."""
+        with self._encoders_lock:
+            fast = fast_encoder_for(encoder, content_type, self._encoders)
+        return self._gate.render(self.registry, content_type, fast)
 
-    def _render_on_loop(self, encoder: Encoder, registry: CollectorRegistry) -> bytes:
-        return self.work.render(registry, encoder)
+    def _render_on_loop(self, registry: CollectorRegistry, encoders: list[Encoder]) -> list[bytes]:
+        return self.work.render(registry, encoders)
 
     @property
     def bound_port(self) -> int:

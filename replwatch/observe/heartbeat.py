@@ -98,9 +98,11 @@ class HeartbeatWriter:
 
     @property
     def busy(self) -> bool:
-        """A begin()'s write is still out (sent in an earlier round, not finished yet): the
-        next round leaves this writer out instead of queueing a second write behind it."""
-        return self._out is not None
+        """A begin()'s write is still unanswered (sent in an earlier round): the next round
+        leaves this writer out instead of queueing a second write behind it. Answered but not
+        yet finish()ed (its round still waits for other groups) is not busy: the next write
+        is pipelined behind it, and each round accounts for its own."""
+        return self._out is not None and not self._out.future.done()
 
     def finish(self, inflight: InFlight) -> bool | None:
         """Account for a begin()'s write. None: the script was not loaded yet (NOSCRIPT);
