@@ -48,6 +48,7 @@ from tests.faults import (  # noqa: E402
     DATABASES,
     BlackHoles,
     Layout,
+    Scrape,
     Scrapers,
     build_fleet,
     config_text,
@@ -70,6 +71,15 @@ def raise_nofile(needed: int) -> None:
     if soft != resource.RLIM_INFINITY and soft < needed:
         new = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
         resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+
+
+def sample_under(load: Scrapers, base: str, seconds: float, every: float) -> list[Scrape]:
+    """sample() while `load`'s threads run (from their first answer), then stop them."""
+    try:
+        wait_for(lambda: load.good or load.failures, 60, f"a first answer from {load.path}")
+        return sample(base, seconds, every)
+    finally:
+        load.stop()
 
 
 def measure(
@@ -112,21 +122,13 @@ def measure(
             quiet = phase_figures(sample(daemon.base, seconds, every), fleet, POLL_INTERVAL)
             cpu1, t1 = cpu_seconds(daemon.pid), time.monotonic()
             hammer = Scrapers(daemon.base, scrapers, len(fleet.groups))
-            try:
-                wait_for(lambda: hammer.good or hammer.failures, 60, "a first scrape")
-                loaded_samples = sample(daemon.base, seconds, every)
-            finally:
-                hammer.stop()
+            loaded_samples = sample_under(hammer, daemon.base, seconds, every)
             cpu2, t2 = cpu_seconds(daemon.pid), time.monotonic()
             loaded = phase_figures(loaded_samples, fleet, POLL_INTERVAL)
             readers = Scrapers(
                 daemon.base, pages, len(fleet.groups), path="/status.json", every=1.0
             )
-            try:
-                wait_for(lambda: readers.good or readers.failures, 60, "a first /status.json")
-                page_samples = sample(daemon.base, seconds, every)
-            finally:
-                readers.stop()
+            page_samples = sample_under(readers, daemon.base, seconds, every)
             cpu3, t3 = cpu_seconds(daemon.pid), time.monotonic()
             paged = phase_figures(page_samples, fleet, POLL_INTERVAL)
             paged["daemon_cpu_share"] = round((cpu3 - cpu2) / (t3 - t2), 3)

@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 from replwatch.admin.api import MAX_BODY, PREFIX, AdminAPI, token_matches
+from replwatch.decimal_text import is_decimal
 from replwatch.exporter.exposition import FastEncoder, fast_encoder_for
 from replwatch.exporter.loop_work import LoopWork
 from replwatch.exporter.status_page import CONTENT_SECURITY_POLICY, StatusPage
@@ -254,14 +255,14 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _discard_body(self) -> None:
         length = self.headers.get("Content-Length")
-        if length and length.isascii() and length.isdigit() and int(length) <= MAX_BODY:
+        if length and is_decimal(length) and int(length) <= MAX_BODY:
             self.rfile.read(int(length))
         elif length:
             self.close_connection = True
 
     def _admin(self) -> None:
         length_header = self.headers.get("Content-Length") or "0"
-        if not (length_header.isascii() and length_header.isdigit()):
+        if not is_decimal(length_header):
             self.close_connection = True
             self._json(400, {"error": "Content-Length: must be a number of bytes"})
             return

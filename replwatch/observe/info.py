@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from replwatch.decimal_text import is_decimal
 from replwatch.errors import ProtocolFailure
 
 _CLIENT_FIELD = re.compile(r"(?:^| )(addr|laddr|flags|omem|tot-mem)=(\S*)")
@@ -108,7 +109,7 @@ def _opt_seconds(fields: dict[str, str], key: str) -> float | None:
 def _port(text: str | None) -> int | None:
     """A port field; None when absent or not a port (ASCII digits only: str.isdigit() also
     takes "²", which int() refuses)."""
-    if text and text.isascii() and text.isdigit() and len(text) <= 5:
+    if text and is_decimal(text) and len(text) <= 5:
         return int(text)
     return None
 

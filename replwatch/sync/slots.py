@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from replwatch.decimal_text import is_decimal
 from replwatch.sync.filters import key_positions
 
 # crcmod (a dependency) ships no types: imported dynamically, as in dump.py
@@ -165,7 +166,7 @@ def parse_redirect(message: str) -> Redirect | None:
     if head in ("MOVED", "ASK"):
         slot, _, address = rest.partition(" ")
         host, _, port = address.rpartition(":")
-        if not (slot.isascii() and slot.isdigit() and port.isascii() and port.isdigit()):
+        if not (is_decimal(slot) and is_decimal(port)):
             return None
         return Redirect(head, int(slot), host.strip("[]"), int(port))
     if head in ("TRYAGAIN", "CLUSTERDOWN"):

@@ -37,6 +37,7 @@ from replwatch.config import (
     SyncTask,
     TLSConfig,
 )
+from replwatch.decimal_text import is_decimal
 from replwatch.errors import AuthFailure, ProtocolFailure, RedisError, TimeoutFailure
 from replwatch.observe.connection import READER_ERRORS, classify_reply_error, encode_command
 from replwatch.observe.resp_limits import ReplyGuard
@@ -137,7 +138,7 @@ def parse_master_addr(reply: Any) -> tuple[str, int] | None:
     if not isinstance(reply, list) or len(reply) != 2:
         raise ProtocolFailure("SENTINEL get-master-addr-by-name returned no [host, port]")
     host, port = _text(reply[0]), _text(reply[1])
-    usable = port.isascii() and port.isdigit() and len(port) <= 5 and 1 <= int(port) <= 65535
+    usable = is_decimal(port) and len(port) <= 5 and 1 <= int(port) <= 65535
     if not host or not usable:
         raise ProtocolFailure(f"SENTINEL named no usable address ({host!r}, {port!r})")
     return host, int(port)

@@ -16,6 +16,7 @@ from typing import Any
 import hiredis
 
 from replwatch.config import RedisEndpoint, TLSConfig
+from replwatch.decimal_text import is_decimal
 from replwatch.errors import AuthFailure, DiscoveryError, RedisError
 from replwatch.observe.connection import Connection, classify_reply_error
 from replwatch.topology.model import Address, DiscoveredGroup
@@ -105,7 +106,7 @@ def parse_cluster_nodes_groups(text: str) -> list[DiscoveredGroup]:
             continue
         address_text = address_field.split("@", 1)[0].split(",", 1)[0]
         host, _, port = address_text.rpartition(":")
-        if not host or not (port.isascii() and port.isdigit()) or int(port) <= 0:
+        if not host or not is_decimal(port) or int(port) <= 0:
             continue
         address = Address(host.strip("[]"), int(port))
         if "master" in flags:
@@ -115,7 +116,7 @@ def parse_cluster_nodes_groups(text: str) -> list[DiscoveredGroup]:
                     continue
                 start, _, end = item.partition("-")
                 ranges.append((int(start), int(end or start)))
-            epoch = int(parts[6]) if parts[6].isascii() and parts[6].isdigit() else 0
+            epoch = int(parts[6]) if is_decimal(parts[6]) else 0
             masters[node_id] = (address, ranges, epoch, bool(flags & {"fail", "fail?"}))
         elif upstream != "-":
             replicas.setdefault(upstream, []).append((node_id, address))

@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from replwatch.config import GroupConfig, RedisEndpoint, TLSConfig, parse_host_port
+from replwatch.decimal_text import is_decimal
 from replwatch.topology.model import Address, DiscoveredGroup
 
 
@@ -64,7 +65,7 @@ class AddressMap:
         if not self:
             return label
         host, _, port = label.rpartition(":")
-        if not (port.isascii() and port.isdigit()):
+        if not is_decimal(port):
             return label
         mapped_host, mapped_port = self.map(host.strip("[]"), int(port))
         return Address(mapped_host, mapped_port).label

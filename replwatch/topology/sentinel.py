@@ -20,6 +20,7 @@ from typing import Any
 import hiredis
 
 from replwatch.config import RedisEndpoint, TLSConfig
+from replwatch.decimal_text import is_decimal
 from replwatch.errors import DiscoveryError, RedisError
 from replwatch.observe.connection import Connection, classify_reply_error
 from replwatch.topology.model import Address, DiscoveredGroup
@@ -31,7 +32,7 @@ def _is_integer(text: str) -> bool:
     """ASCII digits with an optional leading '-' (str.isdigit also takes '²', which int()
     refuses)."""
     digits = text[1:] if text.startswith("-") else text
-    return bool(digits) and digits.isascii() and digits.isdigit()
+    return is_decimal(digits)
 
 
 def _text(value: Any) -> str:
@@ -50,7 +51,7 @@ def fields_of(entry: Any) -> dict[str, str]:
 
 def _address(fields: dict[str, str]) -> Address:
     ip, port = fields.get("ip", ""), fields.get("port", "")
-    if not ip or not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
+    if not ip or not is_decimal(port) or not 1 <= int(port) <= 65535:
         raise ValueError(f"no usable address ({ip!r}, {port!r})")
     return Address(ip, int(port))
 
