@@ -45,12 +45,10 @@ sys.path.insert(0, str(ROOT))
 
 from tests.daemons import RunningDaemon  # noqa: E402
 from tests.faults import (  # noqa: E402
-    DATABASES,
     BlackHoles,
     Layout,
     Scrape,
     Scrapers,
-    build_fleet,
     config_text,
     cpu_seconds,
     percentile,
@@ -58,8 +56,9 @@ from tests.faults import (  # noqa: E402
     sample,
     scrape,
     settled,
+    start_fleet,
 )
-from tests.harness import ServerSet, available_builds, free_port, wait_for, wait_synced  # noqa: E402
+from tests.harness import ServerSet, available_builds, free_port, wait_for  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "fault_scale.json"
 POLL_INTERVAL = 1.0
@@ -95,14 +94,7 @@ def measure(
         ServerSet(build, workdir) as servers,
         BlackHoles(hung=layout.black_holed // 2, vanished=layout.black_holed // 2) as holes,
     ):
-        extra = ["--databases", str(DATABASES)]
-        pairs = []
-        for i in range(layout.pairs):
-            master = servers.start(f"m{i:03d}", extra=extra)
-            pairs.append((master, servers.start(f"r{i:03d}", replica_of=master, extra=extra)))
-        for master, replica in pairs:
-            wait_synced(replica, master)
-        fleet = build_fleet(layout, [(m.label, r.label) for m, r in pairs], holes)
+        fleet = start_fleet(servers, layout, holes)
         setup = time.monotonic() - started
         port = free_port()
         cfg = workdir / "config.yaml"

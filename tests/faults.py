@@ -30,6 +30,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .harness import ServerSet, wait_synced
+
 LOCALHOST = "127.0.0.1"
 GROUPS_PER_PAIR = 19  # groups served by one real master + replica pair (one db each)
 DATABASES = 32  # --databases of the real servers (> GROUPS_PER_PAIR)
@@ -154,6 +156,19 @@ class Fleet:
     dark: list[str] = field(default_factory=list)
     holes: set[str] = field(default_factory=set)  # black-holed node labels
     real_nodes: set[tuple[str, str]] = field(default_factory=set)  # (group, node label)
+
+
+def start_fleet(servers: ServerSet, layout: Layout, holes: BlackHoles) -> Fleet:
+    """The layout's real master + replica pairs started (each with DATABASES databases) and
+    synced, and the fleet built over them and the black holes."""
+    extra = ["--databases", str(DATABASES)]
+    pairs = []
+    for i in range(layout.pairs):
+        master = servers.start(f"m{i:03d}", extra=extra)
+        pairs.append((master, servers.start(f"r{i:03d}", replica_of=master, extra=extra)))
+    for master, replica in pairs:
+        wait_synced(replica, master)
+    return build_fleet(layout, [(m.label, r.label) for m, r in pairs], holes)
 
 
 def build_fleet(layout: Layout, pairs: Sequence[tuple[str, str]], holes: BlackHoles) -> Fleet:

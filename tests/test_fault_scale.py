@@ -54,11 +54,9 @@ from replwatch.state import ProbeStore, SnapshotStore
 
 from .daemons import RunningDaemon
 from .faults import (
-    DATABASES,
     BlackHoles,
     Layout,
     Scrapers,
-    build_fleet,
     config_text,
     cpu_seconds,
     percentile,
@@ -66,6 +64,7 @@ from .faults import (
     sample,
     scrape,
     settled,
+    start_fleet,
 )
 from .harness import ServerSet, free_port, require_build, wait_for, wait_synced
 
@@ -118,14 +117,7 @@ def test_black_holed_targets_and_50_scrapers_do_not_slow_polling(tmp_path: Path)
         ServerSet(build, tmp_path) as servers,
         BlackHoles(hung=layout.black_holed // 2, vanished=layout.black_holed // 2) as holes,
     ):
-        extra = ["--databases", str(DATABASES)]
-        pairs = []
-        for i in range(layout.pairs):
-            master = servers.start(f"m{i:02d}", extra=extra)
-            pairs.append((master, servers.start(f"r{i:02d}", replica_of=master, extra=extra)))
-        for master, replica in pairs:
-            wait_synced(replica, master)
-        fleet = build_fleet(layout, [(m.label, r.label) for m, r in pairs], holes)
+        fleet = start_fleet(servers, layout, holes)
         port = free_port()
         cfg = tmp_path / "config.yaml"
         cfg.write_text(config_text(port, fleet, POLL_INTERVAL, POLL_TIMEOUT))
