@@ -56,13 +56,12 @@ from .harness import (
     RedisProcess,
     ServerSet,
     free_port,
-    in_ci,
     replica_synced,
     require_build,
     wait_for,
     wait_synced,
 )
-from .test_netns_starved import StarvedLink, _netns_prerequisites, _run
+from .test_netns_starved import StarvedLink, _run, require_netns
 
 pytestmark = pytest.mark.netns
 
@@ -100,11 +99,7 @@ class PartitionLink(StarvedLink):
 
 @pytest.fixture
 def partition_link() -> Iterator[PartitionLink]:
-    reason = _netns_prerequisites()
-    if reason is not None:
-        if in_ci():
-            pytest.fail(f"partition test: {reason}", pytrace=False)
-        pytest.skip(reason)
+    require_netns("partition test")
     link = PartitionLink()
     try:
         link.create()

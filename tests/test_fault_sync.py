@@ -64,8 +64,6 @@ from .harness import (
     RedisProcess,
     ServerSet,
     free_port,
-    have_tool,
-    in_ci,
     require_build,
     wait_for,
 )
@@ -79,7 +77,7 @@ from .syncing import (
     start,
     wait_caught_up,
 )
-from .test_netns_starved import StarvedLink
+from .test_netns_starved import StarvedLink, require_netns
 from .test_sync_ops import child_pids
 
 LISTS = 8
@@ -226,25 +224,13 @@ def task_connections(target: RedisProcess) -> list[dict[str, object]]:
         return [c for c in client.client_list() if c.get("name") == f"{CLIENT_NAME}:{TASK}"]
 
 
-def netns_prerequisites() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (ip netns, veth)"
-    if not have_tool("ip"):
-        return "needs ip (Debian package iproute2)"
-    return None
-
-
 @pytest.fixture
 def link() -> Iterator[StarvedLink]:
     """A namespace joined to the host by a veth pair. A fallback route (`unreachable`, metric
     4000) keeps the namespace's /30 off the default route whatever happens to the veth's
     own route, so nothing meant for the namespace ever leaves the host. All of it is deleted
     at teardown."""
-    reason = netns_prerequisites()
-    if reason is not None:
-        if in_ci():
-            pytest.fail(f"sync partition tests: {reason}", pytrace=False)
-        pytest.skip(reason)
+    require_netns("sync partition tests", tools=("ip",))
     made = StarvedLink()
     fallback = ["unreachable", str(made.network), "metric", "4000"]
     routed = False

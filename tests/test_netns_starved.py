@@ -150,22 +150,23 @@ class StarvedLink:
             raise AssertionError(f"teardown left behind: {', '.join(leftovers)}")
 
 
-def _netns_prerequisites() -> str | None:
+def require_netns(what: str, tools: tuple[str, ...] = ("ip", "tc")) -> None:
+    """Root and the iproute2 `tools` a network-namespace test needs: without them the test
+    fails in CI (where scripts/test installs them) and is skipped elsewhere."""
+    reason = None
     if os.geteuid() != 0:
-        return "needs root (ip netns, veth, tc)"
-    missing = [tool for tool in ("ip", "tc") if not have_tool(tool)]
-    if missing:
-        return f"needs {' and '.join(missing)} (Debian package iproute2)"
-    return None
+        reason = "needs root (ip netns, veth" + (", tc)" if "tc" in tools else ")")
+    elif missing := [tool for tool in tools if not have_tool(tool)]:
+        reason = f"needs {' and '.join(missing)} (Debian package iproute2)"
+    if reason is not None:
+        if in_ci():
+            pytest.fail(f"{what}: {reason}", pytrace=False)
+        pytest.skip(reason)
 
 
 @pytest.fixture
 def starved_link() -> Iterator[StarvedLink]:
-    reason = _netns_prerequisites()
-    if reason is not None:
-        if in_ci():
-            pytest.fail(f"bandwidth-starved replica test: {reason}", pytrace=False)
-        pytest.skip(reason)
+    require_netns("bandwidth-starved replica test")
     link = StarvedLink()
     try:
         link.create()
