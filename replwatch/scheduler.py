@@ -15,6 +15,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
 from apscheduler.events import (
     EVENT_JOB_ERROR,
@@ -117,6 +118,7 @@ class MonitorScheduler:
         self._scheduler = AsyncIOScheduler(
             job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": None}
         )
+        self._stopping = False  # shutdown() began: cancelled job runs end quietly (_run_job)
         self._next_poll: float | None = None  # loop time the tick job's next poll cycle is due
         self._poll_task: asyncio.Task[None] | None = None
         self._heartbeat_rounds: set[asyncio.Task[None]] = set()  # may overlap (see tick)
@@ -413,6 +415,23 @@ class MonitorScheduler:
             return self.fleet.probe_intervals()
         return sorted({interval for _, interval in self.probers.values()})
 
+    def _add_job(
+        self, job: Callable[..., Awaitable[None]], seconds: float, job_id: str, *args: Any
+    ) -> None:
+        self._scheduler.add_job(
+            self._run_job, "interval", seconds=seconds, args=[job, *args], id=job_id
+        )
+
+    async def _run_job(self, job: Callable[..., Awaitable[None]], *args: Any) -> None:
+        """One run of a job, as APScheduler starts it. shutdown() makes APScheduler cancel
+        the runs still going (a probe round waiting for its WAITs, most of the time): such a
+        run ends quietly instead of as a failed job with a traceback in the log."""
+        try:
+            await job(*args)
+        except asyncio.CancelledError:
+            if not self._stopping:
+                raise
+
     def _add_jobs(self) -> None:
         # one job per kind for all groups (not one per group): the scheduler's own overhead
         # then does not grow with the fleet; max_instances=1 + coalescing still skip (and
@@ -420,43 +439,19 @@ class MonitorScheduler:
         rounds = self.heartbeat_rounds_per_poll()
         if rounds is not None:
             assert self.heartbeat_interval is not None
-            self._scheduler.add_job(
-                self.tick, "interval", seconds=self.heartbeat_interval, id="tick:all"
-            )
+            self._add_job(self.tick, self.heartbeat_interval, "tick:all")
         else:
-            self._scheduler.add_job(
-                self.poll_all, "interval", seconds=self.poll_interval, id="poll:all"
-            )
+            self._add_job(self.poll_all, self.poll_interval, "poll:all")
             if self.heartbeat_interval is not None and self._has_writers():
-                self._scheduler.add_job(
-                    self.heartbeat_round,
-                    "interval",
-                    seconds=self.heartbeat_interval,
-                    id="heartbeat:all",
-                )
+                self._add_job(self.heartbeat_round, self.heartbeat_interval, "heartbeat:all")
         for interval in self._probe_intervals():
-            self._scheduler.add_job(
-                self.probe_every,
-                "interval",
-                seconds=interval,
-                args=[interval],
-                id=f"probe:every-{interval:g}s",
-            )
+            self._add_job(self.probe_every, interval, f"probe:every-{interval:g}s", interval)
         if self.fleet is not None and self.fleet.discovers:
-            self._scheduler.add_job(
-                self.discover, "interval", seconds=self.poll_interval, id="discovery:all"
-            )
+            self._add_job(self.discover, self.poll_interval, "discovery:all")
         if self.sync_poll is not None:
-            self._scheduler.add_job(
-                self.poll_sync_tasks, "interval", seconds=self.poll_interval, id="sync:all"
-            )
+            self._add_job(self.poll_sync_tasks, self.poll_interval, "sync:all")
         if self.publisher is not None:
-            self._scheduler.add_job(
-                self.publish_routing,
-                "interval",
-                seconds=self.publisher.config.interval,
-                id="publish:routing",
-            )
+            self._add_job(self.publish_routing, self.publisher.config.interval, "publish:routing")
 
     def _has_writers(self) -> bool:
         if self.fleet is not None:  # its groups may be discovered after the jobs are added
@@ -524,6 +519,7 @@ class MonitorScheduler:
             self.stats.add("publish", "routing", "ok" if ok else "failed")
 
     def shutdown(self) -> None:
+        self._stopping = True
         if self._scheduler.running:
             self._scheduler.shutdown(wait=False)
         for task in (self._poll_task, *self._heartbeat_rounds):

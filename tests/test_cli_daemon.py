@@ -440,3 +440,40 @@ def test_run_daemon_metrics_failure_and_sigterm(
     assert scraped
     for text in scraped:
         assert SECRET not in text
+
+
+def test_sigterm_during_probe_rounds_stops_without_an_error(
+    debian_servers: ServerSet, tmp_path: Path
+) -> None:
+    """A probe round that waits for a replica that never acknowledges (WAIT 1 on a master
+    without one, 900 ms of every second) is in flight when SIGTERM comes: the daemon exits 0
+    and logs no error (the round was once cancelled into a failed job with a traceback, and
+    its abandoned reply futures into "Future exception was never retrieved")."""
+    from .daemons import RunningDaemon
+    from .harness import free_port
+
+    master = debian_servers.start("lonely")
+    for attempt in range(3):
+        port = free_port()
+        cfg = tmp_path / f"run-{attempt}" / "config.yaml"
+        cfg.parent.mkdir()
+        cfg.write_text(
+            f"exporter: {{listen: '127.0.0.1:{port}'}}\n"
+            "probe: {interval: 1s, timeout: 900ms, replicas: 1}\n"
+            f"groups:\n  - name: g\n    master: {master.url}\n"
+        )
+        daemon = RunningDaemon(cfg, port)
+        try:
+            wait_for(
+                lambda d=daemon: 'replwatch_probe_total{group="g"' in d.fetch("/metrics")[1],
+                20,
+                "a first probe round",
+            )
+            time.sleep(0.2 * attempt)  # (a different moment of the next round each time)
+            daemon.proc.send_signal(signal.SIGTERM)
+            assert daemon.proc.wait(timeout=10) == 0
+        finally:
+            daemon.stop()
+        log = daemon.log_text()
+        for bad in ("Traceback", " ERROR ", "never retrieved"):
+            assert bad not in log, log

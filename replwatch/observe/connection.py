@@ -156,6 +156,9 @@ class _RespProtocol(asyncio.Protocol):
             pending = self.waiters.popleft()
             if not pending.future.done():
                 pending.future.set_exception(exc)
+                # whoever awaits it still gets the error; a waiter given up on (its round
+                # cancelled at shutdown) must not log "exception was never retrieved"
+                pending.future.exception()
 
 
 def classify_reply_error(message: str) -> RedisError:
