@@ -1157,8 +1157,9 @@ def sync() -> Json:
         timeseries(
             "Lag (seconds)",
             "How long ago the source moved past the offset the task has applied to the target "
-            "(the source's offset clock). During a full sync: the age of the snapshot being "
-            "loaded. The RedisSyncTaskLagHigh alert fires above 30 s.",
+            "(the source's offset clock). While a full sync has not finished: at least the "
+            "time since it began (a lower bound). The RedisSyncTaskLagHigh alert fires above "
+            "30 s.",
             "s",
             targets((f"replwatch_sync_lag_seconds{{{t}}}", "{{task}}")),
             thresholds=steps((SYNC_LAG_WARN, "yellow"), (SYNC_LAG_CRIT, "red")),
@@ -1377,7 +1378,8 @@ def sync() -> Json:
         table(
             "Task errors now",
             "What is wrong with each task right now: source_<class> / target_<class> while "
-            "that side's poll fails, task_failed while the checkpoint says failed.",
+            "that side's poll fails, task_failed while the task has failed (its checkpoint "
+            "or, when the target refused that write, the task's local report).",
             targets((f"replwatch_sync_last_error_info{{{t}}}", "{{task}}")),
             overrides=[],
             transformations=[

@@ -312,15 +312,22 @@ def _cmd_sync(args: argparse.Namespace) -> int:
             return exc.exit_code
     if args.sync_command == "status":
         from replwatch.sync.status_cli import run_sync_status
+        from replwatch.sync.task_state import state_dir_of
 
         config = args.config or "config.yaml"
         cfg = _load(config)
         return run_sync_status(
-            cfg, args.task, args.json, sys.stdout, sys.stdout.isatty(), source=config
+            cfg,
+            args.task,
+            args.json,
+            sys.stdout,
+            sys.stdout.isatty(),
+            source=config,
+            state_dir=state_dir_of(cfg, config),  # the tasks' local reports
         )
     if args.sync_command == "run":
         from replwatch.sync.task import run_task_foreground
-        from replwatch.sync.task_state import find_task
+        from replwatch.sync.task_state import find_task, state_dir_of
 
         cfg = _load(args.config)
         task = find_task(cfg, args.config, args.task)  # config, else created through the API
@@ -335,7 +342,7 @@ def _cmd_sync(args: argparse.Namespace) -> int:
             )
         if args.afresh:
             task = task.model_copy(update={"afresh": True})
-        return run_task_foreground(task, cfg.tls)
+        return run_task_foreground(task, cfg.tls, state_dir_of(cfg, args.config))
     print(
         "replwatch sync: name a command: run, status, create, start, stop, remove, list "
         "(see replwatch sync --help)",

@@ -859,6 +859,11 @@ class SyncTask(_Strict):
     # the stream: no byte from the source for this long ends the session (reconnect), like a
     # replica's repl-timeout; keep it above the source's repl-ping-replica-period (10s)
     source_timeout: Duration = 60.0
+    # keys with a TTL live this much longer on the target than on the source: the target
+    # never expires a key on its own clock before the source's DEL (or a PERSIST, a new
+    # EXPIRE) reaches it through the stream, as long as the task is less than this behind.
+    # 0: TTLs exactly as on the source (a key persisted near its expiry may then be lost)
+    expire_grace: Duration = 300.0
     tls: TLSConfig | None = None  # over the top-level tls, for the source and the target
     # credentials of the source / the target when their URL (or block) has none; with
     # password_file (read at start and at reload, never through the admin API)

@@ -39,7 +39,7 @@ from replwatch.sync.compare import (
 )
 
 from .datasets import BINARY_KEY, TTL_SECONDS, build_dataset, connect
-from .harness import RedisProcess, ServerSet, closed_port, require_build, wait_for
+from .harness import RedisProcess, ServerSet, closed_port, require_build, wait_for, wait_synced
 
 SECRET = "cmp-s3cr3t-pw"
 
@@ -419,6 +419,8 @@ def test_json_schema(pair: Pair, capsys: pytest.CaptureFixture[str]) -> None:
         "differences": list,
         "differences_omitted": int,
         "seconds": float,
+        "expire_grace_seconds": float,
+        "source_expire_grace_seconds": float,
     }
     assert set(report) == set(expected_types)
     for name, kind in expected_types.items():
@@ -710,6 +712,31 @@ def test_ttl_finding(source: int, target: int, tolerance: float, expected: str |
 
 
 @pytest.mark.parametrize(
+    ("source", "target", "grace", "source_grace", "expected"),
+    [
+        # a sync task's target keeps keys expire_grace longer: allowed, one way only
+        (10_000, 310_000, 300.0, 0.0, None),
+        (10_000, 311_000, 300.0, 0.0, None),  # + tolerance
+        (10_000, 313_000, 300.0, 0.0, "ttl 10.0s vs 313.0s (tolerance 2s, expire grace 300s)"),
+        (310_000, 10_000, 300.0, 0.0, "ttl 310.0s vs 10.0s (tolerance 2s, expire grace 300s)"),
+        # a pair: the source holds keys of the other direction, longer by its grace
+        (310_000, 10_000, 300.0, 300.0, None),
+        (
+            400_000,
+            10_000,
+            300.0,
+            300.0,
+            "ttl 400.0s vs 10.0s (tolerance 2s, expire grace 300s, source expire grace 300s)",
+        ),
+    ],
+)
+def test_ttl_finding_with_expire_grace(
+    source: int, target: int, grace: float, source_grace: float, expected: str | None
+) -> None:
+    assert ttl_finding(source, target, 2.0, grace, source_grace) == expected
+
+
+@pytest.mark.parametrize(
     ("left", "right", "expected"),
     [
         ([], [], None),
@@ -831,3 +858,53 @@ def test_token_bucket_unlimited_never_sleeps() -> None:
     bucket = TokenBucket(None, clock=clock.time, sleep=clock.sleep)
     bucket.take(10**9)
     assert clock.slept == []
+
+
+# ----------------------------------------------------------------------------- stream groups
+
+
+def test_native_7_0_replica_with_group_reads_compares_equal(
+    debian_servers: ServerSet, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Redis 7.0 replicates XREADGROUP as XCLAIM … LASTID, which leaves the replica's
+    entries-read behind its master's: not a difference (the data is the same)."""
+    master = debian_servers.start("master")
+    replica = debian_servers.start("replica", replica_of=master)
+    wait_synced(replica, master)
+    with connect(master) as client:
+        for i in range(1, 8):
+            client.xadd("s", {"n": i}, id=f"1-{i}")
+        client.xgroup_create("s", "h", id="0")
+        client.xreadgroup("h", "c1", {"s": ">"}, count=1, noack=True)
+        client.xreadgroup("h", "c1", {"s": ">"}, count=1)
+    wait_synced(replica, master)
+    with connect(master) as on_master, connect(replica) as on_replica:
+        read = [c.xinfo_groups("s")[0]["entries-read"] for c in (on_master, on_replica)]
+    assert read == [2, 1]  # the premise: the two servers disagree
+    result = run(capsys, Pair(master, replica, 1).args("--json"))
+    assert result.code == EXIT_EQUAL, result.out
+
+
+def _groups(**fields: Any) -> list[list[bytes]]:
+    base = {"name": b"g", "consumers": 1, "pending": 2, "last-delivered-id": b"1-5"}
+    base.update(entries_read=3, lag=0)
+    base.update(fields)
+    flat: list[Any] = []
+    for name, value in base.items():
+        flat += [name.replace("_", "-").encode(), value]
+    return [flat]
+
+
+@pytest.mark.parametrize(
+    ("target_groups", "expected"),
+    [
+        (_groups(), None),
+        (_groups(entries_read=1, lag=4), None),  # a native 7.0 replica's numbers
+        (_groups(entries_read=None, lag=None), None),
+        (_groups(pending=1), "group g pending 2 vs 1"),
+        (_groups(**{"last-delivered-id": b"1-4"}), "group g last-delivered-id 1-5 vs 1-4"),
+    ],
+)
+def test_compare_stream_meta_groups(target_groups: Any, expected: str | None) -> None:
+    info = [b"length", 5, b"last-generated-id", b"1-5", b"groups", 1]
+    assert compare.compare_stream_meta(info, info, _groups(), target_groups) == expected

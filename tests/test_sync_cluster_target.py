@@ -405,6 +405,10 @@ def test_full_sync_and_stream_into_a_cluster(
     cp = wait_floor(source, cluster)
     assert_same_data(source, cluster)
     assert cp.full_resyncs == 1 and cp.task == TASK
+    # the FLUSHALL kept the record whole (own_keys.PRESERVE_SCRIPT), not only its core
+    assert cp.keys_loaded is not None and cp.keys_loaded >= 3000, cp
+    with cluster.client() as cc:
+        assert cc.hget(checkpoint_key(TASK), "version") == b"1"
     assert runner.runner.counters.full_syncs == 1 and runner.runner.counters.command_errors == 0
     # the monitor reads the record from the master owning its slot (MOVED followed), even
     # when the first startup node is another one

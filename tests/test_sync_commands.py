@@ -94,7 +94,6 @@ CASES = [
         [
             [b"XADD", b"k", b"1-1", b"a", b"1"],
             [b"XADD", b"k", b"1-2", b"b", b"2"],
-            [b"XSETID", b"k", b"1-5", b"ENTRIESADDED", b"5", b"MAXDELETEDID", b"1-4"],
             [b"XGROUP", b"CREATE", b"k", b"g", b"1-2", b"ENTRIESREAD", b"2"],
             [b"XGROUP", b"CREATECONSUMER", b"k", b"g", b"c1"],
             [
@@ -111,6 +110,7 @@ CASES = [
                 b"FORCE",
                 b"JUSTID",
             ],
+            [b"XSETID", b"k", b"1-5", b"ENTRIESADDED", b"5", b"MAXDELETEDID", b"1-4"],
         ],
     ),
     (
@@ -120,7 +120,6 @@ CASES = [
         [
             [b"XADD", b"k", b"1-1", b"a", b"1"],
             [b"XADD", b"k", b"1-2", b"b", b"2"],
-            [b"XSETID", b"k", b"1-5"],
             [b"XGROUP", b"CREATE", b"k", b"g", b"1-2"],
             [b"XGROUP", b"CREATECONSUMER", b"k", b"g", b"c1"],
             [
@@ -137,6 +136,7 @@ CASES = [
                 b"FORCE",
                 b"JUSTID",
             ],
+            [b"XSETID", b"k", b"1-5"],
         ],
     ),
 ]

@@ -416,12 +416,20 @@ def test_progress_during_a_full_sync(pair: tuple[RedisProcess, RedisProcess]) ->
     assert (view.keys_loaded, view.keys_total) == (1_234_567, 2_600_000)
     assert (view.rdb_bytes_loaded, view.rdb_bytes_total) == (int(1.2 * GIB), int(2.6 * GIB))
     assert view.source_offset is not None
-    assert view.lag_bytes == view.source_offset - snapshot_offset
-    assert view.lag_bytes > 0
+    # the copy is behind by the stream since the snapshot plus the snapshot not loaded yet,
+    # and at least as old as the full sync (begun 5 s ago), a lower bound
+    stream = view.source_offset - snapshot_offset
+    assert stream > 0
+    assert view.lag_bytes == stream + int(2.6 * GIB) - int(1.2 * GIB)
+    assert view.lag_seconds is not None and view.lag_seconds >= 5.0
+    assert not view.lag_seconds_exact
 
     # diskless: the size is not known in advance, progress comes from the keys
     write_checkpoint(client, "t1", source.label, **{**full_sync, "rdb_bytes_total": 0})
-    assert poll(task).progress == pytest.approx(1_234_567 / 2_600_000, abs=1e-6)
+    diskless = poll(task)
+    assert diskless.progress == pytest.approx(1_234_567 / 2_600_000, abs=1e-6)
+    assert diskless.source_offset is not None
+    assert diskless.lag_bytes == diskless.source_offset - snapshot_offset  # (stream only)
 
     # after the full sync the same fields describe the last snapshot: no running progress
     write_checkpoint(client, "t1", source.label, **{**full_sync, "state": "incremental"})

@@ -23,19 +23,24 @@ _GAUGES: list[tuple[str, str, ViewValue]] = [
     (
         "replwatch_sync_lag_bytes",
         "Source master_repl_offset minus the offset the task's checkpoint says is applied to "
-        "the target (absent when the checkpoint is on another replication stream).",
+        "the target (absent when the checkpoint is on another replication stream). While a "
+        "full sync has not finished (running, or left half-way), plus the snapshot's bytes "
+        "not loaded yet when its size is known (a diskless snapshot's is not).",
         lambda v: v.lag_bytes,
     ),
     (
         "replwatch_sync_lag_seconds",
         "How long ago the source moved past the task's checkpoint offset (the source's offset "
-        "clock); during a full sync, the age of the snapshot being loaded.",
+        "clock). While a full sync has not finished (running, or left half-way), at least the "
+        "time since it began, never exact: the copy reaches the snapshot's moment only once "
+        "it is loaded.",
         lambda v: v.lag_seconds,
     ),
     (
         "replwatch_sync_lag_seconds_exact",
         "1 when replwatch_sync_lag_seconds is exact, 0 when it is only a lower bound (the "
-        "offset clock's table does not reach back far enough).",
+        "offset clock's table does not reach back far enough, or a full sync has not "
+        "finished).",
         lambda v: None if v.lag_seconds is None else v.lag_seconds_exact,
     ),
     (
@@ -178,8 +183,10 @@ class SyncCollector(Collector):
     def _state_metric(self, views: list[SyncTaskView]) -> Metric:
         state = GaugeMetricFamily(
             "replwatch_sync_state",
-            "1 for the task's current state (from its checkpoint; unknown while the target "
-            "holds none or cannot be read), 0 for the others.",
+            "1 for the task's current state (from its checkpoint, or from the task process's "
+            "local report when that is newer and says failed or stopped: a target that is "
+            "out of memory or a replica refuses the checkpoint's write; unknown while neither "
+            "says anything), 0 for the others.",
             labels=["task", "state"],
         )
         for view in views:
@@ -206,8 +213,8 @@ class SyncCollector(Collector):
             "replwatch_sync_last_error_info",
             "Present (value 1) while something is wrong with the task: reason source_<class> "
             "or target_<class> while that side's poll fails (class: timeout, refused, auth, "
-            "tls, dns, reset, protocol, loading, error), task_failed while the checkpoint "
-            "says failed.",
+            "tls, dns, reset, protocol, loading, error), task_failed while the task's state "
+            "is failed (replwatch_sync_state).",
             labels=["task", "reason"],
         )
         for view in views:

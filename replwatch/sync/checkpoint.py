@@ -31,9 +31,27 @@ strings; times are unix milliseconds of the syncer's clock):
     keys_total               keys in the snapshot (sum of its RESIZEDB hints; 0 if absent)
     keys_loaded              keys applied so far
     skipped_keys             keys not applied (module types with on_module_key: skip)
+    own_keys_skipped         snapshot keys under __replwatch: left out (replwatch's own:
+                             other tasks' checkpoints, heartbeat, probe; never copied)
+    stream_pending_dropped   pending entries of streams the snapshot could not carry to this
+                             target as plain commands (logged per key; commands.stream_gaps)
+    expire_grace_ms          the task's expire_grace: TTLs on the target are this much later
+                             than on the source (replwatch/sync/expiry.py)
     snapshot_skipped         1: the first full sync's snapshot was read, not loaded
                              (snapshot: skip)
-    last_error               the last error that stopped or restarted the task (no secrets)
+    last_error               the last error that stopped or restarted the task (no secrets);
+                             a target that refuses the write (out of memory, read-only) keeps
+                             the error in the task's local report instead
+                             (replwatch/sync/task_report.py)
+    full_resync_reason       why the last full sync happened when the task had asked to
+                             continue (the backlog no longer held its position, another
+                             replication history, …: replwatch/sync/resync_reason.py)
+    oom_maxmemory, oom_policy, oom_needed
+                             a full sync that did not fit in the target: its maxmemory and
+                             maxmemory-policy then and about how many bytes the copy needs;
+                             a new start is refused before PSYNC until maxmemory or the policy
+                             changed or the need fits (replwatch/sync/preflight.py). Removed
+                             when a full sync completes
     pid, host                the process that writes it
     lease_holder, lease_token, lease_until
                              a task with `ha: true`: the process holding the task's lease
@@ -123,6 +141,10 @@ class Checkpoint:
     lease_holder: str | None = None
     lease_token: int | None = None
     lease_until: int | None = None
+    full_resync_reason: str | None = None
+    oom_maxmemory: int | None = None
+    oom_policy: str | None = None
+    oom_needed: int | None = None
     filtered: dict[str, int] = field(default_factory=dict)  # by reason
     extra: dict[str, str] = field(default_factory=dict, compare=False)
 
@@ -157,6 +179,10 @@ class Checkpoint:
             lease_holder=_text(raw, "lease_holder"),
             lease_token=_int(raw, "lease_token"),
             lease_until=_int(raw, "lease_until"),
+            full_resync_reason=_text(raw, "full_resync_reason") or None,
+            oom_maxmemory=_int(raw, "oom_maxmemory"),
+            oom_policy=_text(raw, "oom_policy") or None,
+            oom_needed=_int(raw, "oom_needed"),
             filtered=_filtered(raw),
         )
 
@@ -172,6 +198,17 @@ class Checkpoint:
                 self.full_sync_started_at is None
                 or self.full_sync_finished_at >= self.full_sync_started_at
             )
+        )
+
+    @property
+    def snapshot_incomplete(self) -> bool:
+        """A full sync began and has not finished (running, or it stopped or failed
+        half-way): the target holds no usable copy yet, whatever the offset says."""
+        if self.full_sync_started_at is None:
+            return self.state == "full_sync"
+        return (
+            self.full_sync_finished_at is None
+            or self.full_sync_finished_at < self.full_sync_started_at
         )
 
     def progress(self) -> float | None:

@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 
 from replwatch.config import ClusterSource, SyncTask, TLSConfig, tls_over
 from replwatch.errors import RedisError
-from replwatch.sync.checkpoint import CHECKPOINT_DB, CHECKPOINT_PREFIX, checkpoint_key
+from replwatch.sync.checkpoint import CHECKPOINT_DB, checkpoint_key
+from replwatch.sync.own_keys import OWN_PREFIX
 from replwatch.sync.sources import cluster_shards, shard_locator, shard_task, shard_task_name
 from replwatch.sync.task import IO_TIMEOUT, SyncTaskRunner, existing_keys_refused
 from replwatch.sync.writer import TargetLink
@@ -134,7 +135,7 @@ class ClusterTaskRunner:
                 cursor, ours = target.call("SCAN", cursor, "MATCH", prefix + "*", "COUNT", 10_000)
             if ours:
                 return True  # the shards synced before: each one's checkpoint decides
-            foreign = target.keys_outside(CHECKPOINT_PREFIX.encode())
+            foreign = target.keys_outside(OWN_PREFIX)
             if not foreign:
                 return True
             if self.task.existing_keys == "refuse":

@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any
 import hiredis
 
 from replwatch.observe.connection import encode_command
-from replwatch.sync.checkpoint import CHECKPOINT_PREFIX
 from replwatch.sync.cluster_target import RECORD_EVERY, ClusterTargetLink, Job
 from replwatch.sync.filters import Verdict
+from replwatch.sync.own_keys import PRESERVE_SCRIPT
 from replwatch.sync.slots import CrossSlotError, already_applied, key_slot, route, slot_tags
 from replwatch.sync.writer import TargetRejected, now_ms
 
@@ -30,7 +30,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("replwatch.sync")
 
-_CHECKPOINT_PREFIX = CHECKPOINT_PREFIX.encode()
 _MULTI, _EXEC, _SELECT = b"MULTI", b"EXEC", b"SELECT"
 _FLUSHES = frozenset((b"FLUSHALL", b"FLUSHDB"))
 # bytes of the stream held (queued per slot or in flight) before reading waits for replies
@@ -89,6 +88,9 @@ class ClusterStreamApplier:
         self.confirmed = 0  # commands confirmed, not yet counted in the record
         self.skipped = 0  # commands found applied already (resume)
         self.redirects_recorded = dict(target.redirects)  # (counted in the record)
+        # own keys left out, expiries a grace later; the record survives a FLUSH its own way
+        self.rewriter = runner.rewriter(guard_checkpoint=False)
+        self.watched = self.rewriter.watched
         runner.replid, runner.offset = replid, offset
 
     # ------------------------------------------------------------------ resume
@@ -152,15 +154,26 @@ class ClusterStreamApplier:
             return False
         if name == b"PING" or name == b"REPLCONF":
             return name == b"REPLCONF" and len(argv) > 1 and argv[1].upper() == b"GETACK"
-        if len(argv) > 1 and argv[1].startswith(_CHECKPOINT_PREFIX):
-            return False  # a sync checkpoint (another task's): not ours to copy
-        if self.filter is None:
-            self._command(argv, bytes(raw[a:b]), start, end)
-            return False
-        if self.db < 0:  # a source db the filter leaves out
+        rewriter = self.rewriter
+        if self.filter is None or rewriter.looks_own(argv):
+            # own keys left out, expiries a grace later (target_rewrite.py)
+            rewrite = (
+                rewriter.rewrite(argv, 0)
+                if name in self.watched or rewriter.looks_own(argv)
+                else None
+            )
+            if rewrite is None:
+                self._command(argv, bytes(raw[a:b]), start, end)
+                return False
+            verdict = Verdict(False, rewrite.commands, rewrite.dropped)
+        elif self.db < 0:  # a source db the filter leaves out
             self._count(Verdict(False, (), (("db", 1),)))
             return False
-        verdict = self.filter.command(argv, self.source_db, self.db)
+        else:
+            verdict = self.filter.command(argv, self.source_db, self.db)
+            if (verdict.keep or verdict.commands) and (name in self.watched or not verdict.keep):
+                rewrite = rewriter.rewrite_verdict(verdict, argv, self.db)
+                verdict = Verdict(False, rewrite.commands, rewrite.dropped)
         self._count(verdict)
         if verdict.keep:
             self._command(argv, bytes(raw[a:b]), start, end)
@@ -209,7 +222,7 @@ class ClusterStreamApplier:
         elif r.kind == "anywhere":
             self._unit(self.record_slot, data, start, end)
         else:
-            self._barrier(argv[0].upper(), data, start, end)
+            self._barrier(argv, data, start, end)
 
     def _unit(self, slot: int, data: bytes, start: int, end: int) -> None:
         if self.in_tx:
@@ -348,10 +361,11 @@ class ClusterStreamApplier:
 
     # ------------------------------------------------------------------ barriers
 
-    def _barrier(self, name: bytes, data: bytes, start: int, end: int) -> None:
+    def _barrier(self, argv: list[bytes], data: bytes, start: int, end: int) -> None:
         """FLUSHALL / FLUSHDB / FUNCTION / SCRIPT: everything before confirmed, then on every
         master; the record's master last, with the record at `end` (a FLUSH in the same
-        MULTI, so the record never forgets its history)."""
+        MULTI, run by a script that keeps the record whole: own_keys.PRESERVE_SCRIPT)."""
+        name = argv[0].upper()
         if self.in_tx:
             # the transaction's parts before it are units of their own; after the barrier
             # the floor may sit inside the transaction (a resume then sees a stray EXEC)
@@ -371,7 +385,8 @@ class ClusterStreamApplier:
         self.target.drain()
         body, count = self._record_commands(end)
         if name in _FLUSHES:
-            body = data + body
+            keep = (b"EVAL", PRESERVE_SCRIPT.encode(), b"1", self.record_key, *argv)
+            body = encode_command(keep) + body
             count += 1
         self.record_busy = True
 

@@ -9,12 +9,14 @@ by SSCAN on the source + SMISMEMBER on the target, hashes by HSCAN on the source
 target (cardinalities are compared first, so "every source member is on the target" means
 equal), streams by XINFO STREAM (length, last-generated-id, entries-added and
 max-deleted-entry-id where both servers report them, group count), XINFO GROUPS (per group
-last-delivered-id, pending count, consumer count, entries-read where both report it) and
+last-delivered-id, pending count, consumer count; not entries-read, see GROUP_FIELDS) and
 XRANGE chunks. Any other type (modules) is compared by its DUMP payload without the 10-byte
 trailer (RDB version + CRC), so two server versions that encode the value alike compare equal.
 Scores are compared as numbers (Redis 6.2 prints 1.1 as 1.1000000000000001, 7.0 as 1.1).
 
-TTLs are equal within `ttl_tolerance`; a TTL on one side only is a difference. Then, unless
+TTLs are equal within `ttl_tolerance`, and the target's may also be up to `expire_grace` longer
+(a sync task writes TTLs that much later: replwatch/sync/expiry.py; by default the largest
+grace a checkpoint on the target records); a TTL on one side only is a difference. Then, unless
 sampling, the target is SCANned too and every target key missing on the source is reported as
 `extra`. With `sample`, N random source keys per database (RANDOMKEY; all of them when the
 database has at most N keys) are checked for missing/different, extra keys are not checked and
@@ -48,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import fnmatch
 import json
 import sys
@@ -65,6 +68,7 @@ from redis.retry import Retry
 
 from replwatch.config import RedisEndpoint, TLSConfig, parse_duration, parse_redis_url
 from replwatch.errors import ConfigError, RedisError
+from replwatch.sync.checkpoint import CHECKPOINT_DB, CHECKPOINT_PREFIX
 
 __all__ = [
     "EXIT_DIFFERENT",
@@ -129,7 +133,11 @@ STREAM_FIELDS: Final = (
     "max-deleted-entry-id",
     "groups",
 )
-GROUP_FIELDS: Final = ("last-delivered-id", "pending", "consumers", "entries-read")
+# Not entries-read: Redis 7.0 replicates an XREADGROUP as XCLAIM … LASTID, which moves a
+# replica's last-delivered-id but not its entries-read (Valkey 8.1 and 9.1 send XGROUP SETID
+# … ENTRIESREAD too), so a native 7.0 replica reads other numbers than its master (seen: 1 vs
+# 2, or nil) and so does a sync target; the server uses it only to estimate the group's lag.
+GROUP_FIELDS: Final = ("last-delivered-id", "pending", "consumers")
 
 
 # --------------------------------------------------------------------------- public values
@@ -144,6 +152,12 @@ class CompareOptions:
     sample: int | None = None  # check N random source keys per db; no extra-key check
     rate: float | None = None  # key reads per second over both servers; None: unlimited
     ttl_tolerance: float = 2.0
+    # target TTLs may be this much longer than the source's (a sync task's expire_grace);
+    # None: the largest expire_grace_ms recorded by a checkpoint in the target's db 0
+    expire_grace: float | None = None
+    # source TTLs may be this much longer than the target's (the reverse task of a pair
+    # writes the source); None: the largest a checkpoint in the source's db 0 records
+    source_expire_grace: float | None = None
     recheck: int = 1
     recheck_delay: float = 0.5
     batch: int = 200  # SCAN COUNT and keys per pipeline
@@ -199,6 +213,9 @@ class CompareReport:
     differences: tuple[Difference, ...]  # the first max_differences of them
     omitted: int  # differences found but not kept
     seconds: float
+    expire_grace: float = 0.0  # target TTLs were allowed to be this much longer
+    source_expire_grace: float = 0.0  # … and source TTLs this much longer (a pair)
+
 
     @property
     def equal(self) -> bool:
@@ -222,6 +239,8 @@ class CompareReport:
             "differences": [d.as_json() for d in self.differences],
             "differences_omitted": self.omitted,
             "seconds": round(self.seconds, 3),
+            "expire_grace_seconds": self.expire_grace,
+            "source_expire_grace_seconds": self.source_expire_grace,
         }
 
 
@@ -261,19 +280,29 @@ def _format_seconds(ms: int) -> str:
     return f"{ms / 1000:.1f}s"
 
 
-def ttl_finding(source_pttl: int, target_pttl: int, tolerance: float) -> str | None:
-    """PTTL replies (-1: no TTL) → a description when they differ by more than `tolerance`."""
+def ttl_finding(
+    source_pttl: int,
+    target_pttl: int,
+    tolerance: float,
+    grace: float = 0.0,
+    source_grace: float = 0.0,
+) -> str | None:
+    """PTTL replies (-1: no TTL) → a description when they differ by more than `tolerance`;
+    the target's may also be up to `grace` longer (a sync task's expire_grace: the target
+    keeps a key until the source's own expiry reaches it), the source's up to `source_grace`
+    (a pair's reverse task does the same on the source)."""
     if source_pttl < 0 and target_pttl < 0:
         return None
     if source_pttl < 0 or target_pttl < 0:
         left = "none" if source_pttl < 0 else _format_seconds(source_pttl)
         right = "none" if target_pttl < 0 else _format_seconds(target_pttl)
         return f"ttl {left} vs {right}"
-    if abs(source_pttl - target_pttl) > tolerance * 1000:
-        return (
-            f"ttl {_format_seconds(source_pttl)} vs {_format_seconds(target_pttl)} "
-            f"(tolerance {tolerance:g}s)"
-        )
+    longer = target_pttl - source_pttl
+    if longer < -(tolerance + source_grace) * 1000 or longer > (grace + tolerance) * 1000:
+        allowed = f"tolerance {tolerance:g}s" + (f", expire grace {grace:g}s" if grace else "")
+        if source_grace:
+            allowed += f", source expire grace {source_grace:g}s"
+        return f"ttl {_format_seconds(source_pttl)} vs {_format_seconds(target_pttl)} ({allowed})"
     return None
 
 
@@ -742,6 +771,8 @@ class _DbComparison:
                     int(source_heads[2 * index + 1]),
                     int(target_heads[2 * index + 1]),
                     self.options.ttl_tolerance,
+                    self.options.expire_grace or 0.0,
+                    self.options.source_expire_grace or 0.0,
                 )
                 if ttl is not None:
                     findings.append(("ttl", ttl))
@@ -1162,6 +1193,27 @@ def _connected(
         side.close()
 
 
+def _recorded_expire_grace(
+    role: str, endpoint: RedisEndpoint, options: CompareOptions, tls: TLSConfig | None
+) -> float:
+    """The largest expire_grace_ms a sync checkpoint in the server's db 0 records, in
+    seconds (0 without one): its TTLs may be that much longer than the other side's."""
+    grace_ms = 0
+    with _connected(role, endpoint, CHECKPOINT_DB, options, tls) as side:
+        cursor: Any = b"0"
+        while True:
+            cursor, keys = side.execute(
+                [("SCAN", cursor, "MATCH", CHECKPOINT_PREFIX + "*", "COUNT", 1000)]
+            )[0]
+            if keys:
+                values = side.execute([("HGET", key, "expire_grace_ms") for key in keys])
+                for value in values:
+                    if isinstance(value, bytes) and value.isdigit():
+                        grace_ms = max(grace_ms, int(value))
+            if cursor in (b"0", 0, "0"):
+                return grace_ms / 1000
+
+
 def _db_pairs(
     source: RedisEndpoint, target: RedisEndpoint, options: CompareOptions, tls: TLSConfig | None
 ) -> list[DbPair]:
@@ -1187,6 +1239,14 @@ def compare_databases(
     cannot be reached or fails; never mentions a password."""
     options = options or CompareOptions()
     started = time.monotonic()
+    if options.expire_grace is None:
+        options = dataclasses.replace(
+            options, expire_grace=_recorded_expire_grace("target", target, options, tls)
+        )
+    if options.source_expire_grace is None:
+        options = dataclasses.replace(
+            options, source_expire_grace=_recorded_expire_grace("source", source, options, tls)
+        )
     bucket = TokenBucket(options.rate)
     tally = _Tally(max_kept=options.max_differences)
     pairs = _db_pairs(source, target, options, tls)
@@ -1211,6 +1271,8 @@ def compare_databases(
         differences=tuple(tally.kept),
         omitted=tally.omitted,
         seconds=time.monotonic() - started,
+        expire_grace=options.expire_grace or 0.0,
+        source_expire_grace=options.source_expire_grace or 0.0,
     )
 
 
@@ -1241,6 +1303,16 @@ def render_text(report: CompareReport, options: CompareOptions | None = None) ->
         lines.append(
             f"note: sampled up to {options.sample} source keys per database; keys on the "
             "target only (extra keys) were not checked"
+        )
+    if report.expire_grace:
+        lines.append(
+            f"note: target TTLs may be up to {report.expire_grace:g}s longer than the source's "
+            "(the sync task's expire_grace)"
+        )
+    if report.source_expire_grace:
+        lines.append(
+            f"note: source TTLs may be up to {report.source_expire_grace:g}s longer than the "
+            "target's (the expire_grace of a task that writes the source)"
         )
     if report.ignored:
         lines.append(f"note: {report.ignored} source keys matched --ignore and were skipped")
@@ -1286,6 +1358,12 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DURATION",
         default="2s",
         help="TTLs closer than this are equal (default: 2s)",
+    )
+    add(
+        "--expire-grace",
+        metavar="DURATION",
+        help="target TTLs may be this much longer than the source's (a sync task's "
+        "expire_grace; default: the largest one a sync checkpoint on the target records)",
     )
     add(
         "--recheck",
@@ -1397,6 +1475,11 @@ def options_from_args(
         sample=None if args.sample is None else _whole_number("--sample", args.sample, 1),
         rate=_rate(args.rate),
         ttl_tolerance=_duration("--ttl-tolerance", args.ttl_tolerance),
+        expire_grace=(
+            None
+            if getattr(args, "expire_grace", None) is None
+            else _duration("--expire-grace", args.expire_grace)
+        ),
         recheck=_whole_number("--recheck", args.recheck, 0),
         recheck_delay=_duration("--recheck-delay", args.recheck_delay),
         batch=_whole_number("--batch", args.batch, 1),

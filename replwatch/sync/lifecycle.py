@@ -27,6 +27,7 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from replwatch.config import (
@@ -140,9 +141,14 @@ class WatcherSet:
             watcher.close()
 
 
-def make_watcher_factory(cfg: Config) -> Callable[[SyncTask], list[SyncWatcher]]:
+def make_watcher_factory(
+    cfg: Config, state_dir: Path | None = None
+) -> Callable[[SyncTask], list[SyncWatcher]]:
+    """The watchers of a task; with the config's `state_dir` they merge the task processes'
+    local reports (replwatch/sync/task_report.py)."""
+
     def make(task: SyncTask) -> list[SyncWatcher]:
-        return task_watchers(cfg, task)
+        return task_watchers(cfg, task, state_dir=state_dir)
 
     return make
 
@@ -248,7 +254,7 @@ class TaskLifecycle:
         tasks = [e.task for e in entries.values()]
         stopped = [name for name in state.stopped if name in entries]
         supervisor = SyncSupervisor(tasks, config_path, log_level, stopped=stopped)
-        watchers = WatcherSet(make_watcher_factory(cfg), tasks)
+        watchers = WatcherSet(make_watcher_factory(cfg, state_file.directory), tasks)
         views = SyncStore()
         views.expect(entries)
         return cls(cfg, state_file, supervisor, watchers, views, state, entries)

@@ -1,12 +1,14 @@
 """The source side of a sync task: a replica-protocol client on a blocking socket.
 
 Handshake as a replica does it (PING, AUTH, REPLCONF listening-port / capa eof / capa
-psync2, PSYNC), then either a full sync payload — disk (`$<len>`) or diskless
+psync2, PSYNC; a session reads INFO server / replication / memory before REPLCONF for its
+checks: read_facts), then either a full sync payload — disk (`$<len>`) or diskless
 (`$EOF:<40-byte mark>` … mark), preceded by keepalive newlines while the source prepares it —
 or `+CONTINUE` and straight into the command stream. The stream is RESP arrays; each
 command's exact encoded length advances the replication offset. `REPLCONF GETACK` is
 answered at once by the caller (it owns the applied offset) and ACKs go out about once a
-second; `-LOADING` / `-NOMASTERLINK` replies to PSYNC mean "retry later".
+second; `-LOADING` / `-NOMASTERLINK` replies to PSYNC mean "retry later". A PING answer that
+is not RESP (an HTTP server) is WrongServer: the task stops instead of retrying.
 
 A sync task runs in its own process, so plain blocking sockets with timeouts are the
 simplest correct model here: no event loop to share with the monitor.
@@ -19,7 +21,7 @@ import re
 import select
 import socket
 import ssl
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import hiredis
@@ -38,7 +40,11 @@ from replwatch.observe.connection import (
     connect_error,
     encode_command,
 )
+from replwatch.observe.info import parse_info
 from replwatch.observe.resp_limits import STREAM_LIMITS
+from replwatch.sync.fatal import WrongServer
+from replwatch.sync.preflight import ServerFacts, answers_resp, not_redis, source_problem
+from replwatch.sync.resync_reason import SourceHistory
 
 _OFFSET = re.compile(r"-?[0-9]{1,20}")  # a replication offset (int64)
 EOF_MARK_LEN = 40
@@ -46,6 +52,7 @@ RECV_SIZE = 256 * 1024
 # an incomplete command this big has its items walked (then at twice the size, and so on):
 # an unterminated line or a size over STREAM_LIMITS in it is refused, at a cost linear in it
 PENDING_WALK_FROM = 1 << 20
+INFO_LIMIT = 1 << 20  # an INFO section is a few KiB; more is not an INFO reply
 
 
 class SourceRetryLater(RedisError):
@@ -292,15 +299,43 @@ class SourceLink:
         self.raw_pos = 0
         self._walked = 0  # raw[:_walked] holds whole items, checked (see feed_buffered)
         self._walk_at = PENDING_WALK_FROM
+        # what the source's INFO said at the handshake (ServerFacts() / None: not read yet)
+        self.facts = ServerFacts()
+        self.history: SourceHistory | None = None
+        self.server: dict[str, str] = {}  # INFO server, parsed ({}: refused or not read)
 
     def _call(self, *args: str | int) -> bytes:
         self.conn.send(encode_command(args))
         return self.conn.read_line()
 
+    def info(self, section: str) -> str | None:
+        """The text of one INFO section; None when the source refuses it (an ACL may)."""
+        line = self._call("INFO", section)
+        if line.startswith(b"-"):
+            return None
+        if not line.startswith(b"$"):
+            raise ProtocolFailure(f"{self.endpoint.label} answered INFO with {line[:40]!r}")
+        try:
+            size = int(line[1:])
+        except ValueError:
+            size = -1
+        if size < 0 or size > INFO_LIMIT:
+            raise ProtocolFailure(f"{self.endpoint.label} answered INFO with {line[:40]!r}")
+        return self.conn.read_exact(size + 2)[:-2].decode("utf-8", "replace")
+
     def handshake(self) -> None:
+        """greet(), then announce(): what a replica sends before PSYNC."""
+        self.greet()
+        self.announce()
+
+    def greet(self) -> None:
+        """PING (its answer must be RESP: the source is a Redis server at all), then AUTH.
+        WrongServer for a node whose answer to PING is not RESP."""
         ep = self.endpoint
         # PING first, as replicas do; -NOAUTH here is expected before AUTH
-        self._call("PING")
+        pong = self._call("PING")
+        if not answers_resp(pong):
+            raise WrongServer(not_redis("source", ep.label, pong))
         if ep.password is not None:
             secret = ep.password.get_secret_value()
             reply = self._call(
@@ -310,6 +345,28 @@ class SourceLink:
                 raise AuthFailure(
                     f"AUTH to {ep.label} failed: {reply[1:120].decode('utf-8', 'replace')}"
                 )
+
+    def read_facts(self) -> None:
+        """The INFO sections the checks before PSYNC need, into `facts` and `history` (each
+        section that is refused counts as unknown); WrongServer for a Sentinel."""
+        server, replication = self.info("server"), self.info("replication")
+        self.server = parse_info(server) if server else {}
+        self.facts = ServerFacts.parse(server, replication, self.info("memory"))
+        self.history = SourceHistory.parse(replication, server)
+        problem = source_problem(self.endpoint.label, self.facts)
+        if problem is not None:
+            raise WrongServer(problem)
+
+    def announce(self) -> None:
+        """REPLCONF listening-port and capa eof / psync2; to a Valkey source (read_facts) also
+        REPLCONF version, its own: Valkey 9 sends a replica that does not say its version an
+        RDB 11 snapshot, which cannot hold hash fields with a TTL (the snapshot then fails,
+        and the task would retry it for ever); with it, its own format (RDB 80+), which the
+        parser reads. Refused (an older Valkey): the snapshot comes as before."""
+        ep = self.endpoint
+        version = self.server.get("valkey_version")
+        if version:
+            self._call("REPLCONF", "version", version)
         for args in (
             ("REPLCONF", "listening-port", str(self.listening_port)),
             ("REPLCONF", "capa", "eof", "capa", "psync2"),
@@ -348,10 +405,14 @@ class SourceLink:
             raise classify_reply_error(text[1:])
         raise ProtocolFailure(f"unexpected PSYNC reply from {self.endpoint.label}: {text[:80]!r}")
 
-    def payload(self) -> RdbPayload:
-        """The full sync payload's header, then the payload as an RDB source."""
+    def payload(self, on_wait: Callable[[], None] | None = None) -> RdbPayload:
+        """The full sync payload's header, then the payload as an RDB source. While the
+        source prepares the snapshot it sends a newline about once a second; `on_wait` is
+        called for each (the task shows it is alive meanwhile: a BGSAVE may take minutes)."""
         line = self.conn.read_line()
         while line == b"":
+            if on_wait is not None:
+                on_wait()
             line = self.conn.read_line()
         if line.startswith(b"-"):
             raise classify_reply_error(line[1:].decode("utf-8", "replace"))

@@ -8,9 +8,15 @@ Time lag comes from the source's offset clock, which a one-shot command has a si
 of: behind the source it can only say ">=" (a lower bound); the daemon's
 replwatch_sync_lag_seconds has the whole table.
 
-Exit status: 0 when every task reported is in state incremental or full_sync and both its
-source and target answered; 1 otherwise (a side down, no checkpoint yet, stopped, failed,
-starting); 2 for a configuration problem (no task of that name, no tasks configured).
+With the config's state directory (`-c`), the task process's local report is merged in
+(replwatch/sync/task_report.py): a task that failed because its target refused every write
+(out of memory, a read-only replica) shows as failed with that error, though the target
+could not record it.
+
+Exit status: 0 when every task reported is in state incremental or full_sync with a
+checkpoint that is not stale, and both its source and target answered; 1 otherwise (a side
+down, no checkpoint yet, stopped, failed, starting, a checkpoint not written for the stale
+threshold); 2 for a configuration problem (no task of that name, no tasks configured).
 """
 
 from __future__ import annotations
@@ -20,9 +26,11 @@ import asyncio
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TextIO
 
 from replwatch.config import Config, SyncTask
+from replwatch.sync.units import format_bytes
 from replwatch.sync.watch import SyncTaskView, task_watchers
 
 EXIT_OK = 0
@@ -31,8 +39,9 @@ EXIT_CONFIG = 2
 
 BAR_WIDTH = 20
 _EPILOG = (
-    "exit status: 0 when every task shown is in state incremental or full_sync with source "
-    "and target answering, 1 otherwise, 2 for an unknown task name or no tasks configured"
+    "exit status: 0 when every task shown is in state incremental or full_sync (its "
+    "checkpoint not stale) with source and target answering, 1 otherwise (failed, stopped, "
+    "stale, a side down), 2 for an unknown task name or no tasks configured"
 )
 
 
@@ -44,13 +53,6 @@ def add_sync_status_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 # --------------------------------------------------------------------------- formatting
-
-
-def format_bytes(value: int) -> str:
-    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if value >= size:
-            return f"{value / size:.1f} {unit}"
-    return f"{value} B"
 
 
 def format_seconds(value: float | None, exact: bool = True) -> str:
@@ -115,7 +117,11 @@ def _checkpoint_age(view: SyncTaskView) -> str:
     if view.seconds_since_update is None:
         return "-"
     text = f"updated {view.seconds_since_update:.1f}s ago"
-    return text + " (stale: the source moved on)" if view.stale else text
+    if not view.stale:
+        return text
+    if view.state == "full_sync":
+        return text + " (stale: a running full sync records its progress every second)"
+    return text + " (stale: the source moved on)"
 
 
 def render_task(view: SyncTaskView, is_tty: bool) -> str:
@@ -125,6 +131,8 @@ def render_task(view: SyncTaskView, is_tty: bool) -> str:
         state += " (no checkpoint on the target yet)"
     elif view.checkpoint is None:
         state += " (the target cannot be read)"
+    elif view.stale and view.state in ("full_sync", "incremental"):
+        state += " (stale: not running)"
     rows = [
         ("source", _source(view)),
         ("target", _target(view)),
@@ -139,6 +147,8 @@ def render_task(view: SyncTaskView, is_tty: bool) -> str:
         ("checkpoint", _checkpoint_age(view)),
         ("last error", view.last_error or "-"),
     ]
+    if view.full_resync_reason:
+        rows.append(("full resync reason", view.full_resync_reason))
     width = max(len(key) for key, _ in rows)
     lines = [f"sync task {view.task}: {state}  {view.source} -> {view.target}"]
     lines += [f"  {key.ljust(width)}  {value}" for key, value in rows]
@@ -157,10 +167,13 @@ def render_json(views: Sequence[SyncTaskView]) -> str:
 # --------------------------------------------------------------------------- command
 
 
-async def poll_tasks(cfg: Config, tasks: Sequence[SyncTask]) -> list[SyncTaskView]:
-    """One poll of each task, concurrently; connections closed afterwards."""
+async def poll_tasks(
+    cfg: Config, tasks: Sequence[SyncTask], state_dir: Path | None = None
+) -> list[SyncTaskView]:
+    """One poll of each task, concurrently; connections closed afterwards. `state_dir`:
+    where the task processes keep their local reports (merged into the views)."""
     # (a cluster task: one watcher per master shard)
-    watchers = [w for task in tasks for w in task_watchers(cfg, task)]
+    watchers = [w for task in tasks for w in task_watchers(cfg, task, state_dir=state_dir)]
     try:
         return list(await asyncio.gather(*(w.poll() for w in watchers)))
     finally:
@@ -177,9 +190,11 @@ def run_sync_status(
     *,
     source: str = "<config>",
     err: TextIO | None = None,
+    state_dir: Path | None = None,
 ) -> int:
     """Poll the named task (or every configured task) once and print it. `source` names the
-    config in messages; errors go to `err` (stderr by default). Returns the exit status."""
+    config in messages; errors go to `err` (stderr by default); `state_dir`: the config's
+    state directory (the tasks' local reports). Returns the exit status."""
     errors = err if err is not None else sys.stderr
     if task is not None:
         found = cfg.sync.task(task)
@@ -192,6 +207,6 @@ def run_sync_status(
         if not tasks:
             print(f"sync status: no sync tasks in {source} (sync.tasks)", file=errors)
             return EXIT_CONFIG
-    views = asyncio.run(poll_tasks(cfg, tasks))
+    views = asyncio.run(poll_tasks(cfg, tasks, state_dir))
     out.write(render_json(views) if as_json else render_table(views, is_tty))
     return EXIT_OK if all(v.running for v in views) else EXIT_FAILURE

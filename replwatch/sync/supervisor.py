@@ -3,9 +3,13 @@
 A full sync parses and writes gigabytes: in a process of its own it never slows the monitor's
 event loop, and a crash of one task takes nothing else down. A task process that exits is
 started again with backoff (1 s doubling to 30 s; back to 1 s after a minute of uptime); one
-that exits 1 (a problem retrying cannot fix, e.g. a non-empty target) is retried every 60 s,
-so fixing the cause is enough. On shutdown every child gets SIGTERM (it finishes its batch,
-keeps its checkpoint) and, after a grace period, SIGKILL.
+that exits 1 (a problem retrying cannot fix, e.g. a non-empty target, a target out of memory
+or a replica) is retried every 60 s, so fixing the cause is enough. Such a retry costs the
+source nothing while the cause is unchanged: a task checks its target (and what an earlier
+attempt learned, e.g. the maxmemory a full sync did not fit in) before it asks the source
+for a snapshot (replwatch/sync/guard.py), so it fails again without a fork. On shutdown
+every child gets SIGTERM (it finishes its batch, keeps its checkpoint) and, after a grace
+period, SIGKILL.
 
 Tasks can be added, stopped, started (optionally afresh: `--afresh` for that one start) and
 removed while it runs (the task lifecycle, replwatch/sync/lifecycle.py, calls these). A stopped

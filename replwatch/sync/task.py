@@ -9,21 +9,27 @@ checkpoint naming the snapshot's position; then the stream is applied in batches
 position never disagree: after a crash the task continues exactly there. The source is
 ACKed the offset applied to the target (about once a second, and at once on GETACK).
 
-Sessions end on errors and are retried with backoff; a problem retrying cannot fix (a
-non-empty target with existing_keys: refuse, a module key with on_module_key: fail, the
-target refusing the snapshot's data) stops the task (FatalTaskError).
+Before PSYNC (a full sync makes the source fork) each session checks the target and the
+source (guard.py, preflight.py): a target that cannot take the data stops the task before
+the source is asked for a snapshot. Sessions end on errors and are retried with backoff; a
+problem retrying cannot fix (a failed check, a non-empty target with existing_keys: refuse, a
+module key with on_module_key: fail, the target refusing the snapshot's data, out of memory
+or read-only) stops the task (FatalTaskError), recorded in the checkpoint and, as the target
+may refuse that write, in the task's local report (task_report.py).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import hiredis
@@ -33,7 +39,6 @@ from replwatch.errors import ProtocolFailure, RedisError, ReplwatchError, Timeou
 from replwatch.observe.connection import READER_ERRORS, encode_command
 from replwatch.sync.checkpoint import (
     CHECKPOINT_DB,
-    CHECKPOINT_PREFIX,
     SCHEMA_VERSION,
     Checkpoint,
     checkpoint_key,
@@ -41,9 +46,18 @@ from replwatch.sync.checkpoint import (
 from replwatch.sync.cluster_stream import ClusterStreamApplier
 from replwatch.sync.cluster_target import ClusterTargetLink, open_target
 from replwatch.sync.commands import SET_COMMAND as _SET
-from replwatch.sync.commands import TargetCaps, key_writes, plain_commands, restore_command
+from replwatch.sync.commands import (
+    StreamGap,
+    TargetCaps,
+    describe_stream_gaps,
+    key_writes,
+    plain_commands,
+    restore_command,
+)
 from replwatch.sync.dump import restore_target_from_info
+from replwatch.sync.fatal import FatalTaskError
 from replwatch.sync.filters import SyncFilter, Verdict
+from replwatch.sync.guard import SessionGuard
 from replwatch.sync.lease import (
     ACQUIRE_SCRIPT,
     RELEASE_SCRIPT,
@@ -52,6 +66,15 @@ from replwatch.sync.lease import (
     LeaseLost,
     new_holder_id,
     parse_acquire,
+)
+from replwatch.sync.own_keys import OWN_PREFIX
+from replwatch.sync.preflight import (
+    MemoryShortfall,
+    Plan,
+    ServerFacts,
+    readonly_message,
+    refusal_kind,
+    snapshot_plan,
 )
 from replwatch.sync.rdb import (
     FunctionEntry,
@@ -70,7 +93,11 @@ from replwatch.sync.reader import (
     SourceLink,
     check_aligned,
 )
+from replwatch.sync.resync_reason import full_resync_reason
 from replwatch.sync.sources import Locator, source_locator
+from replwatch.sync.stream_compat import StreamCompat
+from replwatch.sync.target_rewrite import Rewrite, TargetRewriter
+from replwatch.sync.task_report import TaskReporter
 from replwatch.sync.writer import (
     CLIENT_NAME,
     OK_REPLY,
@@ -94,12 +121,13 @@ MAX_IN_FLIGHT = 8
 # written (plain commands), never held whole: memory stays flat whatever the biggest key
 STREAM_ELEMENTS_OVER = 20_000
 _SPECIAL = frozenset((b"MULTI", b"EXEC", b"SELECT", b"PING", b"REPLCONF"))
-_CHECKPOINT_PREFIX = CHECKPOINT_PREFIX.encode()
 _COLLECTIONS = frozenset(("list", "set", "zset", "hash", "stream"))
 # heads of encoded commands that answer +OK: `$3\r\nSET\r\n`, `$7\r\nRESTORE\r\n`
 _OK_COMMAND_HEADS = (b"$3\r\nSET\r\n", b"$7\r\nRESTORE\r\n")
 _SELECT = b"SELECT"
 MIXED_KEYS_WARN_EVERY = 60.0
+# while the source prepares a snapshot: the checkpoint's updated_at at most this often
+KEEPALIVE_RECORD_EVERY = 5.0
 
 
 # a pair task's checkpoint-only write, kept out of the replication stream (written to the AOF
@@ -120,10 +148,6 @@ def existing_keys_refused(task: SyncTask, foreign: int) -> str:
         f"them with the source's: set existing_keys: flush (delete them first) or overwrite "
         f"(keep keys the source does not have) on task {task.name}"
     )
-
-
-class FatalTaskError(ReplwatchError):
-    """A problem that retrying cannot fix: the task stops (state failed)."""
 
 
 @dataclass
@@ -149,9 +173,17 @@ class SyncTaskRunner:
         stop: threading.Event | None = None,
         io_timeout: float = IO_TIMEOUT,
         locate_source: Locator | None = None,
+        report_path: Path | None = None,
     ) -> None:
         self.task = task
         self.tls = tls_over(tls, task.tls)
+        # the local record of errors and of how the task ended (task_report.py): a target
+        # that refuses writes refuses the checkpoint's too
+        self.reporter = TaskReporter(report_path, task.name)
+        # the checks before PSYNC and the stop message of a refused write (guard.py)
+        self.guard = SessionGuard(task, self.reporter)
+        self._loader: _SnapshotLoader | None = None  # the session's snapshot load
+        self._flushed = False  # the session's full sync flushed the target (or found it empty)
         # where the source is at each (re)connect: its URL, or the master the Sentinels (or
         # the cluster, for one shard) name now (replwatch/sync/sources.py)
         self.locate_source = locate_source or source_locator(task.source, self.tls, io_timeout)
@@ -173,6 +205,8 @@ class SyncTaskRunner:
         self.fence: Fence | None = None
         self._keeper: LeaseKeeper | None = None
         self.leases_taken = 0
+        # the source's and the target's stream generations (set by each session)
+        self.stream_compat: StreamCompat | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -182,6 +216,16 @@ class SyncTaskRunner:
     @property
     def stopping(self) -> bool:
         return self.stop_event.is_set()
+
+    def rewriter(self, guard_checkpoint: bool) -> TargetRewriter:
+        """The stream's rewrite rules for this session (target_rewrite.py): own keys left
+        out, expire_grace, stream commands for the target's generation (stream_compat.py),
+        and (`guard_checkpoint`) the checkpoint kept in db 0."""
+        return TargetRewriter(
+            self.key.encode() if guard_checkpoint else None,
+            round(self.task.expire_grace * 1000),
+            self.stream_compat,
+        )
 
     def run(self) -> int:
         """Sessions with backoff until stopped (0) or a fatal error (1). With `ha`, only
@@ -203,17 +247,12 @@ class SyncTaskRunner:
                 log.warning("task %s: %s; standing by", self.task.name, exc)
                 self._drop_lease(release=False)
                 continue
-            except (FatalTaskError, TargetRejected) as exc:
-                # a full target (OOM) may make room: retried like a network error below
-                if not (isinstance(exc, TargetRejected) and "OOM" in str(exc)):
-                    log.error("task %s failed: %s", self.task.name, exc)
-                    self._record_end("failed", str(exc))
-                    return 1
-                if self._retry_wait(exc, delay):
-                    break
-                delay = min(self.task.reconnect_max, delay * 2)
-                continue
             except (RedisError, OSError, EOFError, ReplwatchError) as exc:
+                fatal = self._fatal_message(exc)
+                if fatal is not None:
+                    log.error("task %s failed: %s", self.task.name, fatal)
+                    self._record_end("failed", fatal)
+                    return 1
                 if self.stopping:
                     break
                 if self._retry_wait(exc, delay):
@@ -227,6 +266,31 @@ class SyncTaskRunner:
                 delay = self.task.reconnect_min
         self._record_end("stopped", None)
         return 0
+
+    def _fatal_message(self, exc: BaseException) -> str | None:
+        """The line the task stops with when retrying cannot fix `exc`; None: retry.
+
+        The target refusing a write as out of memory or as a read-only replica stops the
+        task (every retry would flush the target again and make the source fork again for
+        a new snapshot: issue 17), with a message from guard.stop_message; so does any other
+        refusal of the data (TargetRejected) and a FatalTaskError."""
+        kind = refusal_kind(str(exc))
+        if kind is not None:
+            loader = self._loader
+            keys = None
+            if self.state == "full_sync":
+                keys = (0, 0) if loader is None else (loader.keys_loaded, loader.keys_total)
+            return self.guard.stop_message(
+                kind,
+                self.tls,
+                self.io_timeout,
+                self.fence,
+                keys,
+                flush_copy=keys is not None and self._flushed,
+            )
+        if isinstance(exc, FatalTaskError | TargetRejected):
+            return str(exc)
+        return None
 
     # ------------------------------------------------------------------ HA lease
 
@@ -247,7 +311,12 @@ class SyncTaskRunner:
                     )
                 finally:
                     link.close()
+            except FatalTaskError:
+                raise  # not a Redis server at all (its PING answer)
             except (RedisError, OSError) as exc:
+                if refusal_kind(str(exc)) == "readonly":  # a replica: waiting cannot fix it
+                    message = readonly_message(task.target.label, ServerFacts())
+                    raise FatalTaskError(message) from None
                 log.warning("task %s: cannot reach the lease: %s", task.name, exc)
                 if self.stop_event.wait(min(task.lease / 3, task.reconnect_max)):
                     return False
@@ -322,39 +391,54 @@ class SyncTaskRunner:
             return None
 
     def _record_error(self, message: str) -> None:
+        """last_error into the checkpoint (when the target takes the write) and into the
+        local report (always)."""
         target = self._side_conn()
-        if target is None:
-            return
-        try:
-            target.select(CHECKPOINT_DB)
-            target.write("HSET", self.key, "last_error", message[:500], "updated_at", now_ms())
-        except (RedisError, OSError):
-            pass
-        finally:
-            target.close()
+        if target is not None:
+            try:
+                target.select(CHECKPOINT_DB)
+                target.write("HSET", self.key, "last_error", message[:500], "updated_at", now_ms())
+            except (RedisError, OSError):
+                pass
+            finally:
+                target.close()
+        self.reporter.write(self.state, now_ms(), message, self.guard.resync_reason)
 
     def _record_end(self, state: str, error: str | None) -> None:
+        """The end state into the checkpoint (when the target takes the write; a failure
+        with what the session learned: a memory shortfall, why it did a full resync) and
+        into the local report (always)."""
         self.state = state
+        guard = self.guard
         target = self._side_conn()
-        if target is None:
-            return
-        try:
-            # a failure is recorded even before the task ever wrote (e.g. a refused target)
-            target.select(CHECKPOINT_DB)
-            if error is not None or target.call("EXISTS", self.key):
-                fields: list[Any] = ["state", state, "updated_at", now_ms()]
-                if error is not None:
-                    fields += ["last_error", error[:500], *self._identity()]
-                target.write("HSET", self.key, *fields)
-        except (RedisError, OSError):
-            pass
-        finally:
-            target.close()
+        if target is not None:
+            try:
+                # a failure is recorded even before the task ever wrote (e.g. a refused target)
+                target.select(CHECKPOINT_DB)
+                if error is not None or target.call("EXISTS", self.key):
+                    fields: list[Any] = ["state", state, "updated_at", now_ms()]
+                    if error is not None:
+                        fields += ["last_error", error[:500], *self._identity()]
+                    if guard.shortfall is not None:
+                        fields += guard.shortfall.flat()
+                    if guard.resync_reason is not None:
+                        fields += ["full_resync_reason", guard.resync_reason]
+                    target.write("HSET", self.key, *fields)
+            except (RedisError, OSError):
+                pass
+            finally:
+                target.close()
+        self.reporter.write(state, now_ms(), error, guard.resync_reason, guard.shortfall)
 
     # ------------------------------------------------------------------ one session
 
     def session(self) -> None:
+        """One session. Before PSYNC (which makes the source fork when it answers with a
+        full sync) the target and the source are checked (guard.py): a target that cannot
+        take the data stops the task without the source being asked for a snapshot."""
         self.counters.sessions += 1
+        self.state, self._loader, self._flushed = "starting", None, False
+        self.guard.new_session()
         target = open_target(
             self.task.target,
             self.tls,
@@ -365,10 +449,20 @@ class SyncTaskRunner:
         )
         source: SourceLink | None = None
         try:
+            self.guard.check_target(target)  # a replica, a Sentinel: the source is not asked
             checkpoint = self._claim_target(target)
             source = SourceLink(self.locate_source(), self.tls, self.io_timeout)
-            source.handshake()
-            resume = checkpoint is not None and checkpoint.resumable and not self._afresh
+            source.greet()
+            source.read_facts()
+            source.announce()
+            self.stream_compat = _stream_compat(source.server, target.info)
+            afresh = self._afresh
+            resume = checkpoint is not None and checkpoint.resumable and not afresh
+            loads = not self._skips_snapshot(checkpoint)
+            flushes = self._plan(checkpoint) != "overwrite"
+            if not resume and loads:
+                self._refuse_foreign_keys(target, checkpoint)
+            self.guard.check_memory(source, checkpoint, flushes, not resume and loads, afresh)
             if resume:
                 assert checkpoint is not None
                 reply = source.psync(checkpoint.replid, checkpoint.offset)
@@ -376,7 +470,12 @@ class SyncTaskRunner:
                 reply = source.psync(None, None)
             self._afresh = False  # afresh applies to the first session of a start only
             if isinstance(reply, FullResync):
-                self.full_sync(source, target, checkpoint, reply)
+                reason = self._full_sync_reason(source, checkpoint, reply, resume, afresh)
+                if resume and loads:
+                    # the target holds a good copy: one fork was unavoidable, the copy stays
+                    # when the new one would not fit
+                    self.guard.check_memory(source, checkpoint, flushes, True, True)
+                self.full_sync(source, target, checkpoint, reply, reason)
                 offset, replid = reply.offset, reply.replid
             else:
                 if not resume or checkpoint is None or checkpoint.offset is None:
@@ -417,22 +516,73 @@ class SyncTaskRunner:
 
     # ------------------------------------------------------------------ full sync
 
-    def _prepare_target(self, target: TargetLink, checkpoint: Checkpoint | None) -> bool:
-        """Make the target ready for a snapshot; True when keys may already exist on it
-        (overwrite), so plain-command writes must delete a key first."""
-        if self.task.existing_keys == "overwrite":
-            return True  # never deletes: keys the source does not have stay on the target
+    def _plan(self, checkpoint: Checkpoint | None) -> Plan:
+        """What a full sync does to the target first (preflight.snapshot_plan): overwrite
+        (existing_keys: overwrite never deletes; a pair's target holds its own live data,
+        and a FLUSHALL would be copied back to the other side), flush (the target holds this
+        task's copy: replaced whole, so keys deleted on the source meanwhile go too), or
+        if_foreign (a first full sync: existing_keys decides)."""
         ours_before = checkpoint is not None and checkpoint.full_resyncs > 0
-        if ours_before and self.task.pair is not None:
-            # a pair's target holds its own live data too (and a FLUSHALL would be copied
-            # back to the other side): a new full sync overwrites, it never flushes
+        return snapshot_plan(self.task.existing_keys, self.task.pair is not None, ours_before)
+
+    def _skips_snapshot(self, checkpoint: Checkpoint | None) -> bool:
+        """snapshot: skip holds for the first full sync only, until it completes."""
+        resyncs = checkpoint.full_resyncs if checkpoint is not None else 0
+        return self.task.snapshot == "skip" and resyncs == 0
+
+    def _refuse_foreign_keys(self, target: TargetLink, checkpoint: Checkpoint | None) -> None:
+        """Before PSYNC: a first full sync into a target holding keys under existing_keys:
+        refuse stops the task without the source forking for a snapshot that would not be
+        loaded (and again at every start the supervisor retries)."""
+        if self._plan(checkpoint) != "if_foreign" or self.task.existing_keys != "refuse":
+            return
+        foreign = target.keys_outside(OWN_PREFIX)
+        if foreign:
+            raise FatalTaskError(existing_keys_refused(self.task, foreign))
+
+    def _full_sync_reason(
+        self,
+        source: SourceLink,
+        checkpoint: Checkpoint | None,
+        reply: FullResync,
+        resume: bool,
+        afresh: bool,
+    ) -> str | None:
+        """Why this full sync happens (None: the task's first). Asked to continue, the
+        source's own rules are told apart (resync_reason.py): logged, and kept as the
+        checkpoint's full_resync_reason and last error."""
+        if checkpoint is None or (checkpoint.full_resyncs == 0 and not resume):
+            return None
+        if not resume:
+            if afresh:
+                return "the task was started afresh"
+            return "the last full sync did not finish (a half-loaded copy cannot be continued)"
+        assert checkpoint.replid is not None and checkpoint.offset is not None
+        age = None
+        if checkpoint.updated_at is not None:
+            age = max(0.0, (now_ms() - checkpoint.updated_at) / 1000)
+        reason = full_resync_reason(
+            source.endpoint.label,
+            checkpoint.replid,
+            checkpoint.offset,
+            source.history,
+            reply.replid,
+            age,
+        )
+        log.warning("task %s: full resync: %s", self.task.name, reason)
+        self.guard.resync_reason = reason
+        return reason
+
+    def _prepare_target(self, target: TargetLink, checkpoint: Checkpoint | None) -> bool:
+        """Make the target ready for a snapshot (_plan); True when keys may already exist
+        on it (overwrite), so plain-command writes must delete a key first."""
+        plan = self._plan(checkpoint)
+        if plan == "overwrite":
             return True
-        if ours_before:
-            # the target holds this task's copy: a new full sync replaces it whole, so keys
-            # deleted on the source meanwhile go too
+        if plan == "flush":
             target.flush_keeping_checkpoints()
             return False
-        foreign = target.keys_outside(CHECKPOINT_PREFIX.encode())
+        foreign = target.keys_outside(OWN_PREFIX)
         if not foreign:
             return False
         if self.task.existing_keys == "refuse":
@@ -446,7 +596,10 @@ class SyncTaskRunner:
         target: TargetLink,
         checkpoint: Checkpoint | None,
         reply: FullResync,
+        reason: str | None = None,
     ) -> None:
+        """Load the snapshot into the target. `reason`: why this full sync happens
+        (_full_sync_reason), recorded in the checkpoint."""
         task = self.task
         self.state = "full_sync"
         log.info(
@@ -459,11 +612,19 @@ class SyncTaskRunner:
         resyncs = (checkpoint.full_resyncs if checkpoint else 0) + 1
         # snapshot: skip holds for the first full sync only, until it completes (it counts
         # in full_resyncs only then, so an interrupted skip is skipped again on retry)
-        skip = task.snapshot == "skip" and resyncs == 1
+        skip = self._skips_snapshot(checkpoint)
         replace = False if skip else self._prepare_target(target, checkpoint)
+        self._flushed = not skip and not replace
+        if not skip:
+            self.guard.before_load(target)
         started_at = now_ms()
         target.select(CHECKPOINT_DB)
-        target.write("HDEL", self.key, "full_sync_finished_at")
+        target.write("HDEL", self.key, "full_sync_finished_at", "full_resync_reason")
+        if reason is not None:
+            why = ["full_resync_reason", reason]
+            if self.guard.resync_reason is not None:  # unexpected: the task asked to continue
+                why += ["last_error", f"full resync: {reason}"[:500]]
+            target.write("HSET", self.key, *why)
         target.write(
             "HSET",
             self.key,
@@ -487,7 +648,7 @@ class SyncTaskRunner:
             "updated_at",
             started_at,
         )
-        payload = source.payload()
+        payload = source.payload(self._keepalive(target))
         target.write("HSET", self.key, "rdb_bytes_total", payload.length or 0)
         if skip:
             self._skip_snapshot(payload, target, reply)
@@ -495,6 +656,7 @@ class SyncTaskRunner:
             return
         caps = TargetCaps.of(restore_target_from_info(target.info))
         loader = _SnapshotLoader(self, target, caps, replace)
+        self._loader = loader
         source.settimeout(self.io_timeout)
         events = parse_rdb(
             payload,
@@ -554,9 +716,14 @@ class SyncTaskRunner:
             payload.loaded,
             "skipped_keys",
             loader.skipped,
+            "own_keys_skipped",
+            loader.own_keys_skipped,
+            "stream_pending_dropped",
+            loader.stream_pending_dropped,
             "updated_at",
             finished,
         )
+        target.write("HDEL", self.key, *MemoryShortfall.FIELDS)  # it fitted
         self.counters.full_syncs += 1
         self.counters.keys_loaded += loader.keys_loaded
         log.info(
@@ -566,8 +733,32 @@ class SyncTaskRunner:
             payload.loaded,
             (finished - started_at) / 1000,
         )
+        if loader.own_keys_skipped:
+            log.info(
+                "task %s: left out %d keys under __replwatch: (replwatch's own: checkpoints, "
+                "heartbeat, probe; never copied)",
+                task.name,
+                loader.own_keys_skipped,
+            )
         # a diskless source waits for this first ACK before it streams commands
         source.ack(reply.offset)
+
+    def _keepalive(self, target: TargetLink) -> Callable[[], None]:
+        """Called for each newline the source sends while it prepares the snapshot (a
+        BGSAVE may take minutes): a stop request ends the wait, and the checkpoint's
+        updated_at moves now and then, so the monitor does not take the wait for a task
+        that died (a full_sync checkpoint not updated for its stale threshold)."""
+        last = time.monotonic()
+
+        def alive() -> None:
+            nonlocal last
+            if self.stopping:
+                raise RedisError("stopped during the full sync", reason="stopped")
+            if time.monotonic() - last >= KEEPALIVE_RECORD_EVERY:
+                last = time.monotonic()
+                target.write("HSET", self.key, "updated_at", now_ms())
+
+        return alive
 
     def _skip_snapshot(self, payload: RdbPayload, target: TargetLink, reply: FullResync) -> None:
         """snapshot: skip (a first full sync only): read the snapshot to its end, write
@@ -617,6 +808,8 @@ class SyncTaskRunner:
             os.getpid(),
             "host",
             self._host,
+            "expire_grace_ms",
+            round(self.task.expire_grace * 1000),
         ]
 
     # ------------------------------------------------------------------ incremental
@@ -752,9 +945,15 @@ class _SnapshotLoader:
         self.batch_size = runner.task.batch_size
         self.batch_bytes = runner.task.batch_bytes
         self.in_multi = runner.task.pair is not None
+        self.grace_ms = round(runner.task.expire_grace * 1000)
+        self.own_keys_skipped = 0  # keys under __replwatch: (own_keys.py): never copied
+        self.stream_pending_dropped = 0  # pending entries a target could not take (logged)
 
     def string_key(self, db: int, key: bytes, value: bytes) -> None:
         """A plain string without TTL, from the parser's loop (no event object)."""
+        if key.startswith(OWN_PREFIX):
+            self.own_keys_skipped += 1
+            return
         if self.filter is not None and self._filtered_out(db, key):
             self.strings_left_out += 1
             if not self.strings_left_out & 1023:
@@ -809,8 +1008,13 @@ class _SnapshotLoader:
             self.maybe_progress(self.payload.loaded)
 
     def key(self, entry: KeyEntry) -> None:
+        if entry.key.startswith(OWN_PREFIX):
+            self.own_keys_skipped += 1
+            return
         if self.filter is not None and self._filtered_out(entry.db, entry.key):
             return
+        if self.grace_ms and (entry.expire_ms or entry.field_expiry):
+            entry = _expiring_later(entry, self.grace_ms)
         if entry.kind == "module" and self.runner.task.on_module_key == "skip":
             self.skipped += 1
             log.warning(
@@ -835,7 +1039,12 @@ class _SnapshotLoader:
             return
         try:
             data, replies = key_writes(
-                entry, self.caps, self.source_valkey, self.replace, use_restore=self.use_restore
+                entry,
+                self.caps,
+                self.source_valkey,
+                self.replace,
+                use_restore=self.use_restore,
+                on_gaps=self._stream_gaps_of(entry.key),
             )
         except ValueError as exc:
             raise FatalTaskError(
@@ -843,6 +1052,18 @@ class _SnapshotLoader:
                 f"{self.runner.task.target.label}: {exc}"
             ) from None
         self._add_key(data, replies, replies == 1 and data.startswith(_OK_COMMAND_HEADS, 4))
+
+    def _stream_gaps_of(self, key: bytes) -> Callable[[Sequence[StreamGap]], None]:
+        """What a stream written as plain commands could not carry to this target (pending
+        entries with no owner, …): logged once per key, counted in stream_pending_dropped."""
+
+        def report(gaps: Sequence[StreamGap]) -> None:
+            self.stream_pending_dropped += sum(gap.pending_dropped for gap in gaps)
+            log.warning(
+                "task %s: %s", self.runner.task.name, describe_stream_gaps(key, gaps)
+            )
+
+        return report
 
     def _add_key(self, data: bytes, replies: int, answers_ok: bool) -> None:
         """One key's encoded writes into the batch (`answers_ok`: every reply is +OK)."""
@@ -863,7 +1084,8 @@ class _SnapshotLoader:
         if self.replace:
             self._add_command(encode_command((b"DEL", entry.key)))
         try:
-            for command in plain_commands(entry, self.caps):
+            gaps = self._stream_gaps_of(entry.key)
+            for command in plain_commands(entry, self.caps, on_gaps=gaps):
                 self._add_command(encode_command(command))
         except ValueError as exc:
             raise FatalTaskError(
@@ -1057,6 +1279,7 @@ class _StreamApplier:
         self.tx_size = 0
         self.tx_run_start = self.tx_run_end = -1
         self.tx_dropped = False
+        self.tx_left_out = False  # the open transaction had commands left out (own keys)
         self.tx_db = self.db  # the db selected when the open transaction began
         self.sent_offset = offset  # what the last batch sent ends at
         self.full_sync_started_at: int | None = None
@@ -1072,6 +1295,9 @@ class _StreamApplier:
         self.filtered: dict[str, int] = {}
         self.tx_filtered: dict[str, int] = {}
         self._mixed_warned = -MIXED_KEYS_WARN_EVERY
+        # own keys left out, expiries a grace later, the checkpoint kept in db 0
+        self.rewriter = runner.rewriter(guard_checkpoint=True)
+        self.watched = self.rewriter.watched
         runner.replid, runner.offset = replid, offset
 
     def consume(self, link: SourceLink) -> bool:
@@ -1086,7 +1312,8 @@ class _StreamApplier:
         pos = link.raw_pos
         raw = link.raw
         special = _SPECIAL
-        prefix = _CHECKPOINT_PREFIX
+        prefix = OWN_PREFIX
+        watched = self.watched
         batch_size, batch_bytes = self.batch_size, self.batch_bytes
         count, size, pending, run_end = self.count, self.size, self.pending_offset, self.run_end
         try:
@@ -1108,7 +1335,7 @@ class _StreamApplier:
                 try:  # (an argument that is no string: a nested array shows in check_aligned)
                     sizes = list(map(len, argv))
                     name = argv[0].upper()
-                    checkpoint_write = n > 1 and argv[1].startswith(prefix)
+                    own_key = n > 1 and argv[1].startswith(prefix)
                 except (TypeError, AttributeError, IndexError):
                     raise ProtocolFailure(
                         f"replication stream from {link.endpoint.label} holds a reply that is "
@@ -1118,7 +1345,12 @@ class _StreamApplier:
                 pos += 3 + len(str(n)) + 3 * n + sum(sizes) + len(repr(sizes))
                 if pos > len(raw) or (pos < len(raw) and raw[pos] != 42):  # not at a b"*"
                     check_aligned(raw, pos, link.endpoint.label)  # raises: not all bulk strings
-                if self.in_tx or name in special or checkpoint_write:
+                if (
+                    self.in_tx
+                    or name in special
+                    or own_key
+                    or (name in watched and (n > 3 or name != b"SET"))
+                ):
                     self.count, self.size, self.pending_offset = count, size, pending
                     self.run_end = run_end
                     if not self.in_tx and run_end == start:
@@ -1160,9 +1392,7 @@ class _StreamApplier:
         (db numbers mapped); a dropped command still moves the offset."""
         assert self.filter is not None
         name = argv[0].upper()
-        if (name in _SPECIAL and name != _SELECT) or (
-            len(argv) > 1 and argv[1].startswith(_CHECKPOINT_PREFIX)
-        ):
+        if (name in _SPECIAL and name != _SELECT) or self.rewriter.looks_own(argv):
             return self.add(argv, start, end)
         self.pending_offset += end - start
         if name == _SELECT:
@@ -1180,6 +1410,11 @@ class _StreamApplier:
                     verdict = Verdict(keep, () if keep else ((b"SELECT", str(mapped).encode()),))
         else:
             verdict = self.filter.command(argv, self.source_db, self.db)
+            if (verdict.keep or verdict.commands) and (
+                name in self.watched or not verdict.keep
+            ):
+                rewrite = self.rewriter.rewrite_verdict(verdict, argv, self.db)
+                verdict = Verdict(False, rewrite.commands, rewrite.dropped)
         if verdict.dropped:
             self._count_filtered(verdict)
         if verdict.keep:
@@ -1241,37 +1476,40 @@ class _StreamApplier:
         name = argv[0].upper()
         if name in _SPECIAL:
             return self._special(name, argv, start, end)
-        if len(argv) > 1 and argv[1].startswith(_CHECKPOINT_PREFIX):
-            # another task's checkpoint write: from our pair, the whole transaction is an
-            # echo of what we wrote (drop it); from another task, just not ours to copy
-            if self.in_tx and argv[1] == self.pair_key:
-                self.tx_dropped = True
-            if not self.in_tx:
-                self.batch_offset = self.pending_offset
-            return False
-        if self.in_tx:
-            if start != self.tx_run_end:
-                self._close_tx_run()
-                self.tx_run_start = start
-            self.tx_run_end = end
-            self.tx_count += 1
-            self.tx_size += end - start
-            return False
-        if start != self.run_end:
-            self._close_run()
-            self.run_start = start
-        self.run_end = end
-        self.count += 1
-        self.size += end - start
-        self.batch_offset = self.pending_offset
-        if self.count >= self.batch_size or self.size >= self.batch_bytes:
-            self.flush()
+        if self.in_tx and self.pair_key is not None and len(argv) > 1 and argv[1] == self.pair_key:
+            # our pair's checkpoint write: the whole transaction is an echo of what we wrote
+            self.tx_dropped = True
+        rewrite = (
+            self.rewriter.rewrite(argv, self.db)
+            if name in self.watched or self.rewriter.looks_own(argv)
+            else None
+        )
+        if rewrite is None:
+            self._forward(start, end, None, 1)
+        else:
+            self._apply_rewrite(rewrite, start, end)
+        if not self.in_tx:
+            self.batch_offset = self.pending_offset
+            if self.count >= self.batch_size or self.size >= self.batch_bytes:
+                self.flush()
         return False
+
+    def _apply_rewrite(self, rewrite: Rewrite, start: int, end: int) -> None:
+        """A rewritten command into the batch (or the open transaction); a command left out
+        entirely (replwatch's own keys) still counts as taken for an empty transaction."""
+        if rewrite.dropped:
+            self._count_filtered(Verdict(False, (), rewrite.dropped))
+        if rewrite.commands:
+            data = b"".join(encode_command(c) for c in rewrite.commands)
+            self._forward(start, end, data, len(rewrite.commands))
+        elif self.in_tx:
+            self.tx_left_out = True
 
     def _special(self, name: bytes, argv: list[bytes], start: int, end: int) -> bool:
         if name == b"MULTI":
             self.in_tx = True
             self.tx_dropped = False
+            self.tx_left_out = False
             self.tx_filtered = {}
             self.tx_db = self.db
             self.tx_parts, self.tx_count, self.tx_size = [], 0, 0
@@ -1288,7 +1526,7 @@ class _StreamApplier:
                     self._close_run()
                     self.parts.append(encode_command(("SELECT", self.db)))
                     self.count += 1
-            elif self.tx_count == 0 and self.pair_key is not None:
+            elif self.tx_count == 0 and self.pair_key is not None and not self.tx_left_out:
                 # an empty transaction: all Redis 6.2 replicates of the reverse task's
                 # unreplicated position write (_flush_position). Passing it writes no
                 # position of ours, else the two tasks would answer each other for ever;
@@ -1478,6 +1716,33 @@ class _StreamApplier:
         return done
 
 
+def _stream_compat(
+    source_server: Mapping[str, str], target_server: Mapping[str, str]
+) -> StreamCompat | None:
+    """How stream commands differ between the source's generation and the target's (INFO
+    server of each); None when the source's version is unknown (an ACL refused INFO): the
+    stream then goes as a native replica of the target's version would take it."""
+    try:
+        source = TargetCaps.of(restore_target_from_info(source_server))
+        target = TargetCaps.of(restore_target_from_info(target_server))
+    except ValueError:
+        return None
+    return StreamCompat.between(source, target)
+
+
+def _expiring_later(entry: KeyEntry, grace_ms: int) -> KeyEntry:
+    """The key with its expiry (and its hash fields') `grace_ms` later (expiry.py)."""
+    return dataclasses.replace(
+        entry,
+        expire_ms=entry.expire_ms + grace_ms if entry.expire_ms else entry.expire_ms,
+        field_expiry=(
+            [(field, at + grace_ms) for field, at in entry.field_expiry]
+            if entry.field_expiry
+            else entry.field_expiry
+        ),
+    )
+
+
 def _db_number(argv: list[bytes]) -> int | None:
     if len(argv) < 2:
         return None
@@ -1487,17 +1752,21 @@ def _db_number(argv: list[bytes]) -> int | None:
         return None
 
 
-def run_task_foreground(task: SyncTask, tls: TLSConfig) -> int:
+def run_task_foreground(task: SyncTask, tls: TLSConfig, state_dir: Path | None = None) -> int:
     """`replwatch sync run`: the task until SIGTERM/SIGINT (exit 0, checkpoint kept) or a
-    fatal error (exit 1)."""
+    fatal error (exit 1). With `state_dir` the task keeps its local report there
+    (task_report.py)."""
     from replwatch.config import ClusterSource
     from replwatch.sync.cluster import ClusterTaskRunner
+    from replwatch.sync.task_report import report_path
 
     # a cluster source: one SyncTaskRunner per master shard, in threads (sync/cluster.py)
     runner: SyncTaskRunner | ClusterTaskRunner = (
         ClusterTaskRunner(task, tls)
         if isinstance(task.source, ClusterSource)
-        else SyncTaskRunner(task, tls)
+        else SyncTaskRunner(
+            task, tls, report_path=None if state_dir is None else report_path(state_dir, task.name)
+        )
     )
 
     import signal

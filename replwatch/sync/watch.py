@@ -11,12 +11,23 @@ SyncStore keeps the newest view per task for the exporter and `replwatch sync st
   the source's offset line: same replid, or the source's replid2 with an offset inside the
   shared history (offset < second_repl_offset: Redis sets second_repl_offset to the old
   offset + 1 when it shifts ids). Otherwise unknown (None), never a number across streams.
-- time lag = the source's offset clock looked up at the checkpoint offset. During a full sync
-  the checkpoint offset is the snapshot's, so the time lag grows with the load: it is how old
-  the target's data is. A stale checkpoint (not updated for `stale_after` seconds while the
-  source moved past it) keeps the clock's answer; `stale` and `seconds_since_update` say so.
+- time lag = the source's offset clock looked up at the checkpoint offset. A stale
+  checkpoint (not updated for `stale_after` seconds while the source moved past it, or a
+  full_sync one not updated for that long: a full sync records its progress every second)
+  keeps the clock's answer; `stale` and `seconds_since_update` say so, and a stale task is
+  not running.
+- a full sync that has not finished (running, or left half-way by a stop or a failure): the
+  target holds no usable copy yet, so the lag is not the snapshot's offset against the
+  source's (0 on an idle source: issue 17). lag_seconds is at least the time since the full
+  sync began and never exact (the copy reaches the snapshot's moment only once it is
+  loaded); lag_bytes adds the snapshot's bytes not loaded yet when its size is known
+  (unfinished_copy_lag).
 - "unreachable" is not a state: source_up / target_up (with an error reason class) say who
   could not be read; the state comes from the checkpoint, "unknown" when there is none.
+- the task process's local report (task_report.py, in the state directory: `replwatch run`
+  and `replwatch sync status -c` know it) is merged in: a report newer than the checkpoint
+  that says failed or stopped wins, and so does its last error (a target that is out of
+  memory or a replica refuses the checkpoint's write).
 """
 
 from __future__ import annotations
@@ -27,6 +38,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import hiredis
@@ -51,6 +63,7 @@ from replwatch.sync.sources import (
     shard_task,
     source_locator,
 )
+from replwatch.sync.task_report import TaskReport, merge_report, read_report, report_path
 
 log = logging.getLogger("replwatch.sync.watch")
 
@@ -95,7 +108,8 @@ class SyncTaskView:
     keys_total: int | None = None
     rdb_bytes_loaded: int | None = None
     rdb_bytes_total: int | None = None
-    last_error: str | None = None  # the checkpoint's last_error (the syncer's own)
+    last_error: str | None = None  # the syncer's own: the checkpoint's, or its newer report's
+    full_resync_reason: str | None = None  # why the last full sync happened (checkpoint)
     lease_token: int | None = None  # ha: the fencing token (grows with every takeover)
     lease_remaining_seconds: float | None = None  # ha: until the holder's lease ends
     taken_at: float = 0.0  # wall clock, seconds
@@ -103,8 +117,9 @@ class SyncTaskView:
 
     @property
     def running(self) -> bool:
-        """Both sides answer and the task is in full_sync or incremental."""
-        return self.source_up and self.target_up and self.state in RUNNING_STATES
+        """Both sides answer and the task is in full_sync or incremental, with a checkpoint
+        that is not stale (a task that stopped writing it is not doing its job)."""
+        return self.source_up and self.target_up and self.state in RUNNING_STATES and not self.stale
 
     @property
     def full_sync_running(self) -> bool:
@@ -135,6 +150,23 @@ def follower_lag_bytes(
     # INFO and the checkpoint are read concurrently: a checkpoint written a moment after the
     # INFO answer may be a few bytes ahead of it
     return max(0, source.master_repl_offset - offset)
+
+
+def unfinished_copy_lag(
+    cp: Checkpoint, stream_bytes: int | None, clock_seconds: float | None, now_wall: float
+) -> tuple[int | None, float | None]:
+    """Lag of a copy whose full sync has not finished (Checkpoint.snapshot_incomplete):
+    bytes: the stream since the snapshot (`stream_bytes`) plus the snapshot's bytes not
+    loaded yet, when its size is known; seconds: at least the time since the full sync
+    began (a lower bound: the copy reaches the snapshot's moment only once loaded)."""
+    lag_bytes = stream_bytes
+    if lag_bytes is not None and cp.rdb_bytes_total and cp.rdb_bytes_loaded is not None:
+        lag_bytes += max(0, cp.rdb_bytes_total - cp.rdb_bytes_loaded)
+    seconds = clock_seconds
+    if cp.full_sync_started_at is not None:
+        since = max(0.0, now_wall - cp.full_sync_started_at / 1000.0)
+        seconds = since if seconds is None else max(seconds, since)
+    return lag_bytes, seconds
 
 
 def parse_hgetall(reply: Any) -> dict[bytes | str, bytes | str]:
@@ -170,28 +202,40 @@ def build_view(
     now_wall: float,
     stale_after: float,
     poll_seconds: float = 0.0,
+    report: TaskReport | None = None,
 ) -> SyncTaskView:
-    """The view of one poll. `clock` must already have observed `source` (when it answered)."""
+    """The view of one poll. `clock` must already have observed `source` (when it answered);
+    `report`: the task process's local report (merged: task_report.merge_report)."""
     cp = target.value if target.up else None
     info = source.value if source.up else None
-    lag_bytes = lag_seconds = None
+    lag_bytes: int | None = None
+    lag_seconds: float | None = None
     exact = True
     if cp is not None and info is not None:
         lag_bytes = follower_lag_bytes(cp.replid, cp.offset, info)
         if lag_bytes is not None and cp.offset is not None:
             lag_seconds, exact = clock.lag_of(cp.offset, now_mono)
+    if cp is not None and cp.snapshot_incomplete:
+        lag_bytes, lag_seconds = unfinished_copy_lag(cp, lag_bytes, lag_seconds, now_wall)
+        exact = False
     since_update = None
     if cp is not None and cp.updated_at is not None:
         since_update = max(0.0, now_wall - cp.updated_at / 1000.0)
-    stale = bool(
-        since_update is not None and since_update > stale_after and lag_bytes and lag_bytes > 0
-    )
+    # a full sync writes its progress every second: quiet that long, it is not running
+    moving = bool(lag_bytes) or (cp is not None and cp.state == "full_sync")
+    stale = bool(since_update is not None and since_update > stale_after and moving)
     running_full_sync = cp is not None and cp.state == "full_sync"
+    state, last_error = merge_report(
+        cp.state if cp is not None else UNKNOWN_STATE,
+        cp.last_error if cp is not None else None,
+        cp.updated_at if cp is not None else None,
+        report,
+    )
     return SyncTaskView(
         task=task.name,
         source=task.source.label,
         target=task.target.label,
-        state=cp.state if cp is not None else UNKNOWN_STATE,
+        state=state,
         checkpoint=cp,
         source_up=source.up,
         target_up=target.up,
@@ -215,7 +259,8 @@ def build_view(
         keys_total=cp.keys_total if cp is not None else None,
         rdb_bytes_loaded=cp.rdb_bytes_loaded if cp is not None else None,
         rdb_bytes_total=cp.rdb_bytes_total if cp is not None else None,
-        last_error=cp.last_error if cp is not None else None,
+        last_error=last_error,
+        full_resync_reason=cp.full_resync_reason if cp is not None else None,
         lease_token=cp.lease_token if cp is not None else None,
         lease_remaining_seconds=(
             max(0.0, cp.lease_until / 1000.0 - now_wall)
@@ -338,8 +383,10 @@ class SyncWatcher:
         stale_after: float = DEFAULT_STALE_AFTER,
         wall_clock: Callable[[], float] = time.time,
         locate: Locator | None = None,
+        report: Path | None = None,
     ) -> None:
         self.task = task
+        self.report = report  # the task's local report file (task_report.py), if known
         self.timeout = timeout
         self.stale_after = stale_after
         self.clock = clock if clock is not None else OffsetClock()
@@ -380,6 +427,8 @@ class SyncWatcher:
             self._wall(),
             self.stale_after,
             now - started,
+            # (a small local file: read in the loop, like the clock)
+            read_report(self.report) if self.report is not None else None,
         )
 
     def close(self) -> None:
@@ -388,18 +437,23 @@ class SyncWatcher:
 
 
 def task_watchers(
-    cfg: Config, task: SyncTask, stale_after: float = DEFAULT_STALE_AFTER
+    cfg: Config,
+    task: SyncTask,
+    stale_after: float = DEFAULT_STALE_AFTER,
+    state_dir: Path | None = None,
 ) -> list[SyncWatcher]:
     """The watchers of one task: one; for a cluster source one per master shard found now
     (task `<name>@<shard>`, its own checkpoint and series; none while the cluster cannot be
-    discovered: a blocking lookup bounded by the poll timeout per startup node)."""
+    discovered: a blocking lookup bounded by the poll timeout per startup node). With the
+    config's `state_dir`, each watcher merges the task's local report."""
     tls = tls_over(cfg.tls, task.tls)
 
     def clock() -> OffsetClock:
         return OffsetClock(cfg.lag.offset_clock_window, cfg.lag.offset_clock_max_points)
 
     if not isinstance(task.source, ClusterSource):
-        return [SyncWatcher(task, cfg.poll.timeout, cfg.tls, clock(), stale_after)]
+        report = None if state_dir is None else report_path(state_dir, task.name)
+        return [SyncWatcher(task, cfg.poll.timeout, cfg.tls, clock(), stale_after, report=report)]
     try:
         shards = cluster_shards(task.source, tls, cfg.poll.timeout)
     except (RedisError, OSError) as exc:
@@ -418,10 +472,12 @@ def task_watchers(
     ]
 
 
-def build_sync_watchers(cfg: Config, stale_after: float = DEFAULT_STALE_AFTER) -> list[SyncWatcher]:
+def build_sync_watchers(
+    cfg: Config, stale_after: float = DEFAULT_STALE_AFTER, state_dir: Path | None = None
+) -> list[SyncWatcher]:
     """The watchers of every configured task (task_watchers), with the poll timeout, TLS and
     offset clock size of the config."""
-    return [w for task in cfg.sync.tasks for w in task_watchers(cfg, task, stale_after)]
+    return [w for task in cfg.sync.tasks for w in task_watchers(cfg, task, stale_after, state_dir)]
 
 
 # --------------------------------------------------------------------------- store

@@ -3,6 +3,8 @@
 Batches are sent without waiting and their replies read later (a few batches in flight), so
 the target's round trip does not bound throughput. Every incremental batch is one
 `MULTI … EXEC` that ends with the checkpoint write, so data and position move together.
+A new connection's first PING answer must be RESP (WrongServer otherwise: not a Redis
+server); facts() reads what the checks before a session need (replwatch/sync/guard.py).
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from replwatch.errors import AuthFailure, ProtocolFailure, RedisError
 from replwatch.observe.connection import classify_reply_error, encode_command
 from replwatch.observe.info import parse_info
 from replwatch.sync.checkpoint import CHECKPOINT_DB, CHECKPOINT_PREFIX, Checkpoint, checkpoint_key
+from replwatch.sync.fatal import WrongServer
 from replwatch.sync.lease import Fence, LeaseLost
+from replwatch.sync.preflight import ServerFacts, answers_resp, not_redis
 from replwatch.sync.reader import BufferedSocket, open_socket
 
 
@@ -133,6 +137,16 @@ class TargetLink:
 
     def _setup(self) -> None:
         ep = self.endpoint
+        # PING first, its answer read as a line: a server that is not Redis (an HTTP server)
+        # answers with text hiredis would call a protocol error, and a one-line message
+        # should say what it is
+        self.conn.send(encode_command(("PING",)))
+        pong = self.conn.read_line()
+        if not answers_resp(pong):
+            raise WrongServer(not_redis("target", ep.label, pong))
+        if pong[:1] not in (b"+", b"-"):  # another RESP type: the rest of it to the reader
+            self.reader.feed(pong + b"\r\n")
+            self._next_reply()
         if ep.password is not None:
             secret = ep.password.get_secret_value()
             args = ("AUTH", ep.username, secret) if ep.username else ("AUTH", secret)
@@ -145,6 +159,15 @@ class TargetLink:
         self.call("PING")
         info = self.call("INFO", "server")
         self.info = parse_info(info.decode("utf-8", "replace") if isinstance(info, bytes) else "")
+
+    def facts(self) -> ServerFacts:
+        """What INFO server, replication and memory say about the target (a section it
+        refuses counts as unknown), for the checks before a session asks its source."""
+        texts = []
+        for section in ("server", "replication", "memory"):
+            reply = self.try_call("INFO", section)
+            texts.append(reply.decode("utf-8", "replace") if isinstance(reply, bytes) else None)
+        return ServerFacts.parse(*texts)
 
     def select(self, db: int) -> None:
         """Switch the connection's database (a new connection starts in db 0)."""
