@@ -17,6 +17,7 @@ The rewrites themselves are table-tested in tests/test_sync_rewrite.py.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 import redis
@@ -25,7 +26,7 @@ from replwatch.config import SyncTask
 from replwatch.sync.checkpoint import Checkpoint, checkpoint_key
 
 from .datasets import connect
-from .harness import RedisProcess, ServerSet, wait_for
+from .harness import RedisProcess, ServerSet, require_build, wait_for
 from .syncing import (
     TASK,
     RunnerThread,
@@ -314,3 +315,34 @@ def test_own_keys_are_never_copied_and_the_targets_own_heartbeat_stays(
         assert client.exists("__replwatch:sync:other") == 0
         assert client.get("user") == b"u3"
     assert_equal(source, target)
+
+
+@pytest.mark.timeout(90)
+def test_hash_field_ttls_from_valkey_9_arrive_a_grace_later(
+    tmp_path: Path, runners: list[RunnerThread]
+) -> None:
+    """A Valkey 9 source with a hash field that has a TTL: its snapshot for a replica that
+    does not say its version is RDB 11, which cannot hold the field, and the source aborts
+    it (the task retried for ever). The task says its version (REPLCONF version) and gets
+    RDB 80; the field's TTL arrives a grace later, in the snapshot and in the stream."""
+    servers = ServerSet(require_build("valkey-9.1"), tmp_path)
+    try:
+        source = servers.start("source")
+        target = servers.start("target")
+        with connect(source) as client:
+            client.execute_command("HSETEX", "h", "PX", 600_000, "FIELDS", 1, "a", "1")
+            client.hset("h", "b", "2")
+        task = make_task(source, target)
+        start(task, runners)
+        wait_caught_up(source, target)
+        with connect(source) as client:
+            client.execute_command("HPEXPIRE", "h", 900_000, "FIELDS", 1, "b")
+        wait_caught_up(source, target)
+        grace_ms = task.expire_grace * 1000
+        with connect(target) as client:
+            a, b = client.execute_command("HPTTL", "h", "FIELDS", 2, "a", "b")
+            assert 590_000 + grace_ms < a <= 600_000 + grace_ms
+            assert 890_000 + grace_ms < b <= 900_000 + grace_ms
+        assert_equal(source, target)
+    finally:
+        servers.close()
