@@ -4,6 +4,7 @@ promoted replica's replid2). Shard discovery parsers are table-tested."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from replwatch.config import SyncTask, TLSConfig, config_from_data
 from replwatch.sync.checkpoint import Checkpoint, checkpoint_key
 from replwatch.sync.cluster import ClusterTaskRunner
 from replwatch.sync.sources import Shard, cluster_shards, parse_cluster_nodes
+from replwatch.sync.watch import SyncTaskView, SyncWatcher, task_watchers
 
 from .harness import RedisProcess, ServerSet, free_port, wait_for
 
@@ -258,3 +260,47 @@ def test_cluster_source_one_reader_per_shard_and_a_shard_failover(cluster: Clust
         thread.join(30)
     assert not thread.is_alive()
     assert exit_codes == [0]
+
+
+@pytest.mark.timeout(120)
+def test_cluster_source_into_a_read_only_target_says_so_for_every_shard(
+    cluster: Cluster, debian_servers: ServerSet, tmp_path: Path
+) -> None:
+    """The target is a read-only replica: every shard's runner stops before its source forks,
+    and, since the target cannot hold the record, each writes its local report, which the
+    monitor's watchers (one per shard) merge: state failed, the reason as the last error."""
+    other = debian_servers.start("other")
+    cluster.target.client().execute_command("REPLICAOF", other.host, other.port)
+    wait_for(lambda: cluster.target.info()["role"] == "slave", 10, "the target to be a replica")
+    forks = [m.info("stats")["total_forks"] for m in cluster.masters]
+    state_dir = tmp_path / "state"
+    runner = ClusterTaskRunner(cluster.task(), TLSConfig(), state_dir=state_dir)
+    codes: list[int] = []
+    thread = threading.Thread(target=lambda: codes.append(runner.run()), daemon=True)
+    thread.start()
+    try:
+        wait_for(
+            lambda: len(list((state_dir / "sync").glob(f"{TASK}@*.json"))) == 3,
+            30,
+            "a report per shard",
+        )
+        cfg = config_from_data({"sync": {"tasks": [cluster.task().model_dump(mode="json")]}})
+        watchers = task_watchers(cfg, cfg.sync.tasks[0], state_dir=state_dir)
+        views = asyncio.run(poll_tasks_once(watchers))
+        assert len(views) == 3
+        for view in views:
+            assert view.state == "failed", view
+            assert "read-only replica" in (view.last_error or ""), view
+        assert [m.info("stats")["total_forks"] for m in cluster.masters] == forks
+    finally:
+        runner.stop()
+        thread.join(30)
+    assert codes == [1]
+
+
+async def poll_tasks_once(watchers: list[SyncWatcher]) -> list[SyncTaskView]:
+    try:
+        return list(await asyncio.gather(*(w.poll() for w in watchers)))
+    finally:
+        for watcher in watchers:
+            watcher.close()

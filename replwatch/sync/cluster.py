@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from replwatch.config import ClusterSource, SyncTask, TLSConfig, tls_over
 from replwatch.errors import RedisError
@@ -27,6 +28,7 @@ from replwatch.sync.checkpoint import CHECKPOINT_DB, checkpoint_key
 from replwatch.sync.own_keys import OWN_PREFIX
 from replwatch.sync.sources import cluster_shards, shard_locator, shard_task, shard_task_name
 from replwatch.sync.task import IO_TIMEOUT, SyncTaskRunner, existing_keys_refused
+from replwatch.sync.task_report import report_path
 from replwatch.sync.writer import TargetLink
 
 log = logging.getLogger("replwatch.sync.cluster")
@@ -51,6 +53,7 @@ class ClusterTaskRunner:
         tls: TLSConfig,
         stop: threading.Event | None = None,
         io_timeout: float = IO_TIMEOUT,
+        state_dir: Path | None = None,
     ) -> None:
         if not isinstance(task.source, ClusterSource):
             raise ValueError(f"task {task.name}: the source is not a cluster")
@@ -59,6 +62,7 @@ class ClusterTaskRunner:
         self.tls = tls_over(tls, task.tls)
         self.stop_event = stop or threading.Event()
         self.io_timeout = io_timeout
+        self.state_dir = state_dir  # each shard keeps its local report there (task_report.py)
         self.shards: dict[str, _ShardThread] = {}
 
     def stop(self) -> None:
@@ -98,12 +102,15 @@ class ClusterTaskRunner:
         for shard in cluster_shards(self.source, self.tls, self.io_timeout):
             if shard.shard_id in self.shards:
                 continue
+            task = shard_task(self.task, shard.shard_id)
+            report = None if self.state_dir is None else report_path(self.state_dir, task.name)
             runner = SyncTaskRunner(
-                shard_task(self.task, shard.shard_id),
+                task,
                 self.tls,
                 self.stop_event,
                 self.io_timeout,
                 locate_source=shard_locator(self.source, shard.shard_id, self.tls, self.io_timeout),
+                report_path=report,
             )
             record = _ShardThread(runner, threading.Thread())
             record.thread = threading.Thread(

@@ -1762,7 +1762,7 @@ def run_task_foreground(task: SyncTask, tls: TLSConfig, state_dir: Path | None =
 
     # a cluster source: one SyncTaskRunner per master shard, in threads (sync/cluster.py)
     runner: SyncTaskRunner | ClusterTaskRunner = (
-        ClusterTaskRunner(task, tls)
+        ClusterTaskRunner(task, tls, state_dir=state_dir)
         if isinstance(task.source, ClusterSource)
         else SyncTaskRunner(
             task, tls, report_path=None if state_dir is None else report_path(state_dir, task.name)

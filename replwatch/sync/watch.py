@@ -459,17 +459,21 @@ def task_watchers(
     except (RedisError, OSError) as exc:
         log.warning("sync task %s: cannot discover the cluster's shards: %s", task.name, exc)
         return []
-    return [
-        SyncWatcher(
-            shard_task(task, shard.shard_id),
-            cfg.poll.timeout,
-            cfg.tls,
-            clock(),
-            stale_after,
-            locate=shard_locator(task.source, shard.shard_id, tls, cfg.poll.timeout),
+    watchers = []
+    for shard in shards:
+        sharded = shard_task(task, shard.shard_id)
+        watchers.append(
+            SyncWatcher(
+                sharded,
+                cfg.poll.timeout,
+                cfg.tls,
+                clock(),
+                stale_after,
+                locate=shard_locator(task.source, shard.shard_id, tls, cfg.poll.timeout),
+                report=None if state_dir is None else report_path(state_dir, sharded.name),
+            )
         )
-        for shard in shards
-    ]
+    return watchers
 
 
 def build_sync_watchers(
