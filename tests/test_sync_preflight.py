@@ -179,6 +179,57 @@ def test_a_target_that_cannot_hold_the_copy_stops_the_task_before_the_source_for
 
 
 @pytest.mark.timeout(90)
+def test_a_target_that_evicts_keys_of_the_copy_stops_the_task(
+    debian_servers: ServerSet, tmp_path: Path, running: list[Running]
+) -> None:
+    """A target with an eviction policy fits the copy at the start and evicts keys of it
+    later, as the source grows (a native replica never evicts): the task stops with the
+    count, marks the copy for a full sync, and no restart forks the source until maxmemory
+    changed."""
+    source = debian_servers.start("source")
+    target = debian_servers.start(
+        "target", extra=["--maxmemory", "8mb", "--maxmemory-policy", "allkeys-lru"]
+    )
+    fill(source, 1_000)
+    cfg = task_config(source.url, target.url)
+    before = forks(source)
+    first = Running(cfg, tmp_path)
+    running.append(first)
+    wait_caught_up(source, target)
+    fill(source, 30_000, prefix="more")  # ~15 MiB: the target evicts
+    assert first.ends(30) == 1
+    cp = checkpoint(target)
+    assert cp is not None and cp.state == "failed" and cp.last_error is not None, cp
+    found = re.fullmatch(
+        rf"target {target.label} evicted ([\d,]+) keys while the task ran \(maxmemory 8\.0 "
+        rf"MiB, allkeys-lru\): the copy is incomplete; raise maxmemory on {target.label} \(or "
+        r"set maxmemory-policy noeviction there\), then start the task again \(it begins "
+        r"with a full sync\)",
+        cp.last_error,
+    )
+    assert found, cp.last_error
+    assert int(found.group(1).replace(",", "")) > 0
+    assert not cp.resumable  # an incomplete copy is not continued
+    assert forks(source) == before + 1
+
+    # the supervisor starts it again: refused before PSYNC while nothing changed
+    second = Running(cfg, tmp_path)
+    running.append(second)
+    assert second.ends() == 1
+    assert forks(source) == before + 1
+
+    # room made: a full sync, and the copy is whole
+    target.client().config_set("maxmemory", "0")
+    third = Running(cfg, tmp_path)
+    running.append(third)
+    cp = wait_caught_up(source, target)
+    assert cp.full_resyncs == 2
+    with connect(target) as client:
+        assert client.dbsize() == 31_001  # + the checkpoint
+    assert third.stop() == 0
+
+
+@pytest.mark.timeout(90)
 def test_out_of_memory_during_the_snapshot_stops_the_task_and_no_new_start_forks_again(
     debian_servers: ServerSet, tmp_path: Path, running: list[Running]
 ) -> None:

@@ -15,6 +15,8 @@ from replwatch.sync.preflight import (
     MemoryShortfall,
     ServerFacts,
     answers_resp,
+    eviction_message,
+    evicts,
     free_for_copy,
     memory_problem,
     needed_after_oom,
@@ -274,6 +276,29 @@ def test_stop_messages() -> None:
     assert "maxmemory unknown" in oom_message(T, ServerFacts(), (1, 0), None)
     replica = readonly_message(T, ServerFacts.parse(INFO_REPLICA))
     assert replica.startswith(f"target {T} refused a write: it is a read-only replica of 10.0.0.9")
+
+
+@pytest.mark.parametrize(
+    ("target", "may_evict"),
+    [
+        (ServerFacts(maxmemory=8 * MIB, policy="allkeys-lru"), True),
+        (ServerFacts(maxmemory=8 * MIB, policy="volatile-ttl"), True),
+        (ServerFacts(maxmemory=8 * MIB, policy="noeviction"), False),
+        (ServerFacts(maxmemory=0, policy="allkeys-lru"), False),  # no limit: never evicts
+        (ServerFacts(), True),  # INFO refused: unknown counts as may
+    ],
+)
+def test_evicts(target: ServerFacts, may_evict: bool) -> None:
+    assert evicts(target) is may_evict
+
+
+def test_eviction_message() -> None:
+    target = ServerFacts(maxmemory=8 * MIB, policy="allkeys-lru", used_memory=8 * MIB)
+    assert eviction_message(T, target, 18_865) == (
+        f"target {T} evicted 18,865 keys while the task ran (maxmemory 8.0 MiB, allkeys-lru): "
+        f"the copy is incomplete; raise maxmemory on {T} (or set maxmemory-policy noeviction "
+        "there), then start the task again (it begins with a full sync)"
+    )
 
 
 # --------------------------------------------------------------------------- full resync

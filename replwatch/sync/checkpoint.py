@@ -35,6 +35,9 @@ strings; times are unix milliseconds of the syncer's clock):
                              other tasks' checkpoints, heartbeat, probe; never copied)
     stream_pending_dropped   pending entries of streams the snapshot could not carry to this
                              target as plain commands (logged per key; commands.stream_gaps)
+    evicted_keys             a target that may evict (maxmemory and an eviction policy): its
+                             INFO evicted_keys when the full sync finished; more later means
+                             keys of the copy may be gone: the task stops (guard.py)
     expire_grace_ms          the task's expire_grace: TTLs on the target are this much later
                              than on the source (replwatch/sync/expiry.py)
     snapshot_skipped         1: the first full sync's snapshot was read, not loaded
@@ -145,6 +148,7 @@ class Checkpoint:
     oom_maxmemory: int | None = None
     oom_policy: str | None = None
     oom_needed: int | None = None
+    evicted_keys: int | None = None  # the target's INFO evicted_keys when the copy was whole
     filtered: dict[str, int] = field(default_factory=dict)  # by reason
     extra: dict[str, str] = field(default_factory=dict, compare=False)
 
@@ -183,6 +187,7 @@ class Checkpoint:
             oom_maxmemory=_int(raw, "oom_maxmemory"),
             oom_policy=_text(raw, "oom_policy") or None,
             oom_needed=_int(raw, "oom_needed"),
+            evicted_keys=_int(raw, "evicted_keys"),
             filtered=_filtered(raw),
         )
 

@@ -13,7 +13,13 @@ The runner (task.py) calls them at fixed points of a session:
    the target's maxmemory does too. After a +FULLRESYNC that answered a request to
    continue, check_memory runs again before the good copy is flushed: one fork is then
    unavoidable, but the copy stays and the task stops.
-3. stop_message: the target refused a write with OOM or READONLY during the session: the
+3. check_evictions: a target that may evict (a maxmemory and an eviction policy) must not
+   have evicted a key since the copy was whole (the checkpoint's evicted_keys, written when
+   a full sync finishes; a snapshot load counts from its start): checked when a session
+   continues a copy, at the end of a load and every few seconds of the stream. A copy that
+   lost keys stops the task, is marked for a full sync (not resumable) and records a
+   shortfall, so no restart forks the source again until maxmemory or the policy changed.
+4. stop_message: the target refused a write with OOM or READONLY during the session: the
    one line the task stops with (numbers from a fresh INFO), the shortfall learned
    (recorded with the failure), and after an out-of-memory snapshot load the unusable
    half-loaded copy is flushed — only when this session had flushed the target itself
@@ -35,6 +41,8 @@ from replwatch.sync.preflight import (
     MemoryShortfall,
     Refusal,
     ServerFacts,
+    eviction_message,
+    evicts,
     free_for_copy,
     memory_problem,
     needed_after_oom,
@@ -63,10 +71,13 @@ class SessionGuard:
         self.base_used: int | None = None  # target used_memory right before a snapshot load
         self.shortfall: MemoryShortfall | None = None
         self.resync_reason: str | None = None
+        self.evicted: int | None = None  # the target's evicted_keys when the copy was whole
+        self.copy_incomplete = False  # the target evicted keys of the copy: full sync next
 
     def new_session(self) -> None:
         self.target, self.source, self.base_used = ServerFacts(), ServerFacts(), None
         self.shortfall, self.resync_reason = None, None
+        self.copy_incomplete = False  # (evicted: kept for the runner's life, see check_copy)
 
     # ------------------------------------------------------------------ before PSYNC
 
@@ -79,6 +90,43 @@ class SessionGuard:
         problem = target_problem(self.label, self.target, cluster_target=False)
         if problem is not None:
             raise FatalTaskError(problem)
+        if not evicts(self.target):
+            self.evicted = None
+        elif self.evicted is None:  # this runner's first session: counts from now
+            self.evicted = target.evicted_keys()
+
+    def check_copy(self, target: TargetLink, checkpoint: Checkpoint | None) -> None:
+        """A session that may continue the copy: the target must not have evicted keys
+        since the copy was whole (the count the checkpoint recorded then, or the one this
+        runner saw first; a target restarted since counts from 0 again)."""
+        if self.evicted is None or checkpoint is None or not checkpoint.resumable:
+            return
+        recorded = checkpoint.evicted_keys
+        if recorded is not None and recorded < self.evicted:
+            now = target.evicted_keys()
+            if now is not None and recorded <= now:
+                self.evicted = recorded
+        self.check_evictions(target)
+
+    def check_evictions(self, target: TargetLink) -> None:
+        """Stop the task when the target evicted keys since the copy was whole (see the
+        module docstring); a no-op for a target that does not evict."""
+        if self.evicted is None:
+            return
+        now = target.evicted_keys()
+        if now is None:
+            return
+        if now < self.evicted:  # CONFIG RESETSTAT
+            self.evicted = now
+            return
+        if now > self.evicted:
+            facts = self.target
+            self.copy_incomplete = True
+            if facts.maxmemory:
+                # never fits until maxmemory or the policy changes (shortfall_problem)
+                needed = max(facts.maxmemory, facts.used_memory or 0) + 1
+                self.shortfall = MemoryShortfall(facts.maxmemory, facts.policy or "", needed)
+            raise FatalTaskError(eviction_message(self.label, facts, now - self.evicted))
 
     def check_memory(
         self,
@@ -144,6 +192,8 @@ class SessionGuard:
             return
         try:
             self.base_used = target.facts().used_memory
+            if self.evicted is not None:  # the new copy counts from here
+                self.evicted = target.evicted_keys()
         except RedisError:
             self.base_used = None
 

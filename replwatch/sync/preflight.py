@@ -318,6 +318,23 @@ def oom_message(
     )
 
 
+def evicts(facts: ServerFacts) -> bool:
+    """The target may evict keys (a maxmemory and a policy other than noeviction; unknown
+    counts as may)."""
+    return facts.maxmemory != 0 and facts.policy != "noeviction"
+
+
+def eviction_message(label: str, facts: ServerFacts, evicted: int) -> str:
+    """The one line a task stops with when the target evicted keys while it ran: the copy
+    may have lost any of them (a native replica does not evict; a target does)."""
+    limit = _limit(facts) if facts.maxmemory is not None else "maxmemory unknown: INFO refused"
+    return (
+        f"target {label} evicted {evicted:,} keys while the task ran ({limit}): the copy is "
+        f"incomplete; raise maxmemory on {label} (or set maxmemory-policy noeviction there), "
+        "then start the task again (it begins with a full sync)"
+    )
+
+
 def readonly_message(label: str, facts: ServerFacts) -> str:
     """The one line a task stops with when the target refused a write as a replica."""
     of = f" of {facts.master}" if facts.master else ""

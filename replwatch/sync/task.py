@@ -116,6 +116,8 @@ ACK_EVERY = 1.0
 # one is stuck (a big value on a working link grows faster than 64 KiB a source_timeout)
 TRICKLE_BYTES = 64 * 1024
 PROGRESS_EVERY = 1.0
+# how often the stream checks that the target evicted no key (INFO stats, when it may evict)
+EVICTION_CHECK_EVERY = 5.0
 MAX_IN_FLIGHT = 8
 # collections with more elements are read from the snapshot chunk by chunk as they are
 # written (plain commands), never held whole: memory stays flat whatever the biggest key
@@ -424,6 +426,8 @@ class SyncTaskRunner:
                     if guard.resync_reason is not None:
                         fields += ["full_resync_reason", guard.resync_reason]
                     target.write("HSET", self.key, *fields)
+                    if guard.copy_incomplete:  # the target evicted keys: full sync next
+                        target.write("HDEL", self.key, "full_sync_finished_at")
             except (RedisError, OSError):
                 pass
             finally:
@@ -451,6 +455,7 @@ class SyncTaskRunner:
         try:
             self.guard.check_target(target)  # a replica, a Sentinel: the source is not asked
             checkpoint = self._claim_target(target)
+            self.guard.check_copy(target, checkpoint)  # evicted keys: no copy to continue
             source = SourceLink(self.locate_source(), self.tls, self.io_timeout)
             source.greet()
             source.read_facts()
@@ -695,6 +700,7 @@ class SyncTaskRunner:
         payload.finish()
         loader.flush()
         target.drain()
+        self.guard.check_evictions(target)  # a copy that lost keys is not one
         finished = now_ms()
         target.select(CHECKPOINT_DB)
         target.write(
@@ -718,6 +724,7 @@ class SyncTaskRunner:
             loader.skipped,
             "own_keys_skipped",
             loader.own_keys_skipped,
+            *(["evicted_keys", self.guard.evicted] if self.guard.evicted is not None else []),
             "stream_pending_dropped",
             loader.stream_pending_dropped,
             "updated_at",
@@ -844,6 +851,7 @@ class SyncTaskRunner:
             stream.flush(force=True)
         last_ack = 0.0
         last_data = time.monotonic()
+        last_eviction_check = last_data
         silence = self.task.source_timeout
         # no whole command since (None: the last round took one), and the bytes held then
         unfinished_since: float | None = None
@@ -852,6 +860,9 @@ class SyncTaskRunner:
         while not self.stopping:
             if self.lease_lost:
                 raise LeaseLost(f"lease of task {self.task.name} lost (renewal refused)")
+            if time.monotonic() - last_eviction_check >= EVICTION_CHECK_EVERY:
+                self.guard.check_evictions(target)  # (a no-op for a target that cannot evict)
+                last_eviction_check = time.monotonic()
             try:
                 # bytes already buffered (read together with +CONTINUE or the snapshot's
                 # end) are taken first: waiting for more could wait for the next ping
@@ -1654,6 +1665,9 @@ class _StreamApplier:
             fields += ["full_sync_finished_at", self.full_sync_finished_at]
         if self.full_sync_started_at is not None:
             fields += ["full_sync_started_at", self.full_sync_started_at]
+        evicted = runner.guard.evicted
+        if evicted is not None:  # (an allkeys-* target may evict the checkpoint itself)
+            fields += ["evicted_keys", evicted]
         return fields
 
     def _flush_position(self, end: int, db: int) -> None:

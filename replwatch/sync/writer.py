@@ -169,6 +169,15 @@ class TargetLink:
             texts.append(reply.decode("utf-8", "replace") if isinstance(reply, bytes) else None)
         return ServerFacts.parse(*texts)
 
+    def evicted_keys(self) -> int | None:
+        """INFO stats evicted_keys (None: refused or absent): keys the target evicted since
+        it started (or since CONFIG RESETSTAT)."""
+        reply = self.try_call("INFO", "stats")
+        if not isinstance(reply, bytes):
+            return None
+        value = parse_info(reply.decode("utf-8", "replace")).get("evicted_keys", "")
+        return int(value) if value.isascii() and value.isdigit() else None
+
     def select(self, db: int) -> None:
         """Switch the connection's database (a new connection starts in db 0)."""
         if db != self.db:
