@@ -1,15 +1,23 @@
 """Helpers of the syncer tests: a task between two test servers, its checkpoint, waiting
-for it to catch up, comparing both sides, and task runners in threads (stopped at teardown
-by the `runners` fixture in conftest.py)."""
+for it to catch up, comparing both sides, task runners in threads (stopped at teardown
+by the `runners` fixture in conftest.py), a checkpoint written by hand and one poll of the
+monitor's watcher."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 import threading
+import time
+from typing import Any
+
+import redis
 
 from replwatch.config import SyncTask, TLSConfig, config_from_data
-from replwatch.sync.checkpoint import Checkpoint, checkpoint_key
+from replwatch.sync.checkpoint import SCHEMA_VERSION, Checkpoint, checkpoint_key
 from replwatch.sync.compare import CompareOptions, compare_databases
 from replwatch.sync.task import SyncTaskRunner
+from replwatch.sync.watch import SyncTaskView, SyncWatcher
 
 from .datasets import connect
 from .harness import RedisProcess, wait_for
@@ -94,3 +102,38 @@ def start(task: SyncTask, runners: list[RunnerThread], io_timeout: float = 5) ->
     runner = RunnerThread(task, io_timeout)
     runners.append(runner)
     return runner
+
+
+def write_checkpoint(client: redis.Redis, task: str, source_label: str, **fields: Any) -> None:
+    """HSET the checkpoint hash of `task` in db 0 of the target, as the writer would."""
+    now_ms = int(time.time() * 1000)
+    mapping: dict[str, Any] = {
+        "version": SCHEMA_VERSION,
+        "task": task,
+        "source": source_label,
+        "state": "incremental",
+        "updated_at": now_ms,
+        "full_sync_started_at": now_ms - 5000,
+        "full_sync_finished_at": now_ms - 4000,
+        "full_resyncs": 1,
+        "applied_commands": 0,
+        "skipped_keys": 0,
+        "pid": os.getpid(),
+        "host": "test-host",
+    }
+    mapping.update(fields)
+    key = checkpoint_key(task)
+    client.delete(key)
+    client.hset(key, mapping={k: str(v) for k, v in mapping.items()})
+
+
+async def poll_once(task: SyncTask, timeout: float = 0.5) -> SyncTaskView:
+    watcher = SyncWatcher(task, timeout, TLSConfig())
+    try:
+        return await watcher.poll()
+    finally:
+        watcher.close()
+
+
+def poll(task: SyncTask, timeout: float = 0.5) -> SyncTaskView:
+    return asyncio.run(poll_once(task, timeout))

@@ -39,8 +39,7 @@ from .daemons import RunningDaemon, value
 from .datasets import connect
 from .harness import RedisProcess, ServerSet, free_port, wait_for, wait_synced
 from .sentinels import SentinelProcess
-from .syncing import TASK, checkpoint, source_position, wait_caught_up
-from .test_sync_watch import poll, write_checkpoint
+from .syncing import TASK, checkpoint, poll, source_position, wait_caught_up, write_checkpoint
 
 MIB = 1 << 20
 FAST = {"reconnect_min": "100ms", "reconnect_max": "200ms", "source_timeout": "2s"}

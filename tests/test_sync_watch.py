@@ -12,13 +12,11 @@ import asyncio
 import io
 import itertools
 import json
-import os
 import re
 import shutil
 import subprocess
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 import redis
@@ -26,7 +24,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from replwatch.config import Config, SyncTask, TLSConfig, config_from_data
 from replwatch.exporter.sync_collector import SyncCollector
-from replwatch.sync.checkpoint import SCHEMA_VERSION, STATES, checkpoint_key
+from replwatch.sync.checkpoint import STATES
 from replwatch.sync.status_cli import progress_bar, run_sync_status
 from replwatch.sync.watch import (
     SyncStore,
@@ -44,6 +42,7 @@ from .harness import (
     closed_port,
     wait_synced,
 )
+from .syncing import poll, write_checkpoint
 
 SECRET = "sync-target-secret-7f3a"
 GIB = 1 << 30
@@ -81,47 +80,12 @@ def source_position(source: RedisProcess) -> tuple[str, int]:
     return str(info["master_replid"]), int(info["master_repl_offset"])
 
 
-def write_checkpoint(client: redis.Redis, task: str, source_label: str, **fields: Any) -> None:
-    """HSET the checkpoint hash of `task` in db 0 of the target, as the writer would."""
-    now_ms = int(time.time() * 1000)
-    mapping: dict[str, Any] = {
-        "version": SCHEMA_VERSION,
-        "task": task,
-        "source": source_label,
-        "state": "incremental",
-        "updated_at": now_ms,
-        "full_sync_started_at": now_ms - 5000,
-        "full_sync_finished_at": now_ms - 4000,
-        "full_resyncs": 1,
-        "applied_commands": 0,
-        "skipped_keys": 0,
-        "pid": os.getpid(),
-        "host": "test-host",
-    }
-    mapping.update(fields)
-    key = checkpoint_key(task)
-    client.delete(key)
-    client.hset(key, mapping={k: str(v) for k, v in mapping.items()})
-
-
 def write_load(source: RedisProcess, count: int = 50, size: int = 100) -> None:
     client = source.client()
     pipe = client.pipeline(transaction=False)
     for i in range(count):
         pipe.set(f"load:{i}", "x" * size)
     pipe.execute()
-
-
-async def poll_once(task: SyncTask, timeout: float = 0.5) -> SyncTaskView:
-    watcher = SyncWatcher(task, timeout, TLSConfig())
-    try:
-        return await watcher.poll()
-    finally:
-        watcher.close()
-
-
-def poll(task: SyncTask, timeout: float = 0.5) -> SyncTaskView:
-    return asyncio.run(poll_once(task, timeout))
 
 
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$")
