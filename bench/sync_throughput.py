@@ -633,12 +633,32 @@ def phase_full_sync_native(
     }, replica
 
 
-def burst(src: Server, commands: int) -> dict[str, Any]:
+def burst(src: Server, commands: int, mix: str = "plain") -> dict[str, Any]:
     """~`commands` writes to the source as fast as possible: redis-benchmark SET, INCR,
     LPUSH, HSET pipelined (-P 64, 50 clients, keys from 100k random ones), or the same mix
-    from 4 Python threads when redis-benchmark is missing."""
+    from 4 Python threads when redis-benchmark is missing. `mix` "ttl": every write is
+    `SET key value PX 600000` instead (a cache's stream: 7.0 replicates it as SET … PXAT,
+    which the syncer writes expire_grace later)."""
     per_test = max(1, commands // 4)
     t0 = time.monotonic()
+    if mix == "ttl":
+        if not REDIS_BENCHMARK.is_file():
+            raise SystemExit(
+                "--catchup-mix ttl needs redis-benchmark (apt-get install redis-tools)"
+            )
+        args = [
+            str(REDIS_BENCHMARK),
+            "-h", "127.0.0.1",
+            "-p", str(src.port),
+            "-n", str(commands),
+            "-P", "64",
+            "-r", "100000",
+            "-q",
+            "SET", "key:__rand_int__", "xxxxxxxxxxxxxxxx", "PX", "600000",
+        ]  # fmt: skip
+        subprocess.run(args, capture_output=True, text=True, timeout=3600, check=True)
+        how = " ".join(args[0:1] + args[3:])
+        return {"writer": how, "seconds": round(time.monotonic() - t0, 2)}
     if REDIS_BENCHMARK.is_file():
         args = [
             str(REDIS_BENCHMARK),
@@ -687,7 +707,7 @@ def burst(src: Server, commands: int) -> dict[str, Any]:
 
 
 def phase_catchup(
-    src: Server, replica: Server, target: Server, syncer: Syncer, commands: int
+    src: Server, replica: Server, target: Server, syncer: Syncer, commands: int, mix: str
 ) -> tuple[dict[str, Any], dict[str, Path | None]]:
     sc, rc, tc = src.client(), replica.client(), target.client()
     profiles: dict[str, Path | None] = {}
@@ -711,7 +731,7 @@ def phase_catchup(
     pause(syncer.proc.pid)
     start_offset = source_offset()
     calls0 = write_calls(sc)
-    writer = burst(src, commands)
+    writer = burst(src, commands, mix)
     goal = source_offset()
     applied = write_calls(sc) - calls0
     stream = goal - start_offset
@@ -743,6 +763,7 @@ def phase_catchup(
     result = {
         "commands": applied,
         "commands_requested": commands,
+        "mix": mix,
         "stream_bytes": stream,
         "writer": writer,
         "native_seconds": round(native_s, 3),
@@ -944,6 +965,12 @@ def main(argv: list[str] | None = None) -> int:
         help="phase 1 data: DEBUG POPULATE strings (default) or a mix of types",
     )
     ap.add_argument("--catchup-commands", type=int, default=2_000_000, help="catch-up burst")
+    ap.add_argument(
+        "--catchup-mix",
+        choices=["plain", "ttl"],
+        default="plain",
+        help="catch-up burst: SET/INCR/LPUSH/HSET (default), or SET … PX (TTLs: expire_grace)",
+    )
     ap.add_argument("--big-gb", type=float, default=2.0, help="GiB of data for the RSS phase")
     ap.add_argument("--big-value-size", type=int, default=2048, help="string size, RSS phase")
     ap.add_argument(
@@ -1029,7 +1056,7 @@ def main(argv: list[str] | None = None) -> int:
                 ours, prof_full = syncer_full_sync(syncer, src, target, 3600, [])
                 print(f"  {ours['seconds']} s; catch-up …", file=sys.stderr)
                 catchup, prof_catchup = phase_catchup(
-                    src, replica, target, syncer, args.catchup_commands
+                    src, replica, target, syncer, args.catchup_commands, args.catchup_mix
                 )
                 rss_overall = syncer.sampler.hwm_mb()
             finally:

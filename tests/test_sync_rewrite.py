@@ -7,7 +7,14 @@ from __future__ import annotations
 
 import pytest
 
-from replwatch.sync.expiry import EXPIRY_COMMANDS, delay_expiry
+from replwatch.observe.connection import encode_command
+from replwatch.sync.expiry import (
+    EXPIRY_COMMANDS,
+    LAST_ARGUMENT_FORMS,
+    delay_expiry,
+    later_last_argument,
+    with_last_argument,
+)
 from replwatch.sync.filters import Verdict
 from replwatch.sync.own_keys import PRESERVE_SCRIPT, guard_checkpoint, own_keys_verdict
 from replwatch.sync.target_rewrite import Rewrite, TargetRewriter
@@ -69,6 +76,29 @@ EXPIRY_CASES = [
 def test_delay_expiry(command: str, expected: str | None) -> None:
     got = delay_expiry(argv(command), G)
     assert got == (None if expected is None else argv(expected))
+
+
+@pytest.mark.parametrize(("command", "expected"), EXPIRY_CASES)
+def test_the_fast_path_agrees_with_delay_expiry(command: str, expected: str | None) -> None:
+    """later_last_argument (the stream's fast path) takes the forms whose last argument
+    alone moves and gives what delay_expiry gives there; with_last_argument re-encodes."""
+    args = argv(command)
+    later = later_last_argument(args, G) if args[0].upper() in LAST_ARGUMENT_FORMS else None
+    if later is None:
+        return
+    assert expected is not None and argv(expected)[:-1] == args[:-1]
+    assert later == argv(expected)[-1]
+    raw = bytearray(b"*1\r\n$4\r\nPING\r\n" + encode_command(args) + b"*1\r\n$4\r\nPING\r\n")
+    start = 14
+    end = start + len(encode_command(args))
+    assert with_last_argument(raw, start, end, args[-1], later) == encode_command(argv(expected))
+
+
+def test_the_fast_path_takes_the_streams_forms() -> None:
+    for command in ("SET k v PXAT 1700000000000", "set k v px 300", "PEXPIREAT k 5", "PEXPIRE k 5"):
+        assert later_last_argument(argv(command), G) is not None, command
+    for command in ("SET k v EX 100", "SET k v NX", "SET k v PX 0", "EXPIRE k 5", "SET k v"):
+        assert later_last_argument(argv(command), G) is None, command
 
 
 def test_no_grace_changes_nothing() -> None:

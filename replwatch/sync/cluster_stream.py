@@ -19,6 +19,7 @@ import hiredis
 
 from replwatch.observe.connection import encode_command
 from replwatch.sync.cluster_target import RECORD_EVERY, ClusterTargetLink, Job
+from replwatch.sync.expiry import LAST_ARGUMENT_FORMS, later_last_argument, with_last_argument
 from replwatch.sync.filters import Verdict
 from replwatch.sync.own_keys import PRESERVE_SCRIPT
 from replwatch.sync.slots import CrossSlotError, already_applied, key_slot, route, slot_tags
@@ -91,6 +92,7 @@ class ClusterStreamApplier:
         # own keys left out, expiries a grace later; the record survives a FLUSH its own way
         self.rewriter = runner.rewriter(guard_checkpoint=False)
         self.watched = self.rewriter.watched
+        self.later_forms = LAST_ARGUMENT_FORMS if self.rewriter.grace_ms else frozenset()
         runner.replid, runner.offset = replid, offset
 
     # ------------------------------------------------------------------ resume
@@ -155,6 +157,12 @@ class ClusterStreamApplier:
         if name == b"PING" or name == b"REPLCONF":
             return name == b"REPLCONF" and len(argv) > 1 and argv[1].upper() == b"GETACK"
         rewriter = self.rewriter
+        if self.filter is None and name in self.later_forms and not rewriter.looks_own(argv):
+            # the common expiries a grace later, the fast way (expiry.later_last_argument)
+            later = later_last_argument(argv, rewriter.grace_ms)
+            if later is not None:
+                self._command(argv, with_last_argument(raw, a, b, argv[-1], later), start, end)
+                return False
         if self.filter is None or rewriter.looks_own(argv):
             # own keys left out, expiries a grace later (target_rewrite.py)
             rewrite = (

@@ -103,6 +103,49 @@ def _options(
     return None
 
 
+# the forms the sources put in their streams (7.0+: SET … PXAT, PEXPIREAT; 6.2: SET … PX,
+# PEXPIRE): their last argument alone moves (later_last_argument, the stream's fast path)
+LAST_ARGUMENT_FORMS = frozenset((b"SET", b"PEXPIREAT", b"PEXPIRE"))
+
+
+# SET's time option in the stream's spellings -> absolute; PEXPIRE forms -> absolute
+PX_UNITS = {b"PXAT": True, b"pxat": True, b"PX": False, b"px": False}
+PEXPIRE_FORMS = {b"PEXPIREAT": True, b"PEXPIRE": False}
+
+
+def later_last_argument(
+    argv: Sequence[bytes], grace_ms: int, name: bytes | None = None
+) -> bytes | None:
+    """`SET key value PX|PXAT n`, `PEXPIREAT key n`, `PEXPIRE key n`: the last argument
+    moved `grace_ms` later (what delay_expiry would put there); None for any other form.
+    `name`: argv[0] upper-cased, when the caller has it."""
+    n = len(argv)
+    if name is None:
+        name = argv[0].upper()
+    if n == 5:
+        if name != b"SET":
+            return None
+        absolute = PX_UNITS.get(argv[3])
+        if absolute is None:
+            absolute = PX_UNITS.get(argv[3].upper())
+            if absolute is None:
+                return None
+    elif n == 3:
+        absolute = PEXPIRE_FORMS.get(name)
+        if absolute is None:
+            return None
+    else:
+        return None
+    return _later(argv[-1], 1, absolute, grace_ms)
+
+
+def with_last_argument(raw: bytearray, start: int, end: int, last: bytes, new: bytes) -> bytes:
+    """The command raw[start:end] (RESP, its last argument `last`) with `new` as its last
+    argument instead: the bytes up to it, then `$<len>\r\n<new>\r\n`."""
+    cut = end - len(last) - len(str(len(last))) - 5
+    return bytes(raw[start:cut]) + b"$%d\r\n%b\r\n" % (len(new), new)
+
+
 def delay_expiry(argv: Sequence[bytes], grace_ms: int) -> list[bytes] | None:
     """The command with every expiry it sets moved `grace_ms` later (in the millisecond
     form of the same command); None when it sets none (forward it as it is)."""

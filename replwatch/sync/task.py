@@ -55,6 +55,13 @@ from replwatch.sync.commands import (
     restore_command,
 )
 from replwatch.sync.dump import restore_target_from_info
+from replwatch.sync.expiry import (
+    LAST_ARGUMENT_FORMS,
+    PEXPIRE_FORMS,
+    PX_UNITS,
+    later_last_argument,
+    with_last_argument,
+)
 from replwatch.sync.fatal import FatalTaskError
 from replwatch.sync.filters import SyncFilter, Verdict
 from replwatch.sync.guard import SessionGuard
@@ -1309,6 +1316,7 @@ class _StreamApplier:
         # own keys left out, expiries a grace later, the checkpoint kept in db 0
         self.rewriter = runner.rewriter(guard_checkpoint=True)
         self.watched = self.rewriter.watched
+        self.grace_ms = self.rewriter.grace_ms
         runner.replid, runner.offset = replid, offset
 
     def consume(self, link: SourceLink) -> bool:
@@ -1325,6 +1333,9 @@ class _StreamApplier:
         special = _SPECIAL
         prefix = OWN_PREFIX
         watched = self.watched
+        grace_ms = self.grace_ms
+        later_forms = LAST_ARGUMENT_FORMS if grace_ms else frozenset()
+        px_units, pexpire_forms = PX_UNITS, PEXPIRE_FORMS
         batch_size, batch_bytes = self.batch_size, self.batch_bytes
         count, size, pending, run_end = self.count, self.size, self.pending_offset, self.run_end
         try:
@@ -1356,8 +1367,30 @@ class _StreamApplier:
                 pos += 3 + len(str(n)) + 3 * n + sum(sizes) + len(repr(sizes))
                 if pos > len(raw) or (pos < len(raw) and raw[pos] != 42):  # not at a b"*"
                     check_aligned(raw, pos, link.endpoint.label)  # raises: not all bulk strings
-                if (
-                    self.in_tx
+                # the common expiries a grace later (expiry.later_last_argument, inlined: the
+                # hot path of TTL-heavy streams): SET … PX|PXAT n, PEXPIRE|PEXPIREAT key n;
+                # any other form (or a time that deletes at once) takes add()'s full rewrite
+                later = None
+                if name in later_forms and not own_key and not self.in_tx:
+                    absolute = (
+                        px_units.get(argv[3]) if n == 5 and name == b"SET"
+                        else pexpire_forms.get(name) if n == 3
+                        else None
+                    )  # fmt: skip
+                    if absolute is not None:
+                        try:
+                            number = int(argv[-1])
+                        except ValueError:
+                            number = 0
+                        if number > 0 or (absolute and number < 0):
+                            later = b"%d" % (number + grace_ms)
+                if later is not None and len(later) == sizes[-1]:
+                    # same length: the digits are replaced in the stream's own bytes (the
+                    # command stays a raw span)
+                    raw[pos - 2 - sizes[-1] : pos - 2] = later
+                elif (
+                    later is not None
+                    or self.in_tx
                     or name in special
                     or own_key
                     or (name in watched and (n > 3 or name != b"SET"))
@@ -1490,15 +1523,25 @@ class _StreamApplier:
         if self.in_tx and self.pair_key is not None and len(argv) > 1 and argv[1] == self.pair_key:
             # our pair's checkpoint write: the whole transaction is an echo of what we wrote
             self.tx_dropped = True
-        rewrite = (
-            self.rewriter.rewrite(argv, self.db)
-            if name in self.watched or self.rewriter.looks_own(argv)
+        own = self.rewriter.looks_own(argv)
+        later = (
+            later_last_argument(argv, self.grace_ms)
+            if self.grace_ms and not own and name in LAST_ARGUMENT_FORMS
             else None
         )
-        if rewrite is None:
-            self._forward(start, end, None, 1)
+        if later is not None:  # (as in consume: the common expiries, the fast way)
+            last = argv[-1]
+            if len(later) == len(last):  # in the stream's own bytes: still a raw span
+                self.raw[end - 2 - len(last) : end - 2] = later
+                self._forward(start, end, None, 1)
+            else:
+                self._forward(start, end, with_last_argument(self.raw, start, end, last, later), 1)
         else:
-            self._apply_rewrite(rewrite, start, end)
+            rewrite = self.rewriter.rewrite(argv, self.db) if name in self.watched or own else None
+            if rewrite is None:
+                self._forward(start, end, None, 1)
+            else:
+                self._apply_rewrite(rewrite, start, end)
         if not self.in_tx:
             self.batch_offset = self.pending_offset
             if self.count >= self.batch_size or self.size >= self.batch_bytes:
