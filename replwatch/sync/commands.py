@@ -72,13 +72,14 @@ def _score(score: float) -> bytes:
     return repr(score).encode()
 
 
-def restore_command(entry: KeyEntry, version: int) -> bytes:
-    """RESTORE key ttl payload REPLACE [ABSTTL], encoded by one format operation."""
+def restore_command(entry: KeyEntry, version: int, grace_ms: int = 0) -> bytes:
+    """RESTORE key ttl payload REPLACE [ABSTTL], encoded by one format operation; the
+    expiry `grace_ms` later (a task's expire_grace: replwatch/sync/expiry.py)."""
     assert entry.raw is not None
     payload = build_dump_payload(entry.raw, version)
     key = entry.key
     if entry.expire_ms:
-        at = b"%d" % entry.expire_ms
+        at = b"%d" % (entry.expire_ms + grace_ms)
         return _RESTORE_AT % (len(key), key, len(at), at, len(payload), payload)
     return _RESTORE % (len(key), key, len(payload), payload)
 
@@ -91,18 +92,20 @@ def key_writes(
     chunk: int = CHUNK_ELEMENTS,
     use_restore: bool = True,
     on_gaps: GapSink | None = None,
+    grace_ms: int = 0,
 ) -> tuple[bytes, int]:
     """The encoded writes for one key and how many replies they will get. `replace`: the
     key may exist on the target already (DEL it first when writing plain commands);
     `use_restore`: False writes plain commands even where RESTORE would do (module values,
-    which have no commands, still go by RESTORE); `on_gaps`: see plain_commands."""
+    which have no commands, still go by RESTORE); `on_gaps`: see plain_commands; the key's
+    and its hash fields' expiry `grace_ms` later (a task's expire_grace)."""
     if entry.kind == "string":
         key, value = entry.key, entry.value
         assert isinstance(value, bytes)
         # SET encoded by one format operation: most keys of most datasets are strings
         out = SET_COMMAND % (len(key), key, len(value), value)
         if entry.expire_ms:
-            at = b"%d" % entry.expire_ms
+            at = b"%d" % (entry.expire_ms + grace_ms)
             if caps.set_pxat:
                 return _SET_PXAT % (len(key), key, len(value), value, len(at), at), 1
             return out + encode_command((b"PEXPIREAT", key, at)), 2
@@ -110,13 +113,13 @@ def key_writes(
     if entry.raw is not None and (use_restore or entry.kind == "module"):
         version = caps.restore.payload_version_for(entry.rdb_type, source_valkey=source_valkey)
         if version is not None and not entry.field_expiry:
-            return restore_command(entry, version), 1
+            return restore_command(entry, version, grace_ms), 1
     if entry.value is None and entry.raw is not None:  # not decoded by the parser
         decoded = decode_serialized_value(
             entry.raw, rdb_version=caps.restore.rdb_version, valkey=source_valkey
         )
         entry = dataclasses.replace(entry, value=decoded.value, field_expiry=decoded.field_expiry)
-    commands = list(plain_commands(entry, caps, chunk, on_gaps))
+    commands = list(plain_commands(entry, caps, chunk, on_gaps, grace_ms))
     if replace:
         commands.insert(0, (b"DEL", entry.key))
     return b"".join(encode_command(c) for c in commands), len(commands)
@@ -127,10 +130,12 @@ def plain_commands(
     caps: TargetCaps,
     chunk: int = CHUNK_ELEMENTS,
     on_gaps: GapSink | None = None,
+    grace_ms: int = 0,
 ) -> Iterator[Args]:
-    """The key as ordinary write commands (then its TTL). `on_gaps` is called once, before
-    the first command, with what a stream's commands cannot carry (stream_gaps), when that
-    is anything: the caller logs it once per key."""
+    """The key as ordinary write commands (then its TTL, and its hash fields' TTLs, each
+    `grace_ms` later). `on_gaps` is called once, before the first command, with what a
+    stream's commands cannot carry (stream_gaps), when that is anything: the caller logs it
+    once per key."""
     key = entry.key
     value = entry.value
     kind = entry.kind
@@ -144,7 +149,7 @@ def plain_commands(
             else:
                 yield (verb, key, *piece)
         if entry.expire_ms:
-            yield (b"PEXPIREAT", key, entry.expire_ms)
+            yield (b"PEXPIREAT", key, entry.expire_ms + grace_ms)
         return
     if kind == "string":
         assert isinstance(value, bytes)
@@ -169,7 +174,7 @@ def plain_commands(
             yield (b"HSET", key, *part)
         if entry.field_expiry and caps.hash_field_ttl:
             for f, at in entry.field_expiry:
-                yield (b"HPEXPIREAT", key, at, b"FIELDS", 1, f)
+                yield (b"HPEXPIREAT", key, at + grace_ms, b"FIELDS", 1, f)
     elif kind == "stream":
         assert isinstance(value, StreamValue)
         if on_gaps is not None and (gaps := stream_gaps(value, caps)):
@@ -178,7 +183,7 @@ def plain_commands(
     else:
         raise ValueError(f"a {kind} value cannot be written as plain commands")
     if entry.expire_ms:
-        yield (b"PEXPIREAT", key, entry.expire_ms)
+        yield (b"PEXPIREAT", key, entry.expire_ms + grace_ms)
 
 
 def _stream_commands(

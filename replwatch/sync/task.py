@@ -21,7 +21,6 @@ may refuse that write, in the task's local report (task_report.py).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import os
 import socket
@@ -1031,8 +1030,6 @@ class _SnapshotLoader:
             return
         if self.filter is not None and self._filtered_out(entry.db, entry.key):
             return
-        if self.grace_ms and (entry.expire_ms or entry.field_expiry):
-            entry = _expiring_later(entry, self.grace_ms)
         if entry.kind == "module" and self.runner.task.on_module_key == "skip":
             self.skipped += 1
             log.warning(
@@ -1053,7 +1050,8 @@ class _SnapshotLoader:
             and not entry.field_expiry
             and self.restorable(entry.rdb_type)
         ):
-            self._add_key(restore_command(entry, self._versions[entry.rdb_type]), 1, True)
+            command = restore_command(entry, self._versions[entry.rdb_type], self.grace_ms)
+            self._add_key(command, 1, True)
             return
         try:
             data, replies = key_writes(
@@ -1063,6 +1061,7 @@ class _SnapshotLoader:
                 self.replace,
                 use_restore=self.use_restore,
                 on_gaps=self._stream_gaps_of(entry.key),
+                grace_ms=self.grace_ms,  # (expiry.py)
             )
         except ValueError as exc:
             raise FatalTaskError(
@@ -1103,7 +1102,7 @@ class _SnapshotLoader:
             self._add_command(encode_command((b"DEL", entry.key)))
         try:
             gaps = self._stream_gaps_of(entry.key)
-            for command in plain_commands(entry, self.caps, on_gaps=gaps):
+            for command in plain_commands(entry, self.caps, on_gaps=gaps, grace_ms=self.grace_ms):
                 self._add_command(encode_command(command))
         except ValueError as exc:
             raise FatalTaskError(
@@ -1785,19 +1784,6 @@ def _stream_compat(
     except ValueError:
         return None
     return StreamCompat.between(source, target)
-
-
-def _expiring_later(entry: KeyEntry, grace_ms: int) -> KeyEntry:
-    """The key with its expiry (and its hash fields') `grace_ms` later (expiry.py)."""
-    return dataclasses.replace(
-        entry,
-        expire_ms=entry.expire_ms + grace_ms if entry.expire_ms else entry.expire_ms,
-        field_expiry=(
-            [(field, at + grace_ms) for field, at in entry.field_expiry]
-            if entry.field_expiry
-            else entry.field_expiry
-        ),
-    )
 
 
 def _db_number(argv: list[bytes]) -> int | None:
