@@ -181,6 +181,17 @@ def test_rewriter_combines_the_rules() -> None:
         assert name in rewriter.watched
 
 
+def test_which_commands_need_a_look() -> None:
+    """`DEL key` (the source's expiry) and `SET key value` stay on the fast path; a second
+    key, a time, a flush do not."""
+    rewriter = TargetRewriter(CP, G)
+    for name, n in ((b"DEL", 2), (b"UNLINK", 2), (b"SET", 3), (b"SET", 4), (b"HSET", 4)):
+        assert not rewriter.needs_look(name, n), (name, n)
+    for name, n in ((b"DEL", 3), (b"SET", 5), (b"PEXPIREAT", 3), (b"FLUSHALL", 1)):
+        assert rewriter.needs_look(name, n), (name, n)
+    assert not TargetRewriter(None, G).needs_look(b"FLUSHALL", 1)
+
+
 def test_rewriter_without_grace_or_guard() -> None:
     rewriter = TargetRewriter(None, 0)
     assert rewriter.rewrite(argv("SET k v PXAT 10"), 0) is None

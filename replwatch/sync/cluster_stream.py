@@ -91,7 +91,6 @@ class ClusterStreamApplier:
         self.redirects_recorded = dict(target.redirects)  # (counted in the record)
         # own keys left out, expiries a grace later; the record survives a FLUSH its own way
         self.rewriter = runner.rewriter(guard_checkpoint=False)
-        self.watched = self.rewriter.watched
         self.later_forms = LAST_ARGUMENT_FORMS if self.rewriter.grace_ms else frozenset()
         runner.replid, runner.offset = replid, offset
 
@@ -167,7 +166,7 @@ class ClusterStreamApplier:
             # own keys left out, expiries a grace later (target_rewrite.py)
             rewrite = (
                 rewriter.rewrite(argv, 0)
-                if name in self.watched or rewriter.looks_own(argv)
+                if rewriter.needs_look(name, len(argv)) or rewriter.looks_own(argv)
                 else None
             )
             if rewrite is None:
@@ -179,7 +178,9 @@ class ClusterStreamApplier:
             return False
         else:
             verdict = self.filter.command(argv, self.source_db, self.db)
-            if (verdict.keep or verdict.commands) and (name in self.watched or not verdict.keep):
+            if (verdict.keep or verdict.commands) and (
+                rewriter.needs_look(name, len(argv)) or not verdict.keep
+            ):
                 rewrite = rewriter.rewrite_verdict(verdict, argv, self.db)
                 verdict = Verdict(False, rewrite.commands, rewrite.dropped)
         self._count(verdict)

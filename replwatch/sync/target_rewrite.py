@@ -62,6 +62,19 @@ class TargetRewriter:
             names |= self.compat.names
         return frozenset(names)
 
+    @property
+    def watched_short(self) -> frozenset[bytes]:
+        """The watched names that matter with two arguments or fewer (FLUSHALL, FLUSHDB);
+        any other needs three (a second key, a time), SET five (a time option and its value):
+        `DEL key`, the source's expiry, stays on the fast path."""
+        return CHECKPOINT_GUARDED if self.checkpoint is not None else frozenset()
+
+    def needs_look(self, name: bytes, n: int) -> bool:
+        """A command of `n` arguments named `name` (upper case) may need rewrite()."""
+        return name in self.watched and (
+            (n > 4 if name == b"SET" else n > 2) or name in self.watched_short
+        )
+
     @staticmethod
     def looks_own(argv: Sequence[bytes]) -> bool:
         """Its first key argument is one of replwatch's own (the common case of own keys:

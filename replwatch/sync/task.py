@@ -1331,7 +1331,7 @@ class _StreamApplier:
         raw = link.raw
         special = _SPECIAL
         prefix = OWN_PREFIX
-        watched = self.watched
+        watched, watched_short = self.watched, self.rewriter.watched_short
         grace_ms = self.grace_ms
         later_forms = LAST_ARGUMENT_FORMS if grace_ms else frozenset()
         px_units, pexpire_forms = PX_UNITS, PEXPIRE_FORMS
@@ -1392,7 +1392,10 @@ class _StreamApplier:
                     or self.in_tx
                     or name in special
                     or own_key
-                    or (name in watched and (n > 3 or name != b"SET"))
+                    or (
+                        name in watched
+                        and ((n > 4 if name == b"SET" else n > 2) or name in watched_short)
+                    )
                 ):
                     self.count, self.size, self.pending_offset = count, size, pending
                     self.run_end = run_end
@@ -1454,7 +1457,7 @@ class _StreamApplier:
         else:
             verdict = self.filter.command(argv, self.source_db, self.db)
             if (verdict.keep or verdict.commands) and (
-                name in self.watched or not verdict.keep
+                self.rewriter.needs_look(name, len(argv)) or not verdict.keep
             ):
                 rewrite = self.rewriter.rewrite_verdict(verdict, argv, self.db)
                 verdict = Verdict(False, rewrite.commands, rewrite.dropped)
@@ -1536,7 +1539,8 @@ class _StreamApplier:
             else:
                 self._forward(start, end, with_last_argument(self.raw, start, end, last, later), 1)
         else:
-            rewrite = self.rewriter.rewrite(argv, self.db) if name in self.watched or own else None
+            look = own or self.rewriter.needs_look(name, len(argv))
+            rewrite = self.rewriter.rewrite(argv, self.db) if look else None
             if rewrite is None:
                 self._forward(start, end, None, 1)
             else:
