@@ -1331,9 +1331,11 @@ class _StreamApplier:
         raw = link.raw
         special = _SPECIAL
         prefix = OWN_PREFIX
-        watched, watched_short = self.watched, self.rewriter.watched_short
+        # what may need more than forwarding: the stream's own commands, what the task's
+        # rewrites watch (target_rewrite.py), the common expiries
+        looked_at = special | self.watched | (LAST_ARGUMENT_FORMS if self.grace_ms else set())
+        watched_short = self.rewriter.watched_short
         grace_ms = self.grace_ms
-        later_forms = LAST_ARGUMENT_FORMS if grace_ms else frozenset()
         px_units, pexpire_forms = PX_UNITS, PEXPIRE_FORMS
         batch_size, batch_bytes = self.batch_size, self.batch_bytes
         count, size, pending, run_end = self.count, self.size, self.pending_offset, self.run_end
@@ -1366,48 +1368,49 @@ class _StreamApplier:
                 pos += 3 + len(str(n)) + 3 * n + sum(sizes) + len(repr(sizes))
                 if pos > len(raw) or (pos < len(raw) and raw[pos] != 42):  # not at a b"*"
                     check_aligned(raw, pos, link.endpoint.label)  # raises: not all bulk strings
-                # the common expiries a grace later (expiry.later_last_argument, inlined: the
-                # hot path of TTL-heavy streams): SET … PX|PXAT n, PEXPIRE|PEXPIREAT key n;
-                # any other form (or a time that deletes at once) takes add()'s full rewrite
-                later = None
-                if name in later_forms and not own_key and not self.in_tx:
-                    absolute = (
-                        px_units.get(argv[3]) if n == 5 and name == b"SET"
-                        else pexpire_forms.get(name) if n == 3
-                        else None
-                    )  # fmt: skip
-                    if absolute is not None:
-                        try:
-                            number = int(argv[-1])
-                        except ValueError:
-                            number = 0
-                        if number > 0 or (absolute and number < 0):
-                            later = b"%d" % (number + grace_ms)
-                if later is not None and len(later) == sizes[-1]:
-                    # same length: the digits are replaced in the stream's own bytes (the
-                    # command stays a raw span)
-                    raw[pos - 2 - sizes[-1] : pos - 2] = later
-                elif (
-                    later is not None
-                    or self.in_tx
-                    or name in special
-                    or own_key
-                    or (
-                        name in watched
-                        and ((n > 4 if name == b"SET" else n > 2) or name in watched_short)
-                    )
-                ):
-                    self.count, self.size, self.pending_offset = count, size, pending
-                    self.run_end = run_end
-                    if not self.in_tx and run_end == start:
-                        # the command before was forwarded: the batch ends after it so far
-                        self.batch_offset = pending
-                    getack = self.add(argv, start, pos)
-                    count, size, pending = self.count, self.size, self.pending_offset
-                    run_end = self.run_end
-                    if getack:
-                        return True
-                    continue
+                if self.in_tx or own_key or name in looked_at:
+                    # the common expiries a grace later (expiry.later_last_argument, inlined:
+                    # the hot path of TTL-heavy streams): SET … PX|PXAT n, PEXPIRE|PEXPIREAT
+                    # key n; any other form (or a time that deletes at once) takes add()'s
+                    # full rewrite
+                    later = None
+                    if (
+                        grace_ms
+                        and ((n == 5 and name == b"SET") or (n == 3 and name in pexpire_forms))
+                        and not own_key
+                        and not self.in_tx
+                    ):
+                        absolute = px_units.get(argv[3]) if n == 5 else pexpire_forms[name]
+                        if absolute is not None:
+                            try:
+                                number = int(argv[-1])
+                            except ValueError:
+                                number = 0
+                            if number > 0 or (absolute and number < 0):
+                                later = b"%d" % (number + grace_ms)
+                    if later is not None and len(later) == sizes[-1]:
+                        # same length: the digits are replaced in the stream's own bytes
+                        # (the command stays a raw span)
+                        raw[pos - 2 - sizes[-1] : pos - 2] = later
+                    elif (
+                        later is not None
+                        or self.in_tx
+                        or own_key
+                        or name in special
+                        or (n > 4 if name == b"SET" else n > 2)
+                        or name in watched_short
+                    ):
+                        self.count, self.size, self.pending_offset = count, size, pending
+                        self.run_end = run_end
+                        if not self.in_tx and run_end == start:
+                            # the command before was forwarded: the batch ends after it so far
+                            self.batch_offset = pending
+                        getack = self.add(argv, start, pos)
+                        count, size, pending = self.count, self.size, self.pending_offset
+                        run_end = self.run_end
+                        if getack:
+                            return True
+                        continue
                 if start != run_end:
                     self.run_end = run_end
                     self._close_run()
