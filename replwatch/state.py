@@ -29,6 +29,33 @@ class NodeView:
 
 
 @dataclass(frozen=True, slots=True)
+class LagTrend:
+    """A follower's lag as a function of time, so every surface can report it as of the
+    moment it is read (a scrape, a status call) instead of as of the last poll: at wall time
+    `at` the best estimate was `lag`, between `lower` and `upper` (None: no upper bound is
+    known, e.g. a follower that cannot be seen), and since then it grows by `slope` seconds
+    per second (1: no progress, 0: keeping up, below 0: catching up; lag/trend.py)."""
+
+    at: float  # wall clock, seconds
+    lag: float
+    slope: float
+    lower: float
+    upper: float | None
+
+    def at_time(self, now: float) -> tuple[float, float, float | None]:
+        """(best, lower, upper) as of wall time `now`. The upper bound assumes no progress
+        since `at` (a follower never goes back), the lower one trusts the trend only when it
+        says the follower is catching up; the best estimate follows the trend inside them."""
+        age = max(0.0, now - self.at)
+        upper = None if self.upper is None else self.upper + age
+        lower = max(0.0, self.lower + min(0.0, self.slope) * age)
+        best = max(lower, self.lag + self.slope * age)
+        if upper is not None:
+            best = min(best, upper)
+        return best, lower, upper
+
+
+@dataclass(frozen=True, slots=True)
 class ReplicaView:
     """What replwatch knows about one follower of a group's master."""
 
@@ -53,6 +80,22 @@ class ReplicaView:
     output_buffer_bytes: int | None
     output_buffer_limit_bytes: int | None
     seconds_since_contact: float | None
+    trend: LagTrend | None = None  # lag_seconds as a function of time (None: lag_seconds only)
+
+    def lag_at(self, now: float) -> float | None:
+        """The best estimate of the lag as of wall time `now`: what every surface reports
+        (metrics, status, the status page), so they agree whenever they are read."""
+        if self.trend is None:
+            return self.lag_seconds
+        return self.trend.at_time(now)[0]
+
+    def lag_bounds_at(self, now: float) -> tuple[float, float | None] | None:
+        """(lower, upper) bounds of the lag as of wall time `now`; None when only the best
+        estimate is known (upper None: no upper bound)."""
+        if self.trend is None:
+            return None
+        _, lower, upper = self.trend.at_time(now)
+        return lower, upper
 
 
 def link_state(r: ReplicaView) -> str:
