@@ -746,15 +746,20 @@ def group() -> Json:
     lay.row("Time lag")
     lay.add(
         timeseries(
-            "Time lag: best, heartbeat, offset clock, ACK age",
-            "Four views of lag per replica, side by side. best: replwatch's estimate (heartbeat "
-            "when available, else offset clock). heartbeat: master clock now minus the first "
-            "heartbeat the replica has not applied. offset clock: how long ago the master moved "
-            "past the replica's offset. ACK age: INFO's lag= field, seconds since the replica's "
-            "last ACK; NOT replication delay (it stays ~1 s on a lagging replica that ACKs).",
+            "Time lag: best, its bounds, heartbeat, offset clock, ACK age",
+            "Views of lag per replica, side by side. best: replwatch's estimate as of the "
+            "scrape (the trend of its offset readings, its own and its ACKs on the master; see "
+            "README \"How lag is measured\"), between its lower and upper bound (dotted: how "
+            "sure replwatch is). heartbeat: master clock now minus the first heartbeat the "
+            "replica has not applied. offset clock: how long ago the master moved past the "
+            "replica's offset at the last poll. ACK age: INFO's lag= field, seconds since the "
+            "replica's last ACK; NOT replication delay (it stays ~1 s on a lagging replica that "
+            "ACKs).",
             "s",
             targets(
                 (f"replwatch_replica_lag_seconds{{{sel}}}", "{{replica}} best"),
+                (f"replwatch_replica_lag_lower_bound_seconds{{{sel}}}", "{{replica}} lower bound"),
+                (f"replwatch_replica_lag_upper_bound_seconds{{{sel}}}", "{{replica}} upper bound"),
                 (f"replwatch_replica_heartbeat_lag_seconds{{{sel}}}", "{{replica}} heartbeat"),
                 (f"replwatch_replica_offset_lag_seconds{{{sel}}}", "{{replica}} offset clock"),
                 (f"replwatch_replica_ack_age_seconds{{{sel}}}", "{{replica}} ACK age"),
@@ -770,6 +775,13 @@ def group() -> Json:
                     "matcher": {"id": "byRegexp", "options": ".* ACK age$"},
                     "properties": [
                         {"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}}
+                    ],
+                },
+                {
+                    "matcher": {"id": "byRegexp", "options": ".* (lower|upper) bound$"},
+                    "properties": [
+                        {"id": "custom.lineStyle", "value": {"fill": "dot", "dash": [2, 6]}},
+                        {"id": "custom.lineWidth", "value": 1},
                     ],
                 },
             ],

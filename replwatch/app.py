@@ -119,6 +119,7 @@ class Daemon:
     _stop: asyncio.Event | None = None
     _loop: asyncio.AbstractEventLoop | None = None
     _reload_lock: asyncio.Lock | None = None
+    _started: bool = False  # the first round made and the jobs scheduled (serve)
 
     @classmethod
     def build(
@@ -202,7 +203,7 @@ class Daemon:
             http = ExporterHTTPServer(
                 (cfg.exporter.host, cfg.exporter.port),
                 registry,
-                store.ready,
+                lambda: False,  # Daemon.ready, set below
                 routing,
                 AdminAPI(cfg.admin.token, lifecycle),
                 WebConfigSource(cfg.exporter.web_config) if cfg.exporter.web_config else None,
@@ -239,7 +240,16 @@ class Daemon:
             reload_status,
         )
         http.reload = daemon.reload_from_thread if reload_config is not None else None
+        http.is_ready = daemon.ready
         return daemon
+
+    def ready(self) -> bool:
+        """GET /-/ready: the daemon has made its first round (discovery asked, every group
+        polled, every sync task looked at, the jobs scheduled) and every group and task it
+        has now has been polled or looked at once (a group or task added since, by a reload,
+        discovery or the admin API, until its first poll: at most one interval). With
+        neither groups nor tasks the first round alone decides; with no groups, the tasks."""
+        return self._started and self.store.ready() and self.sync_watchers.ready()
 
     # ----------------------------------------------------------------- reload
 
@@ -339,8 +349,10 @@ class Daemon:
             if self.sync_watchers.names():
                 await self.sync_watchers.poll_into(self.sync_store)
             self.scheduler.start()
+            self._started = True
             await self._stop.wait()
         finally:
+            self._started = False  # a stopping daemon is not ready (a load balancer leaves it)
             log.info("replwatch stopping")
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(signal.SIGHUP)

@@ -232,18 +232,20 @@ async def _status_snapshots(cfg: Config, only: list[str] | None) -> tuple[list[o
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
+    import time
+
     from replwatch.state import GroupSnapshot
-    from replwatch.status_view import render_json, render_table
+    from replwatch.status_view import render_json, render_table, status_ok
 
     whole, cfg = _load_shard(args)
     _check_groups(args, whole, cfg)
     polled, failed = asyncio.run(_status_snapshots(cfg, args.group))
     snapshots = [s for s in polled if isinstance(s, GroupSnapshot)]
-    print(render_json(snapshots) if args.json else render_table(snapshots))
+    now = time.time()  # lag as of the moment it is printed (ReplicaView.lag_at)
+    print(render_json(snapshots, now) if args.json else render_table(snapshots, now))
     for line in failed:
         print(line, file=sys.stderr)
-    all_up = all(n.up for s in snapshots for n in s.nodes)
-    return EXIT_OK if all_up and not failed else EXIT_FAILURE
+    return EXIT_OK if status_ok(snapshots) and not failed else EXIT_FAILURE
 
 
 def _cmd_probe(args: argparse.Namespace) -> int:

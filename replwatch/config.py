@@ -282,14 +282,22 @@ class ExporterConfig(_Strict):
         return int(self.listen.rpartition(":")[2])
 
 
+DEFAULT_POLL_TIMEOUT = 0.5
+
+
 class PollConfig(_Strict):
     interval: Duration = 1.0
-    timeout: Duration = 0.5
+    # when not given: the smaller of DEFAULT_POLL_TIMEOUT and the interval (set by _check,
+    # as Prometheus's scrape_timeout follows a short scrape_interval)
+    timeout: Duration = DEFAULT_POLL_TIMEOUT
 
     @model_validator(mode="after")
     def _check(self) -> PollConfig:
         if self.interval < 0.1:
             raise PydanticCustomError("poll", "interval: must be at least 100ms")
+        if "timeout" not in self.model_fields_set:
+            # (frozen model: the one place its own validator fills in a derived default)
+            object.__setattr__(self, "timeout", min(DEFAULT_POLL_TIMEOUT, self.interval))
         if self.timeout <= 0:
             raise PydanticCustomError("poll", "timeout: must be above 0")
         if self.timeout > self.interval:

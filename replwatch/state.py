@@ -111,6 +111,69 @@ def link_state(r: ReplicaView) -> str:
     return "up"
 
 
+# a lower bound that would print as 0.00 says nothing: it is shown as unknown ("-")
+BOUND_SHOWN_FROM = 0.005
+
+
+@dataclass(frozen=True, slots=True)
+class LagReading:
+    """A follower's lag as every surface shows it at one moment (lag_reading): `status`,
+    `status --json`, /status.json and the status page print the same thing."""
+
+    seconds: float | None  # None: unknown, shown as "-" (never as 0)
+    at_least: bool  # only a lower bound: shown ">=N" / "≥N"
+    lower: float | None = None  # the bounds, when the trend knows them (upper None: none)
+    upper: float | None = None
+
+
+def lag_reading(r: ReplicaView, now: float) -> LagReading:
+    """The lag of `r` as of wall time `now` (ReplicaView.lag_at) and whether it is only a
+    lower bound: it is while the follower cannot be seen current (unreachable, paused, link
+    down, full sync, another stream: at least the time since it was last seen current), when
+    no upper bound is known, and when the offset clock's table was too short. For a follower
+    not seen current, a bound that would print as 0.00 is unknown: a follower that replwatch
+    could not see, or that never synced, is never reported at 0."""
+    best = r.lag_at(now)
+    bounds = r.lag_bounds_at(now)
+    lower, upper = bounds if bounds is not None else (None, None)
+    if best is None:
+        return LagReading(None, False, lower, upper)
+    if bounds is not None:
+        at_least = upper is None
+    else:
+        at_least = r.lag_source == "contact" or (
+            r.lag_source == "offset_clock" and not r.offset_lag_exact
+        )
+    if link_state(r) != "up":
+        if best < BOUND_SHOWN_FROM:
+            return LagReading(None, True, lower, upper)
+        at_least = True
+    return LagReading(best, at_least, lower, upper)
+
+
+@dataclass(frozen=True, slots=True)
+class OtherFollower:
+    """A follower the master's INFO lists that is none of the group's replicas (listed or
+    discovered): a replwatch sync task reading from the master, another tool's replica
+    connection, a replica nobody configured. Its ACKs count in WAIT (lag/followers.py)."""
+
+    address: str  # ip:port as the master lists it (a sync task announces port 0)
+    state: str  # the master's word: online, wait_bgsave, send_bulk, …
+    acked_offset: int
+    lag_bytes: int | None  # the master's offset minus the offset it last acknowledged
+    ack_age_seconds: float  # INFO's lag=: seconds since its last ACK
+    tasks: tuple[str, ...] = ()  # the replwatch sync task it is (several: one of those)
+
+    @property
+    def name(self) -> str:
+        """How it is shown: a sync task by its task name, anything else by its address."""
+        if len(self.tasks) == 1:
+            return f"sync task {self.tasks[0]}"
+        if self.tasks:
+            return f"sync task {' or '.join(self.tasks)} ({self.address})"
+        return self.address
+
+
 @dataclass(frozen=True, slots=True)
 class GroupSnapshot:
     name: str
@@ -130,6 +193,8 @@ class GroupSnapshot:
     heartbeat_ok: bool | None = None
     heartbeat_error: str | None = None
     notes: tuple[str, ...] = field(default=())
+    # followers the master lists that are none of `replicas` (lag/followers.py)
+    others: tuple[OtherFollower, ...] = field(default=())
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -165,9 +230,10 @@ class SnapshotStore:
         return [groups[k] for k in sorted(groups)]
 
     def ready(self) -> bool:
-        """Every expected group has completed at least one poll."""
+        """Every expected group has completed at least one poll (True when none is expected:
+        then whether the daemon has made its first round decides, Daemon.ready)."""
         groups = self._groups
-        return bool(self._expected) and all(k in groups for k in self._expected)
+        return all(k in groups for k in self._expected)
 
 
 PROBE_BUCKETS: tuple[float, ...] = (

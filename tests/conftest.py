@@ -69,7 +69,9 @@ SERIAL_MODULES = frozenset(
         "test_render_gate",
         "test_routing_real",
         "test_scheduler_real",
+        "test_shared_queue",
         "test_starved_replica",
+        "test_surfaces_agree",
         "test_sync_engine",
         "test_sync_pair",
     }

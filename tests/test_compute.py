@@ -290,16 +290,20 @@ def test_full_sync_is_not_current() -> None:
 # ------------------------------------------------------------------ estimates
 
 
-def test_heartbeat_preferred_over_offset_clock() -> None:
+def test_the_offset_reading_is_preferred_and_the_heartbeat_is_the_fallback() -> None:
+    """The follower's offset in the offset clock, as of its answer, is a reading of the
+    trend (lag/trend.py); the heartbeat (a lower bound, in steps of the heartbeat interval)
+    speaks only when there is no reading."""
     history = HeartbeatHistory()
     for t in (97.0, 98.0, 99.0):
         history.record(t, t, t)
+    replicas = {
+        R1: ok(R1, replica_info(97_500), at=NOW, heartbeat=97.0),
+        R2: ok(R2, replica_info(99_000), at=NOW, heartbeat=99.0),
+    }
     snap, _ = compute(
         ok(MASTER, master_info(99_000)),
-        {
-            R1: ok(R1, replica_info(97_500), at=NOW, heartbeat=97.0),
-            R2: ok(R2, replica_info(99_000), at=NOW, heartbeat=99.0),
-        },
+        replicas,
         clock=steady_clock(rate=1000.0, until=99.0),
         history=history,
     )
@@ -307,9 +311,16 @@ def test_heartbeat_preferred_over_offset_clock() -> None:
     # lacks the 98.0 write; as of the reply, 1 ms after `at`
     assert r1.heartbeat_lag_seconds == pytest.approx(2.001)
     assert r1.offset_lag_seconds == pytest.approx(2.5)  # master passed 97500 at t=97.5
-    assert (r1.lag_seconds, r1.lag_source) == (pytest.approx(2.001), "heartbeat")
-    assert (r2.lag_seconds, r2.lag_source) == (0.0, "heartbeat")
+    # the reading: as of the reply (1 ms after `at`), the master passed 97500 at t=97.5
+    assert (r1.lag_seconds, r1.lag_source) == (pytest.approx(2.501), "offset_clock")
+    assert r1.trend is not None and r1.trend.slope == 0.0  # one reading: no slope yet
+    assert (r2.lag_seconds, r2.lag_source) == (0.0, "offset_clock")
     assert r2.offset_lag_seconds == 0.0
+    # no offset clock yet (the first cycle of a new master): the heartbeat speaks
+    snap, _ = compute(ok(MASTER, master_info(99_000)), replicas, history=history)
+    r1 = view(snap, R1)
+    assert (r1.lag_seconds, r1.lag_source) == (pytest.approx(2.001), "heartbeat")
+    assert r1.trend is None
 
 
 def test_heartbeat_lag_is_as_of_the_reply() -> None:
@@ -339,7 +350,7 @@ def test_offset_clock_when_no_heartbeat() -> None:
     )
     r = view(snap, R1)
     assert r.heartbeat_lag_seconds is None
-    assert (r.lag_seconds, r.lag_source) == (pytest.approx(2.5), "offset_clock")
+    assert (r.lag_seconds, r.lag_source) == (pytest.approx(2.501), "offset_clock")
     assert r.offset_lag_exact is True
     assert snap.heartbeat_enabled is False
 

@@ -68,6 +68,13 @@ INVALID: list[tuple[str, Any, dict[str, str], list[str]]] = [
         ["poll.timeout: must not exceed interval (a slow node would delay the next cycle)"],
     ),
     (
+        # the timeout's default follows a short interval; a timeout given is taken as given
+        "poll-timeout-given-exceeds-short-interval",
+        {"poll": {"interval": "250ms", "timeout": "500ms"}},
+        {},
+        ["poll.timeout: must not exceed interval (a slow node would delay the next cycle)"],
+    ),
+    (
         "poll-interval-below-100ms",
         {"poll": {"interval": "50ms", "timeout": "10ms"}},
         {},
@@ -619,6 +626,30 @@ def test_defaults() -> None:
     assert cfg.exporter.listen == "127.0.0.1:9750"
     assert (cfg.exporter.host, cfg.exporter.port) == ("127.0.0.1", 9750)
     assert cfg.groups == []
+
+
+# (poll settings given, interval and timeout in effect): the timeout, when not given, is the
+# smaller of 500ms and the interval (Prometheus's scrape_timeout follows its interval too)
+POLL_TIMEOUTS: list[tuple[dict[str, Any], float, float]] = [
+    ({}, 1.0, 0.5),
+    ({"interval": "250ms"}, 0.25, 0.25),
+    ({"interval": "100ms"}, 0.1, 0.1),
+    ({"interval": 0.3}, 0.3, 0.3),
+    ({"interval": "500ms"}, 0.5, 0.5),
+    ({"interval": "2s"}, 2.0, 0.5),
+    ({"interval": "250ms", "timeout": "100ms"}, 0.25, 0.1),
+    ({"interval": "250ms", "timeout": "250ms"}, 0.25, 0.25),
+    ({"interval": "2s", "timeout": "1500ms"}, 2.0, 1.5),
+    ({"timeout": "800ms"}, 1.0, 0.8),
+]
+
+
+@pytest.mark.parametrize(("poll", "interval", "timeout"), POLL_TIMEOUTS)
+def test_poll_timeout_default_follows_a_short_interval(
+    poll: dict[str, Any], interval: float, timeout: float
+) -> None:
+    cfg = config_from_data({"poll": poll}, env={})
+    assert (cfg.poll.interval, cfg.poll.timeout) == (interval, timeout)
 
 
 # ------------------------------------------------------------------ interpolation

@@ -196,9 +196,11 @@ def test_required_panels_exist() -> None:
     sync progress and lag."""
     group = _load("replwatch-group.json")
     by_title = {p["title"]: p for p in _data_panels(group)}
-    lag = by_title["Time lag: best, heartbeat, offset clock, ACK age"]
+    lag = by_title["Time lag: best, its bounds, heartbeat, offset clock, ACK age"]
     assert [metric_names(t["expr"]) for t in lag["targets"]] == [
         {"replwatch_replica_lag_seconds"},
+        {"replwatch_replica_lag_lower_bound_seconds"},
+        {"replwatch_replica_lag_upper_bound_seconds"},
         {"replwatch_replica_heartbeat_lag_seconds"},
         {"replwatch_replica_offset_lag_seconds"},
         {"replwatch_replica_ack_age_seconds"},

@@ -61,7 +61,8 @@ from .harness import (
     wait_for,
     wait_synced,
 )
-from .test_netns_starved import StarvedLink, _run, require_netns
+from .netlinks import StarvedLink, require_netns
+from .netlinks import run_cmd as _run
 
 pytestmark = pytest.mark.netns
 

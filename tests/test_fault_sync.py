@@ -67,6 +67,7 @@ from .harness import (
     require_build,
     wait_for,
 )
+from .netlinks import StarvedLink, require_netns
 from .syncing import (
     TASK,
     RunnerThread,
@@ -77,7 +78,6 @@ from .syncing import (
     start,
     wait_caught_up,
 )
-from .test_netns_starved import StarvedLink, require_netns
 from .test_sync_ops import child_pids
 
 LISTS = 8

@@ -188,6 +188,8 @@ TINY_RDB = b"REDIS0010\xff" + b"\x00" * 8
 HANDSHAKE = [
     Recv(),
     Send(b"+PONG\r\n"),
+    Recv(),  # CLIENT SETNAME replwatch-sync:<task>
+    Send(b"-NOPERM no names either\r\n"),  # ignored
     *[Recv(), Send(b"-NOPERM no INFO for you\r\n")] * 3,
     Recv(),
     Send(b"+OK\r\n"),
@@ -239,7 +241,8 @@ SOURCE_CASES: dict[str, tuple[Script, type[RedisError], str]] = {
 def replicate_until_error(hostile: HostileServer) -> Exception:
     """What a sync session does with its source (handshake, PSYNC ? -1, snapshot, stream),
     until it fails; the error (ReplwatchError or not: the test then fails)."""
-    link = SourceLink(parse_redis_url(hostile.url), None, 0.5)
+    # named as a task's link is (HANDSHAKE answers its CLIENT SETNAME with a refusal)
+    link = SourceLink(parse_redis_url(hostile.url), None, 0.5, client_name="replwatch-sync:t")
     try:
         link.greet()
         link.read_facts()

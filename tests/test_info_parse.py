@@ -508,7 +508,17 @@ CLIENT_CASES = [
         # a client name that looks like a field does not shadow the real field
         "name-looks-like-field",
         "id=1 addr=1.1.1.1:1 laddr=2.2.2.2:2 name=omem=999 flags=S omem=5 tot-mem=6\n",
-        [ClientEntry("1.1.1.1:1", "2.2.2.2:2", "S", 5, 6)],
+        [ClientEntry("1.1.1.1:1", "2.2.2.2:2", "S", 5, 6, name="omem=999")],
+    ),
+    (
+        # a replwatch sync task's link to its source, named before PSYNC (sync/reader.py)
+        "named-sync-task-link",
+        MASTER_CLIENTS.replace("name=", "name=replwatch-sync:a_to_b"),
+        [
+            ClientEntry(
+                "127.0.0.1:37866", "127.0.0.1:52487", "S", 20504, 42776, "replwatch-sync:a_to_b"
+            )
+        ],
     ),
     (
         "pre-6.2-without-laddr",

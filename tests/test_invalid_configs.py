@@ -235,6 +235,13 @@ CASES: list[tuple[str, Any, str, str]] = [
         "poll.timeout",
         "must not exceed interval",
     ),
+    (
+        # the default timeout follows a short interval down; a timeout given does not
+        "poll-timeout-over-short-interval",
+        G + "poll: {interval: 250ms, timeout: 500ms}\n",
+        "poll.timeout",
+        "must not exceed interval",
+    ),
     ("heartbeat-negative", G + "heartbeat: {interval: -1s}\n", "heartbeat.interval", "invalid"),
     (
         "heartbeat-ttl-below-interval",
@@ -715,6 +722,19 @@ def test_aliases_and_merge_keys_stay_valid(
     assert (b.name, b.master is not None and b.master.port) == ("b", 6390)  # overridden
     for group in (a, b, c):
         assert group.probe is not None and (group.probe.interval, group.probe.timeout) == (2, 1)
+
+
+def test_short_poll_interval_alone_is_valid(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`poll: {interval: 250ms}` with no timeout: the timeout's default (500ms) comes down to
+    the interval instead of refusing the file."""
+    config = write_case(workdir, "short-interval", G + "poll: {interval: 250ms}\n")
+    _, code, out, err = run_main(capsys, "check-config", config)
+    assert (code, err) == (0, "")
+    assert out.strip() == f"{config}: OK (1 group(s), 1 node(s) configured)"
+    poll = load_config(config, env={}).poll
+    assert (poll.interval, poll.timeout) == (0.25, 0.25)
 
 
 # ------------------------------------------------------------------ real subprocesses

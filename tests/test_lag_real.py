@@ -89,7 +89,8 @@ def test_healthy_replica(redis_servers: ServerSet) -> None:
                 assert r.reachable and r.link_up and not r.sync_in_progress, msg
                 assert r.following_master and not r.chained, msg
                 assert r.upstream == master.label, msg
-                assert r.lag_source == "heartbeat", msg
+                # its own offset, read directly (the heartbeat stands by: heartbeat_lag_seconds)
+                assert r.lag_source == "offset_clock", msg
                 assert r.lag_seconds is not None and r.lag_seconds < 0.5, msg
                 assert r.offset_lag_seconds is not None and r.offset_lag_seconds < 0.5, msg
                 assert r.lag_bytes is not None and r.lag_bytes < 1024, msg
@@ -175,7 +176,7 @@ def test_paused_replica_lag_grows_with_real_time_then_recovers(redis_servers: Se
                 "lag back under 0.5 s and byte lag small after SIGCONT",
             )
             r = replica_view(snap, rep.label)
-            assert r.link_up and r.lag_source == "heartbeat", describe(snap)
+            assert r.link_up and r.lag_source == "offset_clock", describe(snap)
             writer.stop()
             await ml.until(
                 lambda s: replica_view(s, rep.label).lag_bytes == 0, 10, "byte lag 0 after writes"
@@ -417,7 +418,7 @@ def test_chained_replica_measured_against_top_master(redis_servers: ServerSet) -
                 r = replica_view(snap, leaf.label)
                 msg = describe(snap)
                 assert r.chained and r.upstream == middle.label and r.following_master, msg
-                assert r.link_up and r.lag_source == "heartbeat", msg
+                assert r.link_up and r.lag_source == "offset_clock", msg
                 assert r.lag_bytes == 0 and r.lag_seconds == 0, msg
                 assert r.ack_age_seconds is not None, msg  # from the middle replica's INFO
                 m = replica_view(snap, middle.label)

@@ -10,14 +10,17 @@ import pytest
 from replwatch.exporter.status_doc import (
     StatusSources,
     backlog_risk,
+    group_doc,
     link_state,
+    plural,
     replica_severity,
     status_document,
+    wait_accounting,
 )
 from replwatch.lag.history import LagHistory
 from replwatch.observe.probe import ProbeResult
 from replwatch.routing.policy import RouteEntry, RoutingTable
-from replwatch.state import GroupSnapshot, NodeView, ReplicaView
+from replwatch.state import GroupSnapshot, LagTrend, NodeView, OtherFollower, ReplicaView
 
 NOW = 1_000_000.0
 
@@ -186,7 +189,14 @@ def test_document_is_worst_first_with_routing_reason_probe_and_history() -> None
         "wanted": 2,
         "reason": None,
         "age_seconds": 2.0,
+        "accounting": None,
     }
+    assert worst["reasons"] == [
+        {"severity": "bad", "text": "1 replica out of rotation"},
+        {"severity": "warn", "text": "WAIT timeout 1/2"},
+    ]
+    # each replica by its own state: the healthy one of the bad group is ok
+    assert [r["severity"] for r in worst["replicas"]] == ["bad", "ok"]
     assert doc["groups"][1]["master_error"] == "refused: connection refused"
     assert doc["groups"][2]["severity"] == "ok"
     assert doc["groups"][2]["replicas"][0]["history"] is None  # never recorded
@@ -230,3 +240,145 @@ def test_history_forgets_departed_replicas_and_groups() -> None:
     assert set(history.series("g")) == {"r:2"}
     history.forget_except(["other"])
     assert history.series("g") == {}
+
+
+# ----------------------------------------------------------------------------- issue 18
+
+
+@pytest.mark.parametrize(("n", "text"), [(0, "0 replicas"), (1, "1 replica"), (2, "2 replicas")])
+def test_plural(n: int, text: str) -> None:
+    assert plural(n, "replica") == text
+
+
+LAGGING = {"lag_seconds": 3.0, "heartbeat_lag_seconds": 3.0}
+UNSEEN = {"reachable": False, "link_up": False, "lag_seconds": 5.0, "lag_source": "contact"}
+
+
+@pytest.mark.parametrize(
+    ("replicas", "master_up", "routing", "probe", "expected"),
+    [
+        ([{}], True, None, None, []),
+        ([{}], False, None, None, [("bad", "master down")]),
+        (
+            [{}, LAGGING],
+            True,
+            {"r1:1": (True, "ok"), "r2:1": (False, "lag 3s > 2s")},
+            ProbeResult("g", "timeout", 2, 1, 0.5, at=NOW),
+            [("bad", "1 replica out of rotation"), ("warn", "WAIT timeout 1/2")],
+        ),
+        ([UNSEEN, UNSEEN], True, None, None, [("bad", "2 replicas unreachable")]),
+        (
+            [{"link_up": False}, {"following_master": False}, {"sync_in_progress": True}],
+            True,
+            None,
+            None,
+            [
+                ("bad", "1 replica with link down"),
+                ("bad", "1 replica following another master"),
+                ("bad", "1 replica in full sync"),
+            ],
+        ),
+        ([LAGGING], True, None, None, [("warn", "1 replica lagging 1s or more")]),
+        (
+            [{"backlog_usage_ratio": 0.95}],
+            True,
+            None,
+            None,
+            [("bad", "1 replica near a full resync (backlog 90% used)")],
+        ),
+        (
+            [{}],
+            True,
+            None,
+            ProbeResult("g", "error", None, None, None, "not_master", at=NOW),
+            [("warn", "WAIT error (not_master)")],
+        ),
+    ],
+)
+def test_group_names_its_reasons(
+    replicas: list[dict[str, Any]],
+    master_up: bool,
+    routing: dict[str, tuple[bool, str]] | None,
+    probe: ProbeResult | None,
+    expected: list[tuple[str, str]],
+) -> None:
+    views = [replica(f"r{i + 1}:1", **over) for i, over in enumerate(replicas)]
+    snap = snapshot("g", views, master_up)
+    doc = group_doc(snap, table("g", routing) if routing else None, probe, {}, NOW)
+    assert [(r["severity"], r["text"]) for r in doc["reasons"]] == expected
+    assert doc["severity"] == (expected[0][0] if expected else "ok")
+
+
+TASK = OtherFollower("127.0.0.1:0", "online", 100, 0, 0.0, ("a_to_b",))
+LOADING = OtherFollower("127.0.0.1:0", "wait_bgsave", 0, 100, 0.0, ("c_to_d",))
+STRAY = OtherFollower("10.0.0.9:6390", "online", 100, 0, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("result", "others", "listed", "expected"),
+    [
+        (("ok", 2, 2), [TASK], 1, "1 listed replica + 1 other follower: sync task a_to_b"),
+        (
+            ("ok", 3, 3),
+            [TASK, STRAY],
+            1,
+            "1 listed replica + 2 other followers: sync task a_to_b, 10.0.0.9:6390",
+        ),
+        (("ok", 1, 1), [TASK], 0, "0 listed replicas + 1 other follower: sync task a_to_b"),
+        (("timeout", 1, 2), [TASK], 1, "up to 1 of them from 1 other follower: sync task a_to_b"),
+        (
+            ("timeout", 0, 2),
+            [TASK],
+            1,
+            "asked of 1 listed replica + 1 other follower: sync task a_to_b",
+        ),
+        (("ok", 1, 1), [], 1, None),  # no other follower: nothing to say
+        (("ok", 1, 1), [LOADING], 1, None),  # not online: WAIT does not count it
+        (("error", None, None), [TASK], 1, None),
+    ],
+)
+def test_wait_accounting(
+    result: tuple[str, int | None, int | None],
+    others: list[OtherFollower],
+    listed: int,
+    expected: str | None,
+) -> None:
+    what, acked, wanted = result
+    probe = ProbeResult("g", what, wanted, acked, 0.001, at=NOW)
+    assert wait_accounting(probe, others, listed) == expected
+
+
+def test_document_lag_is_as_of_now_and_others_are_listed() -> None:
+    """A replica's lag is its trend carried to `now` (what /metrics says at the same moment),
+    a replica not seen current reads as a bound or null, never 0; the master's other
+    followers are listed and the WAIT probe says what they could account for."""
+    starved = replica(
+        "s:1", lag_seconds=2.0, trend=LagTrend(at=NOW - 2, lag=2.0, slope=0.5, lower=1.9, upper=2.1)
+    )
+    gone = replica("gone:1", **{**UNSEEN, "lag_seconds": 0.0001})
+    snap = replace(snapshot("g", [replica("up:1"), starved, gone]), others=(TASK,))
+    probe = ProbeResult("g", "ok", 3, 3, 0.002, at=NOW)
+    doc = status_document(sources([snap], {}, LagHistory(), {"g": probe}), NOW)
+    group = doc["groups"][0]
+    lags = {
+        r["label"]: (r["lag_seconds"], r["lag_at_least"], r["lag_lower_seconds"])
+        for r in group["replicas"]
+    }
+    assert lags == {
+        "s:1": (3.0, False, 1.9),
+        "up:1": (0.0, False, None),
+        "gone:1": (None, True, None),
+    }
+    assert group["others"] == [
+        {
+            "name": "sync task a_to_b",
+            "address": "127.0.0.1:0",
+            "task": "a_to_b",
+            "tasks": ["a_to_b"],
+            "state": "online",
+            "lag_bytes": 0,
+            "ack_age_seconds": 0.0,
+        }
+    ]
+    # up:1 and s:1 are listed and online; gone:1 is not
+    assert group["probe"]["accounting"] == "2 listed replicas + 1 other follower: sync task a_to_b"

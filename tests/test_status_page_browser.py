@@ -365,6 +365,26 @@ def test_status_page_with_hundreds_of_replicas_and_sync_tasks(browser: Any) -> N
             };
             """
         )
+        scale = browser.execute_script(
+            """
+            const peak = (g, r) => document.querySelector(
+              `tr[data-replica="10.0.${g}.${r}:6379"] [data-field="chart_peak"]`).textContent;
+            return {
+              lagging: peak(7, 3), healthy: peak(7, 7), none: peak(8, 0),
+              reasons: document.querySelector('details[data-group="g07"] [data-field="reasons"]')
+                .innerText,
+            };
+            """
+        )
+        # the chart's scale is its peak; each group says why it is bad
+        assert scale == {
+            "lagging": "peak 9.00s",
+            "healthy": "peak 0.07s",
+            "none": "peak 0.00s",
+            "reasons": "1 replica out of rotation",
+        }
+        assert state["summary"].startswith("60 groups (3 bad) · ")
+        assert state["summary"].endswith(" · 3 sync tasks (1 bad)")
         assert state["order"] == ["g07", "g27", "g47"]  # the bad groups, first
         assert state["open"] == ["g07", "g27", "g47"]  # healthy ones collapsed
         assert state["rows"] == 480
@@ -388,3 +408,109 @@ def test_status_page_with_hundreds_of_replicas_and_sync_tasks(browser: Any) -> N
         )
     finally:
         server.stop()
+
+
+def test_status_page_says_why_names_other_followers_and_colours_each_replica(
+    debian_servers: ServerSet, browser: Any, tmp_path: Path
+) -> None:
+    """Issue 18: a group a replwatch sync task reads from lists the task under the group by
+    its task name, and the WAIT count says whose acknowledgements it holds; singular and
+    plural right. One replica paused: the group's badges name why it is bad, the healthy
+    replica's lag is not red (each replica by its own state), the paused one's is."""
+    servers = debian_servers
+    master = servers.start("master")
+    healthy = servers.start("healthy", replica_of=master)
+    paused = servers.start("paused", replica_of=master)
+    target = servers.start("target")
+    for replica in (healthy, paused):
+        wait_for(lambda r=replica: r.info().get("master_link_status") == "up", 15, "linked")
+    port = free_port()
+    cfg = tmp_path / "replwatch.yaml"
+    cfg.write_text(
+        f"""
+exporter: {{listen: "127.0.0.1:{port}"}}
+poll: {{interval: 250ms, timeout: 200ms}}
+heartbeat: {{interval: 100ms}}
+probe: {{interval: 300ms, timeout: 200ms}}
+groups:
+  - name: shop
+    master: "127.0.0.1:{master.port}"
+    replicas: ["{healthy.label}", "{paused.label}"]
+sync:
+  tasks: [{{name: a_to_b, source: "{master.url}", target: "{target.url}"}}]
+"""
+    )
+    group = 'details[data-group="shop"]'
+
+    def text_of(selector: str) -> str:
+        return str(
+            browser.execute_script(
+                "const e = document.querySelector(arguments[0]); return e ? e.innerText : '';",
+                selector,
+            )
+        )
+
+    def lag_colour(replica: RedisProcess) -> tuple[int, ...]:
+        css = browser.execute_script(
+            "const e = document.querySelector(arguments[0]);"
+            "return e ? getComputedStyle(e).color : '';",
+            f'tr[data-replica="{replica.label}"] .lag-big',
+        )
+        return tuple(int(v) for v in re.findall(r"\d+", str(css))[:3])
+
+    load = WriteLoad(master)
+    try:
+        with RunningDaemon(cfg, port) as daemon:
+            wait_for(lambda: daemon.fetch("/-/ready")[0] == 200, 20, "daemon ready")
+            browser.get(daemon.base + "/")
+            wanted = "WAIT ok 3/3 (2 listed replicas + 1 other follower: sync task a_to_b)"
+            probe = f'{group} [data-field="probe"]'
+            try:
+                wait_for(
+                    lambda: wanted in text_of(probe), 30, "the WAIT count with the task's share"
+                )
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}; the page says {text_of(probe)!r}") from None
+            others = text_of(f'{group} [data-field="others"]')
+            assert "sync task a_to_b (127.0.0.1:0, online" in others, others
+            assert text_of("#summary") == (
+                "1 group (0 bad) · 2/2 replicas in rotation · 1 sync task (0 bad)"
+            )
+            assert text_of(f'{group} [data-field="reasons"]') == "ok"
+
+            paused.pause()
+            try:
+                wait_for(
+                    lambda: (
+                        "1 replica unreachable" in text_of(f'{group} [data-field="reasons"]')
+                        and "WAIT timeout 2/3" in text_of(f'{group} [data-field="reasons"]')
+                    ),
+                    20,
+                    "the badges to name the paused replica and the WAIT timeout",
+                )
+                assert (
+                    browser.execute_script(
+                        f"return document.querySelector('{group}').dataset.severity"
+                    )
+                    == "bad"
+                )
+                badges = browser.execute_script(
+                    "return [...document.querySelectorAll(arguments[0] + ' .reasons .badge')]"
+                    ".map((b) => [b.innerText, b.dataset.severity])",
+                    group,
+                )
+                assert ["1 replica unreachable", "bad"] in badges, badges
+                assert ["WAIT timeout 2/3", "warn"] in badges, badges
+                # the acknowledgements WAIT got: the healthy replica's and the task's
+                assert "(1 listed replica + 1 other follower: sync task a_to_b)" in text_of(
+                    f'{group} [data-field="probe"]'
+                )
+                assert rgb_near(lag_colour(paused), RED)
+                assert not rgb_near(lag_colour(healthy), RED), lag_colour(healthy)
+                assert text_of("#summary").startswith("1 group (1 bad) · 1/2 replicas in rotation")
+                peak = text_of(f'tr[data-replica="{paused.label}"] [data-field="chart_peak"]')
+                assert peak.startswith("peak ") and seconds_of(peak[5:]) > 0, peak
+            finally:
+                paused.resume()
+    finally:
+        load.close()

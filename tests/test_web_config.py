@@ -254,6 +254,29 @@ def test_every_endpoint_needs_basic_auth_and_tls(
     assert PASSWORD not in daemon.log_text() and HASH not in daemon.log_text()
 
 
+def test_kubernetes_probes_through_tls_and_basic_auth(
+    protected: tuple[RunningDaemon, Path, int],
+) -> None:
+    """As the README's probe example has the kubelet ask (scheme HTTPS, which verifies no
+    certificate, and an Authorization header in httpHeaders): /-/healthy and /-/ready answer
+    200 (this daemon has neither groups nor tasks: ready once started); without the header,
+    401, so a probe that lacks it never passes."""
+    _daemon, _web, port = protected
+    kubelet = ssl.create_default_context()
+    kubelet.check_hostname = False
+    kubelet.verify_mode = ssl.CERT_NONE
+    base = f"https://127.0.0.1:{port}"
+    header = {"Authorization": basic(USER, PASSWORD)}
+    wait_for(
+        lambda: fetch(base + "/-/ready", context=kubelet, headers=header)[0] == 200,
+        20,
+        "/-/ready 200 with credentials",
+    )
+    assert fetch(base + "/-/healthy", context=kubelet, headers=header) == (200, "OK\n")
+    for path in ("/-/healthy", "/-/ready"):
+        assert fetch(base + path, context=kubelet)[0] == 401, path
+
+
 def test_edited_web_config_applies_without_restart(
     protected: tuple[RunningDaemon, Path, int], pki: PKI
 ) -> None:

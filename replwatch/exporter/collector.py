@@ -9,6 +9,7 @@ never seen) are left out rather than exported as 0.
 from __future__ import annotations
 
 import platform
+import time
 from collections.abc import Callable, Iterator
 
 from prometheus_client.core import (
@@ -22,84 +23,106 @@ from prometheus_client.registry import Collector
 from replwatch import __version__
 from replwatch.routing.engine import RoutingEngine
 from replwatch.scheduler import SchedulerStats
-from replwatch.state import GroupSnapshot, ProbeStore, ReplicaView, SnapshotStore
+from replwatch.state import (
+    GroupSnapshot,
+    ProbeStore,
+    ReplicaView,
+    SnapshotStore,
+    lag_reading,
+)
 from replwatch.topology.sharding import WHOLE_FLEET, ShardSpec
 
-_REPLICA_GAUGES: list[tuple[str, str, Callable[[ReplicaView], float | int | bool | None]]] = [
+# (name, help, value of a replica as of the scrape's wall-clock time)
+_REPLICA_GAUGES: list[
+    tuple[str, str, Callable[[ReplicaView, float], float | int | bool | None]]
+] = [
     (
         "replwatch_replica_lag_seconds",
-        "Best estimate of how far the replica's data is behind its master, in seconds "
-        "(heartbeat when available, else offset clock; never 0 while it cannot be seen).",
-        lambda r: r.lag_seconds,
+        "Best estimate of how far the replica's data is behind its master, in seconds, as of "
+        "the scrape: the trend of its readings (its own offset, and its ACKs as its master "
+        "shows them) carried to now; else the heartbeat; never 0 while it cannot be seen.",
+        lambda r, now: lag_reading(r, now).seconds,
+    ),
+    (
+        "replwatch_replica_lag_lower_bound_seconds",
+        "The replica is at least this far behind, as of the scrape (its newest reading's "
+        "lower edge; lower when its trend shows it catching up).",
+        lambda r, now: (bounds := r.lag_bounds_at(now)) and bounds[0],
+    ),
+    (
+        "replwatch_replica_lag_upper_bound_seconds",
+        "The replica is at most this far behind, as of the scrape (its newest reading's upper "
+        "edge plus the time since: no progress assumed); absent when not known.",
+        lambda r, now: (bounds := r.lag_bounds_at(now)) and bounds[1],
     ),
     (
         "replwatch_replica_heartbeat_lag_seconds",
         "Time lag from the heartbeat key: master's clock now minus the first heartbeat the "
         "replica has not applied.",
-        lambda r: r.heartbeat_lag_seconds,
+        lambda r, now: r.heartbeat_lag_seconds,
     ),
     (
         "replwatch_replica_offset_lag_seconds",
         "Time lag from the offset clock: how long ago the master moved past the replica's offset.",
-        lambda r: r.offset_lag_seconds,
+        lambda r, now: r.offset_lag_seconds,
     ),
     (
         "replwatch_replica_offset_lag_exact",
         "1 when the offset clock's table reached back far enough for an exact answer, 0 when "
         "replwatch_replica_offset_lag_seconds is only a lower bound.",
-        lambda r: None if r.offset_lag_seconds is None else r.offset_lag_exact,
+        lambda r, now: None if r.offset_lag_seconds is None else r.offset_lag_exact,
     ),
     (
         "replwatch_replica_ack_age_seconds",
         "Seconds since the replica's last ACK as the master's INFO reports it (the lag= "
         "field). This is not replication delay.",
-        lambda r: r.ack_age_seconds,
+        lambda r, now: r.ack_age_seconds,
     ),
     (
         "replwatch_replica_lag_bytes",
         "Master replication offset minus the replica's applied offset, sampled together.",
-        lambda r: r.lag_bytes,
+        lambda r, now: r.lag_bytes,
     ),
     (
         "replwatch_replica_link_up",
         "1 when the replica reports master_link_status:up, 0 otherwise (also when unreachable).",
-        lambda r: r.link_up,
+        lambda r, now: r.link_up,
     ),
     (
         "replwatch_replica_sync_in_progress",
         "1 while the replica is doing a full sync from its master.",
-        lambda r: r.sync_in_progress,
+        lambda r, now: r.sync_in_progress,
     ),
     (
         "replwatch_replica_following_master",
         "1 when the replica is on the same replication stream (replid) as the group's master.",
-        lambda r: r.following_master if r.reachable else None,
+        lambda r, now: r.following_master if r.reachable else None,
     ),
     (
         "replwatch_replica_repl_offset_bytes",
         "The replica's applied replication offset (slave_repl_offset).",
-        lambda r: r.applied_offset,
+        lambda r, now: r.applied_offset,
     ),
     (
         "replwatch_replica_read_repl_offset_bytes",
         "The replica's read (received) replication offset (slave_read_repl_offset, 7.0+).",
-        lambda r: r.read_offset,
+        lambda r, now: r.read_offset,
     ),
     (
         "replwatch_replica_backlog_usage_ratio",
         "Byte lag divided by the master's repl_backlog_size: at 1 a reconnect needs a full resync.",
-        lambda r: r.backlog_usage_ratio,
+        lambda r, now: r.backlog_usage_ratio,
     ),
     (
         "replwatch_replica_output_buffer_bytes",
         "Memory the master holds in this replica's output buffer (CLIENT LIST omem).",
-        lambda r: r.output_buffer_bytes,
+        lambda r, now: r.output_buffer_bytes,
     ),
     (
         "replwatch_replica_output_buffer_usage_ratio",
         "Replica output buffer divided by the master's replica hard limit "
         "(client-output-buffer-limit); at 1 the master drops the replica.",
-        lambda r: (
+        lambda r, now: (
             r.output_buffer_bytes / r.output_buffer_limit_bytes
             if r.output_buffer_bytes is not None and r.output_buffer_limit_bytes
             else None
@@ -108,12 +131,12 @@ _REPLICA_GAUGES: list[tuple[str, str, Callable[[ReplicaView], float | int | bool
     (
         "replwatch_replica_link_down_seconds",
         "Seconds the replica reports its master link down (master_link_down_since_seconds).",
-        lambda r: r.link_down_seconds,
+        lambda r, now: r.link_down_seconds,
     ),
     (
         "replwatch_replica_seconds_since_contact",
         "Seconds since replwatch last got an answer from the replica.",
-        lambda r: r.seconds_since_contact,
+        lambda r, now: r.seconds_since_contact,
     ),
 ]
 
@@ -126,7 +149,9 @@ class SnapshotCollector(Collector):
         probes: ProbeStore | None = None,
         routing: RoutingEngine | None = None,
         shard: ShardSpec | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
+        self._wall = wall_clock  # the scrape's time: lags are told as of then
         self.routing = routing
         self.shard = shard or WHOLE_FLEET
         self.store = store
@@ -248,12 +273,13 @@ class SnapshotCollector(Collector):
             "from (its master, or another replica when chained).",
             labels=["group", "replica", "upstream", "chained", "discovered"],
         )
+        now = self._wall()
         for s in snapshots:
             discovered = {n.label for n in s.nodes if n.discovered}
             for r in s.replicas:
                 labels = [s.name, r.label]
                 for family, get in families:
-                    value = get(r)
+                    value = get(r, now)
                     if value is not None:
                         family.add_metric(labels, float(value))
                 info.add_metric(

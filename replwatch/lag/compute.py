@@ -5,9 +5,14 @@ Rules (each has a table test):
   stream (replid equal); clamped at 0 (the follower may be sampled a moment later).
 - offset-clock lag: the follower's offset looked up in the master's OffsetClock.
 - heartbeat lag: the heartbeat value read on the follower against HeartbeatHistory.
-- best estimate: heartbeat when available, else the offset clock; then, when the follower
-  cannot be seen (unreachable, link down, full sync), at least the time since it was last
-  known current — so a paused or cut-off follower's lag grows with real time and is never 0.
+- readings (lag/trend.py): the follower's applied offset looked up in the offset clock as of
+  its answer (poll), and its ACKs as the master's samples time them (ack, lag/acks.py); the
+  readings that follow one line form a segment whose least-squares line is the trend.
+- best estimate: the trend, as of now (state.LagTrend: every surface evaluates it when it is
+  read), while its newest reading is fresh; else the heartbeat when available, else the
+  offset clock. Then, when the follower cannot be seen (unreachable, link down, full sync)
+  and its master hears no progress from it either, at least the time since it was last
+  known current — so a paused or cut-off follower's lag grows with real time, never 0.
 - a node listed as a replica that reports role master is no follower: no lag is claimed.
 - a follower whose replid differs from the master's (another master, or still syncing) has
   no byte lag (None) — offsets on different streams do not compare.
@@ -18,10 +23,18 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
+from replwatch.lag.followers import match_line, other_followers
 from replwatch.lag.heartbeat import HeartbeatHistory
 from replwatch.lag.offset_clock import OffsetClock
+from replwatch.lag.trend import Reading, add_reading, fit
 from replwatch.observe.info import ClientEntry, ReplicaLine, ReplicationInfo
-from replwatch.state import GroupSnapshot, NodeView, ReplicaView
+from replwatch.state import GroupSnapshot, LagTrend, NodeView, ReplicaView
+
+# the trend speaks for the follower while its newest reading is at most this old: readings
+# come about twice a second (its polls, its ACKs); older, the follower is not heard from
+TREND_FRESH = 2.5
+# a poll answered within this is a prompt, direct reading: the ACKs add nothing to it
+PROMPT_POLL = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,23 +70,43 @@ class ReplicaMemory:
     current_at: float | None = None  # monotonic time it was last seen current (link up)
     contact_at: float | None = None  # monotonic time of the last successful poll
     seen_at: float | None = None  # monotonic time replwatch first polled it (or tried)
+    readings: tuple[Reading, ...] = ()  # the current segment of its lag readings (trend.py)
 
 
 def _same_label(label: str) -> str:
     return label
 
 
-def _match_line(
-    lines: Sequence[ReplicaLine], label: str, map_label: Callable[[str], str] = _same_label
-) -> ReplicaLine | None:
-    for line in lines:
-        if map_label(line.address) == label:
-            return line
-    _host, _, port = label.rpartition(":")
-    by_port = [ln for ln in lines if str(ln.port) == port]
-    if len(by_port) == 1:
-        return by_port[0]
-    return None
+def _poll_reading(sample: NodeSample, applied: int | None, clock: OffsetClock) -> Reading | None:
+    """The follower's applied offset in the offset clock, as of its answer: a request that
+    waited in a saturated link was answered late, not early, so the offset is as of then."""
+    if applied is None or not sample.ok or not len(clock):
+        return None  # (an empty clock cannot tell when the master was anywhere)
+    at = sample.finished
+    passed = clock.time_of(applied)
+    if passed is None:
+        return Reading(at, 0.0, 0.0, "poll")  # it had all the master had at its last sample
+    if not passed.exact:
+        return None  # older than the clock's table (a new master, a one-shot poll): no time
+    bracket = clock.bracket_of(applied)
+    half = 0.0 if bracket is None else (bracket[1] - bracket[0]) / 2
+    return Reading(at, at - passed.time, half, "poll")
+
+
+def _readings(
+    segment: tuple[Reading, ...],
+    acks: Sequence[Reading],
+    poll: Reading | None,
+    following: bool,
+) -> tuple[Reading, ...]:
+    """The follower's segment with this cycle's readings added in time order (none while it
+    follows another stream: its offsets are not on the master's line)."""
+    if not following:
+        return ()
+    news = sorted((*acks, *(() if poll is None else (poll,))), key=lambda r: r.at)
+    for reading in news:
+        segment = add_reading(segment, reading)
+    return segment
 
 
 def _upstream_label(info: ReplicationInfo) -> str | None:
@@ -110,9 +143,11 @@ def compute_group(
     heartbeat_ok: bool | None = None,
     heartbeat_error: str | None = None,
     map_label: Callable[[str], str] = _same_label,
+    ack_readings: Mapping[str, Sequence[Reading]] | None = None,
 ) -> tuple[GroupSnapshot, dict[str, ReplicaMemory]]:
     """`map_label`: an announced 'host:port' (a replica's master_host:master_port, a slave
-    line's ip:port) → the label of the node replwatch polls there (address mapping)."""
+    line's ip:port) → the label of the node replwatch polls there (address mapping).
+    `ack_readings`: per follower, the readings its ACKs gave since the last cycle."""
     minfo = master.info
     master_role_ok = minfo is not None and not minfo.is_replica
     master_offset = minfo.master_repl_offset if minfo is not None else None
@@ -179,9 +214,9 @@ def compute_group(
         # the line that the upstream (or, failing that, the master) keeps for this follower
         line = None
         if upstream is not None and upstream in lines_by_node:
-            line = _match_line(lines_by_node[upstream], label, map_label)
+            line = match_line(lines_by_node[upstream], label, map_label)
         if line is None and minfo is not None:
-            line = _match_line(minfo.replicas, label, map_label)
+            line = match_line(minfo.replicas, label, map_label)
 
         reachable = info is not None and info.is_replica
         link_up = bool(reachable and info is not None and info.link_up)
@@ -232,19 +267,46 @@ def compute_group(
         if current:
             current_at = sample.at
 
+        poll = _poll_reading(sample, applied, clock) if current and master.ok else None
+        # a prompt direct reading is the best there is; the ACKs (timed to a quarter second)
+        # speak when the follower's own answers are slow or do not come
+        prompt = poll is not None and sample.finished - sample.started <= PROMPT_POLL
+        segment = _readings(
+            mem.readings,
+            () if prompt else (ack_readings or {}).get(label, ()),
+            poll,
+            following=(same_stream or not reachable) and master_replid is not None,
+        )
+        acked = [r.at for r in (ack_readings or {}).get(label, ())]
+        if acked and line is not None and line.state == "online":
+            # its master hears it make progress (ACKs): current, whatever its own polls say
+            current_at = max(current_at or 0.0, max(acked))
+
+        def wall(mono: float) -> float:
+            return now_wall - (now_mono - mono)
+
         best: float | None
         source: str
-        if hb_lag is not None:
+        trend: LagTrend | None = None
+        fitted = fit(segment)
+        if fitted is not None and now_mono - fitted.at <= TREND_FRESH:
+            trend = LagTrend(wall(fitted.at), fitted.lag, fitted.slope, fitted.lower, fitted.upper)
+            best = trend.at_time(now_wall)[0]
+            source = "offset_clock" if fitted.kind == "poll" else "ack"
+        elif hb_lag is not None:
             best, source = hb_lag, "heartbeat"
         elif offset_lag is not None:
             best, source = offset_lag, "offset_clock"
+            if not reachable:
+                # the newest offset known (its master's line): no progress is assumed since
+                trend = LagTrend(now_wall, offset_lag, 1.0, 0.0, offset_lag)
         else:
             best, source = None, "none"
         seen_at = mem.seen_at if mem.seen_at is not None else sample.at
         if info is not None and not info.is_replica:
             # it answers as a master (promoted, or misconfigured): not a follower, no lag
-            best, source, hb_lag, offset_lag = None, "none", None, None
-        elif not current:
+            best, source, hb_lag, offset_lag, trend, segment = None, "none", None, None, None, ()
+        elif not (current or (current_at is not None and current_at > (mem.current_at or 0))):
             # never seen current: at least as old as the time replwatch has known it
             since = current_at if current_at is not None else seen_at
             floor: float | None = max(0.0, now_mono - since)
@@ -254,6 +316,8 @@ def compute_group(
                 floor = max(floor or 0.0, info.link_down_since_seconds - 1.0)
             if floor is not None and (best is None or floor > best):
                 best, source = floor, "contact"
+                # and it keeps growing with real time until it is heard from again
+                trend = LagTrend(now_wall, floor, 1.0, floor, None)
 
         ratio = None
         if lag_bytes is not None and backlog:
@@ -290,6 +354,7 @@ def compute_group(
                 seconds_since_contact=(
                     None if contact_at is None else max(0.0, now_mono - contact_at)
                 ),
+                trend=trend,
             )
         )
         new_memory[label] = replace(
@@ -300,6 +365,7 @@ def compute_group(
             current_at=current_at,
             contact_at=contact_at,
             seen_at=seen_at,
+            readings=segment,
         )
 
     started = min([master.started] + [s.started for s in replicas.values()])
@@ -321,5 +387,6 @@ def compute_group(
         heartbeat_enabled=heartbeat is not None,
         heartbeat_ok=heartbeat_ok,
         heartbeat_error=heartbeat_error,
+        others=other_followers(minfo, master.clients, replica_labels, map_label),
     )
     return snapshot, new_memory

@@ -16,6 +16,12 @@ Explicit cases:
 - the master's offset went backwards or its replication id changed in a way that breaks the
   offset line (restart without persistence, a different master): the table is reset.
 - one entry only and o below it: lower bound again.
+
+Samples come several times a second (every poll cycle and every heartbeat write: the
+heartbeat script returns the master's INFO). The newest FINE seconds keep every one — the
+readings of a follower that is a second or two behind need that resolution — and older ones
+are thinned to one every COARSE seconds, so the table still reaches back `window` seconds
+within `max_points`.
 """
 
 from __future__ import annotations
@@ -23,6 +29,10 @@ from __future__ import annotations
 from array import array
 from bisect import bisect_right
 from dataclasses import dataclass
+
+OUT_OF_ORDER = 0.5  # a lower offset this soon after a higher one: an older sample, late
+FINE = 10.0  # seconds of samples kept at full resolution
+COARSE = 1.0  # older samples: at least this far apart
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +47,16 @@ class OffsetTime:
 class OffsetClock:
     """Samples of (offset, first seen, last seen) for one master. Times are monotonic seconds."""
 
-    __slots__ = ("_first", "_last", "_max_points", "_offsets", "_replid", "_window", "resets")
+    __slots__ = (
+        "_coarse",
+        "_first",
+        "_last",
+        "_max_points",
+        "_offsets",
+        "_replid",
+        "_window",
+        "resets",
+    )
 
     def __init__(self, window: float = 600.0, max_points: int = 720) -> None:
         self._window = window
@@ -46,6 +65,7 @@ class OffsetClock:
         self._first = array("d")
         self._last = array("d")
         self._replid = ""
+        self._coarse = 0  # entries before this index are thinned already
         self.resets = 0
 
     def __len__(self) -> int:
@@ -59,6 +79,7 @@ class OffsetClock:
         del self._offsets[:]
         del self._first[:]
         del self._last[:]
+        self._coarse = 0
 
     def observe(self, offset: int, when: float, replid: str = "", replid2: str = "") -> bool:
         """Record a master sample. Returns True when the table was reset (offset went
@@ -66,6 +87,14 @@ class OffsetClock:
         reset = False
         if self._offsets:
             continues = replid == self._replid or (replid2 and replid2 == self._replid)
+            if continues:
+                # samples taken on several connections (poll cycles, heartbeat writes) can
+                # complete out of order, their times a round trip's jitter apart: a lower
+                # offset right after a higher one is an older sample, not a restart (that
+                # takes longer), and a sample is never placed before the newest one
+                if offset < self._offsets[-1] and when <= self._last[-1] + OUT_OF_ORDER:
+                    return False
+                when = max(when, self._last[-1])
             if not continues or offset < self._offsets[-1]:
                 self._clear()
                 self.resets += 1
@@ -77,8 +106,23 @@ class OffsetClock:
             self._offsets.append(offset)
             self._first.append(when)
             self._last.append(when)
+        self._thin(when)
         self._trim(when)
         return reset
+
+    def _thin(self, now: float) -> None:
+        """Entries older than FINE: drop one that began less than COARSE after the entry
+        kept before it (the interpolation between its neighbours stands in for it)."""
+        j = self._coarse
+        first, last = self._first, self._last
+        while j + 2 < len(first) and last[j + 1] < now - FINE:
+            if first[j + 1] - last[j] < COARSE:
+                del self._offsets[j + 1]
+                del first[j + 1]
+                del last[j + 1]
+            else:
+                j += 1
+        self._coarse = j
 
     def _trim(self, now: float) -> None:
         # keep at least two entries; drop what is older than the window or over the cap
@@ -92,6 +136,7 @@ class OffsetClock:
             del self._offsets[:drop]
             del self._first[:drop]
             del self._last[:drop]
+            self._coarse = max(0, self._coarse - drop)
 
     def time_of(self, offset: int) -> OffsetTime | None:
         """When the master moved past `offset`. None when the follower is not behind the
@@ -108,6 +153,19 @@ class OffsetClock:
         ta, tb = self._last[j - 1], self._first[j]
         fraction = (offset - a) / (b - a)
         return OffsetTime(ta + fraction * (tb - ta), exact=True)
+
+    def bracket_of(self, offset: int) -> tuple[float, float] | None:
+        """When the master moved past `offset`, for certain: after the last sample that saw
+        it at or below `offset` and no later than the first that saw it beyond. None when
+        the table cannot tell (the follower is not behind the newest sample, or `offset` is
+        older than the table)."""
+        offsets = self._offsets
+        if not offsets or offset >= offsets[-1]:
+            return None
+        j = bisect_right(offsets, offset)
+        if j == 0:
+            return None
+        return self._last[j - 1], self._first[j]
 
     def lag_of(self, offset: int, now: float) -> tuple[float, bool]:
         """Seconds a follower at `offset` is behind at time `now`, and whether it is exact."""

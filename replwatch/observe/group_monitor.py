@@ -20,12 +20,15 @@ from replwatch.config import (
     TLSConfig,
     tls_over,
 )
+from replwatch.lag.acks import AckSeen, ack_reading
 from replwatch.lag.compute import NodeSample, ReplicaMemory, compute_group
+from replwatch.lag.followers import match_line
 from replwatch.lag.heartbeat import HeartbeatHistory
 from replwatch.lag.offset_clock import OffsetClock
+from replwatch.lag.trend import Reading
 from replwatch.observe.connection import InFlight
 from replwatch.observe.heartbeat import HeartbeatWriter
-from replwatch.observe.info import ReplicationInfo
+from replwatch.observe.info import ReplicationInfo, parse_replication
 from replwatch.observe.poller import NodePoller
 from replwatch.state import GroupSnapshot
 from replwatch.topology.groups import AddressMap, MonitoredGroup
@@ -136,6 +139,10 @@ class GroupMonitor:
             self.history = HeartbeatHistory()
             self.writer = self._heartbeat_writer(group.master)
         self.memory: dict[str, ReplicaMemory] = {}
+        # the followers' ACKs as the master's samples show them (lag/acks.py): the newest
+        # sample of each line, and the readings since the last poll cycle
+        self.acks: dict[str, AckSeen] = {}
+        self.ack_readings: dict[str, list[Reading]] = {}
         self.cycle = 0
         self.master_is_master: bool | None = None
         self.last_snapshot: GroupSnapshot | None = None
@@ -153,6 +160,7 @@ class GroupMonitor:
             min(self.poll_config.timeout, max(hb.interval, 0.05)),
             self.history,
             self.tls,
+            on_master_info=self.master_sample,
         )
 
     @property
@@ -179,6 +187,7 @@ class GroupMonitor:
             self.clock = OffsetClock(lag.offset_clock_window, lag.offset_clock_max_points)
             self.master_is_master = None
             self.master_changes += 1
+            self.acks, self.ack_readings = {}, {}
             if self.writer is not None:
                 self.writer.close()
                 self.writer = self._heartbeat_writer(group.master)
@@ -193,6 +202,7 @@ class GroupMonitor:
             self.replicas.pop(label).close()
             self.discovered.discard(label)
             self.memory.pop(label, None)
+            self.acks.pop(label, None)
         for label, endpoint in wanted.items():
             if label not in self.replicas:
                 self.replicas[label] = NodePoller(
@@ -201,6 +211,32 @@ class GroupMonitor:
             self.discovered.discard(label)
         self.configured = list(wanted)
         self.memory.pop(group.master.label, None)
+
+    def master_sample(self, text: bytes, at: float) -> None:
+        """The master's INFO replication between poll cycles (it comes with every heartbeat
+        write): its offset into the offset clock, its followers' ACKs timed (lag/acks.py)."""
+        info = parse_replication(text.decode("utf-8", "replace"))
+        if info.is_replica:
+            return
+        self.clock.observe(info.master_repl_offset, at, info.replid, info.replid2)
+        self._observe_acks(info, at)
+
+    def _observe_acks(self, info: ReplicationInfo, at: float) -> None:
+        """Each polled follower's line in a master sample: a reading when its ACKed offset
+        moved since the previous sample."""
+        map_label = self.group.address_map.label
+        for label in self.replicas:
+            line = match_line(info.replicas, label, map_label)
+            if line is None:
+                self.acks.pop(label, None)
+                continue
+            previous = self.acks.get(label)
+            if previous is not None and at <= previous.at:
+                continue  # an older sample that completed late
+            reading = ack_reading(previous, at, line.offset, self.clock)
+            if reading is not None:
+                self.ack_readings.setdefault(label, []).append(reading)
+            self.acks[label] = AckSeen(at, line.offset)
 
     async def write_heartbeat(self) -> bool | None:
         """One heartbeat write; skipped (None) while the master is known to be a replica."""
@@ -308,6 +344,8 @@ class GroupMonitor:
                 self.clock.observe(
                     minfo.master_repl_offset, master_sample.at, minfo.replid, minfo.replid2
                 )
+                self._observe_acks(minfo, master_sample.at)
+        ack_readings, self.ack_readings = self.ack_readings, {}
         now_mono = time.monotonic()
         writer = self.writer
         snapshot, self.memory = compute_group(
@@ -326,6 +364,7 @@ class GroupMonitor:
             heartbeat_ok=writer.last_ok if writer else None,
             heartbeat_error=writer.last_error if writer else None,
             map_label=self.group.address_map.label,
+            ack_readings=ack_readings,
         )
         if self.group.discover:
             self._update_discovery(master_sample, samples)
@@ -351,6 +390,7 @@ class GroupMonitor:
                 self.discovered.discard(label)
                 self.replicas.pop(label).close()
                 self.memory.pop(label, None)
+                self.acks.pop(label, None)
 
     def close(self) -> None:
         self.master.close()

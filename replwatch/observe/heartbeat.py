@@ -4,12 +4,18 @@ The script reads TIME and writes it; with effects replication (the default since
 the only mode since 7.0) the SET with the literal value is what replicates, so every follower
 sees the master's clock. The writer refuses to write when the configured master reports that
 it is a replica (after a failover) and says so instead.
+
+The script already reads the master's INFO replication (to check its role) and returns it
+with the value: every heartbeat is also a sample of the master (its offset, its followers'
+ACKed offsets), handed to `on_master_info` — 4 samples a second at the default interval,
+with no command of its own (lag/acks.py times the followers' ACKs with them).
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable
 from typing import Any
 
 import hiredis
@@ -32,7 +38,7 @@ end
 local t = redis.call('TIME')
 local v = t[1] .. string.format('%06d', tonumber(t[2]))
 redis.call('SET', KEYS[1], v, 'PX', ARGV[1])
-return v
+return {v, info}
 """
 HEARTBEAT_SHA = hashlib.sha1(HEARTBEAT_SCRIPT.encode()).hexdigest()
 
@@ -48,13 +54,17 @@ class HeartbeatWriter:
         timeout: float,
         history: HeartbeatHistory,
         tls: TLSConfig | None = None,
+        on_master_info: Callable[[bytes, float], None] | None = None,
     ) -> None:
+        """`on_master_info`: told of the master's INFO replication text that came with each
+        write, and the monotonic time it was taken (the middle of the round trip)."""
         self.endpoint = endpoint
         self.key = key
         self.ttl_ms = max(1000, int(ttl_seconds * 1000))
         self.timeout = timeout
         self.history = history
         self.tls = tls
+        self.on_master_info = on_master_info
         self._conn: Connection | None = None
         # the same command every time: encoded once
         self._evalsha = encode_command(("EVALSHA", HEARTBEAT_SHA, 1, key, self.ttl_ms))
@@ -153,8 +163,13 @@ class HeartbeatWriter:
             if "REPLWATCH not a master" in message or message.startswith("READONLY"):
                 raise RedisError("configured master is a replica: not writing", "not_master")
             raise classify_reply_error(message)
+        info: Any = None
+        if isinstance(reply, list) and len(reply) == 2:
+            reply, info = reply  # the value, and the master's INFO replication with it
         micros = int(reply)
         self.history.record(micros / 1_000_000, sent, received)
+        if isinstance(info, bytes) and self.on_master_info is not None:
+            self.on_master_info(info, (sent + received) / 2)
         self.last_ok, self.last_error = True, None
         self.writes_ok += 1
         return True

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from replwatch.decimal_text import is_decimal
 from replwatch.errors import ProtocolFailure
 
-_CLIENT_FIELD = re.compile(r"(?:^| )(addr|laddr|flags|omem|tot-mem)=(\S*)")
+_CLIENT_FIELD = re.compile(r"(?:^| )(addr|laddr|flags|omem|tot-mem|name)=(\S*)")
 
 
 def parse_info(text: str) -> dict[str, str]:
@@ -169,6 +169,7 @@ class ClientEntry:
     flags: str
     omem: int  # output buffer memory
     tot_mem: int
+    name: str = ""  # CLIENT SETNAME (a replwatch sync task's source link: lag/followers.py)
 
 
 def parse_client_list(text: str) -> list[ClientEntry]:
@@ -186,6 +187,7 @@ def parse_client_list(text: str) -> list[ClientEntry]:
                     flags=kv.get("flags", ""),
                     omem=int(kv.get("omem", "0")),
                     tot_mem=int(kv.get("tot-mem", "0")),
+                    name=kv.get("name", ""),
                 )
             )
         except ValueError:

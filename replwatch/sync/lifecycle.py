@@ -77,7 +77,7 @@ class WatcherSet:
     take effect at the next poll; a removed watcher's connections are closed by the poll, in
     the event loop that owns them. A task has one watcher, a cluster-source task one per
     master shard (found by a lookup; while the cluster cannot be asked, none: the next poll
-    asks again)."""
+    asks again). ready(): every task looked at once (the daemon's readiness)."""
 
     def __init__(
         self, make: Callable[[SyncTask], list[SyncWatcher]], tasks: Sequence[SyncTask]
@@ -87,10 +87,18 @@ class WatcherSet:
         self._tasks = {t.name: t for t in tasks}
         self._watchers = {t.name: make(t) for t in tasks}
         self._retired: list[SyncWatcher] = []
+        self._looked: set[str] = set()  # tasks whose current watchers a poll has been through
 
     def names(self) -> list[str]:
         with self._lock:
             return list(self._watchers)
+
+    def ready(self) -> bool:
+        """Every task has been looked at once since it was added or redefined: its watchers
+        polled (the view says what was found, a side down included), or for a cluster source
+        that cannot be asked, its shards looked up (True when there is no task)."""
+        with self._lock:
+            return self._looked.issuperset(self._watchers)
 
     def add(self, task: SyncTask) -> None:
         watchers = self._make(task)
@@ -98,17 +106,23 @@ class WatcherSet:
             self._retired.extend(self._watchers.get(task.name, []))
             self._watchers[task.name] = watchers
             self._tasks[task.name] = task
+            self._looked.discard(task.name)
 
     def remove(self, name: str) -> None:
         with self._lock:
             self._retired.extend(self._watchers.pop(name, []))
             self._tasks.pop(name, None)
+            self._looked.discard(name)
 
-    def _take(self) -> tuple[list[SyncWatcher], list[SyncWatcher]]:
+    def _take(
+        self,
+    ) -> tuple[list[SyncWatcher], list[SyncWatcher], dict[str, list[SyncWatcher]]]:
+        """The current watchers (flat, and by task), and the retired ones to close."""
         with self._lock:
             retired, self._retired = self._retired, []
-            current = [w for watchers in self._watchers.values() for w in watchers]
-            return current, retired
+            by_task = dict(self._watchers)
+            current = [w for watchers in by_task.values() for w in watchers]
+            return current, retired, by_task
 
     async def _fill_empty(self) -> None:
         """Ask again for the watchers of tasks that have none (a cluster that could not be
@@ -126,17 +140,19 @@ class WatcherSet:
     async def poll_into(self, store: SyncStore) -> list[SyncTaskView]:
         """Poll every current watcher concurrently into `store` (a scheduler job)."""
         await self._fill_empty()
-        watchers, retired = self._take()
+        watchers, retired, by_task = self._take()
         for watcher in retired:
             watcher.close()
         views = list(await asyncio.gather(*(w.poll() for w in watchers)))
         for view in views:
             store.put(view)
+        with self._lock:  # a task added or redefined meanwhile waits for the next poll
+            self._looked.update(n for n, ws in by_task.items() if self._watchers.get(n) is ws)
         return views
 
     def close(self) -> None:
         """Close every watcher (at shutdown, in the event loop)."""
-        watchers, retired = self._take()
+        watchers, retired, _ = self._take()
         for watcher in [*watchers, *retired]:
             watcher.close()
 

@@ -289,11 +289,13 @@ class SourceLink:
         tls: TLSConfig | None,
         timeout: float,
         listening_port: int = 0,
+        client_name: str | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.timeout = timeout
         self.conn = BufferedSocket(open_socket(endpoint, tls, timeout), endpoint.label)
         self.listening_port = listening_port
+        self.client_name = client_name
         self.reader = hiredis.Reader()
         self.raw = bytearray()  # stream bytes fed to the reader, not yet consumed
         self.raw_pos = 0
@@ -329,8 +331,11 @@ class SourceLink:
         self.announce()
 
     def greet(self) -> None:
-        """PING (its answer must be RESP: the source is a Redis server at all), then AUTH.
-        WrongServer for a node whose answer to PING is not RESP."""
+        """PING (its answer must be RESP: the source is a Redis server at all), then AUTH,
+        then CLIENT SETNAME `client_name` when given: the source's CLIENT LIST TYPE replica
+        then names this link, so the monitor tells a sync task from other followers of the
+        master (lag/followers.py); a refusal (an ACL) is ignored. WrongServer for a node
+        whose answer to PING is not RESP."""
         ep = self.endpoint
         # PING first, as replicas do; -NOAUTH here is expected before AUTH
         pong = self._call("PING")
@@ -345,6 +350,8 @@ class SourceLink:
                 raise AuthFailure(
                     f"AUTH to {ep.label} failed: {reply[1:120].decode('utf-8', 'replace')}"
                 )
+        if self.client_name:
+            self._call("CLIENT", "SETNAME", self.client_name)  # +OK, or a refusal: ignored
 
     def read_facts(self) -> None:
         """The INFO sections the checks before PSYNC need, into `facts` and `history` (each

@@ -462,7 +462,12 @@ class SyncTaskRunner:
             self.guard.check_target(target)  # a replica, a Sentinel: the source is not asked
             checkpoint = self._claim_target(target)
             self.guard.check_copy(target, checkpoint)  # evicted keys: no copy to continue
-            source = SourceLink(self.locate_source(), self.tls, self.io_timeout)
+            source = SourceLink(
+                self.locate_source(),
+                self.tls,
+                self.io_timeout,
+                client_name=f"{CLIENT_NAME}:{self.task.name}",  # the monitor names it by it
+            )
             source.greet()
             source.read_facts()
             source.announce()

@@ -33,6 +33,10 @@
     return prefix + v.toFixed(2) + "s";
   }
 
+  function plural(n, word, words) {
+    return n + " " + (n === 1 ? word : (words || word + "s"));
+  }
+
   function bytes(v) {
     if (v === null || v === undefined) return "–";
     const units = [["GiB", 1 << 30], ["MiB", 1 << 20], ["KiB", 1 << 10]];
@@ -53,9 +57,10 @@
     svg.setAttribute("role", "img");
     const lags = history ? history.lag : [];
     const known = lags.filter((v) => v !== null);
-    const max = Math.max(1, ...known);
+    const peak = known.length ? Math.max(...known) : null;
+    const max = Math.max(1, peak || 0); // the top of the chart: the peak, at least 1 s
     const minutes = Math.round(windowSeconds / 60);
-    svg.setAttribute("aria-label", `lag over the last ${minutes} min, max ${seconds(known.length ? Math.max(...known) : null)}`);
+    svg.setAttribute("aria-label", `lag over the last ${minutes} min, peak ${seconds(peak)}, scale 0 to ${seconds(max)}`);
     const start = now - windowSeconds;
     // one polyline per run of known buckets (a gap where the replica was not measured)
     let run = [];
@@ -76,9 +81,11 @@
     });
     flush();
     const title = document.createElementNS(ns, "title");
-    title.textContent = `max ${seconds(known.length ? Math.max(...known) : null)} in the last ${minutes} min`;
+    title.textContent = `peak ${seconds(peak)} in the last ${minutes} min (top of the chart: ${seconds(max)})`;
     svg.append(title);
-    return svg;
+    // the scale: the peak in seconds beside the chart (its top when 1 s or more)
+    const scale = el("span", { class: "chart-scale", "data-field": "chart_peak" }, "peak " + seconds(peak));
+    return el("span", { class: "chart-box" }, svg, scale);
   }
 
   function routingCell(r) {
@@ -92,8 +99,16 @@
     return el("td", { "data-label": label, "data-field": field, class: cls }, content);
   }
 
+  function lagTitle(r) {
+    if (r.lag_seconds === null) return r.lag_at_least ? "not seen current: no lag known yet" : "no lag known";
+    const lower = r.lag_lower_seconds, upper = r.lag_upper_seconds;
+    if (lower !== null && upper !== null) return `between ${seconds(lower)} and ${seconds(upper)}`;
+    if (r.lag_at_least) return "at least this much (not seen current, or no upper bound known)";
+    return null;
+  }
+
   function replicaRow(r, windowSeconds, now) {
-    const lag = el("span", { class: "lag-big" }, seconds(r.lag_seconds, r.lag_source !== "offset_clock" || r.offset_lag_exact));
+    const lag = el("span", { class: "lag-big", title: lagTitle(r) }, seconds(r.lag_seconds, !r.lag_at_least));
     return el("tr", { class: "sev-" + r.severity, "data-replica": r.label, "data-severity": r.severity },
       cell("replica", "label", el("span", {}, r.label, r.chained ? el("span", { class: "reason" }, " (chained via " + r.upstream + ")") : null)),
       cell("link", "link", el("span", { class: "badge " + (r.link === "up" ? "ok" : "bad") }, r.link)),
@@ -113,8 +128,9 @@
     const got = p.acked !== null && p.wanted !== null ? ` ${p.acked}/${p.wanted}` : "";
     const took = p.seconds !== null ? ` in ${(p.seconds * 1000).toFixed(1)} ms` : "";
     const why = p.reason ? ` (${p.reason})` : "";
+    const whose = p.accounting ? ` (${p.accounting})` : "";
     const age = p.age_seconds !== null ? `, ${seconds(p.age_seconds)} ago` : "";
-    return `WAIT ${p.result}${got}${took}${why}${age}`;
+    return `WAIT ${p.result}${got}${whose}${took}${why}${age}`;
   }
 
   function groupBlock(g, doc, collapseHealthy) {
@@ -127,9 +143,13 @@
     const rotation = g.reads_on_master
       ? el("span", { class: "badge bad", "data-field": "reads_on_master" }, "reads on master")
       : el("span", { class: "muted" }, `${g.in_rotation}/${g.replicas.length} in rotation`);
+    // one badge per reason, each in its own severity's colour; "ok" when there is none
+    const reasons = g.reasons.length ? g.reasons : [{ severity: "ok", text: "ok" }];
+    const badges = el("span", { class: "reasons", "data-field": "reasons" },
+      ...reasons.map((x) => el("span", { class: "badge " + x.severity, "data-severity": x.severity }, x.text)));
     details.append(el("summary", {},
       el("span", { class: "gname" }, g.name),
-      el("span", { class: "badge " + g.severity }, g.severity),
+      badges,
       master,
       rotation,
       el("span", { class: "muted" }, "worst lag " + seconds(g.worst_lag_seconds)),
@@ -137,12 +157,27 @@
     ));
     if (!g.replicas.length) {
       details.append(el("div", { class: "empty" }, "no replicas"));
-      return details;
+    } else {
+      const head = el("tr", {}, ...["replica", "link", "lag (best)", "heartbeat", "offset clock", "ACK age", "byte lag", "backlog", "routing", "last " + Math.round(doc.history_window / 60) + " min"].map((h) => el("th", {}, h)));
+      const body = el("tbody", {}, ...g.replicas.map((r) => replicaRow(r, doc.history_window, doc.generated_at)));
+      details.append(el("table", { class: "replicas" }, el("thead", {}, head), body));
     }
-    const head = el("tr", {}, ...["replica", "link", "lag (best)", "heartbeat", "offset clock", "ACK age", "byte lag", "backlog", "routing", "last " + Math.round(doc.history_window / 60) + " min"].map((h) => el("th", {}, h)));
-    const body = el("tbody", {}, ...g.replicas.map((r) => replicaRow(r, doc.history_window, doc.generated_at)));
-    details.append(el("table", { class: "replicas" }, el("thead", {}, head), body));
+    if (g.others.length) details.append(othersBlock(g.others));
     return details;
+  }
+
+  // followers the master reports that are none of the group's replicas (WAIT counts them)
+  function othersBlock(others) {
+    const items = others.map((o) => {
+      const facts = [o.task ? o.address : null, o.state,
+        o.lag_bytes !== null ? bytes(o.lag_bytes) + " behind" : null,
+        "ACK " + seconds(o.ack_age_seconds) + " ago"].filter((x) => x !== null);
+      return el("li", { "data-follower": o.address, "data-task": o.task },
+        el("b", {}, o.name), " ", el("span", { class: "reason" }, "(" + facts.join(", ") + ")"));
+    });
+    return el("div", { class: "others", "data-field": "others" },
+      el("span", { class: "muted" }, "also following the master (not a listed replica; counted by WAIT): "),
+      el("ul", {}, ...items));
   }
 
   function taskRow(t) {
@@ -174,12 +209,12 @@
     const problemsOnly = document.getElementById("problems").checked;
     const s = doc.summary;
     document.getElementById("summary").textContent =
-      `${s.groups} groups (${s.groups_bad} bad) · ${s.replicas_in_rotation}/${s.replicas} replicas in rotation · ${s.tasks} sync tasks (${s.tasks_bad} bad)`;
+      `${plural(s.groups, "group")} (${s.groups_bad} bad) · ${s.replicas_in_rotation}/${plural(s.replicas, "replica")} in rotation · ${plural(s.tasks, "sync task")} (${s.tasks_bad} bad)`;
     document.getElementById("version").textContent = "replwatch " + doc.version;
     const collapseHealthy = doc.groups.length > COLLAPSE_OVER;
     const groups = doc.groups.filter((g) =>
       (!problemsOnly || g.severity !== "ok") &&
-      matches([g.name, g.master, ...g.replicas.map((r) => r.label)].join(" "), needle));
+      matches([g.name, g.master, ...g.replicas.map((r) => r.label), ...g.others.map((o) => o.name)].join(" "), needle));
     const container = document.getElementById("groups");
     container.replaceChildren(...(groups.length ? groups.map((g) => groupBlock(g, doc, collapseHealthy)) : [el("div", { class: "empty" }, doc.groups.length ? "no group matches" : "no groups")]));
     const tasks = doc.sync.filter((t) => (!problemsOnly || t.severity !== "ok") && matches([t.name, t.source, t.target].join(" "), needle));
@@ -201,6 +236,7 @@
       lastOk = Date.now();
       render(latest);
       document.body.dataset.updated = String(lastOk);
+      document.body.dataset.generated = String(latest.generated_at); // what the lags are as of
     } catch (err) {
       document.getElementById("updated").textContent = "update failed: " + err.message;
     }
