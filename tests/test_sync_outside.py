@@ -1,7 +1,9 @@
 """The syncer from outside (issue 17), on every pair of server builds: a mixed workload on a
 source with a native replica (the ground truth), `replwatch sync run` killed -9 during its
 full sync and at random moments of the stream, then an independent checker compares the
-target with the replica (tests/outside_workload.py, tests/outside_checker.py).
+target with the replica (tests/outside_workload.py, tests/outside_checker.py). This module:
+the checker's own test and the long version; the short version, by source product, is in
+tests/test_sync_outside_redis.py and tests/test_sync_outside_valkey.py (tests/outside_pairs.py).
 
 Short version (CI): a few seconds of workload per pair, one kill in the full sync and one
 in the stream. Pairs share what can be shared: the targets of one source build that can hold
@@ -16,7 +18,6 @@ out. REPLWATCH_TEST_SEED repeats a run's workload choices (the failure message n
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -24,122 +25,35 @@ import pytest
 from replwatch.sync.checkpoint import checkpoint_key
 
 from .harness import (
-    EXPECTED_BUILDS,
-    ServerBuild,
     ServerSet,
-    available_builds,
     require_build,
     wait_synced,
 )
 from .outside_checker import Checker, raw_client
+from .outside_pairs import (
+    PAIR_IDS,
+    PAIRS,
+    Scenarios,
+    check,
+    selected_targets,
+    soak_pair_selected,
+    soak_requested,
+    soak_settings,
+)
 from .outside_workload import (
     AUDIT,
     BIG_DB,
     ORDERS,
     STREAM_DB,
     Features,
-    PairOutcome,
-    Settings,
     Workload,
-    run_scenario,
-    seed_from_env,
 )
 from .syncing import TASK
-
-PAIRS = [(s, t) for s in EXPECTED_BUILDS for t in EXPECTED_BUILDS]
-PAIR_IDS = [f"{s}-to-{t}" for s, t in PAIRS]
-
-SHORT = Settings(stream_seconds=4.0, full_sync_kills=1, stream_kills=1, max_downtime=1.0)
-
-
-def soak_settings() -> Settings:
-    seconds = float(os.environ.get("REPLWATCH_SOAK_SECONDS", "180"))
-    return Settings(
-        stream_seconds=seconds,
-        full_sync_kills=3,
-        stream_kills=max(2, int(seconds / 8)),  # one kill per task every ~8 s
-        max_downtime=3.0,
-        large_values=max(2, int(seconds / 20)),
-        catch_up_timeout=180.0,
-    )
-
-
-class Scenarios:
-    """Outcomes by (source, target), each scenario run once for the group of targets of its
-    source build that takes the same workload and that this session runs."""
-
-    def __init__(self, workdir: Path, settings: Settings) -> None:
-        self.workdir = workdir
-        self.settings = settings
-        self.outcomes: dict[tuple[str, str], PairOutcome] = {}
-        self.failures: dict[tuple[str, str], str] = {}
-
-    def outcome(self, source: ServerBuild, target: ServerBuild, selected: list[str]) -> PairOutcome:
-        key = (source.name, target.name)
-        if key not in self.outcomes and key not in self.failures:
-            self._run(source, target, selected)
-        if key in self.failures:
-            pytest.fail(self.failures[key], pytrace=False)
-        return self.outcomes[key]
-
-    def _run(self, source: ServerBuild, target: ServerBuild, selected: list[str]) -> None:
-        builds = available_builds()
-        same = Features.for_pair(source, target)
-        group = [
-            builds[name]
-            for name in selected
-            if name in builds
-            and (source.name, name) not in self.outcomes
-            and Features.for_pair(source, builds[name]) == same
-        ]
-        if target not in group:
-            group.append(target)
-        seed = seed_from_env()
-        workdir = self.workdir / f"{source.name}-to-{'+'.join(b.name for b in group)}"
-        try:
-            results = run_scenario(source, group, workdir, self.settings, seed)
-        except Exception as exc:
-            message = (
-                f"the scenario {source.name} -> {[b.name for b in group]} (seed {seed}) "
-                f"failed: {exc}"
-            )
-            for build in group:
-                self.failures[(source.name, build.name)] = message
-            return
-        for name, outcome in results.items():
-            self.outcomes[(source.name, name)] = outcome
-
-
-def selected_targets(request: pytest.FixtureRequest, source: str) -> list[str]:
-    """The targets of `source` that this session runs this same test for."""
-    names = []
-    for item in request.session.items:
-        callspec = getattr(item, "callspec", None)
-        if (
-            callspec is not None
-            and getattr(item, "originalname", None) == request.node.originalname
-            and callspec.params.get("source_name") == source
-        ):
-            names.append(str(callspec.params["target_name"]))
-    return names
-
-
-@pytest.fixture(scope="module")
-def short_runs(tmp_path_factory: pytest.TempPathFactory) -> Scenarios:
-    return Scenarios(tmp_path_factory.mktemp("outside"), SHORT)
 
 
 @pytest.fixture(scope="module")
 def soak_runs(tmp_path_factory: pytest.TempPathFactory) -> Scenarios:
     return Scenarios(tmp_path_factory.mktemp("soak"), soak_settings())
-
-
-def check(outcome: PairOutcome) -> None:
-    assert outcome.ok, outcome.report()
-    # the faults really happened where they were meant to
-    assert outcome.kills["full_sync"] >= 1, outcome.report()
-    assert outcome.kills["incremental"] >= 1, outcome.report()
-    assert outcome.keys_compared > 1000, outcome.report()
 
 
 @pytest.mark.timeout(60)
@@ -210,28 +124,6 @@ def test_checker_reports_each_kind_of_difference(tmp_path: Path) -> None:
         assert "last-generated-id" in text and "function library b'owlib' missing" in text
     finally:
         servers.close()
-
-
-@pytest.mark.timeout(240)
-@pytest.mark.parametrize(("source_name", "target_name"), PAIRS, ids=PAIR_IDS)
-def test_outside_workload_short(
-    source_name: str, target_name: str, short_runs: Scenarios, request: pytest.FixtureRequest
-) -> None:
-    """Every pair ends equal to the native replica after a few seconds of the workload and
-    one kill -9 in the full sync and one in the stream."""
-    source, target = require_build(source_name), require_build(target_name)
-    check(short_runs.outcome(source, target, selected_targets(request, source_name)))
-
-
-def soak_requested(config: pytest.Config) -> bool:
-    expression = str(config.getoption("markexpr", "") or "")
-    asked = "soak" in expression and "not soak" not in expression
-    return asked or os.environ.get("REPLWATCH_SOAK", "") == "1"
-
-
-def soak_pair_selected(pair_id: str) -> bool:
-    chosen = os.environ.get("REPLWATCH_SOAK_PAIRS", "all").strip()
-    return chosen in ("", "all") or pair_id in {p.strip() for p in chosen.split(",")}
 
 
 @pytest.mark.soak
