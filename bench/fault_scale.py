@@ -4,7 +4,7 @@
     python bench/fault_scale.py [--targets 1000] [--seconds 10] [--scrapers 50] [--status-pages 5]
 
 The measured version of tests/test_fault_scale.py (which asserts the same at 200 targets):
-the same fleet (tests/faults.py: groups of master + replica on real redis-server 7.0
+the same fleet (tests/support/faults.py: groups of master + replica on real redis-server 7.0
 processes, each master + replica pair serving up to 19 groups in a database each; 10 % of the
 nodes are loopback black holes, half of them accepting and never answering, half never
 accepting), one `replwatch run` with `poll.interval` 1 s, `poll.timeout` 500 ms and the rest
@@ -22,7 +22,7 @@ timeout); under load also the scrapers' answers and latency, with the pages open
 answers and latency. Asserts nothing: a benchmark,
 not a test.
 
-Uses the tests' helpers (tests/harness.py, tests/daemons.py, tests/faults.py), so it needs
+Uses the tests' helpers (tests/support/: servers, daemons, faults), so it needs
 the test extras: pip install -e '.[test]'. Every process it starts (the servers, the
 daemon) is stopped by pid, also on failure or Ctrl-C.
 """
@@ -43,8 +43,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.daemons import RunningDaemon  # noqa: E402
-from tests.faults import (  # noqa: E402
+from tests.support.daemons import RunningDaemon  # noqa: E402
+from tests.support.faults import (  # noqa: E402
     BlackHoles,
     Layout,
     Scrape,
@@ -58,7 +58,12 @@ from tests.faults import (  # noqa: E402
     settled,
     start_fleet,
 )
-from tests.harness import ServerSet, available_builds, free_port, wait_for  # noqa: E402
+from tests.support.servers import (  # noqa: E402
+    ServerSet,
+    available_builds,
+    free_port,
+    wait_for,
+)
 
 RESULTS = ROOT / "bench" / "results" / "fault_scale.json"
 POLL_INTERVAL = 1.0

@@ -36,7 +36,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests._servers import RedisProc, free_port, wait_for, wait_linked  # noqa: E402
+from tests.support.servers import (  # noqa: E402
+    RedisProcess,
+    ServerSet,
+    available_builds,
+    free_port,
+    wait_synced,
+)
 
 THRESHOLD = 1.0
 TRIP_FOR = 1.0
@@ -76,7 +82,7 @@ def until(pred: Any, timeout: float, step: float = 0.01) -> float | None:
     return None
 
 
-def writer(master: RedisProc, stop: threading.Event, burst: threading.Event) -> None:
+def writer(master: RedisProcess, stop: threading.Event, burst: threading.Event) -> None:
     """~20 KB/s normally, ~400 KB/s while `burst` is set; every batch also stores the local
     time in truth:marker, so a replica's newest visible marker tells its true lag."""
     client = master.client()
@@ -94,7 +100,7 @@ def writer(master: RedisProc, stop: threading.Event, burst: threading.Event) -> 
         stop.wait(max(0.0, 0.02 - (time.monotonic() - tick)))
 
 
-def true_lag(replica: RedisProc) -> float:
+def true_lag(replica: RedisProcess) -> float:
     seen = replica.client(timeout=0.5).get("truth:marker")
     return time.time() - float(seen) if seen else 0.0
 
@@ -131,7 +137,12 @@ def summary(values: list[float]) -> dict[str, int]:
 
 
 def bench_replwatch(
-    work: Path, runs: int, master: RedisProc, a: RedisProc, b: RedisProc, burst: threading.Event
+    work: Path,
+    runs: int,
+    master: RedisProcess,
+    a: RedisProcess,
+    b: RedisProcess,
+    burst: threading.Event,
 ) -> dict[str, Any]:
     port = free_port()
     cfg = work / "replwatch.yaml"
@@ -231,7 +242,7 @@ def bench_replwatch(
     }
 
 
-def bench_peer(work: Path, runs: int, master: RedisProc, a: RedisProc) -> dict[str, Any]:
+def bench_peer(work: Path, runs: int, master: RedisProcess, a: RedisProcess) -> dict[str, Any]:
     exporter_port, prom_port = free_port(), free_port()
     exporter = subprocess.Popen(
         [
@@ -308,25 +319,24 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--peer-runs", type=int, default=3)
     args = parser.parse_args()
-    for tool in ("redis-server", "haproxy"):
-        if shutil.which(tool) is None:
-            print(f"bench: {tool} not installed", file=sys.stderr)
-            return 2
-    binary = Path(shutil.which("redis-server") or "")
+    build = available_builds().get("redis-7.0")  # Debian's /usr/bin/redis-server
+    if build is None:
+        print("bench: redis-server not installed", file=sys.stderr)
+        return 2
+    if shutil.which("haproxy") is None:
+        print("bench: haproxy not installed", file=sys.stderr)
+        return 2
     work = Path(tempfile.mkdtemp(prefix="replwatch-bench-routing-"))
-    procs: list[RedisProc] = []
+    servers = ServerSet(build, work)
     stop = threading.Event()
     relay: RelayThread | None = None
     try:
-        master = RedisProc(binary, work, "master")
-        procs.append(master)
+        master = servers.start("master")
         relay = RelayThread(master.port, 100_000)
-        a = RedisProc(binary, work, "a", ["--replicaof", "127.0.0.1", str(relay.port)])
-        procs.append(a)
-        b = RedisProc(binary, work, "b", ["--replicaof", "127.0.0.1", str(master.port)])
-        procs.append(b)
-        wait_linked(a, master)
-        wait_linked(b, master)
+        a = servers.start("a", ["--replicaof", "127.0.0.1", str(relay.port)])
+        b = servers.start("b", replica_of=master)
+        wait_synced(a, master)
+        wait_synced(b, master)
         burst = threading.Event()
         threading.Thread(target=writer, args=(master, stop, burst), daemon=True).start()
         ours = bench_replwatch(work, args.runs, master, a, b, burst)
@@ -339,8 +349,7 @@ def main() -> int:
             peer = bench_peer(work, args.peer_runs, master, a)
     finally:
         stop.set()
-        for p in reversed(procs):
-            p.stop()
+        servers.close()
         if relay is not None:
             relay.close()
         shutil.rmtree(work, ignore_errors=True)
@@ -356,7 +365,6 @@ def main() -> int:
     results = Path(__file__).parent / "results"
     results.mkdir(exist_ok=True)
     (results / "routing_latency.json").write_text(out + "\n")
-    _ = wait_for  # shared helpers come from the test harness
     return 0
 
 

@@ -58,17 +58,30 @@ class SchedulerStats:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._counts: Counter[tuple[str, str, str]] = Counter()
+        self._groups: set[str] | None = None  # the fleet's groups, once it has told us
+
+    @staticmethod
+    def _job_wide(group: str) -> bool:
+        return group in ("all", "routing") or group.startswith("every-")
 
     def add(self, kind: str, group: str, what: str) -> None:
         with self._lock:
-            self._counts[(kind, group, what)] += 1
+            # a run that was under way when its group went (a reload) is not counted: its
+            # series would come back after the group's were dropped
+            if self._groups is None or group in self._groups or self._job_wide(group):
+                self._counts[(kind, group, what)] += 1
 
     def forget_groups_except(self, names: list[str]) -> None:
-        """Drop the counts of groups that are gone (job-wide counts stay)."""
-        keep = set(names) | {"all", "routing"}
+        """The fleet's groups are now `names`: drop the counts of groups that are gone (and
+        any a late run of theirs would add); job-wide counts stay."""
         with self._lock:
+            self._groups = set(names)
             self._counts = Counter(
-                {k: v for k, v in self._counts.items() if k[1] in keep or k[1].startswith("every-")}
+                {
+                    k: v
+                    for k, v in self._counts.items()
+                    if k[1] in self._groups or self._job_wide(k[1])
+                }
             )
 
     def items(self) -> list[tuple[tuple[str, str, str], int]]:

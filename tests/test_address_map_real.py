@@ -6,67 +6,35 @@ chain is recognised; without it, the announced address is polled and reported do
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
-from replwatch.config import config_from_data
 from replwatch.observe.group_monitor import GroupMonitor
 
-from ._servers import Servers, free_port, server_builds, wait_for, wait_linked
-from .test_monitor_real import Driver, replica
-
-
-@pytest.fixture
-def redis70(tmp_path: Path) -> Iterator[Servers]:
-    build = next((b for b in server_builds() if b.name == "redis-7.0"), None)
-    if build is None:
-        pytest.fail("Debian redis-server is not installed")
-    servers = Servers(build, tmp_path)
-    try:
-        yield servers
-    finally:
-        servers.close()
+from .support.monitor import Driver, make_monitor, replica_view
+from .support.servers import ServerSet, free_port, wait_for, wait_synced
 
 
 def monitor(master: str, address_map: dict[str, str] | None) -> GroupMonitor:
-    group: dict[str, object] = {"name": "g", "master": master, "discover": True}
-    if address_map is not None:
-        group["address_map"] = address_map
-    cfg = config_from_data(
-        {
-            "poll": {"interval": "500ms", "timeout": "300ms"},
-            "heartbeat": {"interval": "100ms"},
-            "groups": [group],
-        },
-        env={},
+    return make_monitor(
+        master, discover=True, timeout="300ms", interval="500ms", address_map=address_map
     )
-    return GroupMonitor(cfg.groups[0], cfg.poll, cfg.heartbeat, cfg.lag, cfg.tls)
 
 
 @pytest.mark.timeout(60)
-def test_announced_addresses_are_mapped(redis70: Servers) -> None:
+def test_announced_addresses_are_mapped(debian_servers: ServerSet) -> None:
     announced_port = free_port()  # nothing listens there
-    master = redis70.start("master")
+    master = debian_servers.start("master")
     # the middle replica announces 127.0.0.2:<announced_port> (it listens on 127.0.0.1 and
     # 127.0.0.3 only); the leaf replicates from it through 127.0.0.3
-    middle = redis70.start(
+    middle = debian_servers.start(
         "middle",
-        [
-            "--bind",
-            "127.0.0.1",
-            "127.0.0.3",
-            "--replica-announce-ip",
-            "127.0.0.2",
-            "--replica-announce-port",
-            str(announced_port),
-        ],
+        ["--replica-announce-ip", "127.0.0.2", "--replica-announce-port", str(announced_port)],
+        bind=("127.0.0.1", "127.0.0.3"),
         replica_of=master,
     )
-    leaf = redis70.start("leaf", ["--replicaof", "127.0.0.3", str(middle.port)])
-    wait_linked(middle, master)
-    wait_linked(leaf, master)
+    leaf = debian_servers.start("leaf", ["--replicaof", "127.0.0.3", str(middle.port)])
+    wait_synced(middle, master)
+    wait_synced(leaf, master)
 
     def announced() -> bool:
         info = master.client().info("replication")
@@ -86,7 +54,7 @@ def test_announced_addresses_are_mapped(redis70: Servers) -> None:
             10,
             "the announced address discovered",
         )
-        unmapped = replica(snap, f"127.0.0.2:{announced_port}")
+        unmapped = replica_view(snap, f"127.0.0.2:{announced_port}")
         assert not unmapped.reachable
     finally:
         drv.close()
@@ -102,7 +70,7 @@ def test_announced_addresses_are_mapped(redis70: Servers) -> None:
             15,
             "both replicas discovered at reachable addresses and caught up",
         )
-        mid, lf = replica(snap, middle.label), replica(snap, leaf.label)
+        mid, lf = replica_view(snap, middle.label), replica_view(snap, leaf.label)
         assert mid.reachable and not mid.chained
         # the master's slave line (127.0.0.2:<announced>) matched to the polled node
         assert mid.ack_age_seconds is not None

@@ -8,12 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import signal
 import subprocess
-import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -22,86 +17,29 @@ import yaml
 
 from replwatch.sync.checkpoint import Checkpoint, checkpoint_key
 
-from .datasets import connect
-from .harness import RedisProcess, ServerSet, closed_port, wait_for
-from .syncing import TASK, checkpoint, wait_caught_up
+from .support.daemons import RunningDaemon, cli, fetch
+from .support.datasets import connect
+from .support.servers import RedisProcess, ServerSet, closed_port, wait_for
+from .support.syncing import TASK, checkpoint, wait_caught_up
 
 TOKEN = "adm1n-T0ken-xyz"
 SECRET = "pa55-In-Url-q7"
 CONFIG_TASK = "from-config"
 
 
-class Daemon:
-    """`replwatch run` with its stderr in a file; the bound address read from its log."""
-
-    def __init__(self, cfg: Path, log: Path) -> None:
-        self.log_path = log
-        self._log = log.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "replwatch", "run", "-c", str(cfg)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=self._log,
-        )
-        offset = log.stat().st_size
-
-        def bound() -> str | None:
-            assert self.proc.poll() is None, f"daemon exited early:\n{self.log()}"
-            text = log.read_text(errors="replace")[offset:]
-            m = re.search(r"listening on (http://[\d.:]+)/metrics", text)
-            return m.group(1) if m else None
-
-        self.base: str = wait_for(bound, 15, "the daemon to listen")
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def children(self) -> list[int]:
-        out = subprocess.run(
-            ["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True, check=False
-        ).stdout
-        return [int(p) for p in out.split()]
-
-    def stop(self) -> None:
-        children = self.children()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        for pid in children:  # the daemon stops them; this is only a safety net
-            subprocess.run(["kill", "-9", str(pid)], check=False, capture_output=True)
-        self._log.close()
-
-
 def api(
     base: str, method: str, path: str, body: Any = None, token: str | None = TOKEN
 ) -> tuple[int, Any]:
     data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(base + path, data=data, method=method)
-    if token is not None:
-        req.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+    status, text = fetch(base + path, method, token, data=data, timeout=30)
+    return status, json.loads(text)
 
 
-def cli(base: str, *args: str, token: str = TOKEN, stdin: str | None = None) -> Any:
+def sync_cli(base: str, *args: str, token: str = TOKEN, stdin: str | None = None) -> Any:
+    """`replwatch sync …` against the daemon at `base` (REPLWATCH_URL / REPLWATCH_TOKEN)."""
     env = {**os.environ, "REPLWATCH_URL": base, "REPLWATCH_TOKEN": token}
     env.pop("XDG_CONFIG_HOME", None)
-    return subprocess.run(
-        [sys.executable, "-m", "replwatch", "sync", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env=env,
-    )
+    return cli("sync", *args, env=env, input=stdin)
 
 
 def task_names(base: str) -> list[str]:
@@ -141,9 +79,7 @@ def test_task_lifecycle_through_api_and_cli(debian_servers: ServerSet, tmp_path:
                 "poll": {"interval": "200ms", "timeout": "150ms"},
                 "admin": {"token_file": str(token_file)},
                 "sync": {
-                    "tasks": [
-                        {"name": CONFIG_TASK, "source": source.url, "target": target2.url}
-                    ]
+                    "tasks": [{"name": CONFIG_TASK, "source": source.url, "target": target2.url}]
                 },
             }
         )
@@ -152,7 +88,7 @@ def test_task_lifecycle_through_api_and_cli(debian_servers: ServerSet, tmp_path:
     log = tmp_path / "daemon.log"
     definition = {"name": TASK, "source": source.url, "target": target.url, "batch_size": 100}
     outputs: list[str] = []
-    daemon = Daemon(cfg, log)
+    daemon = RunningDaemon(cfg, log=log)
     try:
         base = daemon.base
         # ---- refusals that change nothing: no token, wrong token
@@ -165,7 +101,7 @@ def test_task_lifecycle_through_api_and_cli(debian_servers: ServerSet, tmp_path:
             assert status == 401
         assert task_names(base) == [CONFIG_TASK]
         assert not state_file.exists()
-        result = cli(base, "list", token="wrong")
+        result = sync_cli(base, "list", token="wrong")
         assert result.returncode == 1
         assert result.stderr.strip().startswith(f"replwatch: the daemon at {base}: the token")
         # ---- bad definitions: 400 naming the field
@@ -177,7 +113,9 @@ def test_task_lifecycle_through_api_and_cli(debian_servers: ServerSet, tmp_path:
         ):
             status, body = api(base, "POST", "/api/v1/tasks", bad)
             assert status == 400 and body["error"].startswith(field), body
-        result = cli(base, "create", "-", stdin=yaml.safe_dump({**definition, "batch_size": 0}))
+        result = sync_cli(
+            base, "create", "-", stdin=yaml.safe_dump({**definition, "batch_size": 0})
+        )
         assert result.returncode == 2
         assert result.stderr.strip().startswith("replwatch: tasks.batch_size: "), result.stderr
         # ---- conflicts and unknown tasks
@@ -187,12 +125,12 @@ def test_task_lifecycle_through_api_and_cli(debian_servers: ServerSet, tmp_path:
         assert status == 409 and "defined in config.yaml" in body["error"], body
         assert api(base, "GET", "/api/v1/tasks/nope")[0] == 404
         assert api(base, "POST", "/api/v1/tasks/nope/stop")[0] == 404
-        result = cli(base, "remove", "nope")
+        result = sync_cli(base, "remove", "nope")
         assert result.returncode == 1 and "no sync task named 'nope'" in result.stderr
         assert task_names(base) == [CONFIG_TASK]
 
         # ---- create (CLI, YAML on stdin): it runs and copies the data
-        result = cli(base, "create", "-", stdin=yaml.safe_dump(definition))
+        result = sync_cli(base, "create", "-", stdin=yaml.safe_dump(definition))
         assert result.returncode == 0, result.stderr
         assert result.stdout.startswith(f"created sync task {TASK}:")
         wait_caught_up(source, target)
@@ -224,18 +162,18 @@ def test_task_lifecycle_through_api_and_cli(debian_servers: ServerSet, tmp_path:
         assert record["definition"]["batch_size"] == 100
         pid = record["process"]["pid"]
         assert pid in daemon.children()
-        result = cli(base, "status", TASK)
+        result = sync_cli(base, "status", TASK)
         assert result.returncode == 0, result.stdout + result.stderr
         assert f"sync task {TASK}: incremental" in result.stdout
         assert "created through the admin API" in result.stdout
-        result = cli(base, "list", "--json")
+        result = sync_cli(base, "list", "--json")
         assert result.returncode == 0
         listed = {t["name"]: t for t in json.loads(result.stdout)["tasks"]}
         assert listed[CONFIG_TASK]["origin"] == "config"
         outputs.append(result.stdout)
 
         # ---- stop (CLI): the process is gone, the checkpoint says stopped
-        result = cli(base, "stop", TASK)
+        result = sync_cli(base, "stop", TASK)
         assert result.returncode == 0, result.stderr
         assert not pid_alive(pid)
         assert state_of(target) == "stopped"
@@ -250,13 +188,13 @@ def test_task_lifecycle_through_api_and_cli(debian_servers: ServerSet, tmp_path:
             "the config task's checkpoint to say stopped",
         )
         assert json.loads(state_file.read_text())["stopped"] == [CONFIG_TASK, TASK]
-        result = cli(base, "status", TASK)
+        result = sync_cli(base, "status", TASK)
         assert result.returncode == 1 and "stopped" in result.stdout
     finally:
-        daemon.stop()
+        daemon.stop(grace=30)
 
     # ---- restart: created tasks are back, the stopped ones stay stopped
-    daemon = Daemon(cfg, log)
+    daemon = RunningDaemon(cfg, log=log)
     try:
         base = daemon.base
         assert sorted(task_names(base)) == sorted([CONFIG_TASK, TASK, "locked"])
@@ -273,7 +211,7 @@ def test_task_lifecycle_through_api_and_cli(debian_servers: ServerSet, tmp_path:
 
         # ---- start --afresh (CLI): a full sync again
         resyncs_before = checkpoint(target).full_resyncs  # type: ignore[union-attr]
-        result = cli(base, "start", TASK, "--afresh")
+        result = sync_cli(base, "start", TASK, "--afresh")
         assert result.returncode == 0, result.stderr
         cp = wait_caught_up(source, target)
         assert cp.full_resyncs == resyncs_before + 1
@@ -283,8 +221,9 @@ def test_task_lifecycle_through_api_and_cli(debian_servers: ServerSet, tmp_path:
         status, body = api(base, "POST", f"/api/v1/tasks/{CONFIG_TASK}/start", {"afresh": False})
         assert status == 200 and body["task"]["desired"] == "running", body
         wait_for(
-            lambda: (cp := config_task_checkpoint(target2)) is not None
-            and cp.state == "incremental",
+            lambda: (
+                (cp := config_task_checkpoint(target2)) is not None and cp.state == "incremental"
+            ),
             15,
             "the config task to run again",
         )
@@ -294,7 +233,7 @@ def test_task_lifecycle_through_api_and_cli(debian_servers: ServerSet, tmp_path:
 
         # ---- remove (CLI): gone from the list and the state file; its checkpoint stays
         pid = api(base, "GET", f"/api/v1/tasks/{TASK}")[1]["task"]["process"]["pid"]
-        result = cli(base, "remove", TASK)
+        result = sync_cli(base, "remove", TASK)
         assert result.returncode == 0, result.stderr
         assert not pid_alive(pid)
         assert sorted(task_names(base)) == sorted([CONFIG_TASK, "locked"])
@@ -304,7 +243,7 @@ def test_task_lifecycle_through_api_and_cli(debian_servers: ServerSet, tmp_path:
         assert status == 200 and body["removed"] == "locked", body
         assert task_names(base) == [CONFIG_TASK]
     finally:
-        daemon.stop()
+        daemon.stop(grace=30)
 
     text = log.read_text(errors="replace")
     assert "Traceback" not in text, text[-3000:]

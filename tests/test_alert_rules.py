@@ -119,9 +119,7 @@ def test_every_alert_is_tested_firing_and_not_firing(alert: dict[str, Any]) -> N
 @pytest.mark.parametrize("record", _records())
 def test_every_recording_rule_is_named_and_tested(record: str) -> None:
     assert RECORD_NAME.match(record), f"{record}: not level:metric:operations"
-    exprs = [
-        case["expr"] for test in _unit_tests() for case in test.get("promql_expr_test", [])
-    ]
+    exprs = [case["expr"] for test in _unit_tests() for case in test.get("promql_expr_test", [])]
     assert any(record in expr for expr in exprs), f"{record}: no promql_expr_test"
 
 

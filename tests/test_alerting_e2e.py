@@ -11,10 +11,14 @@ resolve. At the end, every query of every grafana/*.json dashboard returns data 
 
 What differs from the shipped files, and why:
 - rules: a test copy with `for: 2s` on the two replica lag alerts (1m and 2m in the shipped
-  rules: the test would take minutes), and `for: 1h` on every other alert so none fires during
-  the run — a SIGSTOPped replica cannot be polled, and RedisNodeUnreachable / RedisReplicaLinkDown
-  (critical) would otherwise inhibit the lag warning before it is ever delivered. Thresholds and
-  expressions are the shipped ones.
+  rules: the test would take minutes) and their thresholds scaled down by the same token, divided
+  by 5 (warning above 1 s instead of 5 s, critical above 6 s instead of 30 s: warning below
+  critical as shipped, and the critical still fires seconds after the warning is delivered, so
+  the inhibition mutes a warning already notified; waiting for 30 s of real lag proved nothing
+  more), and `for: 1h` on every other alert so none fires during the run — a SIGSTOPped replica
+  cannot be polled, and RedisNodeUnreachable / RedisReplicaLinkDown (critical) would otherwise
+  inhibit the lag warning before it is ever delivered. Expressions are otherwise the shipped
+  ones.
 - Alertmanager: the shipped routes and inhibit rules; receivers replaced by webhooks to the
   test's receiver (one path per receiver name), group_wait / group_interval 1s.
 """
@@ -23,24 +27,19 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
-import signal
-import subprocess
-import sys
 import time
 import urllib.error
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from .datasets import connect
-from .harness import LOCALHOST, RedisProcess, ServerSet, wait_for, wait_synced
-from .promstack import (
+from .support.daemons import RunningDaemon
+from .support.datasets import connect
+from .support.promstack import (
     PrometheusAPI,
     ServiceProcess,
     WebhookReceiver,
@@ -48,6 +47,7 @@ from .promstack import (
     start_alertmanager,
     start_prometheus,
 )
+from .support.servers import LOCALHOST, RedisProcess, ServerSet, wait_for, wait_synced
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "alerts" / "replwatch.rules.yml"
@@ -60,6 +60,8 @@ LAG_WARNING = "RedisReplicaLagHigh"
 LAG_CRITICAL = "RedisReplicaLagCritical"
 SHORT_FOR = "2s"
 LONG_FOR = "1h"
+THRESHOLD_SCALE = 5  # the lag alerts' thresholds are divided by this (module docstring)
+LAG_EXPR = re.compile(r"replwatch_replica_lag_seconds > (\d+(?:\.\d+)?)")
 
 # Dashboard queries that cannot have data in this run: a pattern of the query → the condition
 # replwatch exports those series in, which the run does not create.
@@ -90,18 +92,25 @@ NO_DATA_EXPECTED = {
 
 
 def write_test_rules(path: Path) -> Path:
-    """The shipped rules with the `for:` of the lag alerts shortened and every other alert's
-    lengthened (module docstring)."""
+    """The shipped rules with the `for:` and the thresholds of the lag alerts scaled down and
+    every other alert's `for:` lengthened (module docstring)."""
     data = yaml.safe_load(RULES.read_text())
     names = set()
+    thresholds: dict[str, float] = {}
     for group in data["groups"]:
         for rule in group["rules"]:
             if "alert" in rule:
                 names.add(rule["alert"])
-                rule["for"] = (
-                    SHORT_FOR if rule["alert"] in (LAG_WARNING, LAG_CRITICAL) else LONG_FOR
-                )
+                lag_alert = rule["alert"] in (LAG_WARNING, LAG_CRITICAL)
+                rule["for"] = SHORT_FOR if lag_alert else LONG_FOR
+                if lag_alert:
+                    shipped = LAG_EXPR.fullmatch(str(rule["expr"]).strip())
+                    assert shipped is not None, f"{rule['alert']}: {rule['expr']!r} in {RULES}"
+                    scaled = float(shipped.group(1)) / THRESHOLD_SCALE
+                    thresholds[rule["alert"]] = scaled
+                    rule["expr"] = f"replwatch_replica_lag_seconds > {scaled:g}"
     assert {LAG_WARNING, LAG_CRITICAL} <= names, f"lag alerts missing from {RULES}"
+    assert thresholds[LAG_WARNING] < thresholds[LAG_CRITICAL], thresholds
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
 
@@ -231,53 +240,6 @@ def assert_dashboard_queries_return_data(
 # ----------------------------------------------------------------------------- the run
 
 
-@dataclass
-class Daemon:
-    proc: subprocess.Popen[bytes]
-    log: Path
-
-    def base(self) -> str:
-        found = wait_for(
-            lambda: (
-                (m := re.search(r"listening on (http://[\d.:]+)/metrics", self.log.read_text()))
-                and m.group(1)
-            ),
-            15,
-            "replwatch to listen",
-        )
-        return str(found)
-
-    def stop(self) -> None:
-        """SIGTERM (it stops its task processes); SIGKILL it, and any task process it left
-        behind, by pid if that does not work."""
-        if self.proc.poll() is not None:
-            return
-        children = subprocess.run(
-            ["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True, check=False
-        ).stdout.split()
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-        for pid in children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(pid), signal.SIGKILL)
-
-
-def start_daemon(config: Path, workdir: Path) -> Daemon:
-    log = workdir / "replwatch.log"
-    with log.open("wb") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "replwatch", "run", "-c", str(config)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-        )
-    return Daemon(proc, log)
-
-
 def prometheus_alert(api: PrometheusAPI, name: str, replica: str) -> dict[str, Any] | None:
     for alert in api.alerts():
         labels = alert["labels"]
@@ -324,18 +286,18 @@ def test_lag_alert_fires_routes_inhibits_and_dashboards_have_data(
 
     webhook = WebhookReceiver()
     services: list[ServiceProcess] = []
-    daemon: Daemon | None = None
+    daemon: RunningDaemon | None = None
     try:
         am_config = write_test_alertmanager_config(tmp_path / "alertmanager.yml", webhook)
         alertmanager = start_alertmanager(tmp_path, am_config)
         services.append(alertmanager)
-        daemon = start_daemon(
+        daemon = RunningDaemon(
             write_replwatch_config(
                 tmp_path / "replwatch.yaml", master, [lagging, healthy], source, target
             ),
-            tmp_path,
+            log=tmp_path / "replwatch.log",
         )
-        replwatch = daemon.base().removeprefix("http://")
+        replwatch = daemon.base.removeprefix("http://")
         prom_config = write_prometheus_config(
             tmp_path / "prometheus.yml",
             write_test_rules(tmp_path / "rules.yml"),
@@ -462,7 +424,7 @@ def test_lag_alert_fires_routes_inhibits_and_dashboards_have_data(
     finally:
         lagging.resume()
         if daemon is not None:
-            daemon.stop()
+            daemon.stop(grace=20)
         for service in reversed(services):
             with contextlib.suppress(Exception):
                 service.stop()

@@ -6,43 +6,29 @@ and its password must show up nowhere."""
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
-from prometheus_client.parser import text_string_to_metric_families
 
 import replwatch
 
-from .harness import RedisProcess, ServerSet, require_build, wait_for
+from .support.daemons import (
+    CONTRACT,
+    RunningDaemon,
+    Samples,
+    cli,
+    fetch,
+    parse_metrics,
+    sample_value,
+)
+from .support.servers import RedisProcess, ServerSet, free_port, wait_for, wait_synced
 
 SECRET = "s3cr3t-xyz"
 GROUP = "cache"
-CONTRACT = [
-    "replwatch_replica_lag_seconds",
-    "replwatch_replica_heartbeat_lag_seconds",
-    "replwatch_replica_offset_lag_seconds",
-    "replwatch_replica_ack_age_seconds",
-    "replwatch_replica_lag_bytes",
-    "replwatch_replica_link_up",
-    "replwatch_replica_sync_in_progress",
-    "replwatch_master_repl_offset_bytes",
-    "replwatch_replica_repl_offset_bytes",
-    "replwatch_backlog_size_bytes",
-    "replwatch_replica_backlog_usage_ratio",
-    "replwatch_node_up",
-    "replwatch_poll_duration_seconds",
-    "replwatch_build_info",
-]
 STATUS_COLUMNS = (
     "REPLICA",
     "LINK",
@@ -54,73 +40,14 @@ STATUS_COLUMNS = (
     "BACKLOG RISK",
 )
 
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-# ----------------------------------------------------------------------------- helpers
-
-
-def cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "replwatch", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
-def http_get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-
-
-def parse_metrics(text: str) -> Samples:
-    """Exposition text → {(sample name, labels): value} (parsed, not grepped)."""
-    out: Samples = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out[(s.name, frozenset(s.labels.items()))] = s.value
-    return out
-
-
-def value(samples: Samples, name: str, **labels: str) -> float | None:
-    want = set(labels.items())
-    found = [v for (n, ls), v in samples.items() if n == name and want <= ls]
-    assert len(found) <= 1, f"{name} {labels} matches {len(found)} series"
-    return found[0] if found else None
-
-
-def synced(replica: RedisProcess, master: RedisProcess) -> bool:
-    with (
-        redis.Redis(port=master.port, password=SECRET, socket_timeout=2) as m,
-        redis.Redis(port=replica.port, socket_timeout=2) as r,
-    ):
-        minfo, rinfo = m.info("replication"), r.info("replication")
-    return bool(
-        rinfo.get("master_link_status") == "up"
-        and rinfo.get("master_replid") == minfo.get("master_replid")
-        and rinfo.get("slave_repl_offset") == minfo.get("master_repl_offset")
-    )
-
 
 @pytest.fixture
-def pair(tmp_path: Path) -> Iterator[tuple[RedisProcess, RedisProcess]]:
+def pair(debian_servers: ServerSet) -> tuple[RedisProcess, RedisProcess]:
     """A password-protected master and one replica (no password of its own), linked."""
-    servers = ServerSet(require_build("redis-7.0"), tmp_path / "servers")
-    try:
-        master = servers.start("master")
-        # the harness's start-up PING has no password: require it once the server is up
-        with redis.Redis(port=master.port, socket_timeout=2) as client:
-            client.config_set("requirepass", SECRET)
-        replica = servers.start("replica", replica_of=master, extra=["--masterauth", SECRET])
-        wait_for(lambda: synced(replica, master), 15, "replica linked and caught up")
-        yield master, replica
-    finally:
-        servers.close()
+    master = debian_servers.start("master", ["--requirepass", SECRET])
+    replica = debian_servers.start("replica", ["--masterauth", SECRET], replica_of=master)
+    wait_synced(replica, master)
+    return master, replica
 
 
 def write_config(
@@ -280,45 +207,6 @@ def test_status_unknown_group(pair: tuple[RedisProcess, RedisProcess], tmp_path:
 # ----------------------------------------------------------------------------- daemon
 
 
-class Daemon:
-    """`python -m replwatch run` as a subprocess; stderr goes to a file we can read while it
-    runs (it names the bound port: exporter.listen is 127.0.0.1:0, so no port race)."""
-
-    def __init__(self, cfg: Path, workdir: Path) -> None:
-        self.log_path = workdir / "daemon.stderr"
-        self._log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "replwatch", "--log-level", "debug", "run", "-c", str(cfg)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=self._log,
-        )
-        self.base = ""
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_listening(self, timeout: float = 15) -> str:
-        def bound() -> str | None:
-            assert self.proc.poll() is None, f"daemon exited early:\n{self.log()}"
-            m = re.search(r"listening on (http://127\.0\.0\.1:\d+)/metrics", self.log())
-            return m.group(1) if m else None
-
-        self.base = wait_for(bound, timeout, "the daemon's 'listening on' log line")
-        return self.base
-
-    def scrape(self) -> tuple[str, Samples]:
-        status, text = http_get(self.base + "/metrics")
-        assert status == 200, text
-        return text, parse_metrics(text)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-        self._log.close()
-
-
 @pytest.mark.timeout(90)
 def test_run_daemon_metrics_failure_and_sigterm(
     pair: tuple[RedisProcess, RedisProcess], tmp_path: Path
@@ -326,26 +214,33 @@ def test_run_daemon_metrics_failure_and_sigterm(
     master, replica = pair
     cfg = write_config(tmp_path / "c.yaml", master, [replica])
     mlabel, rlabel = f"127.0.0.1:{master.port}", f"127.0.0.1:{replica.port}"
-    daemon = Daemon(cfg, tmp_path)
+    # exporter.listen is 127.0.0.1:0: the daemon names the port it bound in its log
+    daemon = RunningDaemon(
+        cfg, None, global_args=("--log-level", "debug"), log=tmp_path / "daemon.stderr"
+    )
     scraped: list[str] = []
     try:
-        base = daemon.wait_listening()
+        base = daemon.base
         ready_statuses: list[int] = []
 
         def ready() -> bool:
-            status, _ = http_get(base + "/-/ready")
+            status, _ = fetch(base + "/-/ready")
             ready_statuses.append(status)
             return status == 200
 
         wait_for(ready, 15, "/-/ready 200")
         assert set(ready_statuses) <= {200, 503}, ready_statuses
-        assert http_get(base + "/-/healthy") == (200, "OK\n")
+        assert fetch(base + "/-/healthy") == (200, "OK\n")
 
         # heartbeat lag needs one heartbeat write seen on the replica: poll for it
         def full_contract() -> tuple[str, Samples] | None:
-            text, samples = daemon.scrape()
+            text = daemon.metrics()
+            samples = parse_metrics(text)
             scraped.append(text)
-            if value(samples, "replwatch_replica_heartbeat_lag_seconds", replica=rlabel) is None:
+            if (
+                sample_value(samples, "replwatch_replica_heartbeat_lag_seconds", replica=rlabel)
+                is None
+            ):
                 return None
             return text, samples
 
@@ -355,18 +250,25 @@ def test_run_daemon_metrics_failure_and_sigterm(
             assert name in names, f"{name} missing from /metrics"
 
         # node labels are host:port as configured; values are those of a healthy pair
-        assert value(samples, "replwatch_node_up", group=GROUP, node=mlabel, role="master") == 1
-        assert value(samples, "replwatch_node_up", group=GROUP, node=rlabel, role="replica") == 1
-        assert value(samples, "replwatch_replica_link_up", group=GROUP, replica=rlabel) == 1
-        assert value(samples, "replwatch_replica_sync_in_progress", replica=rlabel) == 0
-        assert value(samples, "replwatch_backlog_size_bytes", node=mlabel) == 1024 * 1024
-        lag_bytes = value(samples, "replwatch_replica_lag_bytes", replica=rlabel)
+        assert (
+            sample_value(samples, "replwatch_node_up", group=GROUP, node=mlabel, role="master") == 1
+        )
+        assert (
+            sample_value(samples, "replwatch_node_up", group=GROUP, node=rlabel, role="replica")
+            == 1
+        )
+        assert sample_value(samples, "replwatch_replica_link_up", group=GROUP, replica=rlabel) == 1
+        assert sample_value(samples, "replwatch_replica_sync_in_progress", replica=rlabel) == 0
+        assert sample_value(samples, "replwatch_backlog_size_bytes", node=mlabel) == 1024 * 1024
+        lag_bytes = sample_value(samples, "replwatch_replica_lag_bytes", replica=rlabel)
         assert lag_bytes is not None and lag_bytes >= 0
-        master_offset = value(samples, "replwatch_master_repl_offset_bytes", group=GROUP)
-        replica_offset = value(samples, "replwatch_replica_repl_offset_bytes", replica=rlabel)
+        master_offset = sample_value(samples, "replwatch_master_repl_offset_bytes", group=GROUP)
+        replica_offset = sample_value(
+            samples, "replwatch_replica_repl_offset_bytes", replica=rlabel
+        )
         assert master_offset is not None and replica_offset is not None
         assert master_offset - replica_offset == lag_bytes or lag_bytes == 0
-        lag = value(samples, "replwatch_replica_lag_seconds", replica=rlabel)
+        lag = sample_value(samples, "replwatch_replica_lag_seconds", replica=rlabel)
         assert lag is not None and 0 <= lag < 2
         build = [ls for (n, ls), _ in samples.items() if n == "replwatch_build_info"]
         assert ("version", replwatch.__version__) in build[0]
@@ -374,7 +276,7 @@ def test_run_daemon_metrics_failure_and_sigterm(
             dict(ls).get("replica") for (n, ls), _ in samples.items() if "replica" in dict(ls)
         }
         assert replica_series == {rlabel}
-        assert value(samples, "replwatch_node_last_error_info", node=rlabel) is None
+        assert sample_value(samples, "replwatch_node_last_error_info", node=rlabel) is None
 
         promtool = shutil.which("promtool")
         assert promtool, "promtool (Debian package prometheus) is needed"
@@ -394,10 +296,11 @@ def test_run_daemon_metrics_failure_and_sigterm(
         replica.stop()
 
         def refused() -> Samples | None:
-            text, samples = daemon.scrape()
+            text = daemon.metrics()
+            samples = parse_metrics(text)
             scraped.append(text)
             # the first failed poll may see the old connection reset; then connects are refused
-            reason = value(
+            reason = sample_value(
                 samples,
                 "replwatch_node_last_error_info",
                 group=GROUP,
@@ -407,15 +310,16 @@ def test_run_daemon_metrics_failure_and_sigterm(
             return samples if reason == 1 else None
 
         samples = wait_for(refused, 5, "replwatch_node_last_error_info reason=refused")
-        assert value(samples, "replwatch_node_up", node=rlabel) == 0
-        assert value(samples, "replwatch_replica_link_up", replica=rlabel) == 0
+        assert sample_value(samples, "replwatch_node_up", node=rlabel) == 0
+        assert sample_value(samples, "replwatch_replica_link_up", replica=rlabel) == 0
 
         lags: list[float] = []
 
         def lag_grew_three_times() -> bool:
-            text, samples = daemon.scrape()
+            text = daemon.metrics()
+            samples = parse_metrics(text)
             scraped.append(text)
-            current = value(samples, "replwatch_replica_lag_seconds", replica=rlabel)
+            current = sample_value(samples, "replwatch_replica_lag_seconds", replica=rlabel)
             assert current is not None and current > 0, "a dead replica's lag is never 0"
             if not lags or current != lags[-1]:
                 lags.append(current)
@@ -429,12 +333,12 @@ def test_run_daemon_metrics_failure_and_sigterm(
         started = time.monotonic()
         code = daemon.proc.wait(timeout=10)
         elapsed = time.monotonic() - started
-        assert code == 0, daemon.log()
+        assert code == 0, daemon.log_text()
         assert elapsed < 5, f"SIGTERM took {elapsed:.1f}s"
     finally:
         daemon.stop()
 
-    log = daemon.log()
+    log = daemon.log_text()
     assert "Traceback" not in log, log
     assert SECRET not in log
     assert scraped
@@ -449,9 +353,6 @@ def test_sigterm_during_probe_rounds_stops_without_an_error(
     without one, 900 ms of every second) is in flight when SIGTERM comes: the daemon exits 0
     and logs no error (the round was once cancelled into a failed job with a traceback, and
     its abandoned reply futures into "Future exception was never retrieved")."""
-    from .daemons import RunningDaemon
-    from .harness import free_port
-
     master = debian_servers.start("lonely")
     for attempt in range(3):
         port = free_port()

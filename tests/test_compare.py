@@ -38,8 +38,15 @@ from replwatch.sync.compare import (
     ttl_finding,
 )
 
-from .datasets import BINARY_KEY, TTL_SECONDS, build_dataset, connect
-from .harness import RedisProcess, ServerSet, closed_port, require_build, wait_for, wait_synced
+from .support.datasets import BINARY_KEY, TTL_SECONDS, build_dataset, connect
+from .support.servers import (
+    RedisProcess,
+    ServerSet,
+    closed_port,
+    require_build,
+    wait_for,
+    wait_synced,
+)
 
 SECRET = "cmp-s3cr3t-pw"
 

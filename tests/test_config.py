@@ -448,9 +448,7 @@ INVALID: list[tuple[str, Any, dict[str, str], list[str]]] = [
         "cluster-source-without-nodes",
         {
             "sync": {
-                "tasks": [
-                    {"name": "t", "source": {"cluster": {"startup_nodes": []}}, "target": M}
-                ]
+                "tasks": [{"name": "t", "source": {"cluster": {"startup_nodes": []}}, "target": M}]
             }
         },
         {},

@@ -12,60 +12,30 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from ._servers import RedisProc, Servers, free_port, server_builds, wait_for, wait_linked
+from .support.daemons import CONTRACT, RunningDaemon, cli, fetch, value
+from .support.servers import RedisProcess, ServerSet, free_port, wait_for, wait_synced
 
 SECRET = "s3cr3t-xyz-Pa55"
-CONTRACT = [
-    "replwatch_replica_lag_seconds",
-    "replwatch_replica_heartbeat_lag_seconds",
-    "replwatch_replica_offset_lag_seconds",
-    "replwatch_replica_ack_age_seconds",
-    "replwatch_replica_lag_bytes",
-    "replwatch_replica_link_up",
-    "replwatch_replica_sync_in_progress",
-    "replwatch_master_repl_offset_bytes",
-    "replwatch_replica_repl_offset_bytes",
-    "replwatch_backlog_size_bytes",
-    "replwatch_replica_backlog_usage_ratio",
-    "replwatch_node_up",
-    "replwatch_poll_duration_seconds",
-    "replwatch_build_info",
-]
-
-
-def replwatch(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "replwatch", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
 
 
 @pytest.fixture
-def topology(tmp_path: Path) -> Iterator[tuple[RedisProc, RedisProc, Servers]]:
-    build = next(b for b in server_builds() if b.name == "redis-7.0")
-    servers = Servers(build, tmp_path)
-    try:
-        master = servers.start("master", ["--requirepass", SECRET, "--masterauth", SECRET])
-        rep = servers.start(
-            "replica", ["--requirepass", SECRET, "--masterauth", SECRET], replica_of=master
-        )
-        wait_linked(rep, master)
-        yield master, rep, servers
-    finally:
-        servers.close()
+def topology(debian_servers: ServerSet) -> tuple[RedisProcess, RedisProcess, ServerSet]:
+    servers = debian_servers
+    master = servers.start("master", ["--requirepass", SECRET, "--masterauth", SECRET])
+    rep = servers.start(
+        "replica", ["--requirepass", SECRET, "--masterauth", SECRET], replica_of=master
+    )
+    wait_synced(rep, master)
+    return master, rep, servers
 
 
-def write_config(tmp_path: Path, master: RedisProc, replicas: list[RedisProc], port: int) -> Path:
+def write_config(
+    tmp_path: Path, master: RedisProcess, replicas: list[RedisProcess], port: int
+) -> Path:
     pw_file = tmp_path / "pw"
     pw_file.write_text(SECRET + "\n")
     cfg = tmp_path / "config.yaml"
@@ -84,44 +54,22 @@ groups:
     return cfg
 
 
-def fetch(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-
-
-def metric_value(text: str, name: str, **labels: str) -> float | None:
-    for line in text.splitlines():
-        if not line.startswith(name + "{"):
-            continue
-        if all(f'{k}="{v}"' in line for k, v in labels.items()):
-            return float(line.rsplit(" ", 1)[1])
-    return None
-
-
 @pytest.mark.timeout(90)
 def test_daemon_metrics_promtool_failure_and_sigterm(
-    topology: tuple[RedisProc, RedisProc, Servers], tmp_path: Path
+    topology: tuple[RedisProcess, RedisProcess, ServerSet], tmp_path: Path
 ) -> None:
     master, rep, _ = topology
     port = free_port()
     cfg = write_config(tmp_path, master, [rep], port)
-    assert replwatch("check-config", "-c", str(cfg)).returncode == 0
-    log = (tmp_path / "daemon.log").open("w+")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "replwatch", "run", "-c", str(cfg)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
+    assert cli("check-config", "-c", str(cfg)).returncode == 0
+    daemon = RunningDaemon(cfg, port)
+    base = daemon.base
     try:
         wait_for(lambda: fetch(base + "/-/healthy")[0] == 200, 15, "daemon healthy")
         wait_for(lambda: fetch(base + "/-/ready")[0] == 200, 15, "daemon ready")
         wait_for(
             lambda: (
-                metric_value(fetch(base + "/metrics")[1], "replwatch_replica_heartbeat_lag_seconds")
+                value(fetch(base + "/metrics")[1], "replwatch_replica_heartbeat_lag_seconds")
                 is not None
             ),
             10,
@@ -131,14 +79,11 @@ def test_daemon_metrics_promtool_failure_and_sigterm(
         assert status == 200
         for name in CONTRACT:
             assert re.search(rf"^{name}[{{ ]", text, re.M), f"{name} missing"
-        assert (
-            metric_value(text, "replwatch_node_up", node=f"127.0.0.1:{rep.port}", role="replica")
-            == 1
-        )
-        assert metric_value(text, "replwatch_replica_link_up", replica=f"127.0.0.1:{rep.port}") == 1
+        assert value(text, "replwatch_node_up", node=f"127.0.0.1:{rep.port}", role="replica") == 1
+        assert value(text, "replwatch_replica_link_up", replica=f"127.0.0.1:{rep.port}") == 1
 
         assert (
-            metric_value(
+            value(
                 text,
                 "replwatch_scheduler_runs_total",
                 job="poll",
@@ -148,20 +93,18 @@ def test_daemon_metrics_promtool_failure_and_sigterm(
             or 0
         ) >= 1
         assert (
-            metric_value(
+            value(
                 text, "replwatch_scheduler_runs_total", job="heartbeat", group="cache", outcome="ok"
             )
             or 0
         ) >= 1
         # the master's CLIENT LIST omem for this replica's link, and its share of the limit
         assert (
-            metric_value(
-                text, "replwatch_replica_output_buffer_bytes", replica=f"127.0.0.1:{rep.port}"
-            )
+            value(text, "replwatch_replica_output_buffer_bytes", replica=f"127.0.0.1:{rep.port}")
             is not None
         )
         assert (
-            metric_value(
+            value(
                 text, "replwatch_replica_output_buffer_usage_ratio", replica=f"127.0.0.1:{rep.port}"
             )
             is not None
@@ -177,7 +120,7 @@ def test_daemon_metrics_promtool_failure_and_sigterm(
         rep.stop()
         wait_for(
             lambda: (
-                metric_value(
+                value(
                     fetch(base + "/metrics")[1],
                     "replwatch_node_last_error_info",
                     node=f"127.0.0.1:{rep.port}",
@@ -188,10 +131,10 @@ def test_daemon_metrics_promtool_failure_and_sigterm(
             10,
             "refused reason exported",
         )
-        first = metric_value(fetch(base + "/metrics")[1], "replwatch_replica_lag_seconds")
+        first = value(fetch(base + "/metrics")[1], "replwatch_replica_lag_seconds")
         wait_for(
             lambda: (
-                (metric_value(fetch(base + "/metrics")[1], "replwatch_replica_lag_seconds") or 0)
+                (value(fetch(base + "/metrics")[1], "replwatch_replica_lag_seconds") or 0)
                 > (first or 0) + 0.5
             ),
             10,
@@ -199,15 +142,12 @@ def test_daemon_metrics_promtool_failure_and_sigterm(
         )
         assert SECRET not in fetch(base + "/metrics")[1]
     finally:
-        proc.send_signal(signal.SIGTERM)
+        daemon.proc.send_signal(signal.SIGTERM)
         try:
-            code = proc.wait(timeout=10)
+            code = daemon.proc.wait(timeout=10)
         finally:
-            if proc.poll() is None:
-                proc.kill()
-        log.seek(0)
-        output = log.read()
-        log.close()
+            daemon.stop()
+        output = daemon.log_text()
     assert code == 0, output
     assert SECRET not in output
     assert "Traceback" not in output
@@ -215,22 +155,22 @@ def test_daemon_metrics_promtool_failure_and_sigterm(
 
 @pytest.mark.timeout(60)
 def test_status_table_json_and_exit_codes(
-    topology: tuple[RedisProc, RedisProc, Servers], tmp_path: Path
+    topology: tuple[RedisProcess, RedisProcess, ServerSet], tmp_path: Path
 ) -> None:
     master, rep, _ = topology
     cfg = write_config(tmp_path, master, [rep], free_port())
-    table = replwatch("status", "-c", str(cfg))
+    table = cli("status", "-c", str(cfg))
     assert table.returncode == 0, table.stderr
     assert f"127.0.0.1:{rep.port}" in table.stdout
     for column in ("LINK", "LAG BYTES", "HEARTBEAT", "OFFSET CLOCK", "ACK AGE", "BACKLOG RISK"):
         assert column in table.stdout
-    as_json = replwatch("status", "-c", str(cfg), "--json")
+    as_json = cli("status", "-c", str(cfg), "--json")
     data = json.loads(as_json.stdout)
     r = data["groups"][0]["replicas"][0]
     assert r["label"] == f"127.0.0.1:{rep.port}" and r["link_up"] is True
     assert isinstance(r["lag_bytes"], int)
     rep.stop()
-    down = replwatch("status", "-c", str(cfg))
+    down = cli("status", "-c", str(cfg))
     assert down.returncode == 1
     assert "refused" in down.stdout
     for out in (table, as_json, down):
@@ -251,7 +191,7 @@ groups:
     bogus: 1
 """
     )
-    result = replwatch("check-config", "-c", str(cfg))
+    result = cli("check-config", "-c", str(cfg))
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert f"{cfg}: poll.timeout: must not exceed interval" in result.stderr
@@ -259,12 +199,12 @@ groups:
     assert any("groups[1].master: unsupported scheme 'http'" in ln for ln in lines)
     assert f"{cfg}: groups[1].bogus: unknown key" in lines
     assert "Traceback" not in result.stderr and "hunter2" not in result.stderr
-    missing = replwatch("check-config", "-c", str(tmp_path / "nope.yaml"))
+    missing = cli("check-config", "-c", str(tmp_path / "nope.yaml"))
     assert missing.returncode == 2 and "no such file" in missing.stderr
 
 
 def test_version() -> None:
-    result = replwatch("--version")
+    result = cli("--version")
     assert result.returncode == 0 and result.stdout.startswith("replwatch ")
 
 
@@ -280,7 +220,7 @@ def test_run_on_busy_port_is_one_line_error(tmp_path: Path) -> None:
             f'exporter: {{listen: "127.0.0.1:{busy}"}}\n'
             'groups: [{name: a, master: "redis://127.0.0.1:1"}]\n'
         )
-        result = replwatch("run", "-c", str(cfg))
+        result = cli("run", "-c", str(cfg))
     assert result.returncode == 1
     assert result.stderr.strip().count("\n") == 0, result.stderr
     assert "exporter.listen" in result.stderr and "Traceback" not in result.stderr
@@ -312,8 +252,8 @@ def test_demo_shows_starved_lag_and_cleans_up(tmp_path: Path) -> None:
 
         def starved_lag_visible() -> bool:
             text = fetch(url + "/metrics")[1]
-            lag = metric_value(text, "replwatch_replica_lag_seconds", replica=starved)
-            ack = metric_value(text, "replwatch_replica_ack_age_seconds", replica=starved)
+            lag = value(text, "replwatch_replica_lag_seconds", replica=starved)
+            ack = value(text, "replwatch_replica_ack_age_seconds", replica=starved)
             return lag is not None and ack is not None and lag > 2 and ack <= 1
 
         wait_for(starved_lag_visible, 25, "starved replica lag > 2s while ACK age <= 1")

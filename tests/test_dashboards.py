@@ -12,7 +12,6 @@ import importlib.util
 import json
 import re
 import shutil
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -24,9 +23,9 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from .datasets import connect
-from .harness import ServerSet, closed_port, require_build, wait_for
-from .test_cli_daemon import http_get
+from .support.daemons import RunningDaemon, fetch
+from .support.datasets import connect
+from .support.servers import ServerSet, closed_port, require_build, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 GRAFANA = ROOT / "grafana"
@@ -239,12 +238,13 @@ def test_required_panels_exist() -> None:
 @pytest.mark.parametrize(
     ("expr", "names"),
     [
-        ('max by (group) (replwatch_replica_lag_seconds{group=~"$group"})', {
-            "replwatch_replica_lag_seconds"
-        }),
+        (
+            'max by (group) (replwatch_replica_lag_seconds{group=~"$group"})',
+            {"replwatch_replica_lag_seconds"},
+        ),
         ("rate(process_cpu_seconds_total[$__rate_interval])", {"process_cpu_seconds_total"}),
         ('count(up{job="x"} == 0) or vector(0)', {"up"}),
-        ("a and on (group, node) b{role=\"master\"}", {"a", "b"}),
+        ('a and on (group, node) b{role="master"}', {"a", "b"}),
         ("histogram_quantile(0.99, sum by (le) (rate(h_bucket[5m])))", {"h_bucket"}),
         ("time() - last_seconds", {"last_seconds"}),
     ],
@@ -307,7 +307,7 @@ class Exposition:
 
 def _wait_scrape(base: str, ready: Any, what: str, timeout: float = 40) -> str:
     def attempt() -> str | None:
-        status, text = http_get(base + "/metrics")
+        status, text = fetch(base + "/metrics")
         return text if status == 200 and ready(text) else None
 
     result: str = wait_for(attempt, timeout, what)
@@ -318,7 +318,7 @@ def _wait_scrape(base: str, ready: Any, what: str, timeout: float = 40) -> str:
 def exposition(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exposition]:
     tmp = tmp_path_factory.mktemp("dash-exposition")
     servers = ServerSet(require_build("redis-7.0"), tmp / "servers")
-    daemon: subprocess.Popen[bytes] | None = None
+    daemon: RunningDaemon | None = None
     try:
         master = servers.start("master")
         replica = servers.start("replica", replica_of=master)
@@ -360,22 +360,8 @@ def exposition(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exposition]
                 }
             )
         )
-        log = tmp / "daemon.log"
-        with log.open("wb") as err:
-            daemon = subprocess.Popen(
-                [sys.executable, "-m", "replwatch", "run", "-c", str(cfg)],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=err,
-            )
-        base = wait_for(
-            lambda: (
-                (m := re.search(r"listening on (http://[\d.:]+)/metrics", log.read_text()))
-                and m.group(1)
-            ),
-            15,
-            "the daemon to listen",
-        )
+        daemon = RunningDaemon(cfg)  # 127.0.0.1:0: the port it bound is in its log
+        base = daemon.base
 
         def complete(text: str) -> bool:
             with connect(source) as client:
@@ -399,13 +385,8 @@ def exposition(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exposition]
         text = _wait_scrape(base, complete, "every series the dashboards need to be exported")
         yield Exposition(text)
     finally:
-        if daemon is not None and daemon.poll() is None:
-            daemon.send_signal(signal.SIGTERM)  # it stops its task processes too
-            try:
-                daemon.wait(30)
-            except subprocess.TimeoutExpired:
-                daemon.kill()
-                daemon.wait(10)
+        if daemon is not None:
+            daemon.stop(grace=30)  # SIGTERM: it stops its task processes too
         servers.close()
 
 

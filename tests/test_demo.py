@@ -20,11 +20,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from .harness import wait_for
+from replwatch.demo import BURST_BYTES_PER_SECOND, BURST_SECONDS, RELAY_BYTES_PER_SECOND
 
-DURATION = 25.0
+from .support.daemons import Samples, fetch, parse_metrics, sample_value
+from .support.servers import wait_for
+
+# One burst of the demo's write load: at twice the relay's rate the starved replica falls
+# half a second behind per second, so its lag passes 2 s about 4 s in and is ~6 s by the
+# burst's end; the demo stops there (--duration), the cleanup is the same as after minutes.
+DURATION = BURST_SECONDS
+LAG_SHOWN = 2.0  # seconds of lag the starved replica must reach while ACK age stays <= 1
 
 
 @dataclass
@@ -159,19 +165,13 @@ def accepting(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def scrape(url: str) -> dict[tuple[str, str], float]:
-    """{(metric name, replica label): value} for the replica gauges."""
+def scrape(url: str) -> Samples:
+    """The demo's /metrics, parsed; empty while it does not answer yet (or any more)."""
     try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
-            text = resp.read().decode()
+        status, text = fetch(url, timeout=2)
     except (urllib.error.URLError, OSError):
         return {}
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if "replica" in s.labels:
-                out[(s.name, s.labels["replica"])] = s.value
-    return out
+    return parse_metrics(text) if status == 200 else {}
 
 
 @dataclass
@@ -243,20 +243,26 @@ def test_demo_starved_replica_and_clean_exit(tmp_path: Path, demo_factory: list[
 
     def starved_lag_shows() -> bool:
         m = scrape(topo.metrics_url)
-        lag = m.get(("replwatch_replica_lag_seconds", starved))
-        ack = m.get(("replwatch_replica_ack_age_seconds", starved))
+        lag = sample_value(m, "replwatch_replica_lag_seconds", replica=starved)
+        ack = sample_value(m, "replwatch_replica_ack_age_seconds", replica=starved)
         seen.append((lag, ack))
-        return lag is not None and ack is not None and lag > 2 and ack <= 1
+        return lag is not None and ack is not None and lag > LAG_SHOWN and ack <= 1
 
+    # the demo's numbers still leave room: the lag grows by at least half a second per second
+    # of the burst, so it passes LAG_SHOWN within the first half of the run
+    assert BURST_BYTES_PER_SECOND >= 2 * RELAY_BYTES_PER_SECOND and DURATION >= 2 * 2 * LAG_SHOWN
     try:
         wait_for(
-            starved_lag_shows, 20, "starved replica lag > 2 s while ACK age <= 1", interval=0.25
+            starved_lag_shows,
+            DURATION,  # (the demo serves no longer)
+            f"starved replica lag > {LAG_SHOWN:g} s while ACK age <= 1",
+            interval=0.25,
         )
     except AssertionError as exc:
         raise AssertionError(f"{exc}; (lag, ack age) seen: {seen[-10:]}") from None
     m = scrape(topo.metrics_url)
     # the directly attached replica keeps up meanwhile
-    fast_lag = m.get(("replwatch_replica_lag_seconds", fast))
+    fast_lag = sample_value(m, "replwatch_replica_lag_seconds", replica=fast)
     assert fast_lag is not None and fast_lag < 1, fast_lag
 
     code = demo.proc.wait(timeout=DURATION + 20)
@@ -272,7 +278,14 @@ def test_demo_ctrl_c_stops_everything(tmp_path: Path, demo_factory: list[Demo]) 
     topo = read_banner(demo)
     server_pids = assert_running(demo, topo)
     wait_for(
-        lambda: ("replwatch_replica_link_up", f"127.0.0.1:{topo.fast}") in scrape(topo.metrics_url),
+        lambda: (
+            sample_value(
+                scrape(topo.metrics_url),
+                "replwatch_replica_link_up",
+                replica=f"127.0.0.1:{topo.fast}",
+            )
+            is not None
+        ),
         10,
         "demo metrics served",
     )

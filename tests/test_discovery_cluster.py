@@ -17,8 +17,8 @@ from replwatch.scheduler import MonitorScheduler, SchedulerStats
 from replwatch.state import GroupSnapshot, ProbeStore, SnapshotStore
 from replwatch.topology.fleet import Fleet
 
-from .clustering import SLOTS, Cluster
-from .harness import ServerSet, wait_for
+from .support.clustering import SLOTS, Cluster
+from .support.servers import ServerSet, wait_for
 
 
 @pytest.fixture

@@ -15,9 +15,9 @@ import redis
 
 from replwatch.topology.sentinel import fields_of
 
-from .daemons import RunningDaemon, fetch, series, value
-from .harness import RedisProcess, ServerSet, free_port, wait_for
-from .sentinels import SentinelProcess, require_sentinel
+from .support.daemons import RunningDaemon, fetch, series, value
+from .support.sentinels import SentinelProcess, require_sentinel
+from .support.servers import RedisProcess, ServerSet, free_port, wait_for
 
 NAME = "orders-master"
 NODE_PASSWORD = "node-pw-Q7x"

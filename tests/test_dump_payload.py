@@ -28,7 +28,7 @@ from replwatch.sync.dump import (
     split_dump_payload,
 )
 
-from .harness import ServerSet, in_ci, server_builds
+from .support.servers import ServerSet, in_ci, server_builds
 
 # ----------------------------------------------------------------------------- CRC
 

@@ -101,9 +101,7 @@ def table() -> dict[str, list[Metric]]:
     with_unit.add_metric([], 20)
     cases["unit (handed back in OpenMetrics)"] = [with_unit]
     ex = HistogramMetricFamily("exemplified", "With exemplars.")
-    ex.add_metric(
-        [], [("1", 1, Exemplar({"trace": "abc"}, 0.5)), ("+Inf", 2)], sum_value=1.5
-    )
+    ex.add_metric([], [("1", 1, Exemplar({"trace": "abc"}, 0.5)), ("+Inf", 2)], sum_value=1.5)
     cases["exemplar (handed back)"] = [ex]
     cases["colon name (handed back)"] = [gauge("rule:lag:max")]
     cases["UTF-8 metric name (handed back)"] = [gauge("lag.seconds")]

@@ -3,17 +3,22 @@
 Topology: the master runs on the host, bound to 127.0.0.1 (replwatch polls it there) and to
 the host end of a veth pair; the replica runs inside a network namespace the test creates,
 bound to the namespace end and replicating from the master over the veth. A `replwatch run`
-daemon (tests/daemons.py) watches the group `part` (the master on loopback, the replica at
+daemon (tests/support/daemons.py) watches the group `part` (the master on loopback, the replica at
 its namespace address, through the veth), heartbeats on, WAIT probes and read routing at
 their defaults except `recover.for` (2 s, to keep the test short). Both servers run with
-`repl-timeout 5` (and the master pings every second), so each side notices the cut within
+`repl-timeout 3` (and the master pings every second), so each side notices the cut within
 the partition, as production settings would over a longer one.
 
-The partition: the namespace end of the veth is set down for 30 s. The host end stays up
-without a carrier, so the route to the replica still points into the veth and every packet
-to it is dropped there (the test checks that route before and during the cut: no packet
-for the replica leaves by another interface). Nothing answers, nothing is refused: polls of
-the replica time out, as across a real partition. Then the link is set up again.
+The partition: the namespace end of the veth is set down. The host end stays up without a
+carrier, so the route to the replica still points into the veth and every packet to it is
+dropped there (the test checks that route before and during the cut: no packet for the
+replica leaves by another interface). Nothing answers, nothing is refused: polls of the
+replica time out, as across a real partition. The cut lasts as long as the timeouts it is
+about take to be crossed, and no longer: until replwatch's detection delay has passed and
+CHECKED_FOR seconds of samples after it are in, and both servers have given up on each
+other (the replica's INFO says its master link is down, the master's lists no replica:
+repl-timeout on each side) — about 4 s; it fails if that takes PARTITION_MAX. Then the link
+is set up again.
 
 What the test proves, from the daemon's own endpoints, sampled every half poll interval:
 - no routing table computed from a poll cycle that began after the cut shows the replica
@@ -25,7 +30,8 @@ What the test proves, from the daemon's own endpoints, sampled every half poll i
   "timeout", or "unreachable" while the kernel's ARP entry for it has failed), from a
   routing table that is fresh (updated within the detection delay) — never a stale "in
   rotation" for a replica nobody can see; by the end the replica itself (asked through its
-  unix socket) reports its master link down: the partition was real on both sides;
+  unix socket) reports its master link down and the master lists no replica: the partition
+  was real on both sides;
 - the master stays up and a master (`replwatch_master_role_ok` 1, its `replwatch_node_up`
   1): a partitioned replica costs its group nothing but the replica;
 - /metrics answers every sample, each within 2 s, all through the partition;
@@ -50,8 +56,10 @@ from pathlib import Path
 
 import pytest
 
-from .daemons import RunningDaemon, series, value
-from .harness import (
+from .support.daemons import RunningDaemon, series, value
+from .support.netns import StarvedLink, require_netns
+from .support.netns import run_cmd as _run
+from .support.servers import (
     BackgroundWriter,
     RedisProcess,
     ServerSet,
@@ -61,8 +69,6 @@ from .harness import (
     wait_for,
     wait_synced,
 )
-from .netlinks import StarvedLink, require_netns
-from .netlinks import run_cmd as _run
 
 pytestmark = pytest.mark.netns
 
@@ -70,18 +76,20 @@ GROUP = "part"
 POLL_INTERVAL = 1.0
 POLL_TIMEOUT = 0.5
 DETECTION = POLL_INTERVAL + POLL_TIMEOUT + 0.5  # the cycle after the cut, plus slack
-PARTITION = 30.0
+CHECKED_FOR = 2.0  # seconds of samples at least, after DETECTION, before the link heals
+PARTITION_MAX = 20.0  # the timeouts not all crossed by then: the test fails
 SAMPLE_EVERY = POLL_INTERVAL / 2
 METRICS_WITHIN = 2.0  # every /metrics answer during the partition, seconds
 RECOVER_FOR = 2.0
 # what a poll of a replica behind a dropped link ends with: no answer in time, or (once the
 # kernel's ARP entry for it has failed) "no route to host" at once
 CUT_OFF = ("timeout", "unreachable")
-REPL_TIMEOUT = ["--repl-timeout", "5", "--repl-ping-replica-period", "1"]
+REPL_TIMEOUT = 3  # seconds (both servers); the master pings its replica every second
+SERVER_TIMEOUTS = ["--repl-timeout", str(REPL_TIMEOUT), "--repl-ping-replica-period", "1"]
 
 
 class PartitionLink(StarvedLink):
-    """The namespace + veth of test_netns_starved, cut and healed at the namespace end."""
+    """The namespace + veth of tests/support/netns.py, cut and healed at the namespace end."""
 
     def _ns_link(self, state: str) -> None:
         _run("ip", "netns", "exec", self.ns, "ip", "link", "set", self.ns_if, state)
@@ -189,14 +197,14 @@ def test_partitioned_replica_is_out_of_rotation_and_comes_back_without_a_restart
     writer: BackgroundWriter | None = None
     daemon: RunningDaemon | None = None
     try:
-        master = servers.start("master", bind=("127.0.0.1", link.host_ip), extra=REPL_TIMEOUT)
+        master = servers.start("master", bind=("127.0.0.1", link.host_ip), extra=SERVER_TIMEOUTS)
         replica = servers.start(
             "replica",
             bind=(link.ns_ip,),
             netns=link.ns,
             unixsocket=sockdir / "replica.sock",
             replicaof=(link.host_ip, master.port),
-            extra=REPL_TIMEOUT,
+            extra=SERVER_TIMEOUTS,
         )
         wait_synced(replica, master)
         # the replica's own view, through its unix socket (no network): works while cut off
@@ -220,7 +228,8 @@ def test_partitioned_replica_is_out_of_rotation_and_comes_back_without_a_restart
         link.cut()
         # the route to the replica still points into the (carrier-less) veth: dropped there
         assert link.route_dev() == link.host_if
-        while time.monotonic() - cut_at < PARTITION:
+        replica_gave_up = master_gave_up = False  # each server's repl-timeout crossed
+        while True:
             tick = time.monotonic()
             sample = Sample(daemon, replica.label, master.label, cut_at)
             history.append(sample)
@@ -241,13 +250,27 @@ def test_partitioned_replica_is_out_of_rotation_and_comes_back_without_a_restart
                 assert len(sample.errors) == 1 and sample.errors[0] in CUT_OFF, trail
             assert sample.master_up == 1 and sample.role_ok == 1, trail
             assert daemon.proc.poll() is None, daemon.log_text()[-2000:]
+            replica_gave_up = replica_gave_up or (
+                replica_local.info("replication")["master_link_status"] == "down"
+            )
+            master_gave_up = master_gave_up or master.info("replication")["connected_slaves"] == 0
+            elapsed = time.monotonic() - cut_at
+            if replica_gave_up and master_gave_up and elapsed >= DETECTION + CHECKED_FOR:
+                break
+            assert elapsed < PARTITION_MAX, (
+                f"after {elapsed:.1f}s of partition: replica gave up {replica_gave_up}, "
+                f"master gave up {master_gave_up} (repl-timeout {REPL_TIMEOUT}s)\n{trail}"
+            )
             time.sleep(max(0.0, SAMPLE_EVERY - (time.monotonic() - tick)))
+        partition = time.monotonic() - cut_at
         assert link.route_dev() == link.host_if
-        # the partition was real for the replica too: it lost its master (repl-timeout 5 s)
+        # the partition was real for both servers: the replica lost its master, the master its
+        # replica (repl-timeout 3 s)
         assert replica_local.info("replication")["master_link_status"] == "down"
+        assert master.info("replication")["connected_slaves"] == 0
         checked = [s for s in history if s.at >= DETECTION]
         detected = next(s.at for s in history if not s.entry["in_rotation"])
-        assert len(checked) >= (PARTITION - DETECTION) / SAMPLE_EVERY * 0.8, len(checked)
+        assert len(checked) >= (partition - DETECTION) / SAMPLE_EVERY * 0.8, len(checked)
         partial_before = int(master.info("stats")["sync_partial_ok"])
         full_before = int(master.info("stats")["sync_full"])
 
@@ -290,7 +313,8 @@ def test_partitioned_replica_is_out_of_rotation_and_comes_back_without_a_restart
         stats = master.info("stats")
         print(
             "\n".join(str(s) for s in history)
-            + f"\nout of rotation in the first sample {detected:.1f}s after the cut; "
+            + f"\npartition {partition:.1f}s; out of rotation in the first sample {detected:.1f}s "
+            "after the cut; "
             f"/metrics at most {max(s.metrics_seconds for s in history):.3f}s; "
             f"table at most {max(s.wall - s.table['updated_at'] for s in checked):.2f}s old"
             + f"\nresynced {resynced:.1f}s after the heal (partial resyncs "

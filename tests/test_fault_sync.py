@@ -11,9 +11,11 @@ there (nothing lost), no step may be there that the writer does not know of, and
 `tx:count` must equal `LLEN tx:seq`; then `compare` must find source and target equal.
 
 Partitions (@pytest.mark.netns): the side that is cut off runs inside a network namespace
-the test creates, joined to the host by a veth pair (tests/test_netns_starved.py's
-StarvedLink, without its rate limit). The namespace's end of the veth goes down for
-PARTITION seconds; the host's end has a permanent neighbour entry for it, so the host's
+the test creates, joined to the host by a veth pair (tests/support/netns.py:
+StarvedLink, without its rate limit). The namespace's end of the veth goes down until the
+task has crossed the timeout the case is about (the source's silence: source_timeout; the
+target's: the task's I/O timeout) and the test has seen it do so, and no longer (at most
+PARTITION_MAX seconds); the host's end has a permanent neighbour entry for it, so the host's
 kernel never learns that the peer is gone: its connections see silence and keep
 retransmitting, as across a WAN partition (taking the host's end down instead would answer
 "no route to host" at once, and TCP would drop what was queued). A fallback `unreachable`
@@ -58,17 +60,17 @@ from replwatch.sync.checkpoint import Checkpoint
 from replwatch.sync.watch import SyncTaskView, SyncWatcher
 from replwatch.sync.writer import CLIENT_NAME, TargetLink, named_clients
 
-from .daemons import RunningDaemon, series, value
-from .datasets import connect
-from .harness import (
+from .support.daemons import RunningDaemon, child_pids, series, value
+from .support.datasets import connect
+from .support.netns import StarvedLink, require_netns
+from .support.servers import (
     RedisProcess,
     ServerSet,
     free_port,
     require_build,
     wait_for,
 )
-from .netlinks import StarvedLink, require_netns
-from .syncing import (
+from .support.syncing import (
     TASK,
     RunnerThread,
     assert_equal,
@@ -78,12 +80,12 @@ from .syncing import (
     start,
     wait_caught_up,
 )
-from .test_sync_ops import child_pids
 
 LISTS = 8
 TX_EVERY = 4
 FAST_RETRY = {"reconnect_min": "200ms", "reconnect_max": "1s", "source_timeout": "2s"}
-PARTITION = 10.0  # seconds a link stays down
+PARTITION_MAX = 15.0  # seconds a link may stay down before the test gives up on a timeout
+TARGET_IO_TIMEOUT = 2.0  # the task's connect and reply timeout in the target partition
 
 
 # --------------------------------------------------------------------------- the writer
@@ -306,11 +308,11 @@ def cut_off(link: StarvedLink) -> float:
     return time.monotonic()
 
 
-def heal_after(link: StarvedLink, cut_at: float) -> None:
-    """The outage lasts PARTITION seconds (its length is the fault, not a wait for a
-    condition), then the link is up again."""
-    time.sleep(max(0.0, PARTITION - (time.monotonic() - cut_at)))
+def heal(link: StarvedLink, cut_at: float) -> float:
+    """The link up again, once the test has seen the task cross the timeout it is about;
+    the outage's length in seconds."""
     set_link(link, up=True)
+    return time.monotonic() - cut_at
 
 
 @pytest.mark.netns
@@ -318,12 +320,12 @@ def heal_after(link: StarvedLink, cut_at: float) -> None:
 def test_source_partition_mid_stream_resumes_from_the_checkpoint(
     link: StarvedLink, sockdir: Path, tmp_path: Path, runners: list[RunnerThread]
 ) -> None:
-    """The source is cut off from the syncer for PARTITION seconds while the writer goes on
-    writing to it (through its unix socket). The task reports it (its checkpoint's
-    last_error names source_timeout; the monitor's view has the source down), and once the
-    link is back it continues the stream from its checkpoint (PSYNC continue: the source's
-    backlog holds the gap, so no second full sync) and ends equal to the source, with
-    every acknowledged write applied exactly once."""
+    """The source is cut off from the syncer while the writer goes on writing to it (through
+    its unix socket), until the task has crossed its source_timeout (2 s) and reported it: its
+    checkpoint's last_error names source_timeout, the monitor's view has the source down.
+    Once the link is back it continues the stream from its checkpoint (PSYNC continue: the
+    source's backlog holds the gap, so no second full sync) and ends equal to the source,
+    with every acknowledged write applied exactly once."""
     servers = ServerSet(require_build("redis-7.0"), tmp_path)
     writer: SequenceWriter | None = None
     try:
@@ -342,10 +344,11 @@ def test_source_partition_mid_stream_resumes_from_the_checkpoint(
         writer.wait_steps(200)
 
         cut_at = cut_off(link)
+        steps_at_cut = writer.steps
         try:
             wait_for(
                 lambda: "source_timeout" in (((cp := checkpoint(target)) and cp.last_error) or ""),
-                PARTITION,
+                PARTITION_MAX,
                 "the task to record that the source went silent",
             )
             view = watch_once(task)
@@ -354,8 +357,8 @@ def test_source_partition_mid_stream_resumes_from_the_checkpoint(
             assert view.checkpoint is not None and view.checkpoint.state == "incremental"
             steps_before_heal = writer.steps
         finally:
-            heal_after(link, cut_at)
-        assert writer.steps > steps_before_heal  # the source took writes all along
+            outage = heal(link, cut_at)
+        assert steps_before_heal > steps_at_cut, outage  # the source took writes all along
         writer.wait_steps(200)
         writer.stop()
         cp = wait_caught_up(source, target, timeout=30)
@@ -378,21 +381,21 @@ def test_target_partition_mid_stream_resumes_without_doubling(
     runners: list[RunnerThread],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """The target (and the checkpoint on it) is cut off for PARTITION seconds while the
-    writer goes on. The task notices (its session ends on the target's silence and is
-    retried; the monitor's view has the target down) and, once the link is back, continues
-    from the checkpoint (no second full sync). Batches it had sent into the cut link are
-    delivered by TCP after the link heals; they must not be applied on top of the same
-    commands sent again (they were, before the new session closed the old connection:
-    numbers repeated in the lists and the checkpoint moved back). Ends equal to the
-    source, every acknowledged write applied exactly once."""
+    """The target (and the checkpoint on it) is cut off while the writer goes on, until the
+    task has noticed: its session ends on the target's silence (the task's I/O timeout,
+    TARGET_IO_TIMEOUT here) and is retried; the monitor's view has the target down. Once the
+    link is back, the task continues from the checkpoint (no second full sync). Batches it
+    had sent into the cut link are delivered by TCP after the link heals; they must not be
+    applied on top of the same commands sent again (they were, before the new session closed
+    the old connection: numbers repeated in the lists and the checkpoint moved back). Ends
+    equal to the source, every acknowledged write applied exactly once."""
     servers = ServerSet(require_build("redis-7.0"), tmp_path)
     writer: SequenceWriter | None = None
     try:
         source = servers.start("source", extra=["--repl-backlog-size", "16mb"])
         target = servers.start("target", bind=(link.ns_ip,), netns=link.ns)
         task = make_task(source, target, **FAST_RETRY)
-        r = start(task, runners)
+        r = start(task, runners, io_timeout=TARGET_IO_TIMEOUT)
         writer = SequenceWriter(lambda: writer_client(source))
         wait_caught_up(source, target)
         writer.wait_steps(200)
@@ -406,14 +409,14 @@ def test_target_partition_mid_stream_resumes_without_doubling(
             assert error_reasons(view) == ["target_timeout"], view
             wait_for(
                 lambda: r.runner.counters.sessions > sessions,
-                PARTITION,
+                PARTITION_MAX,
                 "the task to end its session on the silent target",
             )
-            assert any(
-                "session ended" in m and target.label in m for m in caplog.messages
-            ), caplog.messages
+            assert any("session ended" in m and target.label in m for m in caplog.messages), (
+                caplog.messages
+            )
         finally:
-            heal_after(link, cut_at)
+            heal(link, cut_at)
         writer.wait_steps(200)
         writer.stop()
         cp = wait_caught_up(source, target, timeout=30)
@@ -632,20 +635,24 @@ def test_sigterm_of_the_daemon_mid_full_sync_and_mid_stream_then_it_continues(
     while the daemon was down arrive by PSYNC continue), and the target ends equal to the
     source with every acknowledged write once."""
     source = debian_servers.start(
-        "source", extra=["--repl-backlog-size", "16mb", "--rdb-key-save-delay", "100"]
+        "source", extra=["--repl-backlog-size", "16mb", "--rdb-key-save-delay", "250"]
     )
     target = debian_servers.start("target")
     with connect(source) as client:
-        client.execute_command("DEBUG", "POPULATE", 8000, "bulk", 16)  # ~2 s to snapshot
+        # at least 2 s to snapshot (250 µs a key): the task records its progress once a
+        # second, so the checkpoint shows keys loaded while the full sync still runs
+        client.execute_command("DEBUG", "POPULATE", 8000, "bulk", 16)
     port = free_port()
     cfg = daemon_config(tmp_path / "c.yaml", port, source, target)
     writer = SequenceWriter(lambda: writer_client(source))
     try:
         with RunningDaemon(cfg, port) as first:
             wait_for(
-                lambda: (cp := checkpoint(target)) is not None
-                and cp.state == "full_sync"
-                and (cp.keys_loaded or 0) > 0,
+                lambda: (
+                    (cp := checkpoint(target)) is not None
+                    and cp.state == "full_sync"
+                    and (cp.keys_loaded or 0) > 0
+                ),
                 20,
                 "the full sync to be loading",
             )
@@ -667,8 +674,7 @@ def test_sigterm_of_the_daemon_mid_full_sync_and_mid_stream_then_it_continues(
             cp = wait_caught_up(source, target, timeout=30)
             assert cp.full_resyncs == 2, cp
             wait_for(
-                lambda: value(third.metrics(), "replwatch_sync_full_resyncs_total", task=TASK)
-                == 2,
+                lambda: value(third.metrics(), "replwatch_sync_full_resyncs_total", task=TASK) == 2,
                 5,
                 "the metrics to show the two full syncs",
             )
@@ -680,6 +686,7 @@ def test_sigterm_of_the_daemon_mid_full_sync_and_mid_stream_then_it_continues(
         writer.stop()
 
 
+@pytest.mark.serial  # poll cadence: cycles every 200 ms, none missed
 @pytest.mark.timeout(60)
 def test_sighup_reload_under_load_keeps_polling_and_streaming(
     debian_servers: ServerSet, tmp_path: Path

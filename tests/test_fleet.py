@@ -18,7 +18,7 @@ from replwatch.state import ProbeStore, SnapshotStore
 from replwatch.topology.fleet import Fleet, Resolvers
 from replwatch.topology.model import Address, DiscoveredGroup
 
-from .harness import RedisProcess, ServerSet
+from .support.servers import RedisProcess, ServerSet
 
 
 class Script:
@@ -154,7 +154,7 @@ def test_resolvers_name_every_address_they_asked_when_none_answers() -> None:
     from replwatch.topology.cluster import resolve_cluster
     from replwatch.topology.sentinel import resolve_sentinel
 
-    from .harness import closed_port
+    from .support.servers import closed_port
 
     dead = [
         RedisEndpoint(host="127.0.0.1", port=closed_port(), password="pw-Zk3"),  # type: ignore[arg-type]

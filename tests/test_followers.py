@@ -5,8 +5,6 @@ named by its task in the snapshot and in `replwatch status`."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,8 +15,10 @@ from replwatch.observe.info import ClientEntry, ReplicaLine, ReplicationInfo
 from replwatch.state import OtherFollower
 from replwatch.sync.writer import CLIENT_NAME
 
-from .harness import ServerSet, make_monitor, wait_for, wait_synced
-from .syncing import RunnerThread, make_task, start, wait_caught_up
+from .support.daemons import cli
+from .support.monitor import make_monitor
+from .support.servers import ServerSet, wait_for, wait_synced
+from .support.syncing import RunnerThread, make_task, start, wait_caught_up
 
 M = "127.0.0.1:7000"
 
@@ -206,13 +206,7 @@ def test_a_sync_task_reading_from_the_master_is_named_by_its_task(
     )
 
     def printed() -> str:
-        out = subprocess.run(
-            [sys.executable, "-m", "replwatch", "status", "-c", str(cfg)],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
+        out = cli("status", "-c", str(cfg), timeout=30)
         assert out.returncode == 0, out.stdout + out.stderr
         return out.stdout
 

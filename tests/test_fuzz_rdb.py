@@ -48,8 +48,14 @@ from replwatch.sync.rdb import (
 )
 from replwatch.sync.reader import RdbPayload, SourceLink
 
-from .harness import EXPECTED_BUILDS, ServerSet, available_builds, in_ci, missing_build_message
-from .hostile import Flood, HostileServer, Send
+from .support.hostile import Flood, HostileServer, Send
+from .support.servers import (
+    EXPECTED_BUILDS,
+    ServerSet,
+    available_builds,
+    in_ci,
+    missing_build_message,
+)
 
 HANG_GUARD = 3.0  # seconds per example: a hang guard (a loaded CI box), not a performance target
 MEMORY_BOUND = 64 << 20
@@ -302,9 +308,7 @@ def test_small_string_cap_on_real_files(real: list[RealRdb], cap: int) -> None:
     ]
     for rdb in real:
         for option in options:
-            result = outcome(
-                lambda o=option, d=rdb.full: parse_all(d, max_string_bytes=cap, **o)
-            )
+            result = outcome(lambda o=option, d=rdb.full: parse_all(d, max_string_bytes=cap, **o))
             if isinstance(result, list) and cap > 40:  # (streamed elements fit a cap)
                 continue
             assert isinstance(result, RdbFormatError) and "cap" in str(result), (rdb, result)
@@ -504,9 +508,7 @@ def test_lying_blobs_in_real_values(values: list[Value], data: st.DataObject) ->
     start, end, blob = data.draw(st.sampled_from(blobs(raw)))
     lie = data.draw(lying_blob(blob))
     mutated = raw[:start] + rdb_len(len(lie)) + lie + raw[end:]
-    result = outcome(
-        lambda: decode_serialized_value(mutated, rdb_version=version, valkey=valkey)
-    )
+    result = outcome(lambda: decode_serialized_value(mutated, rdb_version=version, valkey=valkey))
     count_outcome(f"type {raw[0]}: {type(result).__name__}")
     assert not isinstance(result, Exception) or isinstance(result, RdbError), repr(result)
 

@@ -40,8 +40,8 @@ from replwatch.sync.sources import NodeClient, NotMasterError, require_master
 from replwatch.sync.task import SyncTaskRunner, _StreamApplier
 from replwatch.sync.writer import TargetLink
 
-from .harness import RedisProcess, ServerSet, in_ci, require_build
-from .hostile import Flood, HostileServer, Recv, Send, Stall
+from .support.hostile import Flood, HostileServer, Recv, Send, Stall
+from .support.servers import RedisProcess, ServerSet, in_ci, require_build
 
 HANG_GUARD = 3.0  # seconds per example: a hang guard (a loaded CI box), not a performance target
 MEMORY_BOUND = 64 << 20  # tracemalloc peak while a 10 GB size is refused
@@ -528,9 +528,10 @@ def test_node_client_trickle_is_bounded_by_its_timeout(server: HostileServer) ->
     its timeout, not after the first silence longer than it."""
     server.script = [Recv(), Send(b"$1000\r\n")] + [Send(b"x"), Stall(0.05)] * 400
     started = time.monotonic()
-    with pytest.raises(TimeoutFailure) as info, NodeClient(
-        parse_redis_url(server.url), None, 0.5
-    ) as client:
+    with (
+        pytest.raises(TimeoutFailure) as info,
+        NodeClient(parse_redis_url(server.url), None, 0.5) as client,
+    ):
         client.call("ROLE")
     assert time.monotonic() - started < HANG_GUARD
     assert server.label in str(info.value)

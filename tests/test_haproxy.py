@@ -7,26 +7,15 @@ import os
 import shutil
 import socket
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
-from ._servers import Servers, free_port, server_builds, wait_for, wait_linked
-from .test_routing_real import start_daemon, stop_daemon
+from .support.daemons import start_routing_daemon
+from .support.servers import ServerSet, free_port, wait_for, wait_synced
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def servers(tmp_path: Path) -> Iterator[Servers]:
-    build = next(b for b in server_builds() if b.name == "redis-7.0")
-    s = Servers(build, tmp_path)
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 def server_states(sock_path: Path) -> dict[str, str]:
@@ -56,22 +45,22 @@ def landed_ports(listen_port: int, n: int = 8) -> set[int]:
 
 
 @pytest.mark.timeout(120)
-def test_reads_follow_replwatch_routing(servers: Servers, tmp_path: Path) -> None:
+def test_reads_follow_replwatch_routing(debian_servers: ServerSet, tmp_path: Path) -> None:
     haproxy = shutil.which("haproxy")
     if haproxy is None:
         pytest.fail("haproxy (Debian package) is not installed; scripts/test installs it")
-    master = servers.start("master")
-    a = servers.start("a", replica_of=master)
-    b = servers.start("b", replica_of=master)
-    wait_linked(a, master)
-    wait_linked(b, master)
-    daemon, base = start_daemon(tmp_path, master, [a, b])
+    master = debian_servers.start("master")
+    a = debian_servers.start("a", replica_of=master)
+    b = debian_servers.start("b", replica_of=master)
+    wait_synced(a, master)
+    wait_synced(b, master)
+    daemon = start_routing_daemon(tmp_path, master, [a, b])
     listen = free_port()
     sock = tmp_path / "haproxy.sock"
     env = dict(
         os.environ,
         REPLWATCH_HOST="127.0.0.1",
-        REPLWATCH_PORT=base.rsplit(":", 1)[1],
+        REPLWATCH_PORT=daemon.base.rsplit(":", 1)[1],
         GROUP="g",
         LISTEN=f"127.0.0.1:{listen}",
         MASTER=master.label,
@@ -128,4 +117,4 @@ def test_reads_follow_replwatch_routing(servers: Servers, tmp_path: Path) -> Non
         finally:
             if proxy.poll() is None:
                 proxy.kill()
-        stop_daemon(daemon)
+        daemon.stop()

@@ -1,4 +1,4 @@
-"""The poller and the syncer's source link against a hostile server (tests/hostile.py):
+"""The poller and the syncer's source link against a hostile server (tests/support/hostile.py):
 garbage, half a reply then silence, silence from the start, a connection closed mid-reply, a
 good answer then garbage, and hostile sizes (a 10 GB value followed by a flood, 2^31
 elements, nesting 5,000 deep, a map keyed by an array).
@@ -29,19 +29,12 @@ from replwatch.sync.checkpoint import checkpoint_key
 from replwatch.sync.rdb import parse_rdb
 from replwatch.sync.reader import FullResync, SourceLink
 
-from .daemons import RunningDaemon, value
-from .datasets import connect
-from .harness import (
-    RedisProcess,
-    ServerSet,
-    free_port,
-    make_monitor,
-    node_view,
-    wait_for,
-    watching,
-)
-from .hostile import Flood, HostileServer, Proxy, Recv, Script, Send, Stall, Trickle
-from .syncing import TASK, RunnerThread, start, wait_caught_up
+from .support.daemons import RunningDaemon, value
+from .support.datasets import connect
+from .support.hostile import Flood, HostileServer, Proxy, Recv, Script, Send, Stall, Trickle
+from .support.monitor import make_monitor, node_view, watching
+from .support.servers import RedisProcess, ServerSet, free_port, require_build, wait_for
+from .support.syncing import TASK, RunnerThread, start, wait_caught_up
 
 MEMORY_BOUND = 64 << 20
 FLOOD = Flood(b"x" * 65536, 1 << 30)  # a gigabyte, unless the client goes away first
@@ -75,9 +68,13 @@ POLLER_CASES: dict[str, tuple[Script, str]] = {
 }
 
 
-@pytest.fixture
-def real(debian_servers: ServerSet) -> RedisProcess:
-    return debian_servers.start("real")
+@pytest.fixture(scope="module")
+def real(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
+    """The real redis-server a hostile server turns into a proxy to. One for the module: the
+    tests only poll it through the proxy (INFO, CLIENT LIST, CONFIG GET; no heartbeat), the
+    daemon's at most writes its probe key; none stops, pauses or reconfigures it."""
+    with ServerSet(require_build("redis-7.0"), tmp_path_factory.mktemp("real")) as servers:
+        yield servers.start("real")
 
 
 def no_tracebacks(caplog: pytest.LogCaptureFixture) -> None:

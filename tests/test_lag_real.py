@@ -21,19 +21,14 @@ import redis
 
 from replwatch.state import GroupSnapshot
 
-from .harness import (
+from .support.monitor import MonitorLoop, describe, make_monitor, node_view, replica_view, watching
+from .support.servers import (
     BackgroundWriter,
     BlackHole,
-    MonitorLoop,
     RedisProcess,
     ServerSet,
     closed_port,
-    describe,
-    make_monitor,
-    node_view,
-    replica_view,
     wait_synced,
-    watching,
 )
 
 PERIOD = 0.2  # seconds between cycles
@@ -156,7 +151,7 @@ def test_paused_replica_lag_grows_with_real_time_then_recovers(redis_servers: Se
             # The master still lists the paused replica. Its ACK age (INFO's lag=) is whole
             # seconds since the last once-a-second ACK, so during a pause it grows too and
             # stays within 2 s of our lag (it is the starved replica whose ACK age lies:
-            # tests/test_netns_starved.py).
+            # tests/test_starved_replica.py).
             for _, s in samples:
                 v = replica_view(s, rep.label)
                 assert v.ack_age_seconds is not None, describe(s)
@@ -489,14 +484,12 @@ def test_discover_finds_replicas_and_drops_departed(debian_servers: ServerSet) -
 
 @pytest.mark.timeout(60)
 def test_unreachable_and_black_holed_nodes_do_not_delay_others(
-    debian_servers: ServerSet,
+    read_only_pair: tuple[RedisProcess, RedisProcess],
 ) -> None:
     """A refused port and a listener that never answers, in the same group as a healthy
     replica: they fail with refused / timeout, the cycle is bounded by poll.timeout, and the
     healthy replica is polled as usual."""
-    master = debian_servers.start("master")
-    rep = debian_servers.start("replica", replica_of=master)
-    wait_synced(rep, master)
+    master, rep = read_only_pair
     timeout = 0.3
     dead = f"127.0.0.1:{closed_port()}"
 

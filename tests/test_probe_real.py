@@ -4,9 +4,6 @@ master (nothing written), `replwatch probe` exit codes, and the exported probe m
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,23 +12,8 @@ from replwatch.config import config_from_data
 from replwatch.observe.probe import WaitProber
 from replwatch.state import ProbeStore
 
-from ._servers import RedisProc, Servers, server_builds, wait_for, wait_linked
-
-
-@pytest.fixture
-def servers(tmp_path: Path) -> Iterator[Servers]:
-    build = next(b for b in server_builds() if b.name == "redis-7.0")
-    s = Servers(build, tmp_path)
-    try:
-        yield s
-    finally:
-        s.close()
-
-
-def online_replicas(master: RedisProc) -> int:
-    info = master.client().info("replication")
-    lines = [v for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)]
-    return sum(1 for line in lines if line.get("state") == "online")
+from .support.daemons import cli
+from .support.servers import RedisProcess, ServerSet, online_replicas, wait_for, wait_synced
 
 
 def prober(master_url: str, **probe: object) -> WaitProber:
@@ -52,23 +34,25 @@ def run(p: WaitProber) -> object:
 
 
 @pytest.mark.timeout(60)
-def test_probe_ok_timeout_and_not_master(servers: Servers) -> None:
-    master = servers.start("master")
-    a = servers.start("a", replica_of=master)
-    b = servers.start("b", replica_of=master)
-    wait_linked(a, master)
-    wait_linked(b, master)
+def test_probe_ok_timeout_and_not_master(debian_servers: ServerSet) -> None:
+    master = debian_servers.start("master")
+    a = debian_servers.start("a", replica_of=master)
+    b = debian_servers.start("b", replica_of=master)
+    wait_synced(a, master)
+    wait_synced(b, master)
     # the master counts a replica as online after its first ACK, a moment after the
     # replica's own INFO says the link is up
     wait_for(lambda: online_replicas(master) == 2, 10, "the master to list both replicas online")
 
-    ok = run(prober(master.url))
+    # healthy replicas answer WAIT in milliseconds; the timeout of these two "ok" probes is
+    # long enough that a loaded machine does not turn them into timeouts (it did at 300 ms)
+    ok = run(prober(master.url, timeout="2s", interval="2s"))
     assert ok.result == "ok" and ok.wanted == 2 and ok.acked == 2  # type: ignore[attr-defined]
-    assert 0 < ok.seconds < 0.3  # type: ignore[attr-defined]
+    assert 0 < ok.seconds < 2  # type: ignore[attr-defined]
     assert master.client().get("__replwatch:probe") is not None
     assert 0 < master.client().pttl("__replwatch:probe") <= 10_000
 
-    one = run(prober(master.url, replicas=1))
+    one = run(prober(master.url, replicas=1, timeout="2s", interval="2s"))
     assert one.result == "ok" and one.wanted == 1  # type: ignore[attr-defined]
 
     b.pause()
@@ -89,29 +73,19 @@ def test_probe_ok_timeout_and_not_master(servers: Servers) -> None:
 
 
 @pytest.mark.timeout(60)
-def test_probe_command_and_histogram(servers: Servers, tmp_path: Path) -> None:
-    master = servers.start("master")
-    rep = servers.start("replica", replica_of=master)
-    wait_linked(rep, master)
+def test_probe_command_and_histogram(
+    read_only_pair: tuple[RedisProcess, RedisProcess], tmp_path: Path
+) -> None:
+    master, rep = read_only_pair
     cfg = tmp_path / "c.yaml"
     cfg.write_text(
         f'groups:\n  - {{name: good, master: "{master.url}"}}\n'
         f'  - {{name: wrong, master: "{rep.url}"}}\n'
     )
-    good = subprocess.run(
-        [sys.executable, "-m", "replwatch", "probe", "-c", str(cfg), "--group", "good"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    good = cli("probe", "-c", str(cfg), "--group", "good")
     assert good.returncode == 0, good.stderr
     assert "good: ok: 1/1 replicas acknowledged" in good.stdout
-    both = subprocess.run(
-        [sys.executable, "-m", "replwatch", "probe", "-c", str(cfg)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    both = cli("probe", "-c", str(cfg))
     assert both.returncode == 1
     assert "wrong: error (not_master)" in both.stdout
 

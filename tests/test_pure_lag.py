@@ -212,8 +212,7 @@ BAD_CONFIGS = [
     ),
     (
         {"groups": [{**G, "cluster": {"startup_nodes": []}}]},
-        "groups[0].cluster.startup_nodes: List should have at least 1 item after validation, "
-        "not 0",
+        "groups[0].cluster.startup_nodes: List should have at least 1 item after validation, not 0",
     ),
     (
         {"exporter": {"listen": "nowhere"}},

@@ -59,7 +59,7 @@ from replwatch.sync.rdb import (
     parse_rdb,
 )
 
-from .harness import ServerBuild, ServerSet
+from .support.servers import ServerBuild, ServerSet
 
 # ----------------------------------------------------------------------------- encoders
 

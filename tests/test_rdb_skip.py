@@ -13,8 +13,8 @@ from replwatch.sync.rdb import (
     parse_rdb,
 )
 
-from .datasets import build_dataset, connect
-from .harness import ServerSet
+from .support.datasets import build_dataset, connect
+from .support.servers import ServerSet
 
 
 def keys(path: Path, **options: object) -> dict[tuple[int, bytes], KeyEntry]:

@@ -5,60 +5,24 @@ their own writes, and the double read covers a miss."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from replwatch.routing.client import ReadRouter
 
-from ._servers import RedisProc, Servers, free_port, server_builds, wait_for, wait_linked
-from .test_daemon_e2e import fetch
-
-
-@pytest.fixture
-def servers(tmp_path: Path) -> Iterator[Servers]:
-    build = next(b for b in server_builds() if b.name == "redis-7.0")
-    s = Servers(build, tmp_path)
-    try:
-        yield s
-    finally:
-        s.close()
-
-
-def start_daemon(
-    tmp_path: Path, master: RedisProc, replicas: list[RedisProc], table: RedisProc
-) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    cfg = tmp_path / "c.yaml"
-    reps = ", ".join(f'"{r.url}"' for r in replicas)
-    cfg.write_text(
-        f'exporter: {{listen: "127.0.0.1:{port}"}}\n'
-        "poll: {interval: 250ms, timeout: 200ms}\nheartbeat: {interval: 100ms}\n"
-        "routing: {trip: {lag_seconds: 1, for: 500ms}, recover: {lag_seconds: 0.3, for: 1s}}\n"
-        f'publish: {{url: "{table.url}", interval: 300ms}}\n'
-        f'groups: [{{name: g, master: "{master.url}", replicas: [{reps}]}}]\n'
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "replwatch", "run", "-c", str(cfg)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    wait_for(lambda: fetch(base + "/-/ready")[0] == 200, 15, "daemon ready")
-    return proc, base
+from .support.daemons import start_routing_daemon
+from .support.servers import ServerSet, wait_for, wait_synced
 
 
 @pytest.mark.timeout(90)
-def test_read_router_follows_published_table(servers: Servers, tmp_path: Path) -> None:
-    master = servers.start("master")
-    a = servers.start("a", replica_of=master)
-    table_redis = servers.start("table")
-    wait_linked(a, master)
-    proc, _ = start_daemon(tmp_path, master, [a], table_redis)
+def test_read_router_follows_published_table(debian_servers: ServerSet, tmp_path: Path) -> None:
+    master = debian_servers.start("master")
+    a = debian_servers.start("a", replica_of=master)
+    table_redis = debian_servers.start("table")
+    wait_synced(a, master)
+    daemon = start_routing_daemon(tmp_path, master, [a], publish=table_redis)
     router = ReadRouter.from_url(table_redis.url, "g", master.client(), max_staleness=1.5)
     try:
         wait_for(
@@ -103,8 +67,8 @@ def test_read_router_follows_published_table(servers: Servers, tmp_path: Path) -
         assert double.stats.fallbacks.get("miss") == 1
 
         # the daemon stops: no table arrives any more; after max_staleness → master
-        proc.terminate()
-        proc.wait(timeout=10)
+        daemon.proc.terminate()
+        daemon.proc.wait(timeout=10)
         t0 = time.monotonic()
         wait_for(lambda: router.choose()[0] == "master", 5, "stale table → master")
         assert time.monotonic() - t0 <= 1.5 + 0.5
@@ -112,6 +76,4 @@ def test_read_router_follows_published_table(servers: Servers, tmp_path: Path) -
     finally:
         a.resume()
         router.stop()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        daemon.stop()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +18,8 @@ from replwatch.config import config_from_data
 from replwatch.sync.lifecycle import WatcherSet, make_watcher_factory
 from replwatch.sync.watch import SyncStore
 
-from .daemons import RunningDaemon, value
-from .harness import BlackHole, ServerSet, closed_port, free_port, wait_for
+from .support.daemons import RunningDaemon, value
+from .support.servers import BlackHole, ServerSet, closed_port, free_port, wait_for
 
 TASK = "t"
 TOKEN = "ready-Token-5d2"
@@ -127,14 +126,14 @@ def test_nothing_configured_is_ready_and_an_api_task_waits_for_its_look(
     cfg = write_config(tmp_path / "c.yaml", port, poll=SLOW, admin=True)
     with BlackHole() as hole, RunningDaemon(cfg, port) as daemon:
         wait_for(lambda: is_ready(daemon), 20, "/-/ready 200 with nothing configured")
-        request = urllib.request.Request(
-            daemon.base + "/api/v1/tasks",
+        status, body = daemon.fetch(
+            "/api/v1/tasks",
+            "POST",
+            TOKEN,
             data=json.dumps(task(hole.url, target.url)).encode(),
-            method="POST",
-            headers={"Authorization": f"Bearer {TOKEN}"},
+            timeout=30,
         )
-        with urllib.request.urlopen(request, timeout=30) as resp:
-            assert resp.status in (200, 201)
+        assert status in (200, 201), body
         assert daemon.fetch("/-/ready") == NOT_READY
         wait_for(lambda: is_ready(daemon), 2 * SLOW + 15, "/-/ready 200 after the task's look")
         assert value(daemon.metrics(), "replwatch_sync_source_up", task=TASK) == 0

@@ -10,13 +10,12 @@ from __future__ import annotations
 import os
 import signal
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from ._servers import RedisProc, Servers, free_port, server_builds, wait_for, wait_linked
-from .daemons import RunningDaemon, fetch, value
+from .support.daemons import RunningDaemon, fetch, value
+from .support.servers import RedisProcess, ServerSet, free_port, wait_for, wait_synced
 
 TOKEN = "reload-token-Zq81"
 
@@ -36,22 +35,18 @@ def groups_up(text: str) -> set[str]:
 
 
 @pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[dict[str, RedisProc]]:
-    build = next(b for b in server_builds() if b.name == "redis-7.0")
-    servers = Servers(build, tmp_path)
-    try:
-        nodes = {
-            "a_master": servers.start("a-master"),
-            "b_master": servers.start("b-master"),
-            "c_master": servers.start("c-master"),
-        }
-        nodes["a_replica"] = servers.start("a-replica", replica_of=nodes["a_master"])
-        nodes["a_replica2"] = servers.start("a-replica2", replica_of=nodes["a_master"])
-        wait_linked(nodes["a_replica"], nodes["a_master"])
-        wait_linked(nodes["a_replica2"], nodes["a_master"])
-        yield nodes
-    finally:
-        servers.close()
+def fleet(debian_servers: ServerSet) -> dict[str, RedisProcess]:
+    servers = debian_servers
+    nodes = {
+        "a_master": servers.start("a-master"),
+        "b_master": servers.start("b-master"),
+        "c_master": servers.start("c-master"),
+    }
+    nodes["a_replica"] = servers.start("a-replica", replica_of=nodes["a_master"])
+    nodes["a_replica2"] = servers.start("a-replica2", replica_of=nodes["a_master"])
+    wait_synced(nodes["a_replica"], nodes["a_master"])
+    wait_synced(nodes["a_replica2"], nodes["a_master"])
+    return nodes
 
 
 def config_text(port: int, groups: str, listen_port: int | None = None) -> str:
@@ -65,7 +60,7 @@ groups:
 """
 
 
-def group_a(n: dict[str, RedisProc], with_second_replica: bool = False) -> str:
+def group_a(n: dict[str, RedisProcess], with_second_replica: bool = False) -> str:
     replicas = [f'"127.0.0.1:{n["a_replica"].port}"']
     if with_second_replica:
         replicas.append(f'"127.0.0.1:{n["a_replica2"].port}"')
@@ -75,13 +70,13 @@ def group_a(n: dict[str, RedisProc], with_second_replica: bool = False) -> str:
     )
 
 
-def group_of(name: str, master: RedisProc) -> str:
+def group_of(name: str, master: RedisProcess) -> str:
     return f'  - {{name: {name}, master: "127.0.0.1:{master.port}"}}\n'
 
 
 @pytest.mark.timeout(120)
 def test_reload_adds_removes_keeps_and_survives_a_bad_config(
-    fleet: dict[str, RedisProc], tmp_path: Path
+    fleet: dict[str, RedisProcess], tmp_path: Path
 ) -> None:
     n = fleet
     port = free_port()
@@ -95,7 +90,7 @@ def test_reload_adds_removes_keeps_and_survives_a_bad_config(
         return value(metrics(), "replwatch_group_poll_cycles_total", group=group) or 0.0
 
     try:
-        wait_for(lambda: fetch(base + "/-/ready")[0] == 200, 20, "daemon ready")
+        daemon.wait_ready(20)
         assert groups_up(metrics()) == {"a", "b"}
         assert value(metrics(), "replwatch_config_last_reload_successful") == 1
         started_at = value(metrics(), "replwatch_config_last_reload_success_timestamp_seconds")

@@ -6,69 +6,28 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from replwatch.demo import ThrottledRelay
 
-from ._servers import RedisProc, Servers, free_port, server_builds, wait_for, wait_linked
-from .test_daemon_e2e import fetch, metric_value
-
-
-@pytest.fixture
-def servers(tmp_path: Path) -> Iterator[Servers]:
-    build = next(b for b in server_builds() if b.name == "redis-7.0")
-    s = Servers(build, tmp_path)
-    try:
-        yield s
-    finally:
-        s.close()
-
-
-def start_daemon(
-    tmp_path: Path, master: RedisProc, replicas: list[RedisProc]
-) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    cfg = tmp_path / "c.yaml"
-    reps = ", ".join(f'"{r.url}"' for r in replicas)
-    cfg.write_text(
-        f'exporter: {{listen: "127.0.0.1:{port}"}}\n'
-        "poll: {interval: 250ms, timeout: 200ms}\nheartbeat: {interval: 100ms}\n"
-        "routing: {trip: {lag_seconds: 1, for: 500ms}, recover: {lag_seconds: 0.3, for: 1s}}\n"
-        f'groups: [{{name: g, master: "{master.url}", replicas: [{reps}]}}]\n'
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "replwatch", "run", "-c", str(cfg)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    wait_for(lambda: fetch(base + "/-/ready")[0] == 200, 15, "daemon ready")
-    return proc, base
-
-
-def stop_daemon(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+from .support.daemons import RunningDaemon, fetch, start_routing_daemon, value
+from .support.servers import ServerSet, free_port, wait_for, wait_synced
 
 
 @pytest.mark.timeout(90)
-def test_paused_replica_leaves_and_rejoins_rotation(servers: Servers, tmp_path: Path) -> None:
-    master = servers.start("master")
-    a = servers.start("a", replica_of=master)
-    b = servers.start("b", replica_of=master)
-    wait_linked(a, master)
-    wait_linked(b, master)
-    proc, base = start_daemon(tmp_path, master, [a, b])
+def test_paused_replica_leaves_and_rejoins_rotation(
+    debian_servers: ServerSet, tmp_path: Path
+) -> None:
+    master = debian_servers.start("master")
+    a = debian_servers.start("a", replica_of=master)
+    b = debian_servers.start("b", replica_of=master)
+    wait_synced(a, master)
+    wait_synced(b, master)
+    daemon = start_routing_daemon(tmp_path, master, [a, b])
+    base = daemon.base
     health_a = f"{base}/health/replica/g/{a.label}"
     try:
         wait_for(lambda: fetch(health_a)[0] == 200, 10, "a in rotation")
@@ -86,18 +45,17 @@ def test_paused_replica_leaves_and_rejoins_rotation(servers: Servers, tmp_path: 
             "reads moved to the master",
         )
         text = fetch(base + "/metrics")[1]
-        assert metric_value(text, "replwatch_routing_reads_on_master", group="g") == 1
-        assert metric_value(text, "replwatch_routing_in_rotation", replica=a.label) == 0
+        assert value(text, "replwatch_routing_reads_on_master", group="g") == 1
+        assert value(text, "replwatch_routing_in_rotation", replica=a.label) == 0
         a.resume()
         b.resume()
         wait_for(lambda: fetch(health_a)[0] == 200, 15, "a back in rotation")
         text = fetch(base + "/metrics")[1]
         assert (
-            metric_value(text, "replwatch_routing_transitions_total", replica=a.label, to="out")
-            or 0
+            value(text, "replwatch_routing_transitions_total", replica=a.label, to="out") or 0
         ) >= 1
         assert (
-            metric_value(text, "replwatch_routing_transitions_total", replica=a.label, to="in") or 0
+            value(text, "replwatch_routing_transitions_total", replica=a.label, to="in") or 0
         ) >= 1
         whole = json.loads(fetch(base + "/routing")[1])
         assert [g["group"] for g in whole["groups"]] == ["g"]
@@ -106,15 +64,16 @@ def test_paused_replica_leaves_and_rejoins_rotation(servers: Servers, tmp_path: 
     finally:
         a.resume()
         b.resume()
-        stop_daemon(proc)
+        daemon.stop()
 
 
 @pytest.mark.timeout(60)
-def test_dead_master_degrades_group(servers: Servers, tmp_path: Path) -> None:
-    master = servers.start("master")
-    a = servers.start("a", replica_of=master)
-    wait_linked(a, master)
-    proc, base = start_daemon(tmp_path, master, [a])
+def test_dead_master_degrades_group(debian_servers: ServerSet, tmp_path: Path) -> None:
+    master = debian_servers.start("master")
+    a = debian_servers.start("a", replica_of=master)
+    wait_synced(a, master)
+    daemon = start_routing_daemon(tmp_path, master, [a])
+    base = daemon.base
     try:
         master.stop()
         wait_for(lambda: json.loads(fetch(f"{base}/routing/g")[1])["degraded"], 10, "degraded")
@@ -123,9 +82,9 @@ def test_dead_master_degrades_group(servers: Servers, tmp_path: Path) -> None:
         assert master.label not in table["read_from"]
         assert table["read_from"] == [a.label]  # answers: keeps serving, possibly stale
         text = fetch(base + "/metrics")[1]
-        assert metric_value(text, "replwatch_routing_degraded", group="g") == 1
+        assert value(text, "replwatch_routing_degraded", group="g") == 1
     finally:
-        stop_daemon(proc)
+        daemon.stop()
 
 
 class Relays:
@@ -151,19 +110,25 @@ class Relays:
 
 
 @pytest.mark.timeout(90)
-def test_floor_guard_holds_when_every_replica_lags(servers: Servers, tmp_path: Path) -> None:
+def test_floor_guard_holds_when_every_replica_lags(
+    debian_servers: ServerSet, tmp_path: Path
+) -> None:
     """Both replicas starved (reachable, but fed slower than the master writes): with
     min_in_rotation 1 the less lagged one keeps serving; reads do not all go to the master."""
-    master = servers.start("master")
+    master = debian_servers.start("master")
     relays = Relays()
     stop = threading.Event()
     writer: threading.Thread | None = None
-    proc: subprocess.Popen[bytes] | None = None
+    daemon: RunningDaemon | None = None
     try:
-        a = servers.start("a", ["--replicaof", "127.0.0.1", str(relays.add(master.port, 64_000))])
-        b = servers.start("b", ["--replicaof", "127.0.0.1", str(relays.add(master.port, 32_000))])
-        wait_linked(a, master)
-        wait_linked(b, master)
+        a = debian_servers.start(
+            "a", ["--replicaof", "127.0.0.1", str(relays.add(master.port, 64_000))]
+        )
+        b = debian_servers.start(
+            "b", ["--replicaof", "127.0.0.1", str(relays.add(master.port, 32_000))]
+        )
+        wait_synced(a, master)
+        wait_synced(b, master)
         port = free_port()
         cfg = tmp_path / "guard.yaml"
         cfg.write_text(
@@ -173,13 +138,9 @@ def test_floor_guard_holds_when_every_replica_lags(servers: Servers, tmp_path: P
             " min_in_rotation: 1}\n"
             f'groups: [{{name: g, master: "{master.url}", replicas: ["{a.url}", "{b.url}"]}}]\n'
         )
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "replwatch", "run", "-c", str(cfg)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        base = f"http://127.0.0.1:{port}"
-        wait_for(lambda: fetch(base + "/-/ready")[0] == 200, 15, "daemon ready")
+        daemon = RunningDaemon(cfg, port)
+        daemon.wait_ready()
+        base = daemon.base
 
         def write() -> None:
             client = master.client()
@@ -212,21 +173,23 @@ def test_floor_guard_holds_when_every_replica_lags(servers: Servers, tmp_path: P
         stop.set()
         if writer is not None:
             writer.join(timeout=5)
-        if proc is not None:
-            stop_daemon(proc)
+        if daemon is not None:
+            daemon.stop()
         relays.close()
 
 
 @pytest.mark.timeout(90)
-def test_lag_hovering_around_threshold_does_not_flap(servers: Servers, tmp_path: Path) -> None:
+def test_lag_hovering_around_threshold_does_not_flap(
+    debian_servers: ServerSet, tmp_path: Path
+) -> None:
     """The replica stalls (paused until it is taken out) and recovers, again and again. Each
     time replwatch sees it healthy again (reason "recovering") but, since it never stays
     healthy for recover.for (3 s), keeps it out: one transition, not one per stall."""
-    master = servers.start("master")
-    a = servers.start("a", replica_of=master)
-    b = servers.start("b", replica_of=master)
-    wait_linked(a, master)
-    wait_linked(b, master)
+    master = debian_servers.start("master")
+    a = debian_servers.start("a", replica_of=master)
+    b = debian_servers.start("b", replica_of=master)
+    wait_synced(a, master)
+    wait_synced(b, master)
     port = free_port()
     cfg = tmp_path / "hover.yaml"
     cfg.write_text(
@@ -235,19 +198,13 @@ def test_lag_hovering_around_threshold_does_not_flap(servers: Servers, tmp_path:
         "routing: {trip: {lag_seconds: 0.5, for: 200ms}, recover: {lag_seconds: 0.2, for: 3s}}\n"
         f'groups: [{{name: g, master: "{master.url}", replicas: ["{a.url}", "{b.url}"]}}]\n'
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "replwatch", "run", "-c", str(cfg)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
+    daemon = RunningDaemon(cfg, port)
+    base = daemon.base
     health = f"{base}/health/replica/g/{a.label}"
 
     def transitions(to: str) -> float:
         text = fetch(base + "/metrics")[1]
-        return (
-            metric_value(text, "replwatch_routing_transitions_total", replica=a.label, to=to) or 0.0
-        )
+        return value(text, "replwatch_routing_transitions_total", replica=a.label, to=to) or 0.0
 
     try:
         wait_for(lambda: fetch(health)[0] == 200, 15, "a in rotation")
@@ -268,4 +225,4 @@ def test_lag_hovering_around_threshold_does_not_flap(servers: Servers, tmp_path:
         assert transitions("in") == 1
     finally:
         a.resume()
-        stop_daemon(proc)
+        daemon.stop()

@@ -5,10 +5,7 @@ sent together (script + WAIT in one round trip once the replica count is known).
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -18,17 +15,14 @@ from replwatch.observe.probe import ProbeResult, WaitProber
 from replwatch.scheduler import MonitorScheduler, SchedulerStats
 from replwatch.state import GroupSnapshot, ProbeStore, SnapshotStore
 
-from ._servers import RedisProc, Servers, server_builds, wait_for, wait_linked
-
-
-@pytest.fixture
-def servers(tmp_path: Path) -> Iterator[Servers]:
-    build = next(b for b in server_builds() if b.name == "redis-7.0")
-    s = Servers(build, tmp_path)
-    try:
-        yield s
-    finally:
-        s.close()
+from .support.servers import (
+    BlackHole,
+    RedisProcess,
+    ServerSet,
+    online_replicas,
+    wait_for,
+    wait_synced,
+)
 
 
 class TimedStore(SnapshotStore):
@@ -98,7 +92,7 @@ def test_heartbeat_rounds_per_poll(
     assert sched.heartbeat_rounds_per_poll() == rounds
 
 
-def client_commands(master: RedisProc, name: str) -> str:
+def client_commands(master: RedisProcess, name: str) -> str:
     """The last command of the master's client connection named `name`."""
     for entry in master.client().client_list():
         if entry.get("name") == name:
@@ -107,10 +101,10 @@ def client_commands(master: RedisProc, name: str) -> str:
 
 
 @pytest.mark.timeout(60)
-def test_poll_cycle_carries_the_heartbeat_round(servers: Servers) -> None:
-    master = servers.start("master")
-    replica = servers.start("replica", replica_of=master)
-    wait_linked(replica, master)
+def test_poll_cycle_carries_the_heartbeat_round(debian_servers: ServerSet) -> None:
+    master = debian_servers.start("master")
+    replica = debian_servers.start("replica", replica_of=master)
+    wait_synced(replica, master)
     cfg = make_config(
         [{"name": "g", "master": master.url, "replicas": [replica.url]}],
         poll={"interval": "1s", "timeout": "500ms"},
@@ -157,14 +151,12 @@ def test_poll_cycle_carries_the_heartbeat_round(servers: Servers) -> None:
 
 
 @pytest.mark.timeout(60)
-def test_black_holed_group_delays_only_itself(servers: Servers) -> None:
-    master = servers.start("master")
-    replica = servers.start("replica", replica_of=master)
-    wait_linked(replica, master)
-    hole = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    hole.bind(("127.0.0.1", 0))
-    hole.listen(16)  # accepts into the backlog, never answers
-    hole_url = f"redis://127.0.0.1:{hole.getsockname()[1]}"
+def test_black_holed_group_delays_only_itself(
+    read_only_pair: tuple[RedisProcess, RedisProcess],
+) -> None:
+    master, replica = read_only_pair
+    hole = BlackHole()  # accepts, never answers
+    hole_url = hole.url
     cfg = make_config(
         [
             {"name": "healthy", "master": master.url, "replicas": [replica.url]},
@@ -217,13 +209,15 @@ def test_black_holed_group_delays_only_itself(servers: Servers) -> None:
     asyncio.run(scenario())
 
 
-def test_a_slow_write_keeps_only_its_own_group_out_of_the_next_round(servers: Servers) -> None:
+def test_a_slow_write_keeps_only_its_own_group_out_of_the_next_round(
+    debian_servers: ServerSet,
+) -> None:
     """Heartbeat rounds overlap: while one round still waits for a master that is slow to
     answer (CLIENT PAUSE WRITE), the next round writes to every other master (whose earlier
     write was answered, though that round has not finished) and leaves only the slow one
     out, counted as its skipped_overrun. Both rounds then account for their own writes."""
-    fast_master = servers.start("fast")
-    slow_master = servers.start("slow")
+    fast_master = debian_servers.start("fast")
+    slow_master = debian_servers.start("slow")
     cfg = make_config(
         [{"name": "fast", "master": fast_master.url}, {"name": "slow", "master": slow_master.url}],
         poll={"interval": "1s", "timeout": "500ms"},
@@ -260,12 +254,12 @@ def test_a_slow_write_keeps_only_its_own_group_out_of_the_next_round(servers: Se
 
 
 @pytest.mark.timeout(90)
-def test_probe_rounds_batched_and_replica_count_changes(servers: Servers) -> None:
-    master = servers.start("master")
-    a = servers.start("a", replica_of=master)
-    b = servers.start("b", replica_of=master)
-    wait_linked(a, master)
-    wait_linked(b, master)
+def test_probe_rounds_batched_and_replica_count_changes(debian_servers: ServerSet) -> None:
+    master = debian_servers.start("master")
+    a = debian_servers.start("a", replica_of=master)
+    b = debian_servers.start("b", replica_of=master)
+    wait_synced(a, master)
+    wait_synced(b, master)
     cfg = make_config(
         [{"name": "g", "master": master.url}],
         probe={"timeout": "1s", "interval": "1s"},  # room for a loaded CI box
@@ -281,13 +275,8 @@ def test_probe_rounds_batched_and_replica_count_changes(servers: Servers) -> Non
 
     sched.probe_store.record = record  # type: ignore[union-attr,method-assign]
 
-    def online_replicas() -> int:
-        info = master.client().info("replication")
-        lines = [v for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)]
-        return sum(1 for line in lines if line.get("state") == "online")
-
     # online on the master only after a replica's first ACK
-    wait_for(lambda: online_replicas() == 2, 10, "the master to list both replicas online")
+    wait_for(lambda: online_replicas(master) == 2, 10, "the master to list both replicas online")
 
     async def probe() -> ProbeResult:
         await sched.probe_all(["g"])
@@ -312,12 +301,12 @@ def test_probe_rounds_batched_and_replica_count_changes(servers: Servers) -> Non
                 assert slow.seconds is not None and slow.seconds >= 1.0
             finally:
                 b.resume()
-            wait_linked(b, master)
+            wait_synced(b, master)
 
             # a replica leaves: the next probe still waits for the two seen before (a
             # replica went away: a timeout), the one after waits for the one left
             b.stop()
-            wait_for(lambda: online_replicas() == 1, 10, "master sees one replica")
+            wait_for(lambda: online_replicas(master) == 1, 10, "master sees one replica")
             gone = await probe()
             assert (gone.result, gone.wanted, gone.acked) == ("timeout", 2, 1)
             after = await probe()
@@ -325,9 +314,9 @@ def test_probe_rounds_batched_and_replica_count_changes(servers: Servers) -> Non
 
             # a replica joins: the batched probe waited for one, finds two online and is
             # redone for both
-            c = servers.start("c", replica_of=master)
-            wait_linked(c, master)
-            wait_for(lambda: online_replicas() == 2, 10, "master sees two replicas online")
+            c = debian_servers.start("c", replica_of=master)
+            wait_synced(c, master)
+            wait_for(lambda: online_replicas(master) == 2, 10, "master sees two replicas online")
             joined = await probe()
             assert (joined.result, joined.wanted, joined.acked) == ("ok", 2, 2)
             assert count(stats, "probe", "g", "completed") == len(results)

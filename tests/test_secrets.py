@@ -18,24 +18,19 @@ for in all of it.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import signal
 import ssl
-import subprocess
-import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 from urllib.parse import quote
 
 import bcrypt
 import pytest
 
-from .daemons import RunningDaemon, fetch, value
-from .harness import RedisProcess, ServerSet, free_port, wait_for
-from .tlsfiles import make_pki
+from .support.daemons import RunningDaemon, cli, fetch, value
+from .support.servers import RedisProcess, ServerSet, free_port, wait_for
+from .support.tlsfiles import make_pki
 
 MONITOR_RULES = (
     "on resetkeys resetchannels -@all +ping +info +client|setname +client|list +time +get "
@@ -64,14 +59,7 @@ def add_user(server: RedisProcess, user: str, password: str, rules: str) -> None
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> str:
-    proc = subprocess.run(
-        [sys.executable, "-m", "replwatch", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env={**os.environ, **(env or {})},
-    )
+    proc = cli(*args, env={**os.environ, **(env or {})})
     # the command line itself carries secrets (compare's URLs): only its verb is kept
     return f"$ replwatch {args[0]} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
 
@@ -274,13 +262,14 @@ sync:
 def post_json(
     url: str, body: dict[str, str], context: ssl.SSLContext, basic: tuple[str, str], token: str
 ) -> str:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST")
-    pair = base64.b64encode(f"{basic[0]}:{basic[1]}".encode()).decode()
-    request.add_header("Authorization", f"Basic {pair}")
-    request.add_header("X-Replwatch-Token", token)
-    request.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(request, timeout=30, context=context) as resp:
-            return f"POST {url} -> {resp.status}\n{resp.read().decode()}"
-    except urllib.error.HTTPError as exc:
-        return f"POST {url} -> {exc.code}\n{exc.read().decode()}"
+    status, text = fetch(
+        url,
+        "POST",
+        token,
+        context=context,
+        basic=basic,
+        headers={"Content-Type": "application/json"},
+        data=json.dumps(body).encode(),
+        timeout=30,
+    )
+    return f"POST {url} -> {status}\n{text}"

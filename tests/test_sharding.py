@@ -11,20 +11,19 @@ import re
 import shutil
 import subprocess
 import sys
-import urllib.request
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from replwatch.config import Config, apply_shard, config_from_data
 from replwatch.errors import ConfigError
 from replwatch.topology.sharding import ShardSpec, owner, owns, parse_shard
 
-from .harness import ServerSet, require_build, wait_for
+from .support.daemons import RunningDaemon, cli, parse_metrics
+from .support.servers import ServerSet, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "sharding.md"
@@ -248,16 +247,6 @@ def test_cli_shard_is_checked_against_publish() -> None:
 # ----------------------------------------------------------------------------- CLI
 
 
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "replwatch", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
 def _write_fleet(path: Path, groups: list[str], extra: str = "") -> Path:
     lines = ["groups:"]
     for i, name in enumerate(groups):
@@ -347,61 +336,25 @@ def test_status_group_of_another_shard(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- daemons
 
 
-class ShardDaemon:
-    """`python -m replwatch run --shard i/n` as a subprocess, stopped by its pid."""
+def shard_daemon(cfg: Path, shard: str, workdir: Path) -> RunningDaemon:
+    """`replwatch run --shard i/n` on 127.0.0.1:0 (the port it bound is in its log)."""
+    log = workdir / f"daemon-{shard.replace('/', '-of-')}.stderr"
+    return RunningDaemon(cfg, None, "--shard", shard, log=log)
 
-    def __init__(self, cfg: Path, shard: str, workdir: Path) -> None:
-        self.log_path = workdir / f"daemon-{shard.replace('/', '-of-')}.stderr"
-        self._log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "replwatch", "run", "-c", str(cfg), "--shard", shard],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=self._log,
-        )
-        self.base = ""
 
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_listening(self, timeout: float = 20) -> str:
-        def bound() -> str | None:
-            assert self.proc.poll() is None, f"daemon exited early:\n{self.log()}"
-            m = re.search(r"listening on (http://127\.0\.0\.1:\d+)/metrics", self.log())
-            return m.group(1) if m else None
-
-        self.base = wait_for(bound, timeout, "the daemon's 'listening on' log line")
-        return self.base
-
-    def samples(self, name: str) -> list[dict[str, str]]:
-        with urllib.request.urlopen(self.base + "/metrics", timeout=5) as resp:
-            text = resp.read().decode()
-        return [
-            dict(s.labels) | {"value": str(s.value)}
-            for family in text_string_to_metric_families(text)
-            for s in family.samples
-            if s.name == name
-        ]
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        self._log.close()
+def samples_of(daemon: RunningDaemon, name: str) -> list[dict[str, str]]:
+    """The samples of metric `name`: each one's labels, and its value under "value"."""
+    return [
+        dict(labels) | {"value": str(value)}
+        for (sample, labels), value in parse_metrics(daemon.metrics()).items()
+        if sample == name
+    ]
 
 
 @pytest.fixture
-def masters(tmp_path: Path) -> Iterator[dict[str, int]]:
+def masters(debian_servers: ServerSet) -> dict[str, int]:
     """Six groups, each a real redis-server master: name → port."""
-    servers = ServerSet(require_build("redis-7.0"), tmp_path / "servers")
-    try:
-        yield {name: servers.start(name).port for name in GROUPS[:6]}
-    finally:
-        servers.close()
+    return {name: debian_servers.start(name).port for name in GROUPS[:6]}
 
 
 @pytest.mark.timeout(120)
@@ -420,18 +373,18 @@ def test_two_daemons_watch_every_group_exactly_once(
             f'  - {{name: {name}, master: "127.0.0.1:{port}"}}\n' for name, port in masters.items()
         )
     )
-    daemons = [ShardDaemon(cfg, f"{i}/2", tmp_path) for i in (1, 2)]
+    daemons = [shard_daemon(cfg, f"{i}/2", tmp_path) for i in (1, 2)]
     try:
         for d in daemons:
-            d.wait_listening()
+            assert d.base
 
-        def groups_of(d: ShardDaemon) -> set[str] | None:
+        def groups_of(d: RunningDaemon) -> set[str] | None:
             """The groups whose master the daemon has polled as up, once it polled them all."""
-            role_ok = d.samples("replwatch_master_role_ok")
+            role_ok = samples_of(d, "replwatch_master_role_ok")
             groups = {s["group"] for s in role_ok}
             if not groups or any(s["value"] != "1.0" for s in role_ok):
                 return None
-            return groups if d.samples("replwatch_last_poll_timestamp_seconds") else None
+            return groups if samples_of(d, "replwatch_last_poll_timestamp_seconds") else None
 
         owned = [{n for n, shard in expected.items() if shard == i} for i in (1, 2)]
         # each daemon's groups appear as their first cycles finish: wait for its whole set
@@ -443,11 +396,11 @@ def test_two_daemons_watch_every_group_exactly_once(
             seen.append(groups_of(d))
         for i, groups in enumerate(seen, 1):
             assert groups == owned[i - 1]
-            assert daemons[i - 1].samples("replwatch_shard_info") == [
+            assert samples_of(daemons[i - 1], "replwatch_shard_info") == [
                 {"index": str(i), "count": "2", "value": "1.0"}
             ]
         assert seen[0] | seen[1] == set(masters) and not seen[0] & seen[1]
-        assert "(shard 1/2)" in daemons[0].log() and "(shard 2/2)" in daemons[1].log()
+        assert "(shard 1/2)" in daemons[0].log_text() and "(shard 2/2)" in daemons[1].log_text()
     finally:
         for d in daemons:
             d.stop()

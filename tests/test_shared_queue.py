@@ -10,7 +10,7 @@ way back, reach the master on time, and the master's INFO (sampled with every he
 times them (replwatch/lag/acks.py). A second replica on loopback keeps up.
 
 Truth, independent of replwatch: every 50 ms the writer sets `truth` = "<n> <wall time>"
-with its batch (tests/netlinks.py MarkedWriter); the test reads the marker on the replica
+with its batch (tests/support/netns.py MarkedWriter); the test reads the marker on the replica
 through its unix socket (not through the queue) right after each scrape of /metrics, so the
 truth is as of the scrape, as the daemon's estimate is meant to be.
 
@@ -28,15 +28,14 @@ import random
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
-from .daemons import RunningDaemon, value
-from .harness import ServerSet, free_port, require_build, wait_for, wait_synced
-from .netlinks import MarkedWriter, StarvedLink, require_netns
+from .support.daemons import RunningDaemon, value
+from .support.netns import MarkedWriter, StarvedLink
+from .support.servers import ServerSet, free_port, require_build, wait_for, wait_synced
 
 pytestmark = pytest.mark.netns
 
@@ -47,17 +46,6 @@ TOLERANCE = 0.25
 CAUGHT_UP = 0.1
 FROM_TRUTH = 1.0
 UNTIL_TRUTH = 15.0
-
-
-@pytest.fixture
-def shared_link() -> Iterator[StarvedLink]:
-    require_netns("shared-queue replica test")
-    link = StarvedLink()
-    try:
-        link.create()
-        yield link
-    finally:
-        link.destroy()
 
 
 def lag_source(daemon: RunningDaemon, replica: str) -> str:
@@ -73,9 +61,9 @@ def lag_source(daemon: RunningDaemon, replica: str) -> str:
 
 @pytest.mark.timeout(120)
 def test_lag_stays_true_when_the_replica_cannot_be_polled_promptly(
-    shared_link: StarvedLink, tmp_path: Path
+    starved_link: StarvedLink, tmp_path: Path
 ) -> None:
-    link = shared_link
+    link = starved_link
     sockdir = Path(tempfile.mkdtemp(prefix="rw"))  # short path: unix sockets allow ~107 bytes
     servers = ServerSet(require_build("redis-7.0"), tmp_path)
     writer: MarkedWriter | None = None
@@ -120,7 +108,13 @@ def test_lag_stays_true_when_the_replica_cannot_be_polled_promptly(
             while truth < UNTIL_TRUTH:
                 assert time.monotonic() < deadline, "\n".join(history[-15:])
                 assert writer.error is None, writer.error
-                time.sleep(rng.uniform(0.1, 0.6))  # a scrape at a random moment, as Prometheus'
+                # a scrape at a random moment, as Prometheus'; meanwhile, which reading the
+                # estimate comes from (/status.json, every 0.1 s: an ACK reading is the newest
+                # for a moment only, until the next prompt poll)
+                scrape_at = time.monotonic() + rng.uniform(0.1, 0.6)
+                while time.monotonic() < scrape_at:
+                    sources.add(lag_source(daemon, far.label))
+                    time.sleep(min(0.1, max(0.0, scrape_at - time.monotonic())))
                 text = daemon.metrics()
                 scraped = time.time()
                 seen = writer.truth(truth_client.get("truth"), scraped)
@@ -132,9 +126,7 @@ def test_lag_stays_true_when_the_replica_cannot_be_polled_promptly(
                 upper = value(text, "replwatch_replica_lag_upper_bound_seconds", replica=far.label)
                 near_lag = value(text, "replwatch_replica_lag_seconds", replica=near.label)
                 sources.add(lag_source(daemon, far.label))
-                history.append(
-                    f"truth={truth:.3f} best={best} [{lower}, {upper}] near={near_lag}"
-                )
+                history.append(f"truth={truth:.3f} best={best} [{lower}, {upper}] near={near_lag}")
                 if truth < FROM_TRUTH:
                     continue
                 assert best is not None and lower is not None and upper is not None, history[-1]

@@ -9,85 +9,21 @@ are. The same page on a narrow screen must not scroll sideways."""
 from __future__ import annotations
 
 import re
-import shutil
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
+from .support import status as made_up
+from .support.browser import seconds_of
+from .support.daemons import RunningDaemon
+from .support.servers import BackgroundWriter, RedisProcess, ServerSet, free_port, wait_for
 
-from .daemons import RunningDaemon
-from .harness import RedisProcess, ServerSet, free_port, in_ci, wait_for
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
 RED = (0xD9, 0x30, 0x25)
 GREEN = (0x1E, 0x8E, 0x3E)
 
 
-def require_browser() -> None:
-    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not shutil.which(p)]
-    try:
-        import PIL  # noqa: F401
-        import selenium  # noqa: F401
-    except ImportError:
-        missing.append("selenium / pillow (pip install -e '.[test]')")
-    if missing:
-        message = f"browser test needs {', '.join(missing)} (scripts/test installs them)"
-        if in_ci():
-            pytest.fail(message)
-        pytest.skip(message)
-
-
-@pytest.fixture
-def browser(tmp_path: Path) -> Iterator[Any]:
-    require_browser()
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",  # root in a container
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--window-size=1280,1000",
-        f"--user-data-dir={tmp_path / 'chromium-profile'}",
-    ):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    try:
-        yield driver
-    finally:
-        driver.quit()  # stops chromedriver and the browser it started
-
-
-class WriteLoad:
-    def __init__(self, master: RedisProcess) -> None:
-        self.client = master.client()
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        n = 0
-        while not self.stop.is_set():
-            self.client.set(f"load:{n % 500}", "x" * 200)
-            n += 1
-            self.stop.wait(0.005)
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(5)
-
-
-def seconds_of(text: str) -> float:
-    match = re.match(r"[≥]?([\d.]+)(s|m|h)", text.strip())
-    assert match, f"not a duration: {text!r}"
-    scale = {"s": 1, "m": 60, "h": 3600}[match.group(2)]
-    return float(match.group(1)) * scale
+def write_load(master: RedisProcess) -> BackgroundWriter:
+    """A write of 200 bytes every 5 ms, in a thread."""
+    return BackgroundWriter(master.client(), batch=1, value_size=200, period=0.005, keys=500)
 
 
 def rgb_near(pixel: tuple[int, ...], color: tuple[int, int, int], tolerance: int = 40) -> bool:
@@ -147,7 +83,7 @@ groups:
     replicas: ["127.0.0.1:{replica.port}"]
 """
     )
-    load = WriteLoad(master)
+    load = write_load(master)
     try:
         with RunningDaemon(cfg, port) as daemon:
             wait_for(lambda: daemon.fetch("/-/ready")[0] == 200, 20, "daemon ready")
@@ -260,7 +196,7 @@ groups:
             )
             assert label == '"lag"'  # each value has its label beside it
     finally:
-        load.close()
+        load.stop()
 
 
 def test_status_page_with_hundreds_of_replicas_and_sync_tasks(browser: Any) -> None:
@@ -276,8 +212,6 @@ def test_status_page_with_hundreds_of_replicas_and_sync_tasks(browser: Any) -> N
     from replwatch.lag.history import LagHistory
     from replwatch.sync.watch import SyncTaskView
 
-    from .test_status_doc import NOW, replica, snapshot, table
-
     snapshots = []
     tables = {}
     history = LagHistory()
@@ -285,13 +219,15 @@ def test_status_page_with_hundreds_of_replicas_and_sync_tasks(browser: Any) -> N
         name = f"g{g:02d}"
         lagging = g % 20 == 7  # three groups with a replica out of rotation
         replicas = [
-            replica(f"10.0.{g}.{r}:6379", lag_seconds=9.0 if lagging and r == 3 else 0.01 * r)
+            made_up.replica(
+                f"10.0.{g}.{r}:6379", lag_seconds=9.0 if lagging and r == 3 else 0.01 * r
+            )
             for r in range(8)
         ]
-        snap = snapshot(name, replicas)
+        snap = made_up.snapshot(name, replicas)
         snapshots.append(snap)
         history.record(snap)
-        tables[name] = table(
+        tables[name] = made_up.table(
             name,
             {
                 rv.label: (not (lagging and i == 3), "lag 9s > 2s" if lagging and i == 3 else "ok")
@@ -337,7 +273,7 @@ def test_status_page_with_hundreds_of_replicas_and_sync_tasks(browser: Any) -> N
         ("127.0.0.1", 0),
         CollectorRegistry(),
         lambda: True,
-        status=StatusPage(sources, clock=lambda: NOW),
+        status=StatusPage(sources, clock=lambda: made_up.NOW),
     )
     server.start()
     try:
@@ -458,7 +394,7 @@ sync:
         )
         return tuple(int(v) for v in re.findall(r"\d+", str(css))[:3])
 
-    load = WriteLoad(master)
+    load = write_load(master)
     try:
         with RunningDaemon(cfg, port) as daemon:
             wait_for(lambda: daemon.fetch("/-/ready")[0] == 200, 20, "daemon ready")
@@ -513,4 +449,4 @@ sync:
             finally:
                 paused.resume()
     finally:
-        load.close()
+        load.stop()

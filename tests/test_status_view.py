@@ -13,7 +13,7 @@ import pytest
 from replwatch.state import LagReading, LagTrend, OtherFollower, lag_reading
 from replwatch.status_view import render_json, render_table, status_ok
 
-from .test_status_doc import NOW, replica, snapshot
+from .support.status import NOW, replica, snapshot
 
 UNSEEN = {"reachable": False, "link_up": False, "lag_bytes": None, "heartbeat_lag_seconds": None}
 NEVER = {"link_up": False, "following_master": False, "lag_bytes": None}

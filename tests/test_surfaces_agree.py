@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -30,11 +29,16 @@ from typing import Any
 
 import redis
 
-from .daemons import RunningDaemon, value
-from .harness import RedisProcess, ServerSet, closed_port, free_port, wait_for, wait_synced
-from .test_status_page_browser import (
-    browser,  # noqa: F401 (the fixture)
-    seconds_of,
+from .support.browser import seconds_of
+from .support.daemons import RunningDaemon, cli, value
+from .support.servers import (
+    BackgroundWriter,
+    RedisProcess,
+    ServerSet,
+    closed_port,
+    free_port,
+    wait_for,
+    wait_synced,
 )
 
 POLL = 0.25
@@ -107,30 +111,6 @@ class ThrottledRelay:
             thread.join(5)
 
 
-class Load:
-    """~160 KB/s of writes to the master (8 values of 1 KB every 50 ms), in a thread."""
-
-    def __init__(self, master: RedisProcess) -> None:
-        self.client = master.client()
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        n = 0
-        while not self.stop.is_set():
-            pipe = self.client.pipeline(transaction=False)
-            for _ in range(8):
-                n += 1
-                pipe.set(f"load:{n % 2000}", b"v" * 1000)
-            pipe.execute()
-            self.stop.wait(0.05)
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(5)
-
-
 # a reading: (what it shows, value or None, a lower bound only, as of when: earliest, latest)
 Reading = tuple[str, float | None, bool, float, float]
 
@@ -143,21 +123,16 @@ def text_reading(text: str, t0: float, t1: float) -> Reading:
     return text, seconds_of(text.lstrip(">=")), bound, t0, t1
 
 
-def cli(cfg: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], float, float]:
+def status_cli(cfg: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], float, float]:
+    """`replwatch status -c cfg *args`, and the wall-clock interval it ran in."""
     t0 = time.time()
-    out = subprocess.run(
-        [sys.executable, "-m", "replwatch", "status", "-c", str(cfg), *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    out = cli("status", "-c", str(cfg), *args, timeout=30)
     return out, t0, time.time()
 
 
 def test_every_surface_tells_the_same_truth(
     debian_servers: ServerSet,
-    browser: Any,  # noqa: F811 (the fixture imported above)
+    browser: Any,
     tmp_path: Path,
 ) -> None:
     servers = debian_servers
@@ -195,7 +170,8 @@ groups:
     replicas: ["{label["up"]}", "{label["never"]}"]
 """
     )
-    load = Load(master)
+    # ~160 KB/s of writes to the master (8 values of 1 KB every 50 ms)
+    load = BackgroundWriter(master.client(), batch=8, value_size=1000, period=0.05, keys=2000)
     try:
         relay.rate = RATE
         with RunningDaemon(cfg, port) as daemon:
@@ -274,7 +250,7 @@ groups:
                 # /metrics has no bound marker: a value of a replica not seen is a bound
                 readings["metrics"][name] = (str(got), got, name not in SEEN, t0, t1)
 
-            table, t0, t1 = cli(cfg)
+            table, t0, t1 = status_cli(cfg)
             assert table.returncode == 1, table.stdout + table.stderr
             readings["status"] = {}
             links["status"] = {}
@@ -286,7 +262,7 @@ groups:
                     links["status"][name] = cells[1]
                     readings["status"][name] = text_reading(cells[3], t0, t1)
 
-            as_json, t0, t1 = cli(cfg, "--json")
+            as_json, t0, t1 = status_cli(cfg, "--json")
             assert as_json.returncode == 1, as_json.stdout + as_json.stderr
             cli_doc = json.loads(as_json.stdout)
             cli_group = next(g for g in cli_doc["groups"] if g["name"] == "g")
@@ -306,10 +282,10 @@ groups:
             }
 
             # the group whose only problem is a replica that never synced
-            quiet, _, _ = cli(cfg, "--group", "quiet")
+            quiet, _, _ = status_cli(cfg, "--group", "quiet")
             assert quiet.returncode == 1, quiet.stdout + quiet.stderr
     finally:
-        load.close()
+        load.stop()
         relay.close()
         if nodes["paused"].paused:
             nodes["paused"].resume()

@@ -20,7 +20,7 @@ from replwatch.sync.cluster import ClusterTaskRunner
 from replwatch.sync.sources import Shard, cluster_shards, parse_cluster_nodes
 from replwatch.sync.watch import SyncTaskView, SyncWatcher, task_watchers
 
-from .harness import RedisProcess, ServerSet, free_port, wait_for
+from .support.servers import RedisProcess, ServerSet, free_port, wait_for
 
 TASK = "c"
 NODES_TEXT = """\

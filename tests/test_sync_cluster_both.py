@@ -12,9 +12,9 @@ import pytest
 from replwatch.config import TLSConfig, config_from_data
 from replwatch.sync.cluster import ClusterTaskRunner
 
-from .clustering import Cluster, all_keys, logical
-from .harness import ServerSet, wait_for
-from .syncing import TASK
+from .support.clustering import Cluster, all_keys, logical
+from .support.servers import ServerSet, wait_for
+from .support.syncing import TASK
 
 
 def same_data(source: Cluster, target: Cluster) -> bool:

@@ -11,7 +11,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,10 +40,10 @@ from replwatch.sync.slots import (
 from replwatch.sync.watch import SyncTaskView, SyncWatcher
 from replwatch.sync.writer import CLIENT_NAME
 
-from .clustering import Cluster, assert_same_data
-from .datasets import build_dataset, connect
-from .harness import RedisProcess, ServerSet, wait_for
-from .syncing import TASK, RunnerThread, source_position, start
+from .support.clustering import Cluster, assert_same_data
+from .support.datasets import build_dataset, connect
+from .support.servers import RedisProcess, ServerSet, wait_for
+from .support.syncing import TASK, RunnerThread, source_position, start, start_sync_process
 
 # --------------------------------------------------------------------------- pure
 
@@ -477,15 +476,6 @@ def write_config(path: Path, source: RedisProcess, cluster: Cluster) -> Path:
     task = {"name": TASK, "source": source.url, "target": cluster.target_config()}
     path.write_text(yaml.safe_dump({"sync": {"tasks": [task]}}))
     return path
-
-
-def start_sync_process(config: Path, log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "replwatch", "sync", "run", "-c", str(config), "--task", TASK],
-        stdout=subprocess.DEVNULL,
-        stderr=log.open("ab"),
-        start_new_session=True,
-    )
 
 
 @pytest.mark.timeout(240)

@@ -9,7 +9,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -17,19 +16,21 @@ from pathlib import Path
 
 import pytest
 import redis
-import yaml
 
 from replwatch.sync.checkpoint import checkpoint_key
 
-from .datasets import build_dataset, connect
-from .harness import RedisProcess, ServerSet, require_build, wait_for
-from .syncing import (
+from .support.daemons import cli
+from .support.datasets import build_dataset, connect
+from .support.servers import RedisProcess, ServerSet, require_build, wait_for
+from .support.syncing import (
     TASK,
     RunnerThread,
     assert_equal,
     checkpoint,
     make_task,
+    start_sync_process,
     wait_caught_up,
+    write_sync_config,
 )
 
 
@@ -292,33 +293,25 @@ class Workload:
         self._thread.join(10)
 
 
-def write_config(path: Path, source: RedisProcess, target: RedisProcess) -> Path:
-    path.write_text(
-        yaml.safe_dump(
-            {"sync": {"tasks": [{"name": TASK, "source": source.url, "target": target.url}]}}
-        )
-    )
-    return path
-
-
-def start_sync_process(config: Path, log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "replwatch", "sync", "run", "-c", str(config), "--task", TASK],
-        stdout=subprocess.DEVNULL,
-        stderr=log.open("ab"),
-        start_new_session=True,
-    )
+POPULATED_KEYS = 10_000
+KEY_SAVE_DELAY_US = 100
 
 
 @pytest.mark.timeout(240)
 def test_kill_9_at_random_moments_loses_and_doubles_nothing(
     debian_servers: ServerSet, tmp_path: Path
 ) -> None:
-    source = debian_servers.start("source", extra=["--repl-backlog-size", "256mb"])
+    # a full sync long enough to be killed in the middle (~2 s here, at least 1 s anywhere:
+    # the source sleeps rdb-key-save-delay µs per key it streams), of a dataset small enough
+    # for compare to check in under a second (300,000 keys took 18 s to compare)
+    source = debian_servers.start(
+        "source",
+        extra=["--repl-backlog-size", "256mb", "--rdb-key-save-delay", str(KEY_SAVE_DELAY_US)],
+    )
     target = debian_servers.start("target")
     with connect(source) as client:
-        client.execute_command("DEBUG", "POPULATE", 300_000, "bulk", 32)
-    config = write_config(tmp_path / "sync.yaml", source, target)
+        client.execute_command("DEBUG", "POPULATE", POPULATED_KEYS, "bulk", 32)
+    config = write_sync_config(tmp_path / "sync.yaml", source, target)
     log = tmp_path / "sync.log"
     seed = int(os.environ.get("REPLWATCH_TEST_SEED", time.time_ns() % 1_000_000))
     rng = random.Random(seed)
@@ -386,21 +379,11 @@ def test_kill_9_at_random_moments_loses_and_doubles_nothing(
 # --------------------------------------------------------------------------- CLI
 
 
-def run_cli(*argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "replwatch", *argv],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
 @pytest.mark.timeout(90)
 def test_sync_run_and_status_cli(pair: tuple[RedisProcess, RedisProcess], tmp_path: Path) -> None:
     source, target = pair
-    config = write_config(tmp_path / "sync.yaml", source, target)
-    unknown = run_cli("sync", "run", "-c", str(config), "--task", "nope")
+    config = write_sync_config(tmp_path / "sync.yaml", source, target)
+    unknown = cli("sync", "run", "-c", str(config), "--task", "nope")
     assert unknown.returncode == 2
     assert unknown.stderr.strip().count("\n") == 0 and "no task named nope" in unknown.stderr
 
@@ -409,14 +392,14 @@ def test_sync_run_and_status_cli(pair: tuple[RedisProcess, RedisProcess], tmp_pa
     proc = start_sync_process(config, tmp_path / "sync.log")
     try:
         wait_caught_up(source, target)
-        status = run_cli("sync", "status", "-c", str(config))
+        status = cli("sync", "status", "-c", str(config))
         assert status.returncode == 0, status.stderr
         assert "incremental" in status.stdout and source.label in status.stdout
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0
         cp = checkpoint(target)
         assert cp is not None and cp.state == "stopped"
-        stopped = run_cli("sync", "status", "-c", str(config))
+        stopped = cli("sync", "status", "-c", str(config))
         assert stopped.returncode == 1 and "stopped" in stopped.stdout
     finally:
         if proc.poll() is None:

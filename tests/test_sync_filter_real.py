@@ -18,9 +18,9 @@ from replwatch.exporter.sync_collector import SyncCollector
 from replwatch.sync.checkpoint import checkpoint_key
 from replwatch.sync.watch import SyncStore, SyncWatcher
 
-from .datasets import connect
-from .harness import RedisProcess, ServerSet
-from .syncing import TASK, RunnerThread, checkpoint, make_task, start, wait_caught_up
+from .support.datasets import connect
+from .support.servers import RedisProcess, ServerSet
+from .support.syncing import TASK, RunnerThread, checkpoint, make_task, start, wait_caught_up
 
 OPTIONS: dict[str, Any] = {
     "filters": {

@@ -6,10 +6,8 @@ lease never writes again (the fencing token is checked under WATCH with every ba
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,13 +21,12 @@ from replwatch.sync.checkpoint import Checkpoint, checkpoint_key
 from replwatch.sync.lease import ACQUIRE_SCRIPT, Fence, LeaseLost, parse_acquire
 from replwatch.sync.writer import TargetLink
 
-from .datasets import connect
-from .harness import RedisProcess, ServerSet, wait_for
-from .syncing import TASK, assert_equal, checkpoint, wait_caught_up
-from .test_sync_ops import child_pids
+from .support.daemons import RunningDaemon
+from .support.datasets import connect
+from .support.servers import RedisProcess, ServerSet, wait_for
+from .support.syncing import TASK, assert_equal, checkpoint, start_sync_process, wait_caught_up
 
 LEASE = 2.0
-RUN_TASK = [sys.executable, "-m", "replwatch", "sync", "run"]
 
 
 def acquire(target: RedisProcess, holder: str) -> object:
@@ -72,8 +69,7 @@ def test_a_lease_is_exclusive_until_it_lapses_and_a_takeover_fences_the_old_hold
             client.hset(checkpoint_key(TASK), "lease_until", 0)
         assert acquire(target, "c").acquired  # token 4
         link.conn.send(
-            b"*1\r\n$5\r\nMULTI\r\n*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nx\r\n"
-            b"*1\r\n$4\r\nEXEC\r\n"
+            b"*1\r\n$5\r\nMULTI\r\n*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nx\r\n*1\r\n$4\r\nEXEC\r\n"
         )
         assert [link._next_reply() for _ in range(3)][-1] is None  # aborted by WATCH
         with pytest.raises(LeaseLost):
@@ -144,15 +140,7 @@ def two_processes(
     logs = [tmp_path / "a.log", tmp_path / "b.log"]
     try:
         for log in logs:
-            with log.open("wb") as err:
-                procs.append(
-                    subprocess.Popen(
-                        [*RUN_TASK, "-c", str(cfg), "--task", TASK],
-                        stdin=subprocess.DEVNULL,
-                        stdout=subprocess.DEVNULL,
-                        stderr=err,
-                    )
-                )
+            procs.append(start_sync_process(cfg, log))
         yield source, target, procs, logs
     finally:
         for proc in procs:
@@ -234,20 +222,12 @@ def test_two_daemons_with_the_same_task_run_it_once_and_hand_it_over(
     cfg.write_text(
         yaml.safe_dump({"exporter": {"listen": "127.0.0.1:0"}, "sync": {"tasks": [task]}})
     )
-    daemons: list[subprocess.Popen[bytes]] = []
+    daemons: list[RunningDaemon] = []
     try:
         for name in ("d1", "d2"):
-            with (tmp_path / f"{name}.log").open("wb") as err:
-                daemons.append(
-                    subprocess.Popen(
-                        [sys.executable, "-m", "replwatch", "run", "-c", str(cfg)],
-                        stdin=subprocess.DEVNULL,
-                        stdout=subprocess.DEVNULL,
-                        stderr=err,
-                    )
-                )
+            daemons.append(RunningDaemon(cfg, log=tmp_path / f"{name}.log"))
         children = {
-            d.pid: wait_for(lambda d=d: child_pids(d.pid), 15, "a task process") for d in daemons
+            d.pid: wait_for(lambda d=d: d.children(), 15, "a task process") for d in daemons
         }
         all_children = {pid for pids in children.values() for pid in pids}
         wait_for(lambda: holder_pid(target) in all_children, 20, "one task process to hold")
@@ -258,8 +238,8 @@ def test_two_daemons_with_the_same_task_run_it_once_and_hand_it_over(
         writer = Writer(source)
         try:
             wait_for(lambda: writer.done >= 2000, 20, "writes to flow")
-            writing.kill()
-            writing.wait()
+            writing.proc.kill()  # kill -9: its task process dies with it (parent-death signal)
+            writing.proc.wait()
             wait_for(
                 lambda: holder_pid(target) in children[standing.pid],
                 LEASE + 8,
@@ -273,12 +253,7 @@ def test_two_daemons_with_the_same_task_run_it_once_and_hand_it_over(
         check_exact(source, target, writes)
     finally:
         for daemon in daemons:
-            kids = child_pids(daemon.pid)
-            daemon.kill()
-            daemon.wait()
-            for pid in kids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+            daemon.stop(grace=0)  # SIGKILL, and its task processes
 
 
 def test_ha_is_refused_with_a_cluster_target() -> None:

@@ -5,11 +5,9 @@ supervises task processes (restarts one killed -9, exports sync metrics, stops t
 
 from __future__ import annotations
 
-import re
 import select
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -22,9 +20,10 @@ from replwatch.sync.reader import Continue, SourceLink
 from replwatch.sync.task import SyncTaskRunner
 from replwatch.sync.writer import TargetLink
 
-from .datasets import connect
-from .harness import ServerSet, closed_port, require_build, wait_for
-from .syncing import (
+from .support.daemons import RunningDaemon, sample_value
+from .support.datasets import connect
+from .support.servers import ServerSet, closed_port, require_build, wait_for
+from .support.syncing import (
     TASK,
     RunnerThread,
     assert_equal,
@@ -32,9 +31,10 @@ from .syncing import (
     make_task,
     source_position,
     start,
+    start_sync_process,
     wait_caught_up,
+    write_sync_config,
 )
-from .test_cli_daemon import http_get, parse_metrics, value
 
 
 @pytest.mark.timeout(60)
@@ -129,19 +129,6 @@ def test_source_without_its_master_is_retried(
 # --------------------------------------------------------------------------- supervision
 
 
-def scrape(base: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    status, text = http_get(base + "/metrics")
-    assert status == 200, text
-    return parse_metrics(text)
-
-
-def child_pids(parent: int) -> list[int]:
-    out = subprocess.run(
-        ["pgrep", "-P", str(parent)], capture_output=True, text=True, check=False
-    ).stdout
-    return [int(p) for p in out.split()]
-
-
 @pytest.mark.timeout(180)
 def test_a_burst_of_stop_signals_stops_a_task_cleanly(
     debian_servers: ServerSet, tmp_path: Path
@@ -154,22 +141,10 @@ def test_a_burst_of_stop_signals_stops_a_task_cleanly(
     0, says "stopping" once, and its checkpoint says "stopped"."""
     source = debian_servers.start("source")
     target = debian_servers.start("target")
-    config = tmp_path / "sync.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {"sync": {"tasks": [{"name": TASK, "source": source.url, "target": target.url}]}}
-        )
-    )
-    command = [sys.executable, "-m", "replwatch", "sync", "run", "-c", str(config), "--task", TASK]
+    config = write_sync_config(tmp_path / "sync.yaml", source, target)
     for attempt in range(8):
         log = tmp_path / f"task-{attempt}.log"
-        with log.open("wb") as err:
-            proc = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=err,
-            )
+        proc = start_sync_process(config, log)
         try:
             with connect(source) as client:
                 client.incr("attempts")
@@ -203,35 +178,20 @@ def test_daemon_supervises_task_processes(debian_servers: ServerSet, tmp_path: P
             }
         )
     )
-    log = tmp_path / "daemon.log"
-    with log.open("wb") as err:
-        daemon = subprocess.Popen(
-            [sys.executable, "-m", "replwatch", "run", "-c", str(cfg)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-        )
+    daemon = RunningDaemon(cfg)  # 127.0.0.1:0: the port it bound is in its log
     try:
-        base = wait_for(
-            lambda: (
-                (m := re.search(r"listening on (http://[\d.:]+)/metrics", log.read_text()))
-                and m.group(1)
-            ),
-            15,
-            "the daemon to listen",
-        )
         wait_caught_up(source, target)
 
         def metrics_show_incremental() -> bool:
-            s = scrape(base)
+            s = daemon.samples()
             return (
-                value(s, "replwatch_sync_state", task=TASK, state="incremental") == 1
-                and value(s, "replwatch_sync_process_up", task=TASK) == 1
-                and value(s, "replwatch_sync_lag_bytes", task=TASK) == 0
+                sample_value(s, "replwatch_sync_state", task=TASK, state="incremental") == 1
+                and sample_value(s, "replwatch_sync_process_up", task=TASK) == 1
+                and sample_value(s, "replwatch_sync_lag_bytes", task=TASK) == 0
             )
 
         wait_for(metrics_show_incremental, 10, "sync metrics for the running task")
-        children = child_pids(daemon.pid)
+        children = daemon.children()
         assert len(children) == 1, children
 
         # kill -9 the task: the supervisor starts it again, it continues from the checkpoint
@@ -241,21 +201,21 @@ def test_daemon_supervises_task_processes(debian_servers: ServerSet, tmp_path: P
                 client.incr("during-restart")
 
         def restarted() -> bool:
-            s = scrape(base)
-            return (value(s, "replwatch_sync_process_restarts_total", task=TASK) or 0) >= 1 and (
-                value(s, "replwatch_sync_process_up", task=TASK) == 1
-            )
+            s = daemon.samples()
+            return (
+                sample_value(s, "replwatch_sync_process_restarts_total", task=TASK) or 0
+            ) >= 1 and (sample_value(s, "replwatch_sync_process_up", task=TASK) == 1)
 
         wait_for(restarted, 15, "the supervisor to restart the task")
         cp = wait_caught_up(source, target)
         assert cp.full_resyncs == 1  # continued, not synced again
         with connect(target) as client:
             assert client.get("during-restart") == b"100"
-        new_children = child_pids(daemon.pid)
+        new_children = daemon.children()
         assert len(new_children) == 1 and new_children != children
 
-        daemon.send_signal(signal.SIGTERM)
-        assert daemon.wait(30) == 0
+        daemon.proc.send_signal(signal.SIGTERM)
+        assert daemon.proc.wait(30) == 0
         wait_for(
             lambda: (
                 subprocess.run(["kill", "-0", str(new_children[0])], check=False).returncode != 0
@@ -266,11 +226,7 @@ def test_daemon_supervises_task_processes(debian_servers: ServerSet, tmp_path: P
         cp = checkpoint(target)
         assert cp is not None and cp.state == "stopped"
     finally:
-        if daemon.poll() is None:
-            daemon.kill()
-            daemon.wait()
-        for pid in child_pids(daemon.pid):
-            subprocess.run(["kill", "-9", str(pid)], check=False)
+        daemon.stop()
 
 
 @pytest.mark.timeout(90)
@@ -444,8 +400,9 @@ def test_a_silent_source_ends_the_session_and_the_task_reconnects(
     source.proc.send_signal(signal.SIGSTOP)
     try:
         wait_for(
-            lambda: (cp := checkpoint(target)) is not None
-            and "source_timeout" in (cp.last_error or ""),
+            lambda: (
+                (cp := checkpoint(target)) is not None and "source_timeout" in (cp.last_error or "")
+            ),
             15,
             "the task to give up on the silent source",
         )

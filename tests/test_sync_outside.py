@@ -1,9 +1,10 @@
 """The syncer from outside (issue 17), on every pair of server builds: a mixed workload on a
 source with a native replica (the ground truth), `replwatch sync run` killed -9 during its
 full sync and at random moments of the stream, then an independent checker compares the
-target with the replica (tests/outside_workload.py, tests/outside_checker.py). This module:
-the checker's own test and the long version; the short version, by source product, is in
-tests/test_sync_outside_redis.py and tests/test_sync_outside_valkey.py (tests/outside_pairs.py).
+target with the replica (tests/support/outside_workload.py and outside_checker.py). This
+module: the checker's own test and the long version; the short version, by source product, is
+in tests/test_sync_outside_redis.py and tests/test_sync_outside_valkey.py (the pairs and
+scenarios: tests/support/outside_pairs.py).
 
 Short version (CI): a few seconds of workload per pair, one kill in the full sync and one
 in the stream. Pairs share what can be shared: the targets of one source build that can hold
@@ -24,13 +25,8 @@ import pytest
 
 from replwatch.sync.checkpoint import checkpoint_key
 
-from .harness import (
-    ServerSet,
-    require_build,
-    wait_synced,
-)
-from .outside_checker import Checker, raw_client
-from .outside_pairs import (
+from .support.outside_checker import Checker, raw_client
+from .support.outside_pairs import (
     PAIR_IDS,
     PAIRS,
     Scenarios,
@@ -40,7 +36,7 @@ from .outside_pairs import (
     soak_requested,
     soak_settings,
 )
-from .outside_workload import (
+from .support.outside_workload import (
     AUDIT,
     BIG_DB,
     ORDERS,
@@ -48,7 +44,12 @@ from .outside_workload import (
     Features,
     Workload,
 )
-from .syncing import TASK
+from .support.servers import (
+    ServerSet,
+    require_build,
+    wait_synced,
+)
+from .support.syncing import TASK
 
 
 @pytest.fixture(scope="module")

@@ -1,14 +1,14 @@
 """The outside-workload test, short version (CI), for the valkey sources: every pair
 with such a source ends equal to the native replica after a few seconds of the workload
 and one kill -9 in the full sync and one in the stream (tests/test_sync_outside.py says
-how; tests/outside_pairs.py holds the pairs and the scenarios)."""
+how; tests/support/outside_pairs.py holds the pairs and the scenarios)."""
 
 from __future__ import annotations
 
 import pytest
 
-from .harness import require_build
-from .outside_pairs import PAIRS, SHORT, Scenarios, check, selected_targets
+from .support.outside_pairs import PAIRS, SHORT, Scenarios, check, selected_targets
+from .support.servers import require_build
 
 MINE = [(s, t) for s, t in PAIRS if s.startswith("valkey-")]
 

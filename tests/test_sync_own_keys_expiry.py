@@ -25,9 +25,9 @@ import redis
 from replwatch.config import SyncTask
 from replwatch.sync.checkpoint import Checkpoint, checkpoint_key
 
-from .datasets import connect
-from .harness import RedisProcess, ServerSet, require_build, wait_for
-from .syncing import (
+from .support.datasets import connect
+from .support.servers import RedisProcess, ServerSet, require_build, wait_for
+from .support.syncing import (
     TASK,
     RunnerThread,
     assert_equal,

@@ -5,9 +5,9 @@ MULTI with its checkpoint write, or a write to a checkpoint key, or not replicat
 so the reverse task drops it and nothing echoes back. What is checked here: the full sync of
 one task is not copied back (commandstats of the other side), bring-up on existing data with
 `snapshot: skip`, a pair's later full sync never flushes (the other side's own keys stay),
-60 s of writes on both sides end equal with exact counters and exact command counts, an idle
-pair goes quiet, and the seeds' double-read layout (per datacenter a read-write Redis and a
-read-only copy of the other, read through ReadRouter.local_first).
+WRITE_SECONDS of writes on both sides end equal with exact counters and exact command counts,
+an idle pair goes quiet, and the seeds' double-read layout (per datacenter a read-write Redis
+and a read-only copy of the other, read through ReadRouter.local_first).
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from replwatch.routing.client import ReadRouter
 from replwatch.sync.checkpoint import Checkpoint, checkpoint_key
 from replwatch.sync.compare import CompareOptions, compare_databases
 
-from .datasets import build_dataset, connect
-from .harness import RedisProcess, ServerSet, wait_for
-from .syncing import RunnerThread, start
+from .support.datasets import build_dataset, connect
+from .support.servers import RedisProcess, ServerSet, wait_for
+from .support.syncing import RunnerThread, start
 
 AB, BA = "a-to-b", "b-to-a"
 # what a side's clients did not write and a sync task of the pair must not write there either
@@ -104,10 +104,14 @@ def user_keys(proc: RedisProcess, db: int = 0) -> set[bytes]:
         return {k for k in client.scan_iter(count=1000) if not k.startswith(b"__replwatch:")}
 
 
+def start_sides(servers: ServerSet, *options: str) -> tuple[RedisProcess, RedisProcess]:
+    extra = ["--repl-backlog-size", "64mb", *options]
+    return servers.start("dc-a", extra=extra), servers.start("dc-b", extra=extra)
+
+
 @pytest.fixture
 def sides(debian_servers: ServerSet) -> tuple[RedisProcess, RedisProcess]:
-    extra = ["--repl-backlog-size", "64mb"]
-    return debian_servers.start("dc-a", extra=extra), debian_servers.start("dc-b", extra=extra)
+    return start_sides(debian_servers)
 
 
 # --------------------------------------------------------------------------- config
@@ -266,7 +270,16 @@ def test_a_later_full_sync_of_a_pair_task_overwrites_and_never_flushes(
     assert_same_both_ways(a, b, ab)
 
 
-# --------------------------------------------------------------------------- 60 s both ways
+# --------------------------------------------------------------------------- writes both ways
+
+# Both sides write at full speed for WRITE_SECONDS. The sides ping their task every second
+# (repl-ping-replica-period 1 instead of 10), so each stream carries ten PINGs among the
+# copied writes and the other task's dropped transactions, more than a minute did at the
+# default period (a PING read with nothing else to apply makes a position-only checkpoint
+# write, the one kind a pair must keep out of the stream). An echo shows at its first round
+# trip, milliseconds after the writes begin: as an INCR or SET counted once too often.
+WRITE_SECONDS = 10.0
+PING_PERIOD = 1  # seconds
 
 
 @dataclass
@@ -323,10 +336,10 @@ class SideWriter:
 
 
 @pytest.mark.timeout(150)
-def test_sixty_seconds_of_writes_on_both_sides(
-    sides: tuple[RedisProcess, RedisProcess], runners: list[RunnerThread]
+def test_ten_seconds_of_writes_on_both_sides(
+    debian_servers: ServerSet, runners: list[RunnerThread]
 ) -> None:
-    a, b = sides
+    a, b = start_sides(debian_servers, "--repl-ping-replica-period", str(PING_PERIOD))
     ab, ba = pair_tasks(a, b, {}, {"snapshot": "skip"})
     start(ab, runners)
     wait_for(lambda: caught_up(a, b, AB), 30, "A→B to start")
@@ -338,7 +351,7 @@ def test_sixty_seconds_of_writes_on_both_sides(
     writers = [SideWriter(a, "a", stop), SideWriter(b, "b", stop)]
     for writer in writers:
         writer.start()
-    stop.wait(60)
+    stop.wait(WRITE_SECONDS)  # (the length of the run, not a wait for a condition)
     stop.set()
     for writer in writers:
         writer.join()

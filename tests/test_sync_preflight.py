@@ -16,8 +16,6 @@ import http.server
 import io
 import json
 import re
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -35,11 +33,22 @@ from replwatch.sync.task import SyncTaskRunner
 from replwatch.sync.task_report import TaskReporter, read_report, report_path
 from replwatch.sync.watch import SyncStore, task_watchers
 
-from .daemons import RunningDaemon, value
-from .datasets import connect
-from .harness import RedisProcess, ServerSet, free_port, wait_for, wait_synced
-from .sentinels import SentinelProcess
-from .syncing import TASK, checkpoint, poll, source_position, wait_caught_up, write_checkpoint
+from .support.daemons import RunningDaemon, cli, value
+from .support.datasets import connect
+from .support.sentinels import SentinelProcess
+from .support.servers import RedisProcess, ServerSet, free_port, wait_for, wait_synced
+from .support.syncing import (
+    TASK,
+    RunnerThread,
+    checkpoint,
+    make_task,
+    poll,
+    source_position,
+    start,
+    wait_caught_up,
+    write_checkpoint,
+    write_sync_config,
+)
 
 MIB = 1 << 20
 FAST = {"reconnect_min": "100ms", "reconnect_max": "200ms", "source_timeout": "2s"}
@@ -333,23 +342,30 @@ def test_the_checks_on_every_build(
     assert forks(source) == 1
 
 
+@pytest.mark.timeout(60)
+def test_the_full_sync_flush_frees_the_old_data_before_the_snapshot_loads(
+    debian_servers: ServerSet, runners: list[RunnerThread]
+) -> None:
+    """A target that flushes lazily (lazyfree-lazy-user-flush yes, Valkey 8's default) would
+    free the old data in the background while the snapshot loads: the memory check before
+    PSYNC counts on it being gone, and after an out-of-memory stop's flush the checkpoint
+    write was refused now and then (the test above, on Valkey). The task flushes with
+    FLUSHALL SYNC: the target's lazily freed count does not move."""
+    source = debian_servers.start("source")
+    target = debian_servers.start("target", extra=["--lazyfree-lazy-user-flush", "yes"])
+    with connect(target) as client:
+        client.execute_command("DEBUG", "POPULATE", 5000, "old", 64)
+    with connect(source) as client:
+        client.execute_command("DEBUG", "POPULATE", 2000, "new", 64)
+    before = int(target.info("memory")["lazyfreed_objects"])
+    start(make_task(source, target, existing_keys="flush"), runners)
+    wait_caught_up(source, target)
+    with connect(target) as client:
+        assert client.get("old:0") is None and client.get("new:0") is not None
+    assert int(target.info("memory")["lazyfreed_objects"]) == before
+
+
 # --------------------------------------------------------------------------- replicas
-
-
-def write_config_file(path: Path, source: RedisProcess, target: RedisProcess) -> Path:
-    task = {"name": TASK, "source": source.url, "target": target.url, **FAST}
-    path.write_text(yaml.safe_dump({"poll": {"timeout": "1s"}, "sync": {"tasks": [task]}}))
-    return path
-
-
-def cli(*argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "replwatch", *argv],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
 
 
 @pytest.mark.timeout(90)
@@ -366,7 +382,9 @@ def test_a_replica_target_stops_the_task_at_once_and_status_says_why(
     wait_synced(target, other)
     with connect(source) as client:
         client.set("k", 1)
-    config = write_config_file(tmp_path / "sync.yaml", source, target)
+    config = write_sync_config(
+        tmp_path / "sync.yaml", source, target, top={"poll": {"timeout": "1s"}}, **FAST
+    )
     before = forks(source)
 
     run = cli("sync", "run", "-c", str(config), "--task", TASK)

@@ -20,9 +20,9 @@ from replwatch.sync.compare import CompareOptions, compare_databases
 from replwatch.sync.sources import parse_master_addr, source_locator
 from replwatch.sync.watch import SyncWatcher
 
-from .harness import RedisProcess, ServerSet, wait_for
-from .sentinels import SentinelProcess, require_sentinel
-from .syncing import TASK, RunnerThread, start
+from .support.sentinels import SentinelProcess, require_sentinel
+from .support.servers import RedisProcess, ServerSet, wait_for
+from .support.syncing import TASK, RunnerThread, start
 
 NAME = "mymaster"
 MASTER_PASSWORD = "m-secret-7"

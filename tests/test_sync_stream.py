@@ -16,7 +16,7 @@ from replwatch.sync.checkpoint import checkpoint_key
 from replwatch.sync.task import SyncTaskRunner, _StreamApplier
 from replwatch.sync.writer import TargetLink
 
-from .harness import RedisProcess, ServerSet
+from .support.servers import RedisProcess, ServerSet
 
 
 class StreamBytes:

@@ -52,9 +52,9 @@ from replwatch.sync.stream_compat import (
     stream_command_for_target,
 )
 
-from .datasets import connect
-from .harness import RedisProcess, ServerSet, require_build
-from .syncing import RunnerThread, assert_equal, make_task, start, wait_caught_up
+from .support.datasets import connect
+from .support.servers import RedisProcess, ServerSet, require_build
+from .support.syncing import RunnerThread, assert_equal, make_task, start, wait_caught_up
 
 Reply = Any
 KEYS = (b"orders", b"trimmed", b"all-gone", b"plain", b"no-groups")

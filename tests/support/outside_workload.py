@@ -42,8 +42,8 @@ import yaml
 from replwatch.config import SyncTask, config_from_data
 from replwatch.sync.checkpoint import Checkpoint, checkpoint_key
 
-from .harness import RedisProcess, ServerBuild, ServerSet, wait_for, wait_synced
 from .outside_checker import DATABASES, KINDS, Checker, Difference, raw_client, scan_keys
+from .servers import RedisProcess, ServerBuild, ServerSet, wait_for, wait_synced
 from .syncing import TASK
 
 SEED_ENV = "REPLWATCH_TEST_SEED"

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from .harness import EXPECTED_BUILDS, ServerBuild, available_builds
 from .outside_workload import Features, PairOutcome, Settings, run_scenario, seed_from_env
+from .servers import EXPECTED_BUILDS, ServerBuild, available_builds
 
 PAIRS = [(s, t) for s in EXPECTED_BUILDS for t in EXPECTED_BUILDS]
 PAIR_IDS = [f"{s}-to-{t}" for s, t in PAIRS]

@@ -30,9 +30,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .harness import ServerSet, wait_synced
+from .servers import LOCALHOST, ServerSet, wait_synced
 
-LOCALHOST = "127.0.0.1"
 GROUPS_PER_PAIR = 19  # groups served by one real master + replica pair (one db each)
 DATABASES = 32  # --databases of the real servers (> GROUPS_PER_PAIR)
 

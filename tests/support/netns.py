@@ -1,7 +1,10 @@
 """Network namespaces for tests that need a link of their own: a namespace joined to the host
-by a veth pair on a private /30 (StarvedLink), rate-limited with `tc … tbf` when asked, and a
-writer that leaves timestamped truth markers on the master (MarkedWriter). Needs root and
-iproute2 (require_netns). Traffic stays on loopback and the test's own veth pair."""
+by a veth pair on a private /30 (StarvedLink), rate-limited with `tc` when asked (everything
+the host sends into the namespace through one `tbf` queue, or only what leaves one host port,
+through an `htb` class), and a writer that leaves timestamped truth markers on the master
+(MarkedWriter). Needs root and iproute2 (require_netns; the `starved_link` fixture in
+tests/conftest.py makes one and always deletes it). Traffic stays on loopback and the test's
+own veth pair."""
 
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ import time
 
 import pytest
 
-from .harness import have_tool, in_ci
+from .servers import have_tool, in_ci
 
 RATE = "1mbit"  # 125 KB/s
 WRITE_BATCH = 15  # values of 1 KB per batch ...
@@ -83,6 +86,27 @@ class StarvedLink:
         run_cmd(
             "tc", "qdisc", "add", "dev", self.host_if, "root", "tbf",
             "rate", rate, "burst", "32kbit", "latency", latency,
+        )  # fmt: skip
+
+    def throttle_port(self, source_port: int, rate: str = RATE, latency: str = "2s") -> None:
+        """Rate-limit only what the host sends from `source_port` (the master's replication
+        stream) into the namespace: an `htb` root sorts those packets into a class that drains
+        through a `tbf` (`prio` is not in this kernel); everything else (a monitor's polls,
+        their answers' ACKs) goes to an unthrottled class."""
+        dev = self.host_if
+        run_cmd("tc", "qdisc", "add", "dev", dev, "root", "handle", "1:", "htb", "default", "20")
+        for classid in ("1:10", "1:20"):
+            run_cmd(
+                "tc", "class", "add", "dev", dev, "parent", "1:", "classid", classid,
+                "htb", "rate", "1gbit",
+            )  # fmt: skip
+        run_cmd(
+            "tc", "qdisc", "add", "dev", dev, "parent", "1:10", "handle", "10:", "tbf",
+            "rate", rate, "burst", "32kbit", "latency", latency,
+        )  # fmt: skip
+        run_cmd(
+            "tc", "filter", "add", "dev", dev, "protocol", "ip", "parent", "1:", "prio", "1",
+            "u32", "match", "ip", "sport", str(source_port), "0xffff", "flowid", "1:10",
         )  # fmt: skip
 
     def destroy(self) -> None:

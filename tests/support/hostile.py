@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import hiredis
 
-from .harness import LOCALHOST, wait_for
+from .servers import LOCALHOST, wait_for
 
 _POLL = 0.05  # how often blocked threads look at the stop flag
 

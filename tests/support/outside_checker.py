@@ -25,7 +25,7 @@ import redis
 
 from replwatch.sync.checkpoint import CHECKPOINT_PREFIX, checkpoint_key
 
-from .harness import RedisProcess
+from .servers import RedisProcess
 from .syncing import TASK
 
 DATABASES = 16  # all of them are compared

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import redis
 
-from .harness import RedisProcess
+from .servers import RedisProcess
 
 TTL_SECONDS = 1000
 BINARY_KEY = b"bin:\xff\x00key"

@@ -16,7 +16,7 @@ import redis
 from redis.cluster import ClusterNode, RedisCluster
 
 from .datasets import connect
-from .harness import RedisProcess, ServerSet, wait_for
+from .servers import RedisProcess, ServerSet, wait_for
 
 SLOTS = 16384
 SKIP_PREFIX = b"__replwatch:"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from .harness import LOCALHOST, RedisProcess, free_port, in_ci, wait_for
+from .servers import LOCALHOST, RedisProcess, free_port, in_ci, wait_for
 
 
 def sentinel_command() -> list[str] | None:
