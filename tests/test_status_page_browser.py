@@ -444,8 +444,19 @@ sync:
                 assert rgb_near(lag_colour(paused), RED)
                 assert not rgb_near(lag_colour(healthy), RED), lag_colour(healthy)
                 assert text_of("#summary").startswith("1 group (1 bad) · 1/2 replicas in rotation")
-                peak = text_of(f'tr[data-replica="{paused.label}"] [data-field="chart_peak"]')
-                assert peak.startswith("peak ") and seconds_of(peak[5:]) > 0, peak
+                # its chart's peak follows with the next history point the page fetches
+                peak_field = f'tr[data-replica="{paused.label}"] [data-field="chart_peak"]'
+                peaks: list[str] = []
+
+                def peak_rose() -> bool:
+                    peak = text_of(peak_field)
+                    peaks.append(peak)
+                    return peak.startswith("peak ") and seconds_of(peak[5:]) > 0
+
+                try:
+                    wait_for(peak_rose, 10, "the paused replica's chart peak above 0")
+                except AssertionError as exc:
+                    raise AssertionError(f"{exc}; peaks seen {peaks[-5:]}") from None
             finally:
                 paused.resume()
     finally:
