@@ -527,6 +527,15 @@ def test_slot_migration_mid_stream_follows_moved_and_ask(
             other = next(n for n in cluster.nodes if n is not owner)
             cluster.migrate_slot(hot_slot, other, pause=0.05)  # writes meet the half-moved slot
             wait_for(lambda: work.rounds > 100, 30)
+            # the task has applied writes of the slot made after it moved (to its old owner
+            # first: MOVED) before it moves back; a task lagging on a busy machine applied
+            # them only after the slot was home again, and saw no MOVED at all
+            _replid, moved_at = source_position(source)
+            wait_for(
+                lambda: ((cp := record(cluster)) is not None and (cp.offset or 0) >= moved_at),
+                30,
+                "the task to apply the writes made while the slot was away",
+            )
             cluster.migrate_slot(hot_slot, owner, pause=0.0)
             rounds = work.rounds
             wait_for(lambda: work.rounds > rounds + 50, 30)
