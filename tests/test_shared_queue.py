@@ -33,6 +33,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from replwatch.lag.compute import PROMPT_POLL
+
 from .support.daemons import RunningDaemon, value
 from .support.netns import MarkedWriter, StarvedLink
 from .support.servers import ServerSet, free_port, require_build, wait_for, wait_synced
@@ -103,6 +105,7 @@ def test_lag_stays_true_when_the_replica_cannot_be_polled_promptly(
             errors: list[float] = []
             near_lags: list[float] = []
             sources: set[str] = set()
+            far_polls: list[float] = []  # its last poll's round trip, at each scrape
             deadline = time.monotonic() + 60
             truth = 0.0
             while truth < UNTIL_TRUTH:
@@ -125,6 +128,9 @@ def test_lag_stays_true_when_the_replica_cannot_be_polled_promptly(
                 lower = value(text, "replwatch_replica_lag_lower_bound_seconds", replica=far.label)
                 upper = value(text, "replwatch_replica_lag_upper_bound_seconds", replica=far.label)
                 near_lag = value(text, "replwatch_replica_lag_seconds", replica=near.label)
+                far_poll = value(text, "replwatch_node_poll_duration_seconds", node=far.label)
+                if far_poll is not None:
+                    far_polls.append(far_poll)
                 sources.add(lag_source(daemon, far.label))
                 history.append(f"truth={truth:.3f} best={best} [{lower}, {upper}] near={near_lag}")
                 if truth < FROM_TRUTH:
@@ -146,8 +152,12 @@ def test_lag_stays_true_when_the_replica_cannot_be_polled_promptly(
             )
             assert len(errors) >= 10, history
             assert max(near_lags) <= CAUGHT_UP, near_lags
-            # its own polls waited in the queue: its ACKs spoke at times (lag_source "ack")
-            assert "ack" in sources, sources
+            # the premise: its own polls waited in the queue (not prompt: more than 0.1 s,
+            # where the estimate may take its ACKs too) in most scrapes. Which reading the
+            # estimate came from ("ack" now and then) depends on timing: printed, not asserted
+            slow = sum(1 for d in far_polls if d > PROMPT_POLL)
+            print(f"far polls slower than {PROMPT_POLL:g} s: {slow}/{len(far_polls)}; {sources}")
+            assert slow >= len(far_polls) / 2 and len(far_polls) >= 10, far_polls
     finally:
         if writer is not None:
             writer.stop()
