@@ -152,6 +152,12 @@ LONGEST_FIRST = (
 )
 
 
+# Timing-sensitive modules that also keep both cores busy (200 targets and 50 scrapers): the
+# test command runs them after both lanes, alone, so that they neither starve the other lane
+# (its servers run at nice 19) nor share the machine (marker `alone`, with `serial`).
+ALONE_MODULES = frozenset({"test_fault_scale"})
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     def module_of(item: pytest.Item) -> str:
         return "" if item.module is None else item.module.__name__.rpartition(".")[2]
@@ -159,5 +165,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if module_of(item) in SERIAL_MODULES:
             item.add_marker(pytest.mark.serial)
+        if module_of(item) in ALONE_MODULES:
+            item.add_marker(pytest.mark.serial)
+            item.add_marker(pytest.mark.alone)
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(module_of(item), len(rank)))  # (stable: else as found)

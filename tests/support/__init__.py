@@ -15,7 +15,8 @@ modules import from here, never from one another.
 - faults: the black-holed fleet and /metrics under load (also used by bench/fault_scale.py);
 - hostile: a scripted hostile RESP server;
 - tlsfiles: a throw-away PKI;
-- outside_workload, outside_checker: the syncer seen from outside (issue 17);
+- outside_workload, outside_checker, outside_pairs: the syncer seen from outside (issue 17):
+  the workload, the independent checker, the pairs of builds and their shared scenarios;
 - status: made-up snapshots and routing tables for the status surfaces;
 - browser: headless Chromium (the `browser` fixture) and the page's durations.
 
