@@ -26,7 +26,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import threading
 import time
 import traceback
@@ -44,7 +43,7 @@ from replwatch.sync.checkpoint import Checkpoint, checkpoint_key
 
 from .outside_checker import DATABASES, KINDS, Checker, Difference, raw_client, scan_keys
 from .servers import RedisProcess, ServerBuild, ServerSet, wait_for, wait_synced
-from .syncing import TASK
+from .syncing import TASK, start_sync_process
 
 SEED_ENV = "REPLWATCH_TEST_SEED"
 SWAPPED = ((0, 1), (0, 2), (3, 4))  # SWAPDB pairs of the workload
@@ -856,11 +855,7 @@ class SyncProcess:
         with self.log.open("ab") as log:
             log.write(f"--- start at {time.strftime('%H:%M:%S')}\n".encode())
             log.flush()
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "replwatch", "sync", "run", "-c", str(self.config),
-                 "--task", self.task],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
-            )  # fmt: skip
+        self.proc = start_sync_process(self.config, self.log, self.task)
 
     @property
     def pid(self) -> int | None:
