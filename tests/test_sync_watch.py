@@ -153,6 +153,9 @@ def test_lag_unknown_when_checkpoint_is_on_another_stream(
 def test_lag_follows_replid2_within_the_shared_history(debian_servers: ServerSet) -> None:
     old_master = debian_servers.start("old-master")
     promoted = debian_servers.start("promoted", replica_of=old_master)
+    # linked first: writes made before a replica attaches are not in any stream (the master
+    # has no backlog yet), and the shared history would be empty (second_repl_offset 1)
+    wait_synced(promoted, old_master)
     write_load(old_master, count=30)
     wait_synced(promoted, old_master)
     old_replid, _ = source_position(old_master)
