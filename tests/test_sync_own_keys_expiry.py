@@ -39,31 +39,30 @@ from .support.syncing import (
 )
 
 FAST = {"reconnect_min": "100ms", "reconnect_max": "500ms"}
-TTL_MS = 1500  # a short TTL; the keys are made persistent at 80 % of it
-# in the full sync case the snapshot of 300,000 keys must have begun by then (it took over
-# 1.2 s on a busy machine: the keys expired before their PERSIST)
-FULL_SYNC_TTL_MS = 4000
+# a short TTL; the keys are made persistent at 80 % of it. What happens before that (the
+# task catching up and stopping, or a snapshot of 300,000 keys beginning) must fit in those
+# 3.2 s: with 1.5 s it did not always on a busy machine, and the keys expired before their
+# PERSIST
+TTL_MS = 4000
 
 
-def write_expiring(client: redis.Redis, prefix: str, ttl_ms: int = TTL_MS) -> float:
-    """12 keys with a TTL of `ttl_ms` (every 4th a counter at 5); the time they were written."""
+def write_expiring(client: redis.Redis, prefix: str) -> float:
+    """12 keys with a TTL of TTL_MS (every 4th a counter at 5); the time they were written."""
     written = time.monotonic()
     for i in range(12):
         if i % 4 == 2:
-            client.set(f"{prefix}:n{i}", 5, px=ttl_ms)
+            client.set(f"{prefix}:n{i}", 5, px=TTL_MS)
         else:
-            client.set(f"{prefix}:k{i}", f"v{i}", px=ttl_ms)
+            client.set(f"{prefix}:k{i}", f"v{i}", px=TTL_MS)
     return written
 
 
-def persist_near_expiry(
-    client: redis.Redis, prefix: str, written: float, ttl_ms: int = TTL_MS
-) -> list[str]:
+def persist_near_expiry(client: redis.Redis, prefix: str, written: float) -> list[str]:
     """At 80 % of their TTL make 8 of write_expiring's keys persistent, four ways (PERSIST,
     GETEX PERSIST, INCR then PERSIST, a longer EXPIRE); the other 4 expire as set. Returns
     once their original expiry has passed, with the expired keys read once on the source so
     that its lazy expiry deletes them now (and replicates the DEL)."""
-    time.sleep(max(0.0, written + ttl_ms * 0.8 / 1000 - time.monotonic()))  # the fault's timing
+    time.sleep(max(0.0, written + TTL_MS * 0.8 / 1000 - time.monotonic()))  # the fault's timing
     for i in range(12):
         if i % 4 == 0:
             assert client.persist(f"{prefix}:k{i}"), "expired before its PERSIST: too slow"
@@ -75,7 +74,7 @@ def persist_near_expiry(
         elif i < 8:
             assert client.pexpire(f"{prefix}:k{i}", 600_000)
     wait_for(
-        lambda: time.monotonic() > written + ttl_ms / 1000 + 0.1,
+        lambda: time.monotonic() > written + TTL_MS / 1000 + 0.1,
         5,
         "the keys' original expiry to pass",
     )
@@ -156,7 +155,7 @@ def test_keys_persisted_during_the_full_sync_survive(
     target = debian_servers.start("target")
     with connect(source) as client:
         client.execute_command("DEBUG", "POPULATE", 300_000, "bulk", 16)
-        written = write_expiring(client, "p", FULL_SYNC_TTL_MS)  # in the snapshot
+        written = write_expiring(client, "p")  # in the snapshot
     start(make_task(source, target, **FAST), runners)
     wait_for(
         lambda: (cp := checkpoint(target)) is not None and cp.state == "full_sync",
@@ -168,7 +167,7 @@ def test_keys_persisted_during_the_full_sync_survive(
     target.pause()
     try:
         with connect(source) as client:
-            gone = persist_near_expiry(client, "p", written, FULL_SYNC_TTL_MS)
+            gone = persist_near_expiry(client, "p", written)
     finally:
         target.resume()
     wait_caught_up(source, target, timeout=60)
