@@ -17,7 +17,8 @@ truth is as of the scrape, as the daemon's estimate is meant to be.
 Asserted over the whole run, from the moment the true lag passes 1 s until it passes 15 s:
 the daemon's replwatch_replica_lag_seconds is within TOLERANCE of the truth at every scrape
 (scrapes at random moments between polls), the truth lies within the exported bounds, and
-the replica that keeps up reads below CAUGHT_UP. The measured worst error is printed (README
+the replica that keeps up reads its own true lag (its marker, read on loopback) within
+CAUGHT_UP. The measured worst error is printed (README
 "How lag is measured" states it).
 """
 
@@ -84,6 +85,7 @@ def test_lag_stays_true_when_the_replica_cannot_be_polled_promptly(
         wait_synced(far, master)
         wait_synced(near, master)
         truth_client = far.client(via_unix=True)
+        near_client = near.client()
         link.throttle(RATE, latency=QUEUE)
 
         port = free_port()
@@ -128,6 +130,8 @@ def test_lag_stays_true_when_the_replica_cannot_be_polled_promptly(
                 lower = value(text, "replwatch_replica_lag_lower_bound_seconds", replica=far.label)
                 upper = value(text, "replwatch_replica_lag_upper_bound_seconds", replica=far.label)
                 near_lag = value(text, "replwatch_replica_lag_seconds", replica=near.label)
+                near_marker = near_client.get("truth")
+                near_seen = writer.truth(near_marker, scraped)
                 far_poll = value(text, "replwatch_node_poll_duration_seconds", node=far.label)
                 if far_poll is not None:
                     far_polls.append(far_poll)
@@ -142,15 +146,23 @@ def test_lag_stays_true_when_the_replica_cannot_be_polled_promptly(
                 )
                 # (the truth is known within ± its marker interval, 25 ms)
                 assert lower - 0.05 <= truth <= upper + 0.05, history[-1]
-                assert near_lag is not None
-                near_lags.append(near_lag)
+                assert near_lag is not None and near_seen is not None and near_marker
+                # its true lag lies in [truth - half, truth + half]; showing the newest marker
+                # it may be fully caught up (0) up to the time since that marker was written
+                low = near_seen[0] - near_seen[1]
+                if int(near_marker.split()[0]) + 1 >= len(writer.marks):
+                    low = 0.0
+                high = near_seen[0] + near_seen[1]
+                near_lags.append(max(0.0, low - near_lag, near_lag - high))
             worst = max(errors, key=abs)
             print(
                 f"\nshared queue: {len(errors)} scrapes, truth {FROM_TRUTH:g} s → {truth:.1f} s, "
                 f"worst error {worst:+.3f} s, mean {sum(errors) / len(errors):+.3f} s; "
-                f"the replica keeping up read at most {max(near_lags):.3f} s"
+                f"the replica keeping up read at most {max(near_lags):.3f} s off its truth"
             )
             assert len(errors) >= 10, history
+            # (it read 0.31 s once while the machine was busy: off its truth, or truly
+            # behind? its own marker tells)
             assert max(near_lags) <= CAUGHT_UP, near_lags
             # the premise: its own polls waited in the queue at times (not prompt: more than
             # 0.1 s, when the estimate may take its ACKs too; between the stream's TCP backoffs
