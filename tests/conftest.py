@@ -114,9 +114,10 @@ def starved_link(request: pytest.FixtureRequest) -> Iterator[StarvedLink]:
 
 # Modules whose assertions depend on timing or CPU share: lag truth within 0.25 s on a
 # starved link, poll cadence and render pacing under load, routing trips within their `for:`,
-# /metrics answer times during a partition. The test command runs them on their own after the
-# rest. Scenarios that only wait (partitions of the syncer, kill -9 runs, alert delivery
-# with real Prometheus, two-way sync) assert outcomes, not timings, and run with the rest.
+# /metrics answer times during a partition. The test command runs them one at a time at
+# normal priority, beside the rest (scripts/test). Scenarios that only wait (partitions of
+# the syncer, kill -9 runs, alert delivery with real Prometheus, two-way sync) assert
+# outcomes, not timings, and run with the rest.
 SERIAL_MODULES = frozenset(
     {
         "test_demo",
