@@ -58,7 +58,14 @@ import redis
 from replwatch.config import RoutingConfig
 from replwatch.routing.engine import RoutingEngine
 
-from .support.monitor import Driver, describe, make_monitor, replica_view, watching
+from .support.monitor import (
+    Driver,
+    describe,
+    make_monitor,
+    node_view,
+    replica_view,
+    watching,
+)
 from .support.netns import MarkedWriter, StarvedLink
 from .support.servers import RedisProcess, ServerSet, require_build, wait_for, wait_synced
 
@@ -146,6 +153,7 @@ def test_shared_tbf_queue_lag_matches_truth_while_ack_age_stays_low(starved: Sta
     checked: list[str] = []
     history: list[str] = []
     ack_ages: list[float] = []
+    timed_out: list[str] = []  # cycles whose poll of the replica timed out in the queue
 
     async def scenario() -> None:
         async with watching(monitor, period=0.25) as ml:
@@ -175,6 +183,13 @@ def test_shared_tbf_queue_lag_matches_truth_while_ack_age_stays_low(starved: Sta
                         f"bytes={r.lag_bytes} poll={ml.last_poll_seconds:.3f}s"
                     )
                     history.append(line)
+                    if not r.reachable and node_view(snap, rep.label).error_reason == "timeout":
+                        # tbf drops what does not fit its 400 ms queue: a dropped poll request
+                        # waits for TCP's retransmission and the poll can time out (it did at
+                        # cycle 1 once). Such cycles are counted; most must get through.
+                        timed_out.append(line)
+                        await ml.pause()
+                        continue
                     assert r.reachable and r.link_up, describe(snap)
                     # ACK age: the replica keeps ACKing on time, so INFO says 0-1 s ...
                     assert r.ack_age_seconds is not None, line
@@ -203,6 +218,7 @@ def test_shared_tbf_queue_lag_matches_truth_while_ack_age_stays_low(starved: Sta
     asyncio.run(scenario())
     assert writer.error is None, writer.error
     assert_ack_ages_low(ack_ages)
+    assert len(timed_out) <= len(history) // 4, "\n".join(history)
     print("\n".join(history))  # shown with -s / on failure: the whole run
 
 
