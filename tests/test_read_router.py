@@ -1,79 +1,211 @@
-"""ReadRouter end to end against the table a running daemon publishes: reads move off a
-paused replica and back, a table that stops arriving sends reads to the master, sessions read
-their own writes, and the double read covers a miss."""
+"""ReadRouter end to end against the table a running daemon publishes, tried the way an
+application meets it: a thread reading through the router while the fault happens.
+
+- a frozen replica costs one read one socket timeout, then reads go to the master at once
+  and come back after it recovers;
+- the table Redis restarting (or replwatch stopping) never leaves the router stuck: it
+  reconnects, resubscribes and refreshes, and meanwhile follows its staleness rule;
+- a session reads its own writes, and a busy writer is not pinned to the master;
+- the double read covers a miss; replica clients take any redis-py option.
+"""
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
-from replwatch.routing.client import ReadRouter
+from replwatch.routing.client import MASTER, ReadRouter
 
-from .support.daemons import start_routing_daemon
-from .support.servers import ServerSet, wait_for, wait_synced
+from .support.apps import AppReader
+from .support.daemons import RunningDaemon, start_routing_daemon
+from .support.servers import RedisProcess, ServerSet, wait_for, wait_synced
+
+
+World = tuple[RedisProcess, RedisProcess, RedisProcess, RunningDaemon]
+
+
+def _published(table: RedisProcess, replica: str) -> None:
+    def has_it() -> bool:
+        raw = table.client().get("replwatch:routing")
+        return raw is not None and json.loads(raw)["groups"]["g"]["read_from"] == [replica]
+
+    wait_for(has_it, 10, f"table published with {replica} in rotation")
+
+
+@pytest.fixture
+def world(debian_servers: ServerSet, tmp_path: Path) -> Iterator[World]:
+    master = debian_servers.start("master")
+    a = debian_servers.start("a", replica_of=master)
+    table = debian_servers.start("table")
+    wait_synced(a, master)
+    daemon = start_routing_daemon(tmp_path, master, [a], publish=table)
+    _published(table, a.label)
+    try:
+        yield master, a, table, daemon
+    finally:
+        a.resume()
+        daemon.stop()
 
 
 @pytest.mark.timeout(90)
-def test_read_router_follows_published_table(debian_servers: ServerSet, tmp_path: Path) -> None:
-    master = debian_servers.start("master")
-    a = debian_servers.start("a", replica_of=master)
-    table_redis = debian_servers.start("table")
-    wait_synced(a, master)
-    daemon = start_routing_daemon(tmp_path, master, [a], publish=table_redis)
-    router = ReadRouter.from_url(table_redis.url, "g", master.client(), max_staleness=1.5)
+def test_frozen_replica_costs_one_socket_timeout(world: World) -> None:
+    """A SIGSTOPped replica: the application waits about one socket timeout once, then
+    reads from the master with no gap, and goes back to the replica after it recovers."""
+    master, a, table, _daemon = world
+    router = ReadRouter.from_url(table.url, "g", master.client(), max_staleness=3.0)
+    router.start()
+    master.client().set("k", "v")
+    wait_for(lambda: a.client().get("k") == b"v", 5, "replicated")
     try:
-        wait_for(
-            lambda: table_redis.client().get("replwatch:routing") is not None, 10, "table published"
-        )
-        doc = json.loads(table_redis.client().get("replwatch:routing"))
-        assert doc["groups"]["g"]["read_from"] == [a.label]
-        router.start()
-        master.client().set("k", "v1")
-        wait_for(lambda: a.client().get("k") == b"v1", 5, "replicated")
-        assert router.read("GET", "k") == b"v1"
-        assert router.choose()[0] == a.label and router.stats.replica_reads == 1
+        with AppReader(lambda: router.read_routed("GET", "k").served_by) as app:
+            app.wait_served_by(0.0, a.label, 20, 10)
+            frozen = time.monotonic()
+            a.pause()
+            app.wait_served_by(frozen, MASTER, 50, 10)
+            # replwatch takes it out of the table (out for unreachable at once) while the
+            # router's cooldown keeps the app off it meanwhile
+            wait_for(lambda: router.choose()[0] == MASTER, 10, "table takes the replica out")
+            time.sleep(0.5)  # reads keep flowing to the master for a while: measured below
+            thawed = time.monotonic()
+            a.resume()
+            back = app.wait_served_by(thawed, a.label, 5, 20)
+            stalled = [r for r in app.since(frozen) if r.ended < thawed and r.seconds > 0.5]
+            longest_gap = app.longest_gap_since(frozen)
+            failed = [r for r in app.since(frozen) if r.served_by is None]
+        assert not failed, failed[:3]
+        # one read waited the 1 s socket timeout (redis-py's retries would make it ~15 s)
+        assert len(stalled) == 1, [(r.seconds, r.served_by) for r in stalled]
+        assert 0.9 <= stalled[0].seconds <= 1.6
+        assert longest_gap <= 1.6, longest_gap
+        assert router.stats.fallbacks["replica_error"] == 1
+        assert back - thawed < 20
+    finally:
+        router.stop()
 
-        # read-your-writes: the replica is paused, so only the master has the write
+
+@pytest.mark.timeout(90)
+def test_router_survives_table_redis_restart_and_replwatch_stop(world: World) -> None:
+    """The table Redis restarts (1 s down, comes back empty): the router reconnects,
+    resubscribes and follows the table again; replwatch stops: after max_staleness every
+    read goes to the master, and a key it left behind is not taken for a fresh table."""
+    master, a, table, daemon = world
+    router = ReadRouter.from_url(table.url, "g", master.client(), max_staleness=2.0)
+    router.start()
+    try:
+        with AppReader(lambda: router.read_routed("GET", "k").served_by, pace=0.01) as app:
+            app.wait_served_by(0.0, a.label, 10, 10)
+            down = time.monotonic()
+            table.stop()
+            wait_for(lambda: router.table_reconnects >= 1, 10, "router notices the outage")
+            # the table it has stays good for max_staleness, then the master
+            app.wait_served_by(down, MASTER, 5, 10)
+            table.restart()
+            up = time.monotonic()
+            _published(table, a.label)  # replwatch publishes again to the new server
+            back = app.wait_served_by(up, a.label, 10, 15)
+            # on the replica within a publish interval and a reconnect backoff of coming back
+            assert back - up < 5, back - up
+            failed = [r for r in app.since(down) if r.served_by is None]
+            assert not failed, failed[:3]
+
+            daemon.proc.terminate()
+            daemon.proc.wait(timeout=10)
+            stopped = time.monotonic()
+            first_master = app.wait_served_by(stopped, MASTER, 1, 10)
+            # the last table was at most one publish interval old when replwatch stopped
+            assert first_master - stopped <= 2.0 + 0.5, first_master - stopped
+        # a new router started now finds the key replwatch left: too old to be trusted
+        raw = table.client().get("replwatch:routing")
+        assert raw is not None
+        published_at = json.loads(raw)["published_at"]
+        wait_for(lambda: time.time() - published_at > 2.5, 5, "the key is 2.5 s old")
+        late = ReadRouter.from_url(table.url, "g", master.client(), max_staleness=2.0)
+        assert late.refresh()
+        assert late.read_routed("GET", "k").served_by == MASTER
+        assert late.stats.fallbacks == {"stale_table": 1}
+    finally:
+        router.stop()
+
+
+@pytest.mark.timeout(90)
+def test_session_reads_its_writes_without_pinning_a_busy_writer(world: World) -> None:
+    """A session writing every few ms (far faster than the table is published) reads each
+    write back, and mostly from the replica: its offset is learned with the read."""
+    master, a, table, _daemon = world
+    router = ReadRouter.from_url(table.url, "g", master.client())
+    router.start()
+    try:
+        wait_for(lambda: router.choose()[0] == a.label, 10, "router reads the replica")
         session = router.session()
+        served: dict[str, int] = {}
+        for i in range(300):
+            session.write("SET", "counter", i)
+            routed = session.read_routed("GET", "counter")
+            assert routed.value == str(i).encode(), (i, routed)
+            served[routed.served_by] = served.get(routed.served_by, 0) + 1
+        assert served.get(a.label, 0) >= 150, served
+
+        # a paused replica: the session still reads its write (from the master)
         a.pause()
-        session.write("SET", "k", "v2")
-        assert session.read("GET", "k") == b"v2"
-        assert router.stats.fallbacks.get("read_your_writes", 0) >= 1
-
-        # the daemon takes the paused replica out; the pub/sub message moves reads
-        wait_for(lambda: router.choose()[0] == "master", 10, "router routes to the master")
-        a.resume()
-        wait_for(lambda: router.choose()[0] == a.label, 15, "router back on the replica")
-        wait_for(
-            lambda: (
-                session.read("GET", "k") == b"v2"
-                and router.choose(session.min_offset)[0] == a.label
-            ),
-            10,
-            "session reads the replica again",
-        )
-
-        # double read: a key missing on the replica is read from the master
-        double = ReadRouter.from_url(table_redis.url, "g", master.client(), fallback_on_miss=True)
-        double.refresh()
-        a.client().config_set("replica-read-only", "no")
-        master.client().set("only-master", "yes")
-        wait_for(lambda: a.client().get("only-master") == b"yes", 5, "replicated")
-        a.client().delete("only-master")  # the replica misses it
-        assert double.read("GET", "only-master") == b"yes"
-        assert double.stats.fallbacks.get("miss") == 1
-
-        # the daemon stops: no table arrives any more; after max_staleness → master
-        daemon.proc.terminate()
-        daemon.proc.wait(timeout=10)
-        t0 = time.monotonic()
-        wait_for(lambda: router.choose()[0] == "master", 5, "stale table → master")
-        assert time.monotonic() - t0 <= 1.5 + 0.5
-        assert router.stats.fallbacks.get("stale_table", 0) >= 1
+        session.write("SET", "counter", "after-pause")
+        routed = session.read_routed("GET", "counter")
+        assert (routed.value, routed.served_by) == (b"after-pause", MASTER)
     finally:
         a.resume()
         router.stop()
-        daemon.stop()
+
+
+@pytest.mark.timeout(60)
+def test_double_read_and_replica_client_options(world: World) -> None:
+    master, a, table, _daemon = world
+    # an ACL user on the replica: username and password reach replica clients
+    a.client().acl_setuser(
+        "app",
+        enabled=True,
+        passwords=["+s3cret"],
+        keys=["*"],
+        commands=["+@read", "+@connection", "+info"],
+    )
+    double = ReadRouter.from_url(
+        table.url,
+        "g",
+        master.client(),
+        password="s3cret",
+        username="app",
+        fallback_on_miss=True,
+        replica_options={"client_name": "app-reader"},
+    )
+    assert double.refresh()
+    a.client().config_set("replica-read-only", "no")
+    master.client().set("only-master", "yes")
+    wait_for(lambda: a.client().get("only-master") == b"yes", 5, "replicated")
+    assert double.read_routed("GET", "only-master").served_by == a.label
+    a.client().delete("only-master")  # the replica misses it
+    routed = double.read_routed("GET", "only-master")
+    assert (routed.value, routed.served_by, routed.fallback) == (b"yes", MASTER, "miss")
+    assert double.stats.fallbacks == {"miss": 1}
+    names = [c["name"] for c in a.client().client_list()]
+    assert "app-reader" in names, names
+
+    # a wrong password is a replica error: the master answers, the replica cools down
+    wrong = ReadRouter.from_url(table.url, "g", master.client(), password="nope", username="app")
+    assert wrong.refresh()
+    assert wrong.read_routed("GET", "k").fallback == "replica_error"
+    assert wrong.read_routed("GET", "k").fallback == "cooling_down"
+
+    # a factory of one's own
+    made: list[str] = []
+
+    def factory(label: str) -> redis.Redis:
+        made.append(label)
+        client: redis.Redis = a.client()
+        return client
+
+    own = ReadRouter.from_url(table.url, "g", master.client(), replica_factory=factory)
+    assert own.refresh()
+    assert own.read_routed("GET", "k").served_by == a.label and made == [a.label]
