@@ -74,7 +74,9 @@ LAG_CASES: list[tuple[str, float, float, float]] = [
     ("lacks-the-next-write", 100.25, 101.0, 0.5),  # next write 100.5 → 101.0 - 100.5
     ("lacks-everything-after-oldest", 100.0, 101.0, 0.75),
     ("between-writes (another writer)", 100.3, 101.0, 0.5),
-    ("older-than-history-falls-back", 99.0, 101.0, 2.0),  # now - seen: an upper bound
+    # written before our first write (a restart): no evidence, the lower bound now - first
+    ("written-before-we-started", 99.0, 101.0, 1.0),
+    ("written-long-before-we-started", 70.0, 100.01, 0.01),
     ("next-write-after-now-clamps", 100.25, 100.4, 0.0),
     ("lag-grows-with-time", 100.25, 103.5, 3.0),
 ]
@@ -92,11 +94,15 @@ def test_heartbeat_lag(seen: float, mono_now: float, lag: float) -> None:
     assert history.lag_of(seen, mono_now, wall_now=9e9) == pytest.approx(lag)
 
 
-def test_lag_with_clock_offset_and_no_history() -> None:
+def test_no_heartbeat_lag_before_our_first_write() -> None:
+    """After a restart the key holds the previous process's heartbeat, as old as the
+    downtime: until we wrote one, it proves nothing."""
     history = HeartbeatHistory()
-    # nothing written by us: master's now is the wall clock, lag = now - seen
-    assert history.lag_of(1_700_000_000.0, 5.0, 1_700_000_003.5) == pytest.approx(3.5)
-    assert history.lag_of(1_700_000_010.0, 5.0, 1_700_000_003.5) == 0.0
+    assert history.lag_of(1_700_000_000.0, 5.0, 1_700_000_030.0) is None
+    history.record(1_700_000_030.0, 5.0, 5.0)
+    # the follower still shows the old value: it lacks only our first write, 0.2 s old
+    assert history.lag_of(1_700_000_000.0, 5.2, 0.0) == pytest.approx(0.2)
+    assert history.lag_of(1_700_000_030.0, 5.2, 0.0) == 0.0
 
 
 def test_lag_uses_the_master_clock_not_the_local_wall_clock() -> None:
@@ -124,8 +130,11 @@ def test_capacity_drops_oldest_writes() -> None:
         history.record(t, t, t)
     assert len(history) == 4
     assert history.newest == 109.0
-    # 105.5 lies before the oldest kept write (106): falls back to now - seen
+    # 105.5 lies before the oldest kept write (106) but after our first (100): we wrote
+    # after it, but what is trimmed: falls back to now - seen, an upper bound
     assert history.lag_of(105.5, 110.0, 0.0) == pytest.approx(4.5)
+    # 99 was written before we started: the lower bound now - first write (100)
+    assert history.lag_of(99.0, 110.0, 0.0) == pytest.approx(10.0)
     # 106 is kept: the follower lacks 107
     assert history.lag_of(106.0, 110.0, 0.0) == pytest.approx(3.0)
 

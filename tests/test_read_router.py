@@ -11,6 +11,7 @@ application meets it: a thread reading through the router while the fault happen
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Iterator
@@ -22,9 +23,8 @@ import redis
 from replwatch.routing.client import MASTER, ReadRouter
 
 from .support.apps import AppReader
-from .support.daemons import RunningDaemon, start_routing_daemon
+from .support.daemons import RunningDaemon, parse_metrics, sample_value, start_routing_daemon
 from .support.servers import RedisProcess, ServerSet, wait_for, wait_synced
-
 
 World = tuple[RedisProcess, RedisProcess, RedisProcess, RunningDaemon]
 
@@ -209,3 +209,46 @@ def test_double_read_and_replica_client_options(world: World) -> None:
     own = ReadRouter.from_url(table.url, "g", master.client(), replica_factory=factory)
     assert own.refresh()
     assert own.read_routed("GET", "k").served_by == a.label and made == [a.label]
+
+
+@pytest.mark.timeout(90)
+def test_replwatch_restart_does_not_trip_healthy_replicas(world: World, tmp_path: Path) -> None:
+    """replwatch down for 3 s (beyond trip's 1 s + 500 ms) and started again: the replica
+    holds the heartbeat the old process wrote, 3 s old, yet it is current; from the first
+    scrape of the new process its heartbeat lag and its lag are small and it stays in
+    rotation (the old value was read as 3 s of lag until the first new one arrived)."""
+    _master, a, _table, daemon = world
+    wait_for(lambda: _replica_series(daemon, a)[0] is not None, 10, "heartbeat lag known")
+    daemon.stop()
+    time.sleep(3.0)  # the downtime is the fault: its length is what the old value shows
+    again = RunningDaemon(tmp_path / "c.yaml", int(daemon.base.rsplit(":", 1)[1]))
+    try:
+        seen: list[tuple[float | None, float | None, float | None]] = []
+        deadline = time.monotonic() + 20
+        while len(seen) < 40 and time.monotonic() < deadline:
+            with contextlib.suppress(OSError):  # not listening yet
+                sample = _replica_series(again, a)
+                if sample != (None, None, None):
+                    seen.append(sample)
+            time.sleep(0.05)
+    finally:
+        again.stop()
+    assert len(seen) == 40
+    assert all(hb is None or hb < 1.0 for hb, _, _ in seen), seen
+    assert all(lag is None or lag < 1.0 for _, lag, _ in seen), seen
+    assert all(rot in (None, 1.0) for _, _, rot in seen), seen
+
+
+def _replica_series(
+    daemon: RunningDaemon, replica: RedisProcess
+) -> tuple[float | None, float | None, float | None]:
+    """(heartbeat lag, best lag, in rotation) of one replica, from a scrape."""
+    samples = parse_metrics(daemon.metrics())
+    return tuple(  # type: ignore[return-value]
+        sample_value(samples, name, replica=replica.label)
+        for name in (
+            "replwatch_replica_heartbeat_lag_seconds",
+            "replwatch_replica_lag_seconds",
+            "replwatch_routing_in_rotation",
+        )
+    )
