@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import ssl
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -376,6 +377,25 @@ class ExporterHTTPServer(ThreadingHTTPServer):
         self._encoders_lock = threading.Lock()
         super().__init__(address, _Handler)
         self._thread: threading.Thread | None = None
+        self.clients_gone = 0  # connections a client reset or closed mid-request
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that resets or closes its connection mid-request (HAProxy's health
+        checks do, every check) is logged once at info, then at debug: no traceback. Any
+        other error in a request is a bug and keeps its traceback."""
+        exc = sys.exc_info()[1]
+        if not isinstance(exc, ConnectionError | TimeoutError):
+            log.exception("request from %s failed", client_address[0] if client_address else "?")
+            return
+        self.clients_gone += 1
+        level = logging.INFO if self.clients_gone == 1 else logging.DEBUG
+        log.log(
+            level,
+            "client %s closed its connection mid-request (%s); load balancer health checks"
+            " do this, and further ones are logged at debug",
+            client_address[0] if client_address else "?",
+            type(exc).__name__,
+        )
 
     def web_settings(self) -> WebSettings | None:
         return self.web.current() if self.web is not None else None
