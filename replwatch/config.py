@@ -1396,9 +1396,7 @@ def _check_tls(tls: TLSConfig | None, where: str, problems: list[str]) -> None:
             return
     if tls.cert_file is not None:
         try:
-            context.load_cert_chain(
-                str(tls.cert_file), str(tls.key_file) if tls.key_file else None
-            )
+            context.load_cert_chain(str(tls.cert_file), str(tls.key_file) if tls.key_file else None)
         except (ssl.SSLError, ValueError):
             problems.append(
                 f"{where}.cert_file: {tls.cert_file} is not a PEM certificate with its key "

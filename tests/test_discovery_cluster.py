@@ -2,7 +2,9 @@
 fleet and the scheduler, in-process. Every shard becomes a group with its replica; a manual
 failover moves the shard's master without renaming the group (same monitor, old master
 reported as its replica, no replica series of the promoted node); a slot migration updates
-both shards' slots and keeps their names."""
+both shards' slots and keeps their names. Every shard gets heartbeats and WAIT probes (keys in
+its own slots, re-chosen when the slot of one moves away; replicas read with READONLY), and a
+master killed and replaced is a down node of its shard, not a group of its own."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 from replwatch.config import config_from_data
+from replwatch.keyslot import key_slot, owns
 from replwatch.routing.engine import RoutingEngine
 from replwatch.scheduler import MonitorScheduler, SchedulerStats
 from replwatch.state import GroupSnapshot, ProbeStore, SnapshotStore
@@ -32,6 +35,7 @@ def test_cluster_shards_failover_and_slot_migration(cluster: Cluster) -> None:
         {
             "poll": {"interval": "500ms", "timeout": "400ms"},
             "heartbeat": {"interval": "250ms"},
+            "probe": {"timeout": "1s", "interval": "1s"},
             "groups": [
                 {
                     "name": "carts",
@@ -52,6 +56,7 @@ def test_cluster_shards_failover_and_slot_migration(cluster: Cluster) -> None:
 
     def cycle() -> dict[str, GroupSnapshot]:
         loop.run_until_complete(fleet.discover())
+        loop.run_until_complete(scheduler.heartbeat_round())
         loop.run_until_complete(scheduler.poll_all())
         return {s.name: s for s in store.all()}
 
@@ -86,6 +91,19 @@ def test_cluster_shards_failover_and_slot_migration(cluster: Cluster) -> None:
         assert snaps[f"carts:s{per}"].master == m1.label
         assert fleet.discovery["carts"].ok
 
+        # heartbeats and probes on every shard, not only the one owning the configured keys
+        snaps = until(
+            lambda s: all(g.replicas[0].heartbeat_lag_seconds is not None for g in s.values()),
+            "a heartbeat lag on every shard (the replicas read the key with READONLY)",
+        )
+        keys = {name: m._hb_key for name, m in fleet.monitors.items()}
+        assert len(set(keys.values())) == 3, keys
+        for name, monitor in fleet.monitors.items():
+            assert monitor.writer is not None and monitor.writer.last_ok, name
+            assert all(r.heartbeat_lag_seconds < 1 for r in snaps[name].replicas), name
+            result = loop.run_until_complete(fleet.probers[name][0].probe())
+            assert (result.result, result.acked) == ("ok", 1), (name, result)
+
         # manual failover of the second shard: same group, master moved to its replica
         monitor = fleet.monitors[f"carts:s{per}"]
         cluster.failover(r1)
@@ -117,6 +135,45 @@ def test_cluster_shards_failover_and_slot_migration(cluster: Cluster) -> None:
         third = fleet.monitors[f"carts:s{2 * per}"].group.slots
         assert third[0] == (0, 0)
         assert fleet.discovery["carts"].changes >= 2
+
+        # the slot of the first shard's heartbeat key moves away: a new key, in its slots
+        old_key = fleet.monitors["carts:s0"]._hb_key
+        assert old_key is not None
+        cluster.migrate_slot(key_slot(old_key.encode()), cluster.nodes[2])
+        snaps = until(
+            lambda s: (
+                fleet.monitors["carts:s0"]._hb_key != old_key
+                and s["carts:s0"].replicas[0].heartbeat_lag_seconds is not None
+                and fleet.monitors["carts:s0"].writer.last_ok  # type: ignore[union-attr]
+            ),
+            "the first shard's heartbeat on a key in its own slots again",
+        )
+        new_key = fleet.monitors["carts:s0"]._hb_key
+        assert new_key is not None and owns(
+            fleet.monitors["carts:s0"].group.slots, key_slot(new_key.encode())
+        )
+        probe = loop.run_until_complete(fleet.probers["carts:s0"][0].probe())
+        assert probe.result == "ok", probe
+
+        # kill -9 the third shard's master: its replica takes over (cluster-node-timeout),
+        # and the dead node is a down node of that shard, not a group of its own
+        third_name = f"carts:s{2 * per}"
+        m2, r2 = cluster.nodes[2], cluster.replicas[2][0]
+        m2.kill()
+        snaps = until(
+            lambda s: s[third_name].master == r2.label and s[third_name].master_role_ok,
+            "the third shard following its promoted replica",
+            timeout=40,
+        )
+        snaps = until(
+            lambda s: [r.label for r in s[third_name].replicas] == [m2.label],
+            "the dead old master listed as a node of its shard",
+        )
+        assert set(snaps) == {"carts:s0", f"carts:s{per}", third_name}, set(snaps)
+        dead = snaps[third_name].replicas[0]
+        assert not dead.reachable
+        table = routing.table(third_name)
+        assert table is not None and not table.degraded
     finally:
         scheduler.shutdown()
         fleet.close()

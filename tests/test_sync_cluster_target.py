@@ -21,21 +21,19 @@ import yaml
 
 from replwatch.config import ClusterTarget, SyncTask, TLSConfig, config_from_data, iter_secrets
 from replwatch.errors import ConfigError, RedisError
+from replwatch.keyslot import SLOTS, key_slot, slot_tags
 from replwatch.observe.connection import encode_command
 from replwatch.sync.checkpoint import Checkpoint, checkpoint_key
 from replwatch.sync.cluster_target import ClusterTargetLink, split_payload
 from replwatch.sync.slots import (
-    SLOTS,
     CrossSlotError,
     Redirect,
     Route,
     already_applied,
     first_redirect,
-    key_slot,
     parse_cluster_slots,
     parse_redirect,
     route,
-    slot_tags,
 )
 from replwatch.sync.watch import SyncTaskView, SyncWatcher
 from replwatch.sync.writer import CLIENT_NAME
@@ -532,7 +530,7 @@ def test_slot_migration_mid_stream_follows_moved_and_ask(
             # them only after the slot was home again, and saw no MOVED at all
             _replid, moved_at = source_position(source)
             wait_for(
-                lambda: ((cp := record(cluster)) is not None and (cp.offset or 0) >= moved_at),
+                lambda: (cp := record(cluster)) is not None and (cp.offset or 0) >= moved_at,
                 30,
                 "the task to apply the writes made while the slot was away",
             )

@@ -9,7 +9,11 @@ from typing import Any
 
 import pytest
 
-from replwatch.topology.cluster import parse_cluster_nodes_groups, parse_cluster_shards_groups
+from replwatch.topology.cluster import (
+    fold_failed_masters,
+    parse_cluster_nodes_groups,
+    parse_cluster_shards_groups,
+)
 from replwatch.topology.model import Address
 from replwatch.topology.sentinel import SentinelView, choose, parse_sentinel_view
 
@@ -138,16 +142,36 @@ def test_parse_cluster_nodes() -> None:
 
 
 @pytest.mark.parametrize(
-    ("text", "master", "down", "replicas"),
+    ("text", "previous", "master", "down", "replicas"),
     [
-        (FAILED, Address("127.0.0.1", 7003), False, ()),  # the promoted replica took over
-        (FAILED_NOT_REPLACED, Address("127.0.0.1", 7000), True, (Address("127.0.0.1", 7003),)),
+        # the promoted replica took over; the failed old master is a down node of its shard
+        (
+            FAILED,
+            [frozenset({"a01", "b01"})],
+            Address("127.0.0.1", 7003),
+            False,
+            (Address("127.0.0.1", 7000),),
+        ),
+        # ... when replwatch knew the shard; else it is no group, and not shown
+        (FAILED, [], Address("127.0.0.1", 7003), False, ()),
+        (FAILED, [frozenset({"zz"})], Address("127.0.0.1", 7003), False, ()),
+        (
+            FAILED_NOT_REPLACED,
+            [],
+            Address("127.0.0.1", 7000),
+            True,
+            (Address("127.0.0.1", 7003),),
+        ),
     ],
 )
 def test_parse_cluster_nodes_failed_master(
-    text: str, master: Address, down: bool, replicas: tuple[Address, ...]
+    text: str,
+    previous: list[frozenset[str]],
+    master: Address,
+    down: bool,
+    replicas: tuple[Address, ...],
 ) -> None:
-    (group,) = parse_cluster_nodes_groups(text)
+    (group,) = fold_failed_masters(parse_cluster_nodes_groups(text), previous)
     assert (group.master, group.master_down, group.replicas) == (master, down, replicas)
     assert group.slots == ((0, 16383),)
 
@@ -187,6 +211,28 @@ def test_parse_cluster_shards() -> None:
     assert second.replicas == (Address("127.0.0.1", 7001),) and not second.master_down
     assert second.node_ids == {"b1", "b2"}
     assert empty.slots == () and empty.master == Address("127.0.0.1", 7005)
+
+
+def test_cluster_shards_failed_master_in_a_shard_of_its_own() -> None:
+    """Redis 7.0 lists a killed master whose replica took over as a shard of its own with
+    no slots: after the fold it is a down node of the shard it was in, not a group."""
+    shards = [
+        [b"slots", [0, 16383], b"nodes", [node("b2", 7004, "master")]],
+        [b"slots", [], b"nodes", [node("b1", 7001, "master", "fail")]],
+    ]
+    parsed = parse_cluster_shards_groups(shards)
+    assert [g.key for g in parsed] == ["s0", "nb1"]
+    (group,) = fold_failed_masters(parsed, [frozenset({"b1", "b2"})])
+    assert group.master == Address("127.0.0.1", 7004) and not group.master_down
+    assert group.replicas == (Address("127.0.0.1", 7001),)
+    assert group.node_ids == {"b1", "b2"}  # so the next discovery folds it again
+    # a slotless master that is up is a group of its own (an empty new master)
+    assert [g.key for g in fold_failed_masters(parse_cluster_shards_groups(SHARDS), [])] == [
+        "s0",
+        "s5461",
+        "s10922",
+        "ne1",
+    ]
 
 
 def test_parse_cluster_shards_failed_master_not_replaced() -> None:

@@ -193,9 +193,7 @@ def run_task_client(args: argparse.Namespace, out: TextIO | None = None) -> int:
         data = client.request("GET", "/api/v1/tasks")
         records = data.get("tasks", [])
         out.write(
-            json.dumps(data, indent=2, sort_keys=True) + "\n"
-            if args.json
-            else render_list(records)
+            json.dumps(data, indent=2, sort_keys=True) + "\n" if args.json else render_list(records)
         )
         return EXIT_OK
     if command == "status":

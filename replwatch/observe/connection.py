@@ -171,6 +171,11 @@ def classify_reply_error(message: str) -> RedisError:
         return RedisError("server is loading its dataset", reason="loading")
     if upper.startswith("BUSY"):
         return RedisError("server is busy running a script", reason="busy")
+    if upper.startswith(("MOVED", "ASK ")):
+        # a cluster node answering for a key whose slot another node serves
+        return RedisError(f"{message.split(chr(10))[0][:200]} (key in another shard)", "moved")
+    if upper.startswith("CLUSTERDOWN"):
+        return RedisError(message.split("\n")[0][:200], reason="cluster_down")
     return RedisError(message.split("\n")[0][:200], reason="error")
 
 

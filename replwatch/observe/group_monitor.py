@@ -20,6 +20,7 @@ from replwatch.config import (
     TLSConfig,
     tls_over,
 )
+from replwatch.keyslot import key_in_slots
 from replwatch.lag.acks import AckSeen, ack_reading
 from replwatch.lag.compute import NodeSample, ReplicaMemory, compute_group
 from replwatch.lag.followers import match_line
@@ -125,12 +126,11 @@ class GroupMonitor:
         self.lag_config = lag
         self.tls = tls_over(tls, group.tls)
         self._wall = wall_clock
-        self._hb_key = heartbeat.key if heartbeat.enabled else None
+        self._cluster = group.source == "cluster"
+        self._hb_key = self._heartbeat_key(group, None)
         self.master = NodePoller(group.master, poll.timeout, self.tls)
         self.configured = [r.label for r in group.replicas]
-        self.replicas: dict[str, NodePoller] = {
-            r.label: NodePoller(r, poll.timeout, self.tls, self._hb_key) for r in group.replicas
-        }
+        self.replicas: dict[str, NodePoller] = {r.label: self._poller(r) for r in group.replicas}
         self.discovered: set[str] = set()
         self.clock = OffsetClock(lag.offset_clock_window, lag.offset_clock_max_points)
         self.history: HeartbeatHistory | None = None
@@ -150,12 +150,27 @@ class GroupMonitor:
         # bumped by retarget: a cycle begun before it polled nodes of the old topology
         self.generation = 0
 
+    def _heartbeat_key(self, group: MonitoredGroup, current: str | None) -> str | None:
+        """The heartbeat key; on a cluster shard one whose hash tag lands in a slot the
+        shard owns (the configured key is in one shard only), kept while it still does."""
+        if not self.heartbeat_config.enabled:
+            return None
+        if not self._cluster:
+            return self.heartbeat_config.key
+        return key_in_slots(self.heartbeat_config.key, group.slots, current)
+
+    def _poller(self, endpoint: RedisEndpoint) -> NodePoller:
+        """A replica's poller: it reads the heartbeat key (after READONLY on a cluster)."""
+        return NodePoller(
+            endpoint, self.poll_config.timeout, self.tls, self._hb_key, readonly=self._cluster
+        )
+
     def _heartbeat_writer(self, master: RedisEndpoint) -> HeartbeatWriter:
-        assert self.history is not None
+        assert self.history is not None and self._hb_key is not None
         hb = self.heartbeat_config
         return HeartbeatWriter(
             master,
-            hb.key,
+            self._hb_key,
             hb.ttl,
             min(self.poll_config.timeout, max(hb.interval, 0.05)),
             self.history,
@@ -180,6 +195,16 @@ class GroupMonitor:
         self.group = group
         self.generation += 1
         master_moved = group.master != old.master
+        key = self._heartbeat_key(group, self._hb_key)
+        if key != self._hb_key:
+            # the shard no longer owns the key's slot: every reader and the writer move on
+            self._hb_key = key
+            for poller in self.replicas.values():
+                poller.close()
+            self.replicas = {label: self._poller(p.endpoint) for label, p in self.replicas.items()}
+            if self.writer is not None and not master_moved:
+                self.writer.close()
+                self.writer = self._heartbeat_writer(group.master)
         if master_moved:
             self.master.close()
             self.master = NodePoller(group.master, self.poll_config.timeout, self.tls)
@@ -205,9 +230,7 @@ class GroupMonitor:
             self.acks.pop(label, None)
         for label, endpoint in wanted.items():
             if label not in self.replicas:
-                self.replicas[label] = NodePoller(
-                    endpoint, self.poll_config.timeout, self.tls, self._hb_key
-                )
+                self.replicas[label] = self._poller(endpoint)
             self.discovered.discard(label)
         self.configured = list(wanted)
         self.memory.pop(group.master.label, None)
@@ -381,9 +404,7 @@ class GroupMonitor:
         listed = {amap.label(line.address) for info in infos for line in info.replicas}
         known = set(self.replicas) | {self.group.master.label}
         for endpoint in discovered_endpoints(self.group.master, infos, known, amap):
-            self.replicas[endpoint.label] = NodePoller(
-                endpoint, self.poll_config.timeout, self.tls, self._hb_key
-            )
+            self.replicas[endpoint.label] = self._poller(endpoint)
             self.discovered.add(endpoint.label)
         for label in list(self.discovered):
             if label not in listed:

@@ -14,6 +14,7 @@ with no command of its own (lag/acks.py times the followers' ACKs with them).
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -29,6 +30,8 @@ from replwatch.observe.connection import (
     classify_reply_error,
     encode_command,
 )
+
+log = logging.getLogger("replwatch.heartbeat")
 
 HEARTBEAT_SCRIPT = """\
 local info = redis.call('INFO', 'replication')
@@ -153,9 +156,17 @@ class HeartbeatWriter:
     def record_failure(self, reason: str) -> bool:
         """A write that failed on another connection (a piggybacked one): counted, and this
         writer's own connection is left alone."""
-        self.last_ok, self.last_error = False, reason
+        self._note_failure(reason)
         self.writes_failed += 1
         return False
+
+    def _note_failure(self, reason: str) -> None:
+        """last_ok/last_error, logged when writes start failing (or fail for a new reason)."""
+        if reason != self.last_error:
+            log.warning(
+                "heartbeat write %s to %s failed: %s", self.key, self.endpoint.label, reason
+            )
+        self.last_ok, self.last_error = False, reason
 
     def _handle_reply(self, reply: Any, sent: float, received: float) -> bool:
         if isinstance(reply, hiredis.ReplyError):
@@ -170,6 +181,8 @@ class HeartbeatWriter:
         self.history.record(micros / 1_000_000, sent, received)
         if isinstance(info, bytes) and self.on_master_info is not None:
             self.on_master_info(info, (sent + received) / 2)
+        if self.last_ok is False:
+            log.info("heartbeat writes to %s work again", self.endpoint.label)
         self.last_ok, self.last_error = True, None
         self.writes_ok += 1
         return True
@@ -178,7 +191,7 @@ class HeartbeatWriter:
         if self._conn is not None and reason != "not_master":
             self._conn.close()
             self._conn = None
-        self.last_ok, self.last_error = False, reason
+        self._note_failure(reason)
         self.writes_failed += 1
         return False
 

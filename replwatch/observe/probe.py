@@ -9,6 +9,7 @@ connection (WAIT counts acknowledgements of this connection's last write).
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from dataclasses import dataclass
 
@@ -23,6 +24,8 @@ from replwatch.observe.connection import (
     classify_reply_error,
     encode_command,
 )
+
+log = logging.getLogger("replwatch.probe")
 
 PROBE_SCRIPT = """\
 local info = redis.call('INFO', 'replication')
@@ -51,22 +54,30 @@ class ProbeResult:
 
 class WaitProber:
     def __init__(
-        self, group: str, endpoint: RedisEndpoint, probe: ProbeConfig, tls: TLSConfig | None
+        self,
+        group: str,
+        endpoint: RedisEndpoint,
+        probe: ProbeConfig,
+        tls: TLSConfig | None,
+        key: str | None = None,
     ) -> None:
+        """`key`: the probe key when not `probe.key` (a cluster shard's, in its own slots)."""
         self.group = group
         self.endpoint = endpoint
         self.config = probe
+        self.key = key if key is not None else probe.key
         self.tls = tls
         self._conn: Connection | None = None
         self._seq = 0
         self._online: int | None = None  # replicas online at the last probe
         self._wanted: dict[InFlight, int] = {}  # begin()'s probes: replicas waited for
+        self._failing: str | None = None  # the reason of the current run of errors
 
     def _script_command(self) -> tuple[int, str, int, str]:
         ttl_ms = max(1000, int(self.config.ttl * 1000))
         self._seq += 1
         value = f"{time.time():.6f}:{self._seq}"
-        return (1, self.config.key, ttl_ms, value)
+        return (1, self.key, ttl_ms, value)
 
     @property
     def wait_timeout(self) -> float:
@@ -117,7 +128,9 @@ class WaitProber:
             acked = int(wait_reply)
             seconds = max(0.0, inflight.received - inflight.sent)
             result = "ok" if acked >= wanted else "timeout"
-            return ProbeResult(self.group, result, wanted, acked, seconds, at=time.time())
+            return self._answered(
+                ProbeResult(self.group, result, wanted, acked, seconds, at=time.time())
+            )
         except (RedisError, ValueError, TypeError) as exc:
             return self._failed(exc)
 
@@ -140,6 +153,9 @@ class WaitProber:
         if self._conn is not None and reason != "not_master":
             self._conn.close()
             self._conn = None
+        if reason != self._failing:  # logged when it starts failing, or fails otherwise
+            log.warning("WAIT probe of group %s failed (%s): %s", self.group, reason, exc)
+            self._failing = reason
         return ProbeResult(self.group, "error", None, None, None, reason, str(exc), at=time.time())
 
     async def probe(self) -> ProbeResult:
@@ -190,9 +206,17 @@ class WaitProber:
                 acked = int(reply)
             seconds = time.monotonic() - sent
             result = "ok" if acked >= wanted else "timeout"
-            return ProbeResult(self.group, result, wanted, acked, seconds, at=time.time())
+            return self._answered(
+                ProbeResult(self.group, result, wanted, acked, seconds, at=time.time())
+            )
         except (RedisError, ValueError, TypeError) as exc:
             return self._failed(exc)
+
+    def _answered(self, result: ProbeResult) -> ProbeResult:
+        if self._failing is not None:
+            log.info("WAIT probe of group %s works again", self.group)
+            self._failing = None
+        return result
 
     def close(self) -> None:
         if self._conn is not None:

@@ -17,12 +17,13 @@ from typing import TYPE_CHECKING, Any
 
 import hiredis
 
+from replwatch.keyslot import key_slot, slot_tags
 from replwatch.observe.connection import encode_command
 from replwatch.sync.cluster_target import RECORD_EVERY, ClusterTargetLink, Job
 from replwatch.sync.expiry import LAST_ARGUMENT_FORMS, later_last_argument, with_last_argument
 from replwatch.sync.filters import Verdict
 from replwatch.sync.own_keys import PRESERVE_SCRIPT
-from replwatch.sync.slots import CrossSlotError, already_applied, key_slot, route, slot_tags
+from replwatch.sync.slots import CrossSlotError, already_applied, route
 from replwatch.sync.writer import TargetRejected, now_ms
 
 if TYPE_CHECKING:

@@ -39,17 +39,11 @@ import hiredis
 
 from replwatch.config import ClusterTarget, RedisEndpoint, TLSConfig
 from replwatch.errors import ProtocolFailure, RedisError
+from replwatch.keyslot import SLOTS, key_slot
 from replwatch.observe.connection import classify_reply_error, encode_command
 from replwatch.sync.checkpoint import CHECKPOINT_PREFIX, Checkpoint, checkpoint_key
 from replwatch.sync.lease import Fence
-from replwatch.sync.slots import (
-    SLOTS,
-    Redirect,
-    first_redirect,
-    key_slot,
-    parse_cluster_slots,
-    route,
-)
+from replwatch.sync.slots import Redirect, first_redirect, parse_cluster_slots, route
 from replwatch.sync.writer import (
     CLIENT_NAME,
     OK_REPLY,

@@ -216,7 +216,6 @@ class CompareReport:
     expire_grace: float = 0.0  # target TTLs were allowed to be this much longer
     source_expire_grace: float = 0.0  # … and source TTLs this much longer (a pair)
 
-
     @property
     def equal(self) -> bool:
         return self.missing == 0 and self.extra == 0 and self.different == 0

@@ -7,48 +7,13 @@ Used by replwatch/sync/cluster_target.py (README "Redis Cluster as a target").
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from replwatch.decimal_text import is_decimal
+from replwatch.keyslot import key_slot
 from replwatch.sync.filters import key_positions
-
-# crcmod (a dependency) ships no types: imported dynamically, as in dump.py
-_crcmod: Any = importlib.import_module("crcmod.predefined")
-
-SLOTS = 16384
-# CRC16-CCITT (XMODEM), as Redis Cluster's keyHashSlot
-_crc16 = _crcmod.mkPredefinedCrcFun("xmodem")
-
-
-def key_slot(key: bytes) -> int:
-    """The cluster slot of a key: CRC16 of the key, or of its hash tag (the text between the
-    first `{` and the first `}` after it, when not empty), modulo 16384."""
-    start = key.find(b"{")
-    if start >= 0:
-        end = key.find(b"}", start + 1)
-        if end > start + 1:
-            key = key[start + 1 : end]
-    return int(_crc16(key)) & (SLOTS - 1)
-
-
-def slot_tags() -> tuple[str, ...]:
-    """For every slot s, a short text whose CRC16 lands in s (`tags[s]`): the key
-    `…{tags[s]}` is in slot s. The first such text among "0", "1", "2", … (deterministic)."""
-    tags: list[str | None] = [None] * SLOTS
-    missing = SLOTS
-    n = 0
-    while missing:
-        text = str(n)
-        slot = int(_crc16(text.encode())) & (SLOTS - 1)
-        if tags[slot] is None:
-            tags[slot] = text
-            missing -= 1
-        n += 1
-    return tuple(t for t in tags if t is not None)
-
 
 # --------------------------------------------------------------------------- routing
 

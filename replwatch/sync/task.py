@@ -1081,9 +1081,7 @@ class _SnapshotLoader:
 
         def report(gaps: Sequence[StreamGap]) -> None:
             self.stream_pending_dropped += sum(gap.pending_dropped for gap in gaps)
-            log.warning(
-                "task %s: %s", self.runner.task.name, describe_stream_gaps(key, gaps)
-            )
+            log.warning("task %s: %s", self.runner.task.name, describe_stream_gaps(key, gaps))
 
         return report
 
@@ -1174,9 +1172,7 @@ class _SnapshotLoader:
         tail = []
         if self.db != CHECKPOINT_DB:
             tail.append(encode_command(("SELECT", CHECKPOINT_DB)))
-        tail.append(
-            encode_command(("HMSET", self.runner.key, "keys_loaded", self.keys_sent))
-        )
+        tail.append(encode_command(("HMSET", self.runner.key, "keys_loaded", self.keys_sent)))
         if self.db != CHECKPOINT_DB:
             tail.append(encode_command(("SELECT", self.db)))
         tail.append(encode_command(("EXEC",)))
@@ -1205,9 +1201,7 @@ class _SnapshotLoader:
             if isinstance(exec_reply, list):
                 failed = [r for r in exec_reply if isinstance(r, hiredis.ReplyError)]
             else:
-                failed = [r for r in replies if isinstance(r, hiredis.ReplyError)] or [
-                    exec_reply
-                ]
+                failed = [r for r in replies if isinstance(r, hiredis.ReplyError)] or [exec_reply]
             if failed:
                 raise TargetRejected(
                     f"target {self.runner.task.target.label} refused a snapshot write: "

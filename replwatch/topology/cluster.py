@@ -5,12 +5,15 @@ The startup nodes are asked in turn; the first that answers describes the cluste
 error). A shard's key is `s<lowest slot it owns>` (`n<master id>` for a master without
 slots); its node ids let the fleet keep a shard's name through failovers and resharding.
 A master flagged failed whose replica was promoted is replaced by the promoted one; a failed
-master nobody replaced yet stays, with `master_down`.
+master nobody replaced yet stays, with `master_down`. A failed master that owns no slots (its
+replica took them over) is no shard of its own: `fold_failed_masters` shows it as a down node
+of the shard it belonged to, known from the previous discovery, or leaves it out.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import hiredis
@@ -122,8 +125,6 @@ def parse_cluster_nodes_groups(text: str) -> list[DiscoveredGroup]:
             replicas.setdefault(upstream, []).append((node_id, address))
     groups = []
     for node_id, (address, ranges, epoch, failed) in masters.items():
-        if failed and not ranges:
-            continue  # a failed master whose slots a promoted replica took over
         followers = replicas.get(node_id, [])
         slots = _merge(ranges)
         groups.append(
@@ -139,6 +140,33 @@ def parse_cluster_nodes_groups(text: str) -> list[DiscoveredGroup]:
             )
         )
     return _sorted(groups)
+
+
+def fold_failed_masters(
+    shards: Sequence[DiscoveredGroup], previous: Sequence[frozenset[str]]
+) -> list[DiscoveredGroup]:
+    """Failed masters without slots (kill -9 and a failover: the promoted replica owns the
+    slots now) become down nodes of their shard: the shard that owns slots and shares nodes
+    with the group (of the previous discovery, `previous` node id sets) the failed master
+    was in. One of no known shard is left out: it is not a group, it serves nothing."""
+    orphans = [s for s in shards if s.master_down and not s.slots]
+    kept = [s for s in shards if not (s.master_down and not s.slots)]
+    for orphan in orphans:
+        was_with = next((ids for ids in previous if orphan.master_id in ids), frozenset())
+        others = was_with - {orphan.master_id}
+        home = next((i for i, s in enumerate(kept) if s.slots and s.node_ids & others), None)
+        if home is None:
+            continue
+        shard = kept[home]
+        extra = tuple(
+            a
+            for a in (orphan.master, *orphan.replicas)
+            if a != shard.master and a not in shard.replicas
+        )
+        kept[home] = replace(
+            shard, replicas=shard.replicas + extra, node_ids=shard.node_ids | orphan.node_ids
+        )
+    return kept
 
 
 async def _describe(

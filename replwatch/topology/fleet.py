@@ -40,10 +40,12 @@ from replwatch.config import (
     tls_over,
 )
 from replwatch.errors import RedisError
+from replwatch.keyslot import key_in_slots
 from replwatch.observe.group_monitor import GroupMonitor
 from replwatch.observe.probe import WaitProber
 from replwatch.routing.engine import RoutingEngine
 from replwatch.state import ProbeStore, SnapshotStore
+from replwatch.topology.cluster import fold_failed_masters
 from replwatch.topology.groups import (
     AddressMap,
     MonitoredGroup,
@@ -203,6 +205,7 @@ class Fleet:
                     for s in group.cluster.startup_nodes
                 ]
                 shards = await resolvers.cluster(seeds, tls, group.cluster.timeout)
+                shards = fold_failed_masters(shards, [mg.node_ids for mg in status.found])
                 previous = {mg.name: mg.node_ids for mg in status.found}
                 groups = [
                     discovered_group(group, name, shard, amap)
@@ -253,19 +256,24 @@ class Fleet:
         probe = self.cfg.probe_of(group.config)
         current = self.probers.get(group.name)
         tls = tls_over(self.cfg.tls, group.tls)
+        key = probe.key
+        if group.source == "cluster":
+            # the configured key lives in one shard: each shard probes with its own
+            key = key_in_slots(probe.key, group.slots, current[0].key if current else None)
         if current is not None:
             prober, _ = current
-            if probe.enabled and (prober.endpoint, prober.config, prober.tls) == (
+            if probe.enabled and (prober.endpoint, prober.config, prober.tls, prober.key) == (
                 group.master,
                 probe,
                 tls,
+                key,
             ):
                 return
             self.probers.pop(group.name)
             prober.close()
         if probe.enabled:
             self.probers[group.name] = (
-                WaitProber(group.name, group.master, probe, tls),
+                WaitProber(group.name, group.master, probe, tls, key),
                 probe.interval,
             )
 
