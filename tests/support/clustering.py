@@ -181,8 +181,9 @@ class Cluster:
         with connect(node) as client:
             return str(client.execute_command("CLUSTER", "MYID").decode())
 
-    def owner(self, slot: int) -> RedisProcess:
-        with connect(self.nodes[0]) as client:
+    def owner(self, slot: int, asking: RedisProcess | None = None) -> RedisProcess:
+        """The master of `slot`, as `asking` (default: the first node) sees it."""
+        with connect(asking or self.nodes[0]) as client:
             for start, end, master, *_ in client.execute_command("CLUSTER", "SLOTS"):
                 if int(start) <= slot <= int(end):
                     port = int(master[1])
@@ -192,7 +193,9 @@ class Cluster:
     def migrate_slot(self, slot: int, to: RedisProcess, pause: float = 0.0) -> None:
         """Move a slot like `redis-cli --cluster reshard`: IMPORTING on the new owner,
         MIGRATING on the old, MIGRATE its keys in small steps (`pause` between them: writes
-        meet the half-moved slot), then NODE on every master."""
+        meet the half-moved slot), then NODE on the new owner first (it bumps its config epoch,
+        so no older claim gossiped by the old owner can win), then the old owner, then the
+        other masters — redis-cli's order; the move is done when every master agrees."""
         source = self.owner(slot)
         assert source is not to
         source_id, to_id = self.node_id(source), self.node_id(to)
@@ -206,11 +209,18 @@ class Cluster:
                 old.execute_command("MIGRATE", to.host, to.port, "", 0, 5000, "KEYS", *keys)
                 if pause:
                     time.sleep(pause)
-            for node in self.all_nodes:
+            others = [n for n in self.all_nodes if n is not to and n is not source]
+            masters = []
+            for node in [to, source, *others]:
                 with connect(node) as client:
                     if client.info("replication").get("role") == "master":
                         client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", to_id)
-        wait_for(lambda: self.owner(slot) is to, 10, f"slot {slot} to move")
+                        masters.append(node)
+
+        def agreed() -> bool:
+            return all(self.owner(slot, asking=m) is to for m in masters)
+
+        wait_for(agreed, 30, f"every master to see slot {slot} on its new owner")
 
 
 def logical(client: Any, key: bytes) -> tuple[Any, ...]:
