@@ -154,6 +154,7 @@ def main() -> int:
             stderr=subprocess.DEVNULL,
         )
         router = ReadRouter.from_url(table.url, "g", master.client(timeout=1.0))
+        holder: dict[str, RunningDaemon] = {"daemon": daemon}
         try:
             daemon.wait_ready()
             router.start()
@@ -188,18 +189,23 @@ def main() -> int:
                     "fault_seconds": seconds,
                     **{p: summarize(apps[p], t0, t1, part) for p in paths},
                 }
-                for p in paths:  # both paths back on replicas before the next fault
+                # both replicas back in rotation, both paths reading replicas, before the next
+                wait_for(both_in_rotation, 30, "both replicas back in rotation")
+                for p in paths:
                     back_on_replicas(apps[p])
 
+            def both_in_rotation() -> bool:
+                status, body = holder["daemon"].fetch("/routing/g")
+                table = json.loads(body) if status == 200 else {}
+                return len(table.get("read_from", [])) == 2
+
             fault("replica_frozen", a.label, 6.0, a.pause, a.resume)
-            holder: dict[str, RunningDaemon] = {}
 
             def restart_daemon() -> None:
                 holder["daemon"] = RunningDaemon(config, port)
                 holder["daemon"].wait_ready()
 
             fault("replwatch_down", "-", 15.0, daemon.stop, restart_daemon)
-            daemon = holder["daemon"]
             fault("table_redis_down", "-", 3.0, table.stop, table.restart, ("router",))
 
             def master_back() -> None:
@@ -215,6 +221,7 @@ def main() -> int:
             proxy.terminate()
             proxy.wait(timeout=10)
             daemon.stop()
+            holder["daemon"].stop()
     shutil.rmtree(work, ignore_errors=True)
     out = json.dumps({"bench": "app_failures", "faults": results}, indent=2)
     print(out)
