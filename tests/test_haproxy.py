@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from .support.daemons import start_routing_daemon
 from .support.servers import ServerSet, free_port, wait_for, wait_synced
@@ -99,6 +101,11 @@ def test_reads_follow_replwatch_routing(debian_servers: ServerSet, tmp_path: Pat
             "HAProxy marks the second replica DOWN",
         )
         assert landed_ports(listen) == {master.port}
+        # an application's pooled connection, put on the master meanwhile
+        app = redis.Redis(
+            port=listen, socket_timeout=1, socket_connect_timeout=1, retry=Retry(NoBackoff(), 0)
+        )
+        assert int(app.config_get("port")["port"]) == master.port
 
         a.resume()
         b.resume()
@@ -108,6 +115,16 @@ def test_reads_follow_replwatch_routing(debian_servers: ServerSet, tmp_path: Pat
             "replicas back UP",
         )
         assert landed_ports(listen) == {a.port, b.port}
+
+        # on-marked-up shutdown-backup-sessions: HAProxy closed it, the reconnect lands on a
+        # replica (without it the application would read from the master for good)
+        def app_port() -> int | None:
+            try:
+                return int(app.config_get("port")["port"])
+            except redis.ConnectionError:
+                return None  # the shut connection: the next command reconnects
+
+        wait_for(lambda: app_port() in (a.port, b.port), 5, "the app's connection off the master")
         # HAProxy resets every check connection: logged once, briefly, never a traceback
         log = daemon.log_text()
         assert "Traceback" not in log, log[-2000:]
