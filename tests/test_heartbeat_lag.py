@@ -74,9 +74,7 @@ LAG_CASES: list[tuple[str, float, float, float]] = [
     ("lacks-the-next-write", 100.25, 101.0, 0.5),  # next write 100.5 → 101.0 - 100.5
     ("lacks-everything-after-oldest", 100.0, 101.0, 0.75),
     ("between-writes (another writer)", 100.3, 101.0, 0.5),
-    # written before our first write (a restart): no evidence, the lower bound now - first
-    ("written-before-we-started", 99.0, 101.0, 1.0),
-    ("written-long-before-we-started", 70.0, 100.01, 0.01),
+    ("older-than-everything-known-falls-back", 99.0, 101.0, 2.0),  # now - seen: upper bound
     ("next-write-after-now-clamps", 100.25, 100.4, 0.0),
     ("lag-grows-with-time", 100.25, 103.5, 3.0),
 ]
@@ -94,15 +92,33 @@ def test_heartbeat_lag(seen: float, mono_now: float, lag: float) -> None:
     assert history.lag_of(seen, mono_now, wall_now=9e9) == pytest.approx(lag)
 
 
-def test_no_heartbeat_lag_before_our_first_write() -> None:
+def test_a_restart_is_no_evidence_of_lag() -> None:
     """After a restart the key holds the previous process's heartbeat, as old as the
-    downtime: until we wrote one, it proves nothing."""
+    downtime. Before our first write it proves nothing; our first write tells what the key
+    held, so a follower still showing that value lacks only our write."""
     history = HeartbeatHistory()
     assert history.lag_of(1_700_000_000.0, 5.0, 1_700_000_030.0) is None
-    history.record(1_700_000_030.0, 5.0, 5.0)
-    # the follower still shows the old value: it lacks only our first write, 0.2 s old
+    history.record(1_700_000_030.0, 5.0, 5.0, previous=1_700_000_000.0)
+    assert len(history) == 2
     assert history.lag_of(1_700_000_000.0, 5.2, 0.0) == pytest.approx(0.2)
     assert history.lag_of(1_700_000_030.0, 5.2, 0.0) == 0.0
+    # a follower older still (it lacked the previous process's last value too): upper bound
+    assert history.lag_of(1_699_999_990.0, 5.2, 0.0) == pytest.approx(40.2)
+
+
+def test_another_writers_values_are_known_writes() -> None:
+    """Two writers (an HA pair, or a one-shot `replwatch status` next to the daemon): the
+    value our write replaced is a write too; an older one than ours is not recorded."""
+    history = HeartbeatHistory()
+    history.record(100.0, 100.0, 100.0)
+    history.record(101.0, 101.0, 101.0, previous=100.5)  # the other writer's
+    history.record(102.0, 102.0, 102.0, previous=101.0)  # ours: nothing new
+    history.record(103.0, 103.0, 103.0, previous=99.0)  # stale: ignored
+    assert len(history) == 5  # 100, 100.5, 101, 102, 103
+    # a follower showing the other writer's 100.5 lacks our 101.0
+    assert history.lag_of(100.5, 103.5, 0.0) == pytest.approx(2.5)
+    # one far behind that writer (older than all we know): now - seen, an upper bound
+    assert history.lag_of(90.0, 103.5, 0.0) == pytest.approx(13.5)
 
 
 def test_lag_uses_the_master_clock_not_the_local_wall_clock() -> None:
@@ -130,11 +146,8 @@ def test_capacity_drops_oldest_writes() -> None:
         history.record(t, t, t)
     assert len(history) == 4
     assert history.newest == 109.0
-    # 105.5 lies before the oldest kept write (106) but after our first (100): we wrote
-    # after it, but what is trimmed: falls back to now - seen, an upper bound
+    # 105.5 lies before the oldest kept write (106): falls back to now - seen
     assert history.lag_of(105.5, 110.0, 0.0) == pytest.approx(4.5)
-    # 99 was written before we started: the lower bound now - first write (100)
-    assert history.lag_of(99.0, 110.0, 0.0) == pytest.approx(10.0)
     # 106 is kept: the follower lacks 107
     assert history.lag_of(106.0, 110.0, 0.0) == pytest.approx(3.0)
 

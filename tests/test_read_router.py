@@ -74,7 +74,8 @@ def test_frozen_replica_costs_one_socket_timeout(world: World) -> None:
             thawed = time.monotonic()
             a.resume()
             back = app.wait_served_by(thawed, a.label, 5, 20)
-            stalled = [r for r in app.since(frozen) if r.ended < thawed and r.seconds > 0.5]
+            # a read sent a moment before the freeze may be the one that waits
+            stalled = [r for r in app.reads if frozen < r.ended < thawed and r.seconds > 0.5]
             longest_gap = app.longest_gap_since(frozen)
             failed = [r for r in app.since(frozen) if r.served_by is None]
         assert not failed, failed[:3]

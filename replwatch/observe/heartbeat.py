@@ -8,7 +8,9 @@ it is a replica (after a failover) and says so instead.
 The script already reads the master's INFO replication (to check its role) and returns it
 with the value: every heartbeat is also a sample of the master (its offset, its followers'
 ACKed offsets), handed to `on_master_info` — 4 samples a second at the default interval,
-with no command of its own (lag/acks.py times the followers' ACKs with them).
+with no command of its own (lag/acks.py times the followers' ACKs with them). It also returns
+the value the key held before the write (a value another writer left, or the previous
+process before a restart: lag/heartbeat.py records it, see there why).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import hiredis
 
 from replwatch.config import RedisEndpoint, TLSConfig
 from replwatch.errors import RedisError
-from replwatch.lag.heartbeat import HeartbeatHistory
+from replwatch.lag.heartbeat import HeartbeatHistory, parse_heartbeat
 from replwatch.observe.connection import (
     Connection,
     InFlight,
@@ -38,10 +40,11 @@ local info = redis.call('INFO', 'replication')
 if string.match(info, 'role:(%a+)') ~= 'master' then
   return redis.error_reply('REPLWATCH not a master')
 end
+local prev = redis.call('GET', KEYS[1])
 local t = redis.call('TIME')
 local v = t[1] .. string.format('%06d', tonumber(t[2]))
 redis.call('SET', KEYS[1], v, 'PX', ARGV[1])
-return {v, info}
+return {v, info, prev}
 """
 HEARTBEAT_SHA = hashlib.sha1(HEARTBEAT_SCRIPT.encode()).hexdigest()
 
@@ -175,10 +178,13 @@ class HeartbeatWriter:
                 raise RedisError("configured master is a replica: not writing", "not_master")
             raise classify_reply_error(message)
         info: Any = None
-        if isinstance(reply, list) and len(reply) == 2:
-            reply, info = reply  # the value, and the master's INFO replication with it
+        previous: float | None = None
+        if isinstance(reply, list) and len(reply) == 3:
+            # the value, the master's INFO replication, and what the key held before
+            reply, info, before = reply
+            previous = parse_heartbeat(before)
         micros = int(reply)
-        self.history.record(micros / 1_000_000, sent, received)
+        self.history.record(micros / 1_000_000, sent, received, previous)
         if isinstance(info, bytes) and self.on_master_info is not None:
             self.on_master_info(info, (sent + received) / 2)
         if self.last_ok is False:
