@@ -603,9 +603,9 @@ def fleet() -> Json:
             "ops",
             targets(
                 (
-                    "sum by (job, outcome) (rate(replwatch_scheduler_runs_total"
+                    "sum by (kind, outcome) (rate(replwatch_scheduler_runs_total"
                     '{outcome=~"missed|skipped_overrun|error"}[$__rate_interval]))',
-                    "{{job}} {{outcome}}",
+                    "{{kind}} {{outcome}}",
                 )
             ),
             thresholds=steps((0.001, "red")),

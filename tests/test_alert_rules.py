@@ -111,6 +111,8 @@ def test_every_alert_is_tested_firing_and_not_firing(alert: dict[str, Any]) -> N
             # the expected alert states the rule's own labels and all three annotations
             labels = expected.get("exp_labels", {})
             for key, value in alert["labels"].items():
+                if "{{" in str(value):
+                    continue  # templated (RedisNodeUnreachable's scope): promtool compares it
                 assert labels.get(key) == value, f"{name} at {case['eval_time']}: label {key}"
             annotations = expected.get("exp_annotations", {})
             assert set(annotations) == set(alert["annotations"]), (name, case["eval_time"])

@@ -36,6 +36,7 @@ from typing import Any
 
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from .support.daemons import RunningDaemon
 from .support.datasets import connect
@@ -240,6 +241,30 @@ def assert_dashboard_queries_return_data(
 # ----------------------------------------------------------------------------- the run
 
 
+def shipped_alert_exprs() -> dict[str, str]:
+    """Every alert of the shipped rules file: name → its expression, unchanged."""
+    doc = yaml.safe_load(RULES.read_text())
+    return {
+        rule["alert"]: rule["expr"]
+        for group in doc["groups"]
+        for rule in group["rules"]
+        if "alert" in rule
+    }
+
+
+def assert_no_owned_labels(exposition: str, api: PrometheusAPI) -> None:
+    """No exported label is `job`, `instance` or `__…` — read in the exposition itself and
+    in what Prometheus made of it."""
+    owned = set()
+    for family in text_string_to_metric_families(exposition):
+        for sample in family.samples:
+            owned |= {n for n in sample.labels if n in ("job", "instance") or n.startswith("__")}
+    assert not owned, owned
+    for label in ("exported_job", "exported_instance"):
+        renamed = api.query(f'{{__name__=~"replwatch_.+", {label}=~".+"}}')
+        assert renamed == [], renamed
+
+
 def prometheus_alert(api: PrometheusAPI, name: str, replica: str) -> dict[str, Any] | None:
     for alert in api.alerts():
         labels = alert["labels"]
@@ -322,6 +347,21 @@ def test_lag_alert_fires_routes_inhibits_and_dashboards_have_data(
         with connect(source) as client:
             client.mset({"after": 1, "skip:after": 1})
         assert prometheus_alert(api, LAG_WARNING, lagging.label) is None
+
+        # no label of replwatch's is one Prometheus owns: scraped, it would be renamed
+        # exported_job / exported_instance (replwatch_scheduler_runs_total had `job`)
+        assert_no_owned_labels(daemon.metrics(), api)
+        # on this healthy system no shipped alert expression is true (RedisHeartbeatStale
+        # was, for ever, through that rename); the heartbeat's increase needs two scrapes
+        wait_for(
+            lambda: api.query(
+                'sum(increase(replwatch_scheduler_runs_total{kind="heartbeat",outcome="ok"}[2m]))'
+            ),
+            20,
+            "two scrapes of the heartbeat runs",
+        )
+        true_now = {name: api.query(expr) for name, expr in shipped_alert_exprs().items()}
+        assert not {n: r for n, r in true_now.items() if r}, true_now
 
         # --- induce lag: the replica stops, the master keeps taking writes
         lagging.pause()

@@ -86,7 +86,7 @@ def test_daemon_metrics_promtool_failure_and_sigterm(
             value(
                 text,
                 "replwatch_scheduler_runs_total",
-                job="poll",
+                kind="poll",
                 group="cache",
                 outcome="completed",
             )
@@ -94,7 +94,7 @@ def test_daemon_metrics_promtool_failure_and_sigterm(
         ) >= 1
         assert (
             value(
-                text, "replwatch_scheduler_runs_total", job="heartbeat", group="cache", outcome="ok"
+                text, "replwatch_scheduler_runs_total", kind="heartbeat", group="cache", outcome="ok"
             )
             or 0
         ) >= 1

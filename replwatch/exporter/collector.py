@@ -301,11 +301,12 @@ class SnapshotCollector(Collector):
             return
         runs = CounterMetricFamily(
             "replwatch_scheduler_runs",
-            "Scheduled job runs by job kind (poll, heartbeat), group and outcome: completed, "
+            "Scheduled job runs by kind (poll, heartbeat), group and outcome (the label is `kind`, "
+            "not `job`, which Prometheus owns): completed, "
             "ok, failed, skipped (heartbeat or probe while the master is a replica or "
             "down), missed / skipped_overrun (the previous run still going; for heartbeats "
             "per group: that group's earlier write still unanswered), error.",
-            labels=["job", "group", "outcome"],
+            labels=["kind", "group", "outcome"],
         )
         for (kind, group, what), count in self.stats.items():
             runs.add_metric([kind, group, what], count)

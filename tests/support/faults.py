@@ -281,7 +281,7 @@ def scrape(base: str) -> Scrape:
         elif name == "replwatch_group_poll_cycles_total":
             out.cycles[labels["group"]] = value
         elif name == "replwatch_scheduler_runs_total":
-            out.runs[(labels["job"], labels["group"], labels["outcome"])] = value
+            out.runs[(labels["kind"], labels["group"], labels["outcome"])] = value
         elif name == "replwatch_master_role_ok":
             out.role_ok[labels["group"]] = value
         elif name == "replwatch_routing_in_rotation":
