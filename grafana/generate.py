@@ -397,9 +397,9 @@ def fleet() -> Json:
             "replicas with the link up / configured, replicas serving reads, and whether the "
             "master is OK. Sorted by time lag, worst first. Click a group for its drill-down.",
             targets(
-                (f"max by (group) (replwatch_replica_lag_seconds{{{g}}})", "lag"),
-                (f"max by (group) (replwatch_replica_lag_bytes{{{g}}})", "bytes"),
-                (f"max by (group) (replwatch_replica_backlog_usage_ratio{{{g}}})", "risk"),
+                (f"group:replwatch_replica_lag_seconds:max{{{g}}}", "lag"),
+                (f"group:replwatch_replica_lag_bytes:max{{{g}}}", "bytes"),
+                (f"group:replwatch_replica_backlog_usage_ratio:max{{{g}}}", "risk"),
                 (f"sum by (group) (replwatch_replica_link_up{{{g}}})", "links up"),
                 (f"count by (group) (replwatch_replica_link_up{{{g}}})", "replicas"),
                 (f"max by (group) (replwatch_routing_replicas_in_rotation{{{g}}})", "serving"),
@@ -460,7 +460,7 @@ def fleet() -> Json:
             "The worst replica's best-estimate time lag in each group, in seconds: how old the "
             "data a read from that replica may return is.",
             "s",
-            targets((f"max by (group) (replwatch_replica_lag_seconds{{{g}}})", "{{group}}")),
+            targets((f"group:replwatch_replica_lag_seconds:max{{{g}}}", "{{group}}")),
             thresholds=lag_thresholds(),
             minimum=0,
         ),
@@ -468,12 +468,18 @@ def fleet() -> Json:
     )
     lay.add(
         timeseries(
-            "Worst backlog risk per group",
-            "The worst replica's byte lag divided by the master's repl_backlog_size: at 100% a "
-            "disconnect means a full resync instead of a partial one.",
+            "Worst backlog risk and output buffer use per group",
+            "The worst replica's byte lag divided by the master's repl_backlog_size (at 100% a "
+            "disconnect means a full resync instead of a partial one), and the worst replica "
+            "output buffer on the master against its hard limit (at 100% the master drops "
+            "the replica).",
             "percentunit",
             targets(
-                (f"max by (group) (replwatch_replica_backlog_usage_ratio{{{g}}})", "{{group}}")
+                (f"group:replwatch_replica_backlog_usage_ratio:max{{{g}}}", "{{group}} backlog"),
+                (
+                    f"group:replwatch_replica_output_buffer_usage_ratio:max{{{g}}}",
+                    "{{group}} output buffer",
+                ),
             ),
             thresholds=backlog_thresholds(),
             minimum=0,
@@ -486,7 +492,7 @@ def fleet() -> Json:
             "Replica links per group",
             "Green while every replica of the group reports its master link up; red while at "
             "least one does not (or cannot be reached).",
-            targets((f"min by (group) (replwatch_replica_link_up{{{g}}})", "{{group}}")),
+            targets((f"group:replwatch_replica_link_up:min{{{g}}}", "{{group}}")),
             value_map((1, "all up", "green"), (0, "a link down", "red")),
         ),
         12,
@@ -540,16 +546,11 @@ def fleet() -> Json:
     lay.add(
         timeseries(
             "WAIT probe latency p99 per group",
-            "99th percentile of the time from the probe write on the master to WAIT's answer "
-            "(probes that got every replica asked for), from the histogram's buckets.",
+            "99th percentile over 5m of the time from the probe write on the master to WAIT's "
+            "answer (probes that got every replica asked for; the recording rule "
+            "group:replwatch_probe_wait_seconds:p99_5m, which RedisWaitProbeSlow uses).",
             "s",
-            targets(
-                (
-                    "histogram_quantile(0.99, sum by (group, le) "
-                    f"(rate(replwatch_probe_wait_seconds_bucket{{{g}}}[$__rate_interval])))",
-                    "{{group}} p99",
-                )
-            ),
+            targets((f"group:replwatch_probe_wait_seconds:p99_5m{{{g}}}", "{{group}} p99")),
             minimum=0,
         ),
         12,
@@ -568,6 +569,18 @@ def fleet() -> Json:
                 )
             ),
             thresholds=steps((0.001, "red")),
+            minimum=0,
+        ),
+        12,
+    )
+    lay.add(
+        timeseries(
+            "WAIT probe success per group (5m)",
+            "Share of the group's WAIT probes that got every acknowledgement in time over the "
+            "last 5m (the recording rule group:replwatch_probe_success:ratio_5m): 100% is "
+            "every probe.",
+            "percentunit",
+            targets((f"group:replwatch_probe_success:ratio_5m{{{g}}}", "{{group}}")),
             minimum=0,
         ),
         12,
@@ -749,7 +762,7 @@ def group() -> Json:
             "Time lag: best, its bounds, heartbeat, offset clock, ACK age",
             "Views of lag per replica, side by side. best: replwatch's estimate as of the "
             "scrape (the trend of its offset readings, its own and its ACKs on the master; see "
-            "README \"How lag is measured\"), between its lower and upper bound (dotted: how "
+            'README "How lag is measured"), between its lower and upper bound (dotted: how '
             "sure replwatch is). heartbeat: master clock now minus the first heartbeat the "
             "replica has not applied. offset clock: how long ago the master moved past the "
             "replica's offset at the last poll. ACK age: INFO's lag= field, seconds since the "
@@ -906,10 +919,15 @@ def group() -> Json:
     )
     lay.add(
         timeseries(
-            "Link down for",
-            "Seconds the replica reports its master link down (master_link_down_since_seconds).",
+            "Link down / not heard from for",
+            "Seconds the replica reports its master link down (master_link_down_since_seconds), "
+            "and seconds since replwatch last heard from it at all — what covers a frozen or "
+            "dead replica, which reports nothing.",
             "s",
-            targets((f"replwatch_replica_link_down_seconds{{{sel}}}", "{{replica}}")),
+            targets(
+                (f"replwatch_replica_link_down_seconds{{{sel}}}", "{{replica}} link down"),
+                (f"replwatch_replica_seconds_since_contact{{{sel}}}", "{{replica}} not heard"),
+            ),
             minimum=0,
         ),
         8,
@@ -1173,7 +1191,10 @@ def sync() -> Json:
             "time since it began (a lower bound). The RedisSyncTaskLagHigh alert fires above "
             "30 s.",
             "s",
-            targets((f"replwatch_sync_lag_seconds{{{t}}}", "{{task}}")),
+            targets(
+                (f"replwatch_sync_lag_seconds{{{t}}}", "{{task}}"),
+                (f"task:replwatch_sync_lag_seconds:max_5m{{{t}}}", "{{task}} worst of 5m"),
+            ),
             thresholds=steps((SYNC_LAG_WARN, "yellow"), (SYNC_LAG_CRIT, "red")),
             minimum=0,
         ),

@@ -4,7 +4,8 @@ second and evaluating alerts/replwatch.rules.yml, Alertmanager (Debian package) 
 configuration derived from alerts/alertmanager.yml, and a webhook receiver run by the test.
 
 SIGSTOP one replica (writes go on on the master): the replica lag warning goes pending, then
-firing (Prometheus API), Alertmanager delivers it to the `notify` receiver grouped by `group`;
+firing (Prometheus API), Alertmanager delivers it to the `notify` receiver (one notification per
+alert and replica);
 when the lag critical of the same replica fires it is delivered to `pager` and Alertmanager
 inhibits the warning (its API shows it suppressed, inhibited by the critical); SIGCONT and both
 resolve. At the end, every query of every grafana/*.json dashboard returns data for the run.
@@ -47,6 +48,7 @@ from .support.promstack import (
     http_json,
     start_alertmanager,
     start_prometheus,
+    write_prometheus_config,
 )
 from .support.servers import LOCALHOST, RedisProcess, ServerSet, wait_for, wait_synced
 
@@ -136,17 +138,6 @@ def write_test_alertmanager_config(path: Path, webhook: WebhookReceiver) -> Path
     data["route"] |= {"group_wait": "1s", "group_interval": "1s"}
     _without_timing(data["route"])
     path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
-
-
-def write_prometheus_config(path: Path, rules: Path, replwatch: str, alertmanager: str) -> Path:
-    config = {
-        "global": {"scrape_interval": "1s", "scrape_timeout": "900ms", "evaluation_interval": "1s"},
-        "rule_files": [str(rules)],
-        "alerting": {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]},
-        "scrape_configs": [{"job_name": "replwatch", "static_configs": [{"targets": [replwatch]}]}],
-    }
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
 
 
@@ -386,7 +377,7 @@ def test_lag_alert_fires_routes_inhibits_and_dashboards_have_data(
         assert pending[0]["metric"]["group"] == GROUP
         assert prometheus_alert(api, LAG_WARNING, healthy.label) is None
 
-        # --- Alertmanager delivers the warning to `notify`, grouped by group
+        # --- Alertmanager delivers the warning to `notify`, one notification per alert and replica
         got = wait_for(
             lambda: delivered(webhook, "notify", LAG_WARNING, "firing"), 20, "warning delivered"
         )
@@ -398,7 +389,11 @@ def test_lag_alert_fires_routes_inhibits_and_dashboards_have_data(
             "warning",
         )
         assert got["notification"]["receiver"] == "notify"
-        assert got["notification"]["groupLabels"] == {"group": GROUP}
+        assert got["notification"]["groupLabels"] == {
+            "alertname": LAG_WARNING,
+            "group": GROUP,
+            "replica": lagging.label,
+        }
         assert delivered(webhook, "pager", LAG_WARNING, "firing") is None
 
         # --- the critical of the same replica pages, and inhibits the warning
@@ -413,7 +408,7 @@ def test_lag_alert_fires_routes_inhibits_and_dashboards_have_data(
         )
         assert got is not None
         assert got["alert"]["labels"]["replica"] == lagging.label
-        assert got["notification"]["groupLabels"] == {"group": GROUP}
+        assert got["notification"]["groupLabels"] == {"group": GROUP, "replica": lagging.label}
         assert delivered(webhook, "notify", LAG_CRITICAL, "firing") is None
 
         def warning_inhibited() -> dict[str, Any] | None:

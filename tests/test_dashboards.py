@@ -390,23 +390,50 @@ def exposition(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exposition]
         servers.close()
 
 
+def recorded_levels() -> dict[str, set[str]]:
+    """Every recording rule of alerts/replwatch.rules.yml → the labels its level keeps."""
+    rules = yaml.safe_load((ROOT / "alerts" / "replwatch.rules.yml").read_text())
+    return {
+        r["record"]: set(r["record"].split(":")[0].split("_"))
+        for g in rules["groups"]
+        for r in g["rules"]
+        if "record" in r
+    }
+
+
+def test_every_recording_rule_is_on_a_dashboard() -> None:
+    used = {
+        n for name in EXPECTED for _, t in _targets(_load(name)) for n in metric_names(t["expr"])
+    }
+    assert set(recorded_levels()) <= used, set(recorded_levels()) - used
+
+
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("name", EXPECTED)
 def test_queries_use_real_metrics_and_labels(name: str, exposition: Exposition) -> None:
     dash = _load(name)
+    recorded = recorded_levels()
     for title, t in _targets(dash):
         expr = t["expr"]
         names = metric_names(expr)
+        # a recording rule's series (level:metric:operations) keeps the labels of its level
+        rules = {n for n in names if ":" in n}
+        assert rules <= set(recorded), f"{name} / {title}: {sorted(rules - set(recorded))}"
+        names -= rules
         unknown = names - exposition.names
         assert not unknown, f"{name} / {title}: {sorted(unknown)} not in /metrics"
         for metric, matcher_labels in selectors(expr):
+            if metric in recorded:
+                assert matcher_labels <= recorded[metric], (title, metric, matcher_labels)
+                continue
             if metric in exposition.without_samples:
                 continue
             missing = matcher_labels - exposition.labels[metric]
             assert not missing, f"{name} / {title}: {metric} has no label {missing}"
         if names & exposition.without_samples:
             continue  # no sample right now: its labels are not known from the exposition
-        labels = set().union(*(exposition.labels[n] for n in names)) | TARGET_LABELS
+        labels = set().union(*(exposition.labels[n] for n in names), *(recorded[r] for r in rules))
+        labels |= TARGET_LABELS if names else set()
         assert grouping_labels(expr) <= labels, (title, expr)
         legend = set(re.findall(r"\{\{\s*(\w+)\s*\}\}", t["legendFormat"]))
         assert legend <= labels, (title, t["legendFormat"])

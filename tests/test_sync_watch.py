@@ -264,6 +264,58 @@ def test_source_or_target_down_is_reported_per_side(
     assert not down_target.running
 
 
+def test_a_target_that_stops_keeps_a_growing_lag_and_checkpoint_age(
+    pair: tuple[RedisProcess, RedisProcess],
+) -> None:
+    """A DR copy whose target goes away while the source takes writes: its series do not
+    vanish (the alerts on them could never fire); the last checkpoint read stands for the
+    copy, so its lag (a lower bound, not exact) and checkpoint age grow with real time."""
+    source, target = pair
+    task = one_task(source.url, target.url)
+
+    async def scenario() -> tuple[SyncTaskView, list[tuple[float, SyncTaskView]], str]:
+        watcher = SyncWatcher(task, 0.3, TLSConfig())
+        try:
+            first = await watcher.poll()
+            write_checkpoint(
+                target.client(),
+                "t1",
+                source.label,
+                replid=first.source_replid,
+                offset=first.source_offset,
+                updated_at=int(time.time() * 1000),
+            )
+            before = await watcher.poll()
+            target.stop()
+            seen = []
+            for _ in range(6):
+                await asyncio.sleep(0.25)  # wall time passing is what is measured here
+                seen.append((time.monotonic(), await watcher.poll()))
+            store = SyncStore()
+            store.expect(["t1"])
+            store.put(seen[-1][1])
+            registry = CollectorRegistry(auto_describe=False)
+            registry.register(SyncCollector(store))
+            return before, seen, generate_latest(registry).decode()
+        finally:
+            watcher.close()
+
+    with BackgroundWriter(source.client(), batch=10, period=0.02):
+        before, seen, text = asyncio.run(scenario())
+    assert before.target_up and before.lag_seconds is not None
+    for _, view in seen:
+        assert not view.target_up and view.state == "unknown" and view.checkpoint is None
+        assert view.lag_bytes is not None and view.lag_bytes > 0
+        assert view.lag_seconds is not None and not view.lag_seconds_exact
+    (t0, v0), (t1, v1) = seen[0], seen[-1]
+    assert v0.lag_seconds is not None and v1.lag_seconds is not None
+    assert abs((v1.lag_seconds - v0.lag_seconds) - (t1 - t0)) < 0.2
+    samples = parse_metrics(text)
+    age = sample_value(samples, "replwatch_sync_checkpoint_age_seconds", task="t1")
+    assert age is not None and age >= 1.0
+    assert sample_value(samples, "replwatch_sync_lag_seconds", task="t1") is not None
+
+
 def test_watcher_reconnects_after_target_restart(
     pair: tuple[RedisProcess, RedisProcess],
 ) -> None:

@@ -198,14 +198,14 @@ class SyncCollector(Collector):
         age = GaugeMetricFamily(
             "replwatch_sync_checkpoint_age_seconds",
             "Seconds since the syncer last wrote the task's checkpoint (its updated_at, by "
-            "the syncer's clock).",
+            "the syncer's clock); while the target cannot be read, since the last write "
+            "replwatch saw (the copy is at least that old).",
             labels=["task"],
         )
         now = self._wall()
         for view in views:
-            cp = view.checkpoint
-            if cp is not None and cp.updated_at is not None:
-                age.add_metric([view.task], max(0.0, now - cp.updated_at / 1000.0))
+            if view.checkpoint_updated_at is not None:
+                age.add_metric([view.task], max(0.0, now - view.checkpoint_updated_at))
         return age
 
     def _error_metric(self, views: list[SyncTaskView]) -> Metric:

@@ -114,6 +114,9 @@ class SyncTaskView:
     lease_remaining_seconds: float | None = None  # ha: until the holder's lease ends
     taken_at: float = 0.0  # wall clock, seconds
     poll_seconds: float = 0.0
+    # wall seconds of the newest checkpoint write known: this poll's, or, while the target
+    # cannot be read, the last one read (the copy is at least that old)
+    checkpoint_updated_at: float | None = None
 
     @property
     def running(self) -> bool:
@@ -203,24 +206,30 @@ def build_view(
     stale_after: float,
     poll_seconds: float = 0.0,
     report: TaskReport | None = None,
+    remembered: Checkpoint | None = None,
 ) -> SyncTaskView:
     """The view of one poll. `clock` must already have observed `source` (when it answered);
-    `report`: the task process's local report (merged: task_report.merge_report)."""
+    `report`: the task process's local report (merged: task_report.merge_report);
+    `remembered`: the last checkpoint read, which stands for the copy's position while the
+    target cannot be read (a stopped DR copy keeps a lag and a checkpoint age that grow,
+    never a gap in the series: the copy is at least that far behind)."""
     cp = target.value if target.up else None
+    known = cp if cp is not None or target.up else remembered
     info = source.value if source.up else None
     lag_bytes: int | None = None
     lag_seconds: float | None = None
-    exact = True
-    if cp is not None and info is not None:
-        lag_bytes = follower_lag_bytes(cp.replid, cp.offset, info)
-        if lag_bytes is not None and cp.offset is not None:
-            lag_seconds, exact = clock.lag_of(cp.offset, now_mono)
-    if cp is not None and cp.snapshot_incomplete:
-        lag_bytes, lag_seconds = unfinished_copy_lag(cp, lag_bytes, lag_seconds, now_wall)
+    exact = known is cp
+    if known is not None and info is not None:
+        lag_bytes = follower_lag_bytes(known.replid, known.offset, info)
+        if lag_bytes is not None and known.offset is not None:
+            lag_seconds, clock_exact = clock.lag_of(known.offset, now_mono)
+            exact = exact and clock_exact
+    if known is not None and known.snapshot_incomplete:
+        lag_bytes, lag_seconds = unfinished_copy_lag(known, lag_bytes, lag_seconds, now_wall)
         exact = False
     since_update = None
-    if cp is not None and cp.updated_at is not None:
-        since_update = max(0.0, now_wall - cp.updated_at / 1000.0)
+    if known is not None and known.updated_at is not None:
+        since_update = max(0.0, now_wall - known.updated_at / 1000.0)
     # a full sync writes its progress every second: quiet that long, it is not running
     moving = bool(lag_bytes) or (cp is not None and cp.state == "full_sync")
     stale = bool(since_update is not None and since_update > stale_after and moving)
@@ -269,6 +278,9 @@ def build_view(
         ),
         taken_at=now_wall,
         poll_seconds=poll_seconds,
+        checkpoint_updated_at=(
+            known.updated_at / 1000.0 if known is not None and known.updated_at else None
+        ),
     )
 
 
@@ -396,6 +408,7 @@ class SyncWatcher:
         target = task.target.model_copy(update={"db": CHECKPOINT_DB})
         self._target = _Link(target, timeout, effective_tls)
         self._hgetall: Command = ("HGETALL", checkpoint_key(task.name))
+        self._remembered: Checkpoint | None = None  # the last checkpoint read
 
     @property
     def name(self) -> str:
@@ -417,6 +430,8 @@ class SyncWatcher:
             self._source.close()
         if info is not None:
             self.clock.observe(info.master_repl_offset, source.at, info.replid, info.replid2)
+        if target.up:
+            self._remembered = target.value
         now = time.monotonic()
         return build_view(
             self.task,
@@ -429,6 +444,7 @@ class SyncWatcher:
             now - started,
             # (a small local file: read in the loop, like the clock)
             read_report(self.report) if self.report is not None else None,
+            self._remembered,
         )
 
     def close(self) -> None:

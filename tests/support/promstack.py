@@ -6,7 +6,10 @@
   dir, listening on 127.0.0.1 only (Alertmanager without clustering);
 - WebhookReceiver: a tiny HTTP server in a thread that records every JSON body POSTed to it,
   by path (Alertmanager's webhook_configs deliver there);
-- PrometheusAPI: instant and range queries, /api/v1/alerts.
+- PrometheusAPI: instant and range queries, /api/v1/alerts;
+- scaled copies of the shipped rules and Alertmanager configuration: every `for:` and every
+  routing duration divided by one factor, expressions and thresholds unchanged, receivers
+  pointed to a webhook (so a live test runs the shipped timing, faster).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from .servers import LOCALHOST, free_port
 
@@ -110,7 +114,7 @@ class ServiceProcess:
         proc.wait(timeout=10)
 
 
-def start_prometheus(workdir: Path, config: Path) -> ServiceProcess:
+def start_prometheus(workdir: Path, config: Path, *extra: str) -> ServiceProcess:
     binary = require_binary(PROMETHEUS, "prometheus")
     storage = workdir / "prometheus-data"
     return ServiceProcess(
@@ -121,8 +125,81 @@ def start_prometheus(workdir: Path, config: Path) -> ServiceProcess:
             f"--config.file={config}",
             f"--storage.tsdb.path={storage}",
             f"--web.listen-address={LOCALHOST}:{port}",
+            *extra,
         ],
     ).start()
+
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def seconds_of(duration: str) -> float:
+    """A Prometheus duration of one unit ("1m", "30s", "500ms", "0m") in seconds."""
+    for unit in ("ms", "s", "m", "h"):
+        if duration.endswith(unit) and duration[: -len(unit)].isdigit():
+            return int(duration[: -len(unit)]) * _UNITS[unit]
+    raise ValueError(f"unsupported duration {duration!r}")
+
+
+def scaled(duration: str, divisor: float) -> str:
+    return f"{max(0, round(seconds_of(duration) * 1000 / divisor))}ms"
+
+
+def write_scaled_rules(path: Path, rules: Path, divisor: float) -> Path:
+    """The rules file with every alert's `for:` divided by `divisor`; nothing else changed."""
+    data = yaml.safe_load(rules.read_text())
+    for group in data["groups"]:
+        for rule in group["rules"]:
+            if "alert" in rule and "for" in rule:
+                rule["for"] = scaled(str(rule["for"]), divisor)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def write_scaled_alertmanager_config(
+    path: Path, config: Path, webhook: WebhookReceiver, divisor: float
+) -> Path:
+    """The Alertmanager configuration with every route's group_wait, group_interval and
+    repeat_interval divided by `divisor` (routes, matchers, grouping and inhibition as
+    shipped) and every receiver a webhook to /<receiver name>."""
+    data = yaml.safe_load(config.read_text())
+
+    def scale(route: dict[str, Any]) -> None:
+        for key in ("group_wait", "group_interval", "repeat_interval"):
+            if key in route:
+                route[key] = scaled(str(route[key]), divisor)
+        for child in route.get("routes", []):
+            scale(child)
+
+    scale(data["route"])
+    data["receivers"] = [
+        {
+            "name": r["name"],
+            "webhook_configs": [{"url": webhook.url("/" + r["name"]), "send_resolved": True}],
+        }
+        for r in data["receivers"]
+    ]
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def write_prometheus_config(
+    path: Path, rules: Path, replwatch: str, alertmanager: str, interval: str = "1s"
+) -> Path:
+    """Scrape replwatch (job "replwatch") and evaluate `rules` every `interval`; alerts to
+    `alertmanager`."""
+    config = {
+        "global": {
+            "scrape_interval": interval,
+            "scrape_timeout": interval,
+            "evaluation_interval": interval,
+        },
+        "rule_files": [str(rules)],
+        "alerting": {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]},
+        "scrape_configs": [{"job_name": "replwatch", "static_configs": [{"targets": [replwatch]}]}],
+    }
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
 
 
 def start_alertmanager(workdir: Path, config: Path) -> ServiceProcess:
@@ -172,6 +249,7 @@ class WebhookReceiver:
 
     def __init__(self) -> None:
         self.received: list[tuple[str, dict[str, Any]]] = []
+        self.times: list[float] = []  # monotonic time each one arrived
         self._lock = threading.Lock()
         receiver = self
 
@@ -181,6 +259,7 @@ class WebhookReceiver:
                 body = json.loads(self.rfile.read(length) or b"{}")
                 with receiver._lock:
                     receiver.received.append((self.path, body))
+                    receiver.times.append(time.monotonic())
                 self.send_response(200)
                 self.end_headers()
 
@@ -200,6 +279,15 @@ class WebhookReceiver:
     def notifications(self, path: str) -> list[dict[str, Any]]:
         with self._lock:
             return [body for p, body in self.received if p == path]
+
+    def deliveries(self, path: str) -> list[tuple[float, dict[str, Any]]]:
+        """(monotonic arrival time, body) of every notification to `path`."""
+        with self._lock:
+            return [
+                (t, body)
+                for t, (p, body) in zip(self.times, self.received, strict=True)
+                if p == path
+            ]
 
     def alerts_at(self, path: str, status: str | None = None) -> list[dict[str, Any]]:
         """Every alert delivered to `path` (optionally only those with this status)."""
