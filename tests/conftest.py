@@ -114,7 +114,8 @@ def starved_link(request: pytest.FixtureRequest) -> Iterator[StarvedLink]:
 
 # Modules whose assertions depend on timing or CPU share: lag truth within 0.25 s on a
 # starved link, poll cadence and render pacing under load, routing trips within their `for:`,
-# /metrics answer times during a partition. The test command runs them one at a time at
+# /metrics answer times during a partition, a page's delay behind Alertmanager's
+# group_interval (test_paging_live). The test command runs them one at a time at
 # normal priority, beside the rest (scripts/test). Scenarios that only wait (partitions of
 # the syncer, kill -9 runs, alert delivery with real Prometheus, two-way sync) assert
 # outcomes, not timings, and run with the rest.
@@ -123,6 +124,7 @@ SERIAL_MODULES = frozenset(
         "test_demo",
         "test_fault_partition",
         "test_fault_scale",
+        "test_paging_live",
         "test_render_gate",
         "test_routing_real",
         "test_scheduler_real",

@@ -408,7 +408,11 @@ def test_lag_alert_fires_routes_inhibits_and_dashboards_have_data(
         )
         assert got is not None
         assert got["alert"]["labels"]["replica"] == lagging.label
-        assert got["notification"]["groupLabels"] == {"group": GROUP, "replica": lagging.label}
+        assert got["notification"]["groupLabels"] == {
+            "alertname": LAG_CRITICAL,
+            "group": GROUP,
+            "replica": lagging.label,
+        }
         assert delivered(webhook, "notify", LAG_CRITICAL, "firing") is None
 
         def warning_inhibited() -> dict[str, Any] | None:
