@@ -94,7 +94,11 @@ def test_daemon_metrics_promtool_failure_and_sigterm(
         ) >= 1
         assert (
             value(
-                text, "replwatch_scheduler_runs_total", kind="heartbeat", group="cache", outcome="ok"
+                text,
+                "replwatch_scheduler_runs_total",
+                kind="heartbeat",
+                group="cache",
+                outcome="ok",
             )
             or 0
         ) >= 1
