@@ -14,13 +14,16 @@ Faults, one after another, each with exactly the notifications expected:
   route's group_interval (1m shipped; a page waited 287 s behind an earlier one);
 - another replica under CLIENT PAUSE WRITE (it answers, and applies nothing): one notice,
   RedisReplicaLagHigh for it; nothing pages; resolves once;
+- a sync task's target stopped (a DR copy that stops updating): a notice that the task fails
+  (RedisSyncTaskFailing), then a page (RedisSyncTaskCopyStale), which mutes the notice;
+  both resolve once when the target is back;
 - replwatch stopped: a page (ReplwatchDown, ReplwatchAbsent); resolves once it is back.
 At the end: every resolved notice went out exactly once, and only for alerts whose firing was
 delivered; the notify receiver never got a critical, the pager never a warning.
 
-A stopped sync target (RedisSyncTaskCopyStale pages after 5 min) is not run here: its 300 s
-threshold would make the run minutes long. alerts/tests/sync.yml feeds it the series a scrape
-gives, and tests/test_sync_watch.py shows those series keep growing while the target is down.
+One threshold is a duration and is scaled like `for:`: RedisSyncTaskCopyStale's checkpoint
+age of 300 s (10 s here), else the stopped copy would page after 6 minutes; its expression
+is otherwise the shipped one (alerts/tests/sync.yml checks the 300 s with promtool).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from .support.promstack import (
     PrometheusAPI,
     ServiceProcess,
     WebhookReceiver,
+    alerts_with_windows,
     scaled,
     seconds_of,
     start_alertmanager,
@@ -57,12 +61,15 @@ GROUP = "cache"
 # the pager route's group_interval as shipped (tests/test_alertmanager_config.py checks it)
 PAGER_GROUP_INTERVAL = seconds_of("1m") / SCALE
 
-Key = tuple[str, str, str]  # (receiver, alertname, replica or "")
+TASK = "dr"
+COPY_STALE = "replwatch_sync_checkpoint_age_seconds > 300"  # a duration: scaled like for:
+
+Key = tuple[str, str, str]  # (receiver, alertname, replica or task or "")
 
 
 def _key(receiver: str, alert: dict[str, Any]) -> Key:
     labels = alert["labels"]
-    return (receiver, labels["alertname"], labels.get("replica", ""))
+    return (receiver, labels["alertname"], labels.get("replica") or labels.get("task", ""))
 
 
 class Pager:
@@ -116,13 +123,19 @@ def write_on(master: RedisProcess, n: int = 20) -> None:
 
 
 def replwatch_config(
-    path: Path, port: int, master: RedisProcess, replicas: list[RedisProcess]
+    path: Path,
+    port: int,
+    master: RedisProcess,
+    replicas: list[RedisProcess],
+    source: RedisProcess,
+    target: RedisProcess,
 ) -> Path:
     config = {
         "exporter": {"listen": f"{LOCALHOST}:{port}"},
         "poll": {"interval": "300ms", "timeout": "250ms"},
         "heartbeat": {"interval": "100ms"},
         "groups": [{"name": GROUP, "master": master.url, "replicas": [r.url for r in replicas]}],
+        "sync": {"tasks": [{"name": TASK, "source": source.url, "target": target.url}]},
     }
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
@@ -137,11 +150,17 @@ def test_each_fault_pages_or_notifies_exactly_once(
     r2 = debian_servers.start("r2", replica_of=master)
     for replica in (r1, r2):
         wait_synced(replica, master)
+    source = debian_servers.start("source")
+    target = debian_servers.start("target")
     webhook = WebhookReceiver()
     pager = Pager(webhook)
     services: list[ServiceProcess] = []
     port = free_port()
-    config = replwatch_config(tmp_path / "replwatch.yaml", port, master, [r1, r2])
+    config = replwatch_config(tmp_path / "replwatch.yaml", port, master, [r1, r2], source, target)
+    rules = write_scaled_rules(tmp_path / "rules.yml", RULES, SCALE)
+    text = rules.read_text()
+    assert text.count(COPY_STALE) == 1, f"{COPY_STALE!r} not in {RULES}"
+    rules.write_text(text.replace(COPY_STALE, f"{COPY_STALE[:-3]}{300 // SCALE}"))
     daemons: list[RunningDaemon] = []
     try:
         alertmanager = start_alertmanager(
@@ -154,7 +173,7 @@ def test_each_fault_pages_or_notifies_exactly_once(
             tmp_path,
             write_prometheus_config(
                 tmp_path / "prometheus.yml",
-                write_scaled_rules(tmp_path / "rules.yml", RULES, SCALE),
+                rules,
                 f"{LOCALHOST}:{port}",
                 f"{LOCALHOST}:{alertmanager.port}",
             ),
@@ -164,15 +183,26 @@ def test_each_fault_pages_or_notifies_exactly_once(
         api = PrometheusAPI(prometheus.base)
         wait_for(lambda: api.target_health() == ["up"], 20, "Prometheus to scrape replwatch")
         wait_for(lambda: len(api.query("replwatch_replica_lag_seconds")) == 2, 20, "both replicas")
+        wait_for(
+            lambda: api.query(f'replwatch_sync_state{{task="{TASK}",state="incremental"}} == 1'),
+            30,
+            "the sync task incremental",
+        )
         # healthy: a few evaluations, and nothing pending or firing
         time.sleep(3.0)  # evaluations happening is the premise; nothing to poll for
         assert [a["labels"]["alertname"] for a in api.alerts()] == []
 
+        slow_for = alerts_with_windows(RULES)  # their for: is the shipped one (minutes)
+
         def quiet() -> None:
-            """Until nothing is pending or firing: the previous fault is over everywhere."""
+            """Until nothing is firing, nor pending with a scaled for: (one with its shipped
+            for: of minutes cannot fire within this run): the previous fault is over."""
             deadline = time.monotonic() + 30
-            while api.alerts():
-                left = [(a["labels"]["alertname"], a["state"]) for a in api.alerts()]
+            while left := [
+                (a["labels"]["alertname"], a["state"])
+                for a in api.alerts()
+                if a["state"] == "firing" or a["labels"]["alertname"] not in slow_for
+            ]:
                 assert time.monotonic() < deadline, f"still pending or firing: {left}"
                 time.sleep(0.2)
 
@@ -228,6 +258,25 @@ def test_each_fault_pages_or_notifies_exactly_once(
         assert pager.firing_since(start) == {notice}, pager.deliveries("firing")
         wait_synced(r2, master)
         wait_for(lambda: pager.first(notice, "resolved", start), 60, "the notice resolved")
+        quiet()
+
+        # --- a DR copy whose target goes away: the task fails (a notice), then the copy is
+        # too old (a page, which mutes the notice from then on)
+        start = time.monotonic()
+        failing = ("notify", "RedisSyncTaskFailing", TASK)
+        stale = ("pager", "RedisSyncTaskCopyStale", TASK)
+        target.stop()
+
+        def copy_paged() -> float | None:
+            write_on(source)
+            return pager.first(stale, "firing", start)
+
+        wait_for(copy_paged, 60, "the stopped copy paged", interval=0.2)
+        time.sleep(PAGER_GROUP_INTERVAL)
+        assert pager.firing_since(start) == {failing, stale}, pager.deliveries("firing")
+        target.restart()  # empty: the task copies the source again
+        wait_for(lambda: pager.first(stale, "resolved", start), 60, "the copy's page resolved")
+        wait_for(lambda: pager.first(failing, "resolved", start), 60, "the notice resolved")
         quiet()
 
         # --- replwatch stopped: a page; resolved when it is back

@@ -145,24 +145,34 @@ def scaled(duration: str, divisor: float) -> str:
     return f"{max(0, round(seconds_of(duration) * 1000 / divisor))}ms"
 
 
+def alerts_with_windows(rules: Path) -> set[str]:
+    """The alerts whose expression, or a recording rule it reads, has a range window."""
+    data = yaml.safe_load(rules.read_text())
+    recorded = {
+        r["record"]: str(r["expr"]) for g in data["groups"] for r in g["rules"] if "record" in r
+    }
+    out = set()
+    for group in data["groups"]:
+        for rule in group["rules"]:
+            if "alert" not in rule:
+                continue
+            expr = str(rule["expr"])
+            if "[" in expr or any("[" in e for name, e in recorded.items() if name in expr):
+                out.add(str(rule["alert"]))
+    return out
+
+
 def write_scaled_rules(path: Path, rules: Path, divisor: float) -> Path:
     """The rules file with the alerts' `for:` divided by `divisor`, nothing else changed —
     except for alerts whose expression (or a recording rule it reads) has a range window of
     its own ([5m]): windows are not scaled, so a scaled `for:` would change what such an
     alert means (a slow spell long over would still fill the window); they keep theirs."""
     data = yaml.safe_load(rules.read_text())
-    recorded = {
-        r["record"]: str(r["expr"]) for g in data["groups"] for r in g["rules"] if "record" in r
-    }
+    windowed = alerts_with_windows(rules)
     for group in data["groups"]:
         for rule in group["rules"]:
-            if "alert" not in rule or "for" not in rule:
-                continue
-            expr = str(rule["expr"])
-            reads = [e for name, e in recorded.items() if name in expr]
-            if "[" in expr or any("[" in e for e in reads):
-                continue
-            rule["for"] = scaled(str(rule["for"]), divisor)
+            if "alert" in rule and "for" in rule and rule["alert"] not in windowed:
+                rule["for"] = scaled(str(rule["for"]), divisor)
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
 
