@@ -169,6 +169,9 @@ def test_each_fault_pages_or_notifies_exactly_once(
         )
         services.append(alertmanager)
         daemons.append(RunningDaemon(config, port, log=tmp_path / "replwatch.log"))
+        # serving before Prometheus starts: else ReplwatchDown / ReplwatchAbsent, whose 2m
+        # for: is 4 s here, fire while a loaded machine starts the daemon (seen once)
+        daemons[-1].wait_ready()
         prometheus = start_prometheus(
             tmp_path,
             write_prometheus_config(
@@ -188,9 +191,10 @@ def test_each_fault_pages_or_notifies_exactly_once(
             30,
             "the sync task incremental",
         )
-        # healthy: a few evaluations, and nothing pending or firing
+        # healthy: a few evaluations, and nothing pending or firing, nothing delivered
         time.sleep(3.0)  # evaluations happening is the premise; nothing to poll for
         assert [a["labels"]["alertname"] for a in api.alerts()] == []
+        assert webhook.received == []
 
         slow_for = alerts_with_windows(RULES)  # their for: is the shipped one (minutes)
 
