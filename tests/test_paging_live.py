@@ -60,6 +60,17 @@ SCALE = 30
 GROUP = "cache"
 # the pager route's group_interval as shipped (tests/test_alertmanager_config.py checks it)
 PAGER_GROUP_INTERVAL = seconds_of("1m") / SCALE
+# what is not scaled between a fault and a page: the poll (300 ms), Prometheus's scrape and
+# evaluation (1 s each here) and a delivery
+PIPELINE = 4.0
+
+
+def within_readme(fault_at: float, delivered: float | None, readme: str) -> None:
+    """A page arrived within the time README ("Alerting") states, scaled, plus PIPELINE."""
+    assert delivered is not None
+    allowed = seconds_of(readme) / SCALE + PIPELINE
+    assert delivered - fault_at <= allowed, (delivered - fault_at, allowed, readme)
+
 
 TASK = "dr"
 COPY_STALE = "replwatch_sync_checkpoint_age_seconds > 300"  # a duration: scaled like for:
@@ -214,7 +225,8 @@ def test_each_fault_pages_or_notifies_exactly_once(
         start = time.monotonic()
         r1.pause()
         page = ("pager", "RedisNodeUnreachable", r1.label)
-        wait_for(lambda: pager.first(page, "firing", start), 30, "the frozen replica paged")
+        paged = wait_for(lambda: pager.first(page, "firing", start), 30, "the replica paged")
+        within_readme(start, paged, "70s")  # "a replica that stops answering … ~1 min 10 s"
         # its link-down alert fired with it and would page now if it were not muted (its lag
         # would need 5 s and `for:` more: the replica is thawed before that)
         time.sleep(PAGER_GROUP_INTERVAL)
@@ -275,7 +287,8 @@ def test_each_fault_pages_or_notifies_exactly_once(
             write_on(source)
             return pager.first(stale, "firing", start)
 
-        wait_for(copy_paged, 60, "the stopped copy paged", interval=0.2)
+        paged = wait_for(copy_paged, 60, "the stopped copy paged", interval=0.2)
+        within_readme(start, paged, "370s")  # "a DR copy that stops updating … ~6 min 10 s"
         time.sleep(PAGER_GROUP_INTERVAL)
         assert pager.firing_since(start) == {failing, stale}, pager.deliveries("firing")
         target.restart()  # empty: the task copies the source again
@@ -287,7 +300,8 @@ def test_each_fault_pages_or_notifies_exactly_once(
         start = time.monotonic()
         daemons[-1].stop()
         down = ("pager", "ReplwatchDown", "")
-        wait_for(lambda: pager.first(down, "firing", start), 30, "replwatch down paged")
+        paged = wait_for(lambda: pager.first(down, "firing", start), 30, "replwatch down paged")
+        within_readme(start, paged, "130s")  # "replwatch down after ~2 min 10 s"
         daemons.append(RunningDaemon(config, port, log=tmp_path / "replwatch.log"))
         wait_for(lambda: pager.first(down, "resolved", start), 40, "replwatch down resolved")
         assert pager.firing_since(start) <= {down, ("pager", "ReplwatchAbsent", "")}
