@@ -40,7 +40,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from .support.daemons import RunningDaemon
-from .support.datasets import connect
+from .support.datasets import connect, write_burst
 from .support.promstack import (
     PrometheusAPI,
     ServiceProcess,
@@ -275,15 +275,6 @@ def delivered(
     return None
 
 
-def write_on(server: RedisProcess, n: int = 20) -> bool:
-    with connect(server) as client:
-        pipe = client.pipeline(transaction=False)
-        for i in range(n):
-            pipe.set(f"w:{i}", time.time())
-        pipe.execute()
-    return True
-
-
 @pytest.mark.timeout(180)
 def test_lag_alert_fires_routes_inhibits_and_dashboards_have_data(
     debian_servers: ServerSet, tmp_path: Path
@@ -360,7 +351,7 @@ def test_lag_alert_fires_routes_inhibits_and_dashboards_have_data(
         states_seen: set[str] = set()
 
         def lag_alert_firing() -> bool:
-            write_on(master)
+            write_burst(master)
             alert = prometheus_alert(api, LAG_WARNING, lagging.label)
             if alert is not None:
                 states_seen.add(alert["state"])
@@ -398,7 +389,7 @@ def test_lag_alert_fires_routes_inhibits_and_dashboards_have_data(
 
         # --- the critical of the same replica pages, and inhibits the warning
         def critical_firing() -> bool:
-            write_on(master)
+            write_burst(master)
             alert = prometheus_alert(api, LAG_CRITICAL, lagging.label)
             return alert is not None and alert["state"] == "firing"
 

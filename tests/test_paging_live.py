@@ -37,7 +37,7 @@ import pytest
 import yaml
 
 from .support.daemons import RunningDaemon
-from .support.datasets import connect
+from .support.datasets import connect, write_burst
 from .support.promstack import (
     PrometheusAPI,
     ServiceProcess,
@@ -123,14 +123,6 @@ def firing_in_prometheus(api: PrometheusAPI, name: str, replica: str = "") -> bo
         and a["state"] == "firing"
         for a in api.alerts()
     )
-
-
-def write_on(master: RedisProcess, n: int = 20) -> None:
-    with connect(master) as client:
-        pipe = client.pipeline(transaction=False)
-        for i in range(n):
-            pipe.set(f"w:{i}", time.time())
-        pipe.execute()
 
 
 def replwatch_config(
@@ -263,7 +255,7 @@ def test_each_fault_pages_or_notifies_exactly_once(
         try:
 
             def noticed() -> float | None:
-                write_on(master)
+                write_burst(master)
                 return pager.first(notice, "firing", start)
 
             wait_for(noticed, 40, "the lagging replica noticed", interval=0.2)
@@ -284,7 +276,7 @@ def test_each_fault_pages_or_notifies_exactly_once(
         target.stop()
 
         def copy_paged() -> float | None:
-            write_on(source)
+            write_burst(source)
             return pager.first(stale, "firing", start)
 
         paged = wait_for(copy_paged, 60, "the stopped copy paged", interval=0.2)

@@ -4,6 +4,8 @@ build (compare and sync tests)."""
 
 from __future__ import annotations
 
+import time
+
 import redis
 
 from .servers import RedisProcess
@@ -16,6 +18,15 @@ def connect(proc: RedisProcess, db: int = 0, password: str | None = None) -> red
     return redis.Redis(
         host=proc.host, port=proc.port, db=db, password=password, socket_timeout=10, protocol=2
     )
+
+
+def write_burst(proc: RedisProcess, n: int = 20) -> None:
+    """`n` SETs of the current time in one pipeline: keeps a master's offset moving."""
+    with connect(proc) as client:
+        pipe = client.pipeline(transaction=False)
+        for i in range(n):
+            pipe.set(f"w:{i}", time.time())
+        pipe.execute()
 
 
 def build_dataset(proc: RedisProcess, password: str | None = None) -> int:
