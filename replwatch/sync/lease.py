@@ -25,9 +25,10 @@ import os
 import secrets
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
-from replwatch.config import RedisEndpoint, TLSConfig
 from replwatch.errors import RedisError
 
 log = logging.getLogger("replwatch.sync.lease")
@@ -113,13 +114,22 @@ def parse_acquire(reply: object) -> AcquireResult:
     return AcquireResult(False, holder=holder, remaining=max(0.0, int(left) / 1000))
 
 
+class RenewLink(Protocol):
+    """The connection a LeaseKeeper renews on (a TargetLink in db 0: passed in, so this
+    module does not import the writer, which imports Fence from here)."""
+
+    def call(self, *args: Any) -> Any: ...
+
+    def close(self) -> None: ...
+
+
 @dataclass
 class LeaseKeeper:
-    """Renews a held lease every `lease / 3` on a connection of its own, until stopped or
-    lost (then `lost` is set: the runner stops writing and goes back to standby)."""
+    """Renews a held lease every `lease / 3` on a connection of its own (made by `connect`,
+    again after a failure), until stopped or lost (then `lost` is set: the runner stops
+    writing and goes back to standby)."""
 
-    endpoint: RedisEndpoint
-    tls: TLSConfig | None
+    connect: Callable[[], RenewLink]
     fence: Fence
     lease: float
     timeout: float
@@ -137,15 +147,12 @@ class LeaseKeeper:
             self._thread.join(timeout=self.timeout + 1)
 
     def _loop(self) -> None:
-        from replwatch.sync.writer import TargetLink  # writer imports Fence from here
-
-        link: TargetLink | None = None
+        link: RenewLink | None = None
         every = self.lease / 3
         while not self._stop.wait(every):
             try:
                 if link is None:
-                    link = TargetLink(self.endpoint, self.tls, self.timeout, 1)
-                    link.select(0)
+                    link = self.connect()
                 reply = link.call(
                     "EVAL",
                     RENEW_SCRIPT,

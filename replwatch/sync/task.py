@@ -332,7 +332,7 @@ class SyncTaskRunner:
             if got.acquired:
                 self.fence = Fence(self.key, got.token, self.holder, got.until_ms)
                 self._keeper = LeaseKeeper(
-                    task.target, self.tls, self.fence, task.lease, self.io_timeout
+                    self._renew_link, self.fence, task.lease, self.io_timeout
                 )
                 self._keeper.start()
                 self.leases_taken += 1
@@ -356,6 +356,12 @@ class SyncTaskRunner:
             if self.stop_event.wait(wait):
                 return False
         return False
+
+    def _renew_link(self) -> TargetLink:
+        """The lease keeper's connection: the target, in the checkpoint's db."""
+        link = TargetLink(self.task.target, self.tls, self.io_timeout, 1)
+        link.select(CHECKPOINT_DB)
+        return link
 
     def _drop_lease(self, release: bool) -> None:
         """Stop renewing; with `release`, end the lease now (a clean stop: another daemon
