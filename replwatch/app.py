@@ -32,7 +32,7 @@ from replwatch.observe.probe import WaitProber
 from replwatch.routing.engine import RoutingEngine
 from replwatch.routing.publisher import RoutingPublisher
 from replwatch.scheduler import MonitorScheduler, SchedulerStats
-from replwatch.state import ProbeStore, SnapshotStore
+from replwatch.state import ProbeStore, ReloadStatus, SnapshotStore
 from replwatch.sync.lifecycle import TaskLifecycle, WatcherSet, make_watcher_factory
 from replwatch.sync.supervisor import SupervisorCollector, SyncSupervisor
 from replwatch.sync.watch import SyncStore
@@ -58,17 +58,6 @@ def build_probers(cfg: Config) -> list[WaitProber]:
         for g in cfg.groups
         if cfg.probe_of(g).enabled and g.master is not None
     ]
-
-
-@dataclass
-class ReloadStatus:
-    """The outcome of the newest config reload (Prometheus's own metric names)."""
-
-    successful: bool = True
-    last_success: float = field(default_factory=time.time)  # start-up counts as one
-    attempts: int = 0
-    failures: int = 0
-    error: str | None = None
 
 
 # settings a reload cannot change in a running process (logged; they need a restart)

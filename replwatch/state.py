@@ -7,6 +7,7 @@ them. A snapshot never changes after it is built, so readers on other threads ne
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -295,3 +296,14 @@ class ProbeStore:
                 (name, list(s.bucket_counts), s.count, s.total, dict(s.results), s.last)
                 for name, s in sorted(self._groups.items())
             ]
+
+
+@dataclass
+class ReloadStatus:
+    """The outcome of the newest config reload (Prometheus's own metric names)."""
+
+    successful: bool = True
+    last_success: float = field(default_factory=time.time)  # start-up counts as one
+    attempts: int = 0
+    failures: int = 0
+    error: str | None = None

@@ -5,16 +5,13 @@ newest config reload. Reads the fleet's plain values; no I/O at scrape time."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from replwatch.state import ReloadStatus
 from replwatch.topology.fleet import Fleet
 from replwatch.topology.groups import slot_ranges_text
-
-if TYPE_CHECKING:
-    from replwatch.app import ReloadStatus
 
 
 class FleetCollector(Collector):
