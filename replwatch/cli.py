@@ -328,7 +328,7 @@ def _cmd_sync(args: argparse.Namespace) -> int:
             state_dir=state_dir_of(cfg, config),  # the tasks' local reports
         )
     if args.sync_command == "run":
-        from replwatch.sync.task import run_task_foreground
+        from replwatch.sync.foreground import run_task_foreground
         from replwatch.sync.task_state import find_task, state_dir_of
 
         cfg = _load(args.config)
