@@ -25,7 +25,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -162,13 +162,13 @@ def alerts_with_windows(rules: Path) -> set[str]:
     return out
 
 
-def write_scaled_rules(path: Path, rules: Path, divisor: float) -> Path:
+def write_scaled_rules(path: Path, rules: Path, divisor: float, keep: Iterable[str] = ()) -> Path:
     """The rules file with the alerts' `for:` divided by `divisor`, nothing else changed —
     except for alerts whose expression (or a recording rule it reads) has a range window of
     its own ([5m]): windows are not scaled, so a scaled `for:` would change what such an
     alert means (a slow spell long over would still fill the window); they keep theirs."""
     data = yaml.safe_load(rules.read_text())
-    windowed = alerts_with_windows(rules)
+    windowed = alerts_with_windows(rules) | set(keep)
     for group in data["groups"]:
         for rule in group["rules"]:
             if "alert" in rule and "for" in rule and rule["alert"] not in windowed:
