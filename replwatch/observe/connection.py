@@ -204,6 +204,7 @@ class Connection:
         timeout: float,
         tls: TLSConfig | None = None,
         client_name: str = "replwatch",
+        readonly: bool = False,
     ) -> Connection:
         loop = asyncio.get_running_loop()
         ssl_ctx: ssl.SSLContext | None = None
@@ -239,12 +240,16 @@ class Connection:
         setup.append(("CLIENT", "SETNAME", client_name))
         if endpoint.db:
             setup.append(("SELECT", endpoint.db))
+        if readonly:
+            setup.append(("READONLY",))  # a cluster replica: reads of its own slots answered
         try:
             replies = await conn.execute(setup, timeout, raise_errors=False)
             for command, reply in zip(setup, replies, strict=True):
                 if isinstance(reply, hiredis.ReplyError):
-                    if command[0] == "CLIENT":
-                        continue  # CLIENT may be renamed or denied by ACL: not fatal
+                    if command[0] in ("CLIENT", "READONLY"):
+                        # may be renamed or denied by ACL: not fatal (without READONLY a
+                        # replica answers reads with MOVED, reported where they are read)
+                        continue
                     err = classify_reply_error(str(reply))
                     if command[0] == "AUTH" and not isinstance(err, AuthFailure):
                         err = AuthFailure(f"AUTH failed: {str(reply)[:120]}")

@@ -48,19 +48,18 @@ class NodePoller:
         heartbeat_key: str | None = None,
         readonly: bool = False,
     ) -> None:
-        """`readonly`: a cluster replica: READONLY before the heartbeat GET, which would
-        otherwise be answered with MOVED to its master."""
+        """`readonly`: a cluster replica: READONLY once per connection, else the heartbeat
+        GET is answered with MOVED to its master."""
         self.endpoint = endpoint
         self.timeout = timeout
         self.tls = tls
         self.heartbeat_key = heartbeat_key
+        self.readonly = readonly
         self._conn: Connection | None = None
         self._buffer_limit: int | None = None
         self._buffer_limit_known = False
         replica_commands = [("INFO", "replication"), ("CLIENT", "LIST", "TYPE", "master")]
         if heartbeat_key is not None:
-            if readonly:
-                replica_commands.append(("READONLY",))
             replica_commands.append(("GET", heartbeat_key))
         self._replica_payload = (_encode(*replica_commands), len(replica_commands))
 
@@ -72,7 +71,9 @@ class NodePoller:
         if self._conn is None or self._conn.closed:
             self._conn = None
             remaining = max(0.001, deadline - time.monotonic())
-            self._conn = await Connection.open(self.endpoint, remaining, self.tls)
+            self._conn = await Connection.open(
+                self.endpoint, remaining, self.tls, readonly=self.readonly
+            )
             self._buffer_limit_known = False
         return self._conn
 
@@ -151,10 +152,8 @@ class NodePoller:
             reply = replies[2]
             if isinstance(reply, list) and len(reply) == 2:
                 self._buffer_limit = parse_output_buffer_limit(_text(reply[1]) or "")
-        elif not as_master and self.heartbeat_key is not None and len(replies) > 2:
-            reply = replies[-1]  # the GET, after READONLY on a cluster replica
-            if not isinstance(reply, hiredis.ReplyError):
-                heartbeat = parse_heartbeat(reply)
+        elif not as_master and len(replies) > 2 and not isinstance(replies[2], hiredis.ReplyError):
+            heartbeat = parse_heartbeat(replies[2])
         return NodeSample(
             label=self.label,
             info=info,
