@@ -280,15 +280,20 @@ class ReadRouter:
         table = self.fresh_table()
         if table is None:
             return MASTER, self.master
-        candidates = [
-            r
-            for r in self._serving(table)
-            if min_offset is None or self._has_offset(table, r, min_offset)
-        ]
+        candidates = self._ready(table, self._serving(table), min_offset)
         if not candidates:
             return MASTER, self.master
-        label = candidates[next(self._rr) % len(candidates)]
+        label = self._pick(candidates)
         return label, self._client(label)
+
+    def _ready(self, table: GroupTable, serving: list[str], min_offset: int | None) -> list[str]:
+        """The serving replicas known to have `min_offset` (all of them without one)."""
+        if min_offset is None:
+            return serving
+        return [r for r in serving if self._has_offset(table, r, min_offset)]
+
+    def _pick(self, labels: list[str]) -> str:
+        return labels[next(self._rr) % len(labels)]
 
     def read(self, *args: Any, min_offset: int | None = None, replid: str | None = None) -> Any:
         """Run a read command (e.g. read('GET', key)); its answer."""
@@ -304,13 +309,11 @@ class ReadRouter:
         serving = self._serving(table)
         if not serving:
             return self._on_master(args, "cooling_down" if table.read_from else "routed_to_master")
-        if min_offset is None:
-            label = serving[next(self._rr) % len(serving)]
-            return self._on_replica(label, args)
-        ready = [r for r in serving if self._has_offset(table, r, min_offset)]
+        ready = self._ready(table, serving, min_offset)
         if ready:
-            return self._on_replica(ready[next(self._rr) % len(ready)], args)
-        return self._checked_read(serving[next(self._rr) % len(serving)], args, min_offset, replid)
+            return self._on_replica(self._pick(ready), args)
+        assert min_offset is not None  # without one every serving replica is ready
+        return self._checked_read(self._pick(serving), args, min_offset, replid)
 
     def _on_master(self, args: tuple[Any, ...], reason: str | None) -> RoutedRead:
         if reason is not None:
