@@ -37,7 +37,8 @@ from replwatch.observe.info import (
 from replwatch.observe.resp_limits import REPLY_LIMITS, STREAM_LIMITS, ReplyGuard
 from replwatch.sync.reader import SourceLink
 from replwatch.sync.sources import NodeClient, NotMasterError, require_master
-from replwatch.sync.task import SyncTaskRunner, _StreamApplier
+from replwatch.sync.stream_apply import StreamApplier
+from replwatch.sync.task import SyncTaskRunner
 from replwatch.sync.writer import TargetLink
 
 from .support.hostile import Flood, HostileServer, Recv, Send, Stall
@@ -267,7 +268,7 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
 
 
 def apply_stream(server: HostileServer, target: RedisProcess, data: bytes) -> Any:
-    """The stream applier's inlined loop (task._StreamApplier.consume) over a connection that
+    """The stream applier's inlined loop (stream_apply.StreamApplier.consume) over a connection that
     sends `data` and closes: the exception that ended it."""
     cfg = config_from_data(
         {"sync": {"tasks": [{"name": "fuzz", "source": server.url, "target": target.url}]}}
@@ -277,7 +278,7 @@ def apply_stream(server: HostileServer, target: RedisProcess, data: bytes) -> An
     out = TargetLink(task.target, None, 5, 8)
     server.script = [Send(data)]
     link = SourceLink(parse_redis_url(server.url), None, HANG_GUARD)
-    applier = _StreamApplier(runner, out, link, "r" * 40, 0)
+    applier = StreamApplier(runner.context(), out, link, "r" * 40, 0)
     try:
         while True:
             link.receive()

@@ -437,7 +437,7 @@ def test_stream_bytes_that_arrive_with_continue_are_applied_at_once(
     target_link = TargetLink(task.target, TLSConfig(), 5, 8)
     source_link = SourceLink(task.source, TLSConfig(), 5)  # type: ignore[arg-type]
     try:
-        cp = target_link.read_checkpoint(TASK)
+        cp = runner.store.read(target_link)
         assert cp is not None and cp.replid is not None and cp.offset is not None
         source_link.handshake()
         reply = source_link.psync(cp.replid, cp.offset)

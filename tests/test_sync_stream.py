@@ -13,7 +13,8 @@ import redis
 from replwatch.config import TLSConfig, config_from_data, parse_redis_url
 from replwatch.observe.connection import encode_command
 from replwatch.sync.checkpoint import checkpoint_key
-from replwatch.sync.task import SyncTaskRunner, _StreamApplier
+from replwatch.sync.stream_apply import StreamApplier
+from replwatch.sync.task import SyncTaskRunner
 from replwatch.sync.writer import TargetLink
 
 from .support.servers import RedisProcess, ServerSet
@@ -45,7 +46,7 @@ def target(debian_servers: ServerSet) -> Iterator[RedisProcess]:
     yield debian_servers.start("target")
 
 
-def applier(target: RedisProcess, batch_size: int = 100) -> tuple[_StreamApplier, StreamBytes]:
+def applier(target: RedisProcess, batch_size: int = 100) -> tuple[StreamApplier, StreamBytes]:
     cfg = config_from_data(
         {
             "sync": {
@@ -63,7 +64,7 @@ def applier(target: RedisProcess, batch_size: int = 100) -> tuple[_StreamApplier
     runner = SyncTaskRunner(cfg.sync.tasks[0], TLSConfig())
     link = TargetLink(cfg.sync.tasks[0].target, None, 5, 8)
     stream = StreamBytes()
-    return _StreamApplier(runner, link, stream, "r" * 40, 0), stream  # type: ignore[arg-type]
+    return StreamApplier(runner.context(), link, stream, "r" * 40, 0), stream  # type: ignore[arg-type]
 
 
 def recorded(target: RedisProcess) -> int:
@@ -71,7 +72,7 @@ def recorded(target: RedisProcess) -> int:
     return int(target.client().hget(checkpoint_key("t"), "offset") or 0)
 
 
-def run(applier_: _StreamApplier, stream: StreamBytes) -> None:
+def run(applier_: StreamApplier, stream: StreamBytes) -> None:
     while applier_.consume(stream):  # type: ignore[arg-type]
         pass
     applier_.end_round()

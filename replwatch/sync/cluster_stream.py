@@ -1,7 +1,7 @@
 """The replication stream applied to a Redis Cluster target: per-slot batches with per-slot
 checkpoints, and the task record holding the floor (replwatch/sync/cluster_target.py
-explains the scheme). The interface is _StreamApplier's (task.py): consume, flush,
-end_round, applied, pending_offset.
+explains the scheme). The interface is StreamApplier's (stream_apply.py, the one-target
+applier): consume, flush, end_round, applied, pending_offset (stream_follow.StreamStage).
 
 Units: a command (or a source transaction's part in one slot) with the stream offsets it
 starts and ends at. A source transaction whose keys are in several target slots is applied
@@ -13,22 +13,21 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import hiredis
 
 from replwatch.keyslot import key_slot, slot_tags
 from replwatch.observe.connection import encode_command
+from replwatch.sync.checkpoint_store import StreamMark
 from replwatch.sync.cluster_target import RECORD_EVERY, ClusterTargetLink, Job
 from replwatch.sync.expiry import LAST_ARGUMENT_FORMS, later_last_argument, with_last_argument
 from replwatch.sync.filters import Verdict
 from replwatch.sync.own_keys import PRESERVE_SCRIPT
+from replwatch.sync.reader import SourceLink
 from replwatch.sync.slots import CrossSlotError, already_applied, route
-from replwatch.sync.writer import TargetRejected, now_ms
-
-if TYPE_CHECKING:
-    from replwatch.sync.reader import SourceLink
-    from replwatch.sync.task import SyncTaskRunner
+from replwatch.sync.stage import StageContext
+from replwatch.sync.writer import TargetRejected
 
 log = logging.getLogger("replwatch.sync")
 
@@ -52,13 +51,14 @@ class _SlotQueue:
 class ClusterStreamApplier:
     def __init__(
         self,
-        runner: SyncTaskRunner,
+        ctx: StageContext,
         target: ClusterTargetLink,
         source: SourceLink,
         replid: str,
         offset: int,
     ) -> None:
-        self.runner = runner
+        self.ctx = ctx
+        self.store = ctx.store
         self.target = target
         self.raw = source.raw
         self.replid = replid
@@ -67,9 +67,9 @@ class ClusterStreamApplier:
         self.full_sync_started_at: int | None = None
         self.full_sync_finished_at: int | None = None
         self.full_resyncs = 0
-        self.batch_size = runner.task.batch_size
-        self.batch_bytes = runner.task.batch_bytes
-        self.filter = runner.filter
+        self.batch_size = ctx.task.batch_size
+        self.batch_bytes = ctx.task.batch_bytes
+        self.filter = ctx.filter
         self.db = 0
         self.source_db = 0
         self.filtered: dict[str, int] = {}
@@ -79,7 +79,7 @@ class ClusterStreamApplier:
         self.tx_start = -1
         self.tx_parts: dict[int, list[bytes]] = {}
         self.tx_counts: dict[int, int] = {}
-        self.record_key = runner.key.encode()
+        self.record_key = ctx.store.key_bytes
         self.record_slot = key_slot(self.record_key)
         self.tags = slot_tags()
         self.slot_offsets: dict[int, int] = {}  # resume: slot → applied up to
@@ -91,9 +91,9 @@ class ClusterStreamApplier:
         self.skipped = 0  # commands found applied already (resume)
         self.redirects_recorded = dict(target.redirects)  # (counted in the record)
         # own keys left out, expiries a grace later; the record survives a FLUSH its own way
-        self.rewriter = runner.rewriter(guard_checkpoint=False)
+        self.rewriter = ctx.rewriter(False)
         self.later_forms = LAST_ARGUMENT_FORMS if self.rewriter.grace_ms else frozenset()
-        runner.replid, runner.offset = replid, offset
+        ctx.position.replid, ctx.position.offset = replid, offset
 
     # ------------------------------------------------------------------ resume
 
@@ -103,19 +103,16 @@ class ClusterStreamApplier:
         if self.started:
             return
         self.started = True
-        for slot, (offset, gen) in self.target.slot_checkpoints(self.runner.task.name).items():
+        for slot, (offset, gen) in self.target.slot_checkpoints(self.store).items():
             if gen == self.full_resyncs and offset > self.start_offset:
                 self.slot_offsets[slot] = offset
         if self.slot_offsets:
             log.info(
                 "task %s: resuming after %d; %d slots of the cluster target are further on",
-                self.runner.task.name,
+                self.ctx.task.name,
                 self.start_offset,
                 len(self.slot_offsets),
             )
-
-    def slot_key(self, slot: int) -> bytes:
-        return b"%s:{%s}" % (self.record_key, self.tags[slot].encode())
 
     @property
     def applied(self) -> int:
@@ -178,12 +175,7 @@ class ClusterStreamApplier:
             self._count(Verdict(False, (), (("db", 1),)))
             return False
         else:
-            verdict = self.filter.command(argv, self.source_db, self.db)
-            if (verdict.keep or verdict.commands) and (
-                rewriter.needs_look(name, len(argv)) or not verdict.keep
-            ):
-                rewrite = rewriter.rewrite_verdict(verdict, argv, self.db)
-                verdict = Verdict(False, rewrite.commands, rewrite.dropped)
+            verdict = rewriter.filtered(self.filter, argv, self.source_db, self.db)
         self._count(verdict)
         if verdict.keep:
             self._command(argv, bytes(raw[a:b]), start, end)
@@ -213,7 +205,7 @@ class ClusterStreamApplier:
         """One command of db `self.db` into its slot's unit (or the open transaction)."""
         if self.db != 0:
             raise TargetRejected(
-                f"task {self.runner.task.name}: the source wrote to db {self.source_db} "
+                f"task {self.ctx.task.name}: the source wrote to db {self.source_db} "
                 f"({argv[0][:30]!r}) but a Redis Cluster target has database 0 only: map it "
                 f"to 0 with db_map or leave it out with filters.dbs.allow"
             )
@@ -221,7 +213,7 @@ class ClusterStreamApplier:
             r = route(argv)
         except (CrossSlotError, ValueError) as exc:
             raise TargetRejected(
-                f"task {self.runner.task.name}: cannot apply a command to the Redis Cluster "
+                f"task {self.ctx.task.name}: cannot apply a command to the Redis Cluster "
                 f"target: {exc}"
             ) from None
         if r.kind == "slot":
@@ -272,9 +264,7 @@ class ClusterStreamApplier:
             self.target.wait_some()
 
     def _send(self, slot: int, queue: _SlotQueue) -> None:
-        checkpoint = encode_command(
-            (b"HSET", self.slot_key(slot), b"offset", queue.end, b"gen", self.full_resyncs)
-        )
+        checkpoint = self.store.slot_checkpoint(self.tags[slot], queue.end, self.full_resyncs)
         count, size, end = queue.count, queue.size, queue.end
         body = b"".join([*queue.parts, checkpoint])
         queue.parts, queue.count, queue.size, queue.pending_start = [], 0, 0, -1
@@ -288,17 +278,17 @@ class ClusterStreamApplier:
     def _confirmed(self, slot: int, count: int, size: int, end: int, replies: list[Any]) -> None:
         errors = [r for r in replies if isinstance(r, hiredis.ReplyError)]
         if errors:
-            self.runner.counters.command_errors += len(errors)
+            self.ctx.counters.command_errors += len(errors)
             log.warning(
                 "task %s: %d commands failed on the target, e.g. %s",
-                self.runner.task.name,
+                self.ctx.task.name,
                 len(errors),
                 str(errors[0])[:200],
             )
         self.buffered -= size
         self.confirmed += count
-        self.runner.counters.commands_applied += count
-        self.runner.counters.batches += 1
+        self.ctx.counters.commands_applied += count
+        self.ctx.counters.batches += 1
         queue = self.queues[slot]
         queue.busy = False
         if queue.parts:
@@ -318,7 +308,7 @@ class ClusterStreamApplier:
             if queue.parts and not queue.busy:
                 self._send(slot, queue)
         floor = self.applied
-        self.runner.offset = floor
+        self.ctx.position.offset = floor
         if self.record_busy:
             self.target.push()
             return
@@ -329,31 +319,22 @@ class ClusterStreamApplier:
             self._record(floor)
         self.target.push()
 
-    def _record_fields(self, floor: int) -> list[Any]:
-        runner = self.runner
-        fields: list[Any] = ["state", "incremental", "replid", self.replid, "offset", floor]
-        fields += ["db", 0, "updated_at", now_ms(), "task", runner.task.name]
-        fields += ["source", runner.task.source.label, "full_resyncs", self.full_resyncs]
-        if self.filter is not None:
-            fields += ["source_db", self.source_db]
-        if self.full_sync_finished_at is not None:
-            fields += ["full_sync_finished_at", self.full_sync_finished_at]
-        if self.full_sync_started_at is not None:
-            fields += ["full_sync_started_at", self.full_sync_started_at]
-        return fields
-
     def _record_commands(self, floor: int) -> tuple[bytes, int]:
-        key = self.record_key
-        commands = [encode_command((b"HSET", key, *self._record_fields(floor)))]
-        commands.append(encode_command((b"HINCRBY", key, b"applied_commands", self.confirmed)))
-        for reason, count in self.filtered.items():
-            commands.append(encode_command((b"HINCRBY", key, f"filtered:{reason}", count)))
+        mark = StreamMark(
+            self.replid,
+            floor,
+            0,
+            self.full_resyncs,
+            self.source_db if self.filter is not None else None,
+            self.full_sync_started_at,
+            self.full_sync_finished_at,
+        )
+        redirects = {}
         for kind, count in self.target.redirects.items():
             if count != self.redirects_recorded[kind]:
-                field = f"cluster_redirects:{kind.lower()}"
-                delta = count - self.redirects_recorded[kind]
-                commands.append(encode_command((b"HINCRBY", key, field, delta)))
+                redirects[kind] = count - self.redirects_recorded[kind]
                 self.redirects_recorded[kind] = count
+        commands = self.store.cluster_record(mark, self.confirmed, self.filtered, redirects)
         self.confirmed = 0
         self.filtered = {}
         return b"".join(commands), len(commands)
@@ -409,4 +390,4 @@ class ClusterStreamApplier:
         if name in _FLUSHES:
             self.slot_offsets = {}  # (the slot checkpoints went with the data)
         self.last_record = time.monotonic()
-        self.runner.offset = end
+        self.ctx.position.offset = end

@@ -33,15 +33,16 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import hiredis
 
 from replwatch.config import ClusterTarget, RedisEndpoint, TLSConfig
 from replwatch.errors import ProtocolFailure, RedisError
-from replwatch.keyslot import SLOTS, key_slot
+from replwatch.keyslot import SLOTS
 from replwatch.observe.connection import classify_reply_error, encode_command
-from replwatch.sync.checkpoint import CHECKPOINT_PREFIX, Checkpoint, checkpoint_key
+from replwatch.sync.checkpoint import CHECKPOINT_PREFIX
+from replwatch.sync.checkpoint_store import CheckpointStore
 from replwatch.sync.lease import Fence
 from replwatch.sync.slots import Redirect, first_redirect, parse_cluster_slots, route
 from replwatch.sync.writer import (
@@ -52,9 +53,6 @@ from replwatch.sync.writer import (
     TargetLink,
     TargetRejected,
 )
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger("replwatch.sync")
 
@@ -446,12 +444,6 @@ class ClusterTargetLink(TargetLink):
             )
         self.db = 0
 
-    def read_checkpoint(self, task: str) -> Checkpoint | None:
-        reply = self.call("HGETALL", checkpoint_key(task))
-        if not isinstance(reply, list):
-            raise ProtocolFailure("HGETALL of the checkpoint returned no list")
-        return Checkpoint.from_hash(task, dict(zip(reply[::2], reply[1::2], strict=True)))
-
     def keys_outside(self, ignore_prefix: bytes) -> int:
         self.drain()
         return sum(self.link(m).keys_outside(ignore_prefix) for m in self.masters)
@@ -511,23 +503,23 @@ class ClusterTargetLink(TargetLink):
 
     # ------------------------------------------------------------------ slot checkpoints
 
-    def slot_checkpoints(self, task: str) -> dict[int, tuple[int, int]]:
+    def slot_checkpoints(self, store: CheckpointStore) -> dict[int, tuple[int, int]]:
         """The task's slot checkpoints on every master: slot → (offset, gen)."""
         self.drain()
-        found: dict[int, tuple[int, int]] = {}
-        pattern = checkpoint_key(task) + ":*"
+        found: list[tuple[bytes, Any, Any]] = []
         for master in self.masters:
             node = self.link(master)
             cursor = b"0"
             while True:
-                cursor, keys = node.call("SCAN", cursor, "MATCH", pattern, "COUNT", 1000)
+                cursor, keys = node.call(
+                    "SCAN", cursor, "MATCH", store.slot_pattern(), "COUNT", 1000
+                )
                 for key in keys:
                     offset, gen = node.call("HMGET", key, "offset", "gen")
-                    if offset is not None:
-                        found[key_slot(key)] = (int(offset), int(gen or 0))
+                    found.append((key, offset, gen))
                 if cursor == b"0":
                     break
-        return found
+        return store.slot_entries(found)
 
 
 class _Gather:

@@ -12,7 +12,7 @@ first. The price: a stopped task leaves keys that live up to `grace` longer than
 source, and TTL on the target reads that much more.
 
 `delay_expiry` rewrites one command of the stream; snapshot keys get the grace on their
-absolute expiry times (task.py). Relative times that are not positive mean "delete now" on
+absolute expiry times (stream_apply.py, cluster_stream.py). Relative times that are not positive mean "delete now" on
 the source and are left alone. Verbatim script replication (EVAL with EXPIRE inside, only
 with Redis 6.2's non-default `lua-replicate-commands no`) is not rewritten.
 """

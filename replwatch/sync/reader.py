@@ -479,7 +479,7 @@ class SourceLink:
         anywhere and call again). A command's span comes from its exact RESP length
         (command_length's arithmetic: per argument 5 bytes plus its size plus its size's
         digits, and the digits of all sizes are len(repr(sizes)) - 2n). The unfiltered
-        stream applier inlines this loop (task._StreamApplier.consume, the hot path)."""
+        stream applier inlines this loop (stream_apply.StreamApplier.consume, the hot path)."""
         gets = self.reader.gets
         label = self.endpoint.label
         while True:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from replwatch.sync.expiry import EXPIRY_COMMANDS, delay_expiry
-from replwatch.sync.filters import Verdict
+from replwatch.sync.filters import SyncFilter, Verdict
 from replwatch.sync.own_keys import (
     CHECKPOINT_GUARDED,
     MULTI_KEY_COMMANDS,
@@ -130,6 +130,20 @@ class TargetRewriter:
                 out += rewritten.commands
                 dropped += rewritten.dropped
         return Rewrite(tuple(out), tuple(dropped))
+
+    def filtered(
+        self, task_filter: SyncFilter, argv: Sequence[bytes], source_db: int, target_db: int
+    ) -> Verdict:
+        """The task's filter on one stream command (source_db: the source's selected db,
+        target_db: the mapped one), then these rules on what it lets through: the one
+        verdict both stream appliers (one target, a Cluster target) apply."""
+        verdict = task_filter.command(argv, source_db, target_db)
+        if (verdict.keep or verdict.commands) and (
+            self.needs_look(argv[0].upper(), len(argv)) or not verdict.keep
+        ):
+            rewrite = self.rewrite_verdict(verdict, argv, target_db)
+            verdict = Verdict(False, rewrite.commands, rewrite.dropped)
+        return verdict
 
     def _may_name_own(self, argv: Sequence[bytes]) -> bool:
         if self.looks_own(argv):

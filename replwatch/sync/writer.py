@@ -21,7 +21,7 @@ from replwatch.config import RedisEndpoint, TLSConfig
 from replwatch.errors import AuthFailure, ProtocolFailure, RedisError
 from replwatch.observe.connection import classify_reply_error, encode_command
 from replwatch.observe.info import parse_info
-from replwatch.sync.checkpoint import CHECKPOINT_DB, CHECKPOINT_PREFIX, Checkpoint, checkpoint_key
+from replwatch.sync.checkpoint import CHECKPOINT_DB, CHECKPOINT_PREFIX
 from replwatch.sync.fatal import WrongServer
 from replwatch.sync.lease import Fence, LeaseLost
 from replwatch.sync.preflight import ServerFacts, answers_resp, not_redis
@@ -372,14 +372,6 @@ class TargetLink:
             self._finish_oldest()
 
     # ------------------------------------------------------------------ checkpoint
-
-    def read_checkpoint(self, task: str) -> Checkpoint | None:
-        self.select(CHECKPOINT_DB)
-        reply = self.call("HGETALL", checkpoint_key(task))
-        if not isinstance(reply, list):
-            raise ProtocolFailure("HGETALL of the checkpoint returned no list")
-        raw = dict(zip(reply[::2], reply[1::2], strict=True))
-        return Checkpoint.from_hash(task, raw)
 
     def keys_outside(self, ignore_prefix: bytes) -> int:
         """How many keys the target holds besides the checkpoint keys (INFO keyspace, then
