@@ -33,9 +33,9 @@ from replwatch.routing.engine import RoutingEngine
 from replwatch.routing.publisher import RoutingPublisher
 from replwatch.scheduler import MonitorScheduler, SchedulerStats
 from replwatch.state import ProbeStore, ReloadStatus, SnapshotStore
-from replwatch.sync.lifecycle import TaskLifecycle, WatcherSet, make_watcher_factory
-from replwatch.sync.supervisor import SupervisorCollector, SyncSupervisor
-from replwatch.sync.watch import SyncStore
+from replwatch.tasks.lifecycle import TaskLifecycle, WatcherSet, make_watcher_factory
+from replwatch.tasks.supervisor import SupervisorCollector, SyncSupervisor
+from replwatch.tasks.watch import SyncStore
 from replwatch.topology.fleet import Fleet, Resolvers
 from replwatch.topology.sharding import ShardSpec
 from replwatch.web_config import WebConfigSource

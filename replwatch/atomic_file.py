@@ -2,7 +2,7 @@
 
 Both sides of a sync task write through it: the task process its local report
 (replwatch/sync/task_report.py) and the daemon its task state file
-(replwatch/sync/task_state.py). It lives below both so the syncer engine needs nothing of
+(replwatch/tasks/task_state.py). It lives below both so the syncer engine needs nothing of
 the daemon's packages.
 """
 

@@ -16,7 +16,7 @@ from replwatch.admin.client import ClientError, resolve_settings
 from replwatch.atomic_file import write_atomic
 from replwatch.config import config_from_data, sync_task_from_data
 from replwatch.errors import ConfigError
-from replwatch.sync.task_state import (
+from replwatch.tasks.task_state import (
     StateFileError,
     TaskState,
     TaskStateFile,

@@ -12,7 +12,7 @@ atomically (replwatch/atomic_file.py), when it records an error and when it stop
      "full_resync_reason": "…" | null,
      "memory_shortfall": {"oom_maxmemory": …, "oom_policy": "…", "oom_needed": …} | null}
 
-`replwatch sync run -c CONFIG` knows the state directory (task_state.state_dir_of); a runner
+`replwatch sync run -c CONFIG` knows the state directory (tasks/task_state.state_dir_of); a runner
 without a config writes none. The monitor (`replwatch run`, `replwatch sync status -c`)
 merges it into its view of the task (merge_report): when the report is newer than the
 checkpoint's updated_at (or there is no checkpoint), its failed / stopped state and its

@@ -12,7 +12,7 @@ every child gets SIGTERM (it finishes its batch, keeps its checkpoint) and, afte
 period, SIGKILL.
 
 Tasks can be added, stopped, started (optionally afresh: `--afresh` for that one start) and
-removed while it runs (the task lifecycle, replwatch/sync/lifecycle.py, calls these). A stopped
+removed while it runs (the task lifecycle, replwatch/tasks/lifecycle.py, calls these). A stopped
 task (`enabled` False) keeps its entry and counters but is not started again.
 """
 
@@ -34,7 +34,7 @@ from prometheus_client.registry import Collector
 
 from replwatch.config import SyncTask
 
-log = logging.getLogger("replwatch.sync.supervisor")
+log = logging.getLogger("replwatch.sync.supervisor")  # name kept: log lines unchanged
 
 BACKOFF_MIN = 1.0
 BACKOFF_MAX = 30.0
