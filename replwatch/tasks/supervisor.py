@@ -26,11 +26,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
-
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from replwatch.config import SyncTask
 
@@ -273,7 +270,8 @@ class SyncSupervisor:
             }
 
     def snapshot(self) -> list[tuple[str, bool, int, int | None]]:
-        """(task, running, restarts, last exit code) per task."""
+        """(task, running, restarts, last exit code) per task (the metrics of
+        replwatch/exporter/supervisor_collector.py)."""
         with self._lock:
             return [
                 (
@@ -284,30 +282,3 @@ class SyncSupervisor:
                 )
                 for tp in self.tasks.values()
             ]
-
-
-class SupervisorCollector(Collector):
-    """replwatch_sync_process_up{task}, replwatch_sync_process_restarts_total{task}."""
-
-    def __init__(self, supervisor: SyncSupervisor) -> None:
-        self.supervisor = supervisor
-
-    def collect(self) -> Iterator[Metric]:
-        up = GaugeMetricFamily(
-            "replwatch_sync_process_up",
-            "1 while the task's syncer process runs under replwatch run.",
-            labels=["task"],
-        )
-        restarts = CounterMetricFamily(
-            "replwatch_sync_process_restarts",
-            "Times the task's syncer process exited and was started again.",
-            labels=["task"],
-        )
-        snapshot = self.supervisor.snapshot()
-        if not snapshot:
-            return
-        for name, running, count, _code in snapshot:
-            up.add_metric([name], 1.0 if running else 0.0)
-            restarts.add_metric([name], float(count))
-        yield up
-        yield restarts
