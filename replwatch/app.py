@@ -25,6 +25,7 @@ from replwatch.exporter.fleet_collector import FleetCollector
 from replwatch.exporter.server import ExporterHTTPServer
 from replwatch.exporter.status_doc import StatusSources
 from replwatch.exporter.status_page import StatusPage
+from replwatch.exporter.supervisor_collector import SupervisorCollector
 from replwatch.exporter.sync_collector import SyncCollector
 from replwatch.lag.history import LagHistory
 from replwatch.observe.group_monitor import GroupMonitor
@@ -33,9 +34,9 @@ from replwatch.routing.engine import RoutingEngine
 from replwatch.routing.publisher import RoutingPublisher
 from replwatch.scheduler import MonitorScheduler, SchedulerStats
 from replwatch.state import ProbeStore, ReloadStatus, SnapshotStore
-from replwatch.sync.lifecycle import TaskLifecycle, WatcherSet, make_watcher_factory
-from replwatch.sync.supervisor import SupervisorCollector, SyncSupervisor
-from replwatch.sync.watch import SyncStore
+from replwatch.tasks.lifecycle import TaskLifecycle, WatcherSet, make_watcher_factory
+from replwatch.tasks.supervisor import SyncSupervisor
+from replwatch.tasks.watch import SyncStore
 from replwatch.topology.fleet import Fleet, Resolvers
 from replwatch.topology.sharding import ShardSpec
 from replwatch.web_config import WebConfigSource

@@ -80,7 +80,7 @@ def _parser() -> argparse.ArgumentParser:
         "--duration", default=None, help="stop after this long (e.g. 30s); default: until Ctrl-C"
     )
     from replwatch.sync.compare import add_compare_parser
-    from replwatch.sync.status_cli import add_sync_status_arguments
+    from replwatch.tasks.status_cli import add_sync_status_arguments
 
     add_compare_parser(sub)
     p_sync = sub.add_parser("sync", help="the bundled syncer: run a task, show task status")
@@ -160,7 +160,7 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 def _require_something_to_run(path: str, whole: Config, cfg: Config) -> None:
     """`run` refuses a config with nothing to do (no group, no sync task, no admin API and
     no task created through it): an empty or truncated file; check-config says the same."""
-    from replwatch.sync.task_state import TaskStateFile, state_dir_of
+    from replwatch.tasks.task_state import TaskStateFile, state_dir_of
 
     if (
         not whole.groups
@@ -313,8 +313,8 @@ def _cmd_sync(args: argparse.Namespace) -> int:
             print(f"replwatch: {exc}", file=sys.stderr)
             return exc.exit_code
     if args.sync_command == "status":
-        from replwatch.sync.status_cli import run_sync_status
-        from replwatch.sync.task_state import state_dir_of
+        from replwatch.tasks.status_cli import run_sync_status
+        from replwatch.tasks.task_state import state_dir_of
 
         config = args.config or "config.yaml"
         cfg = _load(config)
@@ -329,7 +329,7 @@ def _cmd_sync(args: argparse.Namespace) -> int:
         )
     if args.sync_command == "run":
         from replwatch.sync.foreground import run_task_foreground
-        from replwatch.sync.task_state import find_task, state_dir_of
+        from replwatch.tasks.task_state import find_task, state_dir_of
 
         cfg = _load(args.config)
         task = find_task(cfg, args.config, args.task)  # config, else created through the API

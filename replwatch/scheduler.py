@@ -521,7 +521,7 @@ class MonitorScheduler:
             log.error("%s round failed: %s", kind, task.exception())
 
     async def poll_sync_tasks(self) -> None:
-        """The sync tasks' checkpoints and their sources' offsets (replwatch/sync/watch)."""
+        """The sync tasks' checkpoints and their sources' offsets (replwatch/tasks/watch)."""
         if self.sync_poll is not None:
             await self.sync_poll()
             self.stats.add("sync", "all", "completed")

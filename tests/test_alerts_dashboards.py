@@ -21,7 +21,7 @@ COLLECTORS = [
     ROOT / "replwatch" / "exporter" / "collector.py",
     ROOT / "replwatch" / "exporter" / "sync_collector.py",
     ROOT / "replwatch" / "exporter" / "fleet_collector.py",
-    ROOT / "replwatch" / "sync" / "supervisor.py",
+    ROOT / "replwatch" / "exporter" / "supervisor_collector.py",
 ]
 
 

@@ -57,8 +57,8 @@ from replwatch.config import SyncTask, TLSConfig, parse_redis_url
 from replwatch.errors import RedisError
 from replwatch.exporter.sync_collector import error_reasons
 from replwatch.sync.checkpoint import Checkpoint
-from replwatch.sync.watch import SyncTaskView, SyncWatcher
 from replwatch.sync.writer import CLIENT_NAME, TargetLink, named_clients
+from replwatch.tasks.watch import SyncTaskView, SyncWatcher
 
 from .support.daemons import RunningDaemon, child_pids, series, value
 from .support.datasets import connect

@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 from replwatch.config import config_from_data
-from replwatch.sync.lifecycle import WatcherSet, make_watcher_factory
-from replwatch.sync.watch import SyncStore
+from replwatch.tasks.lifecycle import WatcherSet, make_watcher_factory
+from replwatch.tasks.watch import SyncStore
 
 from .support.daemons import RunningDaemon, value
 from .support.servers import BlackHole, ServerSet, closed_port, free_port, wait_for

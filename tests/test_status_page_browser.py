@@ -210,7 +210,7 @@ def test_status_page_with_hundreds_of_replicas_and_sync_tasks(browser: Any) -> N
     from replwatch.exporter.status_doc import StatusSources
     from replwatch.exporter.status_page import StatusPage
     from replwatch.lag.history import LagHistory
-    from replwatch.sync.watch import SyncTaskView
+    from replwatch.tasks.watch import SyncTaskView
 
     snapshots = []
     tables = {}

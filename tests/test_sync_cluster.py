@@ -18,7 +18,7 @@ from replwatch.config import SyncTask, TLSConfig, config_from_data
 from replwatch.sync.checkpoint import Checkpoint, checkpoint_key
 from replwatch.sync.cluster import ClusterTaskRunner
 from replwatch.sync.sources import Shard, cluster_shards, parse_cluster_nodes
-from replwatch.sync.watch import SyncTaskView, SyncWatcher, task_watchers
+from replwatch.tasks.watch import SyncTaskView, SyncWatcher, task_watchers
 
 from .support.servers import RedisProcess, ServerSet, free_port, wait_for
 

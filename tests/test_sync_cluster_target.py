@@ -35,8 +35,8 @@ from replwatch.sync.slots import (
     parse_redirect,
     route,
 )
-from replwatch.sync.watch import SyncTaskView, SyncWatcher
 from replwatch.sync.writer import CLIENT_NAME
+from replwatch.tasks.watch import SyncTaskView, SyncWatcher
 
 from .support.clustering import Cluster, assert_same_data
 from .support.datasets import build_dataset, connect

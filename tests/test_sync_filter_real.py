@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from replwatch.config import TLSConfig
 from replwatch.exporter.sync_collector import SyncCollector
 from replwatch.sync.checkpoint import checkpoint_key
-from replwatch.sync.watch import SyncStore, SyncWatcher
+from replwatch.tasks.watch import SyncStore, SyncWatcher
 
 from .support.datasets import connect
 from .support.servers import RedisProcess, ServerSet

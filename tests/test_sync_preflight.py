@@ -28,10 +28,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from replwatch.config import Config, TLSConfig, config_from_data
 from replwatch.exporter.sync_collector import SyncCollector
-from replwatch.sync.status_cli import run_sync_status
 from replwatch.sync.task import SyncTaskRunner
 from replwatch.sync.task_report import TaskReporter, read_report, report_path
-from replwatch.sync.watch import SyncStore, task_watchers
+from replwatch.tasks.status_cli import run_sync_status
+from replwatch.tasks.watch import SyncStore, task_watchers
 
 from .support.daemons import RunningDaemon, cli, value
 from .support.datasets import connect

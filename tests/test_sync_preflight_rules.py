@@ -31,7 +31,7 @@ from replwatch.sync.preflight import (
 )
 from replwatch.sync.resync_reason import SourceHistory, full_resync_reason
 from replwatch.sync.task_report import TaskReport, TaskReporter, merge_report, read_report
-from replwatch.sync.watch import unfinished_copy_lag
+from replwatch.tasks.watch import unfinished_copy_lag
 
 MIB = 1 << 20
 T = "10.0.0.2:6379"  # a target label

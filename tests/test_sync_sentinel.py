@@ -18,7 +18,7 @@ from replwatch.errors import RedisError
 from replwatch.sync.checkpoint import Checkpoint, checkpoint_key
 from replwatch.sync.compare import CompareOptions, compare_databases
 from replwatch.sync.sources import parse_master_addr, source_locator
-from replwatch.sync.watch import SyncWatcher
+from replwatch.tasks.watch import SyncWatcher
 
 from .support.sentinels import SentinelProcess, require_sentinel
 from .support.servers import RedisProcess, ServerSet, wait_for

@@ -25,8 +25,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from replwatch.config import Config, SyncTask, TLSConfig, config_from_data
 from replwatch.exporter.sync_collector import SyncCollector
 from replwatch.sync.checkpoint import STATES
-from replwatch.sync.status_cli import progress_bar, run_sync_status
-from replwatch.sync.watch import (
+from replwatch.tasks.status_cli import progress_bar, run_sync_status
+from replwatch.tasks.watch import (
     SyncStore,
     SyncTaskView,
     SyncWatcher,

@@ -13,15 +13,15 @@ from pydantic import SecretStr
 
 from replwatch.admin.api import DISABLED_MESSAGE, AdminAPI, parse_body, token_matches
 from replwatch.admin.client import ClientError, resolve_settings
+from replwatch.atomic_file import write_atomic
 from replwatch.config import config_from_data, sync_task_from_data
 from replwatch.errors import ConfigError
-from replwatch.sync.task_state import (
+from replwatch.tasks.task_state import (
     StateFileError,
     TaskState,
     TaskStateFile,
     find_task,
     state_dir_of,
-    write_atomic,
 )
 
 BODY = {"name": "a", "source": "redis://:pw@127.0.0.1:7001", "target": "redis://127.0.0.1:7002"}

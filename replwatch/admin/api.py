@@ -1,5 +1,5 @@
 """The admin API under /api/v1/: routing, token check, JSON in and out. No I/O of its own: it
-calls the daemon's task lifecycle (replwatch/sync/lifecycle.py), which the HTTP server hands
+calls the daemon's task lifecycle (replwatch/tasks/lifecycle.py), which the HTTP server hands
 it; the HTTP server (replwatch/exporter/server.py) only passes requests through.
 
     GET    /api/v1/tasks                   every task                     200 {"tasks": [...]}
@@ -46,7 +46,7 @@ _FALSE = frozenset({"0", "false", "no", "off", ""})
 
 
 class Lifecycle(Protocol):
-    """What the API needs of the task lifecycle (replwatch.sync.lifecycle.TaskLifecycle)."""
+    """What the API needs of the task lifecycle (replwatch.tasks.lifecycle.TaskLifecycle)."""
 
     def list_tasks(self) -> list[dict[str, Any]]: ...
     def task_status(self, name: str) -> dict[str, Any]: ...

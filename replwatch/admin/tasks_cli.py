@@ -31,8 +31,8 @@ from replwatch.admin.client import (
     resolve_settings,
 )
 from replwatch.sync.checkpoint import Checkpoint
-from replwatch.sync.status_cli import render_task
-from replwatch.sync.watch import SyncTaskView
+from replwatch.tasks.status_cli import render_task
+from replwatch.tasks.watch import SyncTaskView
 
 CLIENT_COMMANDS = ("create", "start", "stop", "remove", "list")
 _EPILOG = (

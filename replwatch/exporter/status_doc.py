@@ -33,7 +33,7 @@ from replwatch.state import (
     lag_reading,
     link_state,
 )
-from replwatch.sync.watch import SyncTaskView
+from replwatch.tasks.watch import SyncTaskView
 
 SEVERITY_ORDER = {"bad": 0, "warn": 1, "ok": 2}
 # a replica's problem in a group's reasons, by its link state

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from replwatch.sync.watch import VIEW_STATES, SyncStore, SyncTaskView
+from replwatch.tasks.watch import VIEW_STATES, SyncStore, SyncTaskView
 
 ViewValue = Callable[[SyncTaskView], float | int | bool | None]
 

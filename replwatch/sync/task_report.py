@@ -3,7 +3,7 @@
 The checkpoint hash on the target is a task's public record, but a target that is out of
 memory or a read-only replica refuses the very HSET that would say so (issue 17: the task
 looked healthy while it failed). So the task process also writes a small report file,
-atomically (task_state.write_atomic), when it records an error and when it stops or fails
+atomically (replwatch/atomic_file.py), when it records an error and when it stops or fails
 (never per batch: the checkpoint carries the running state):
 
     <state dir>/sync/<task>.json
@@ -12,7 +12,7 @@ atomically (task_state.write_atomic), when it records an error and when it stops
      "full_resync_reason": "…" | null,
      "memory_shortfall": {"oom_maxmemory": …, "oom_policy": "…", "oom_needed": …} | null}
 
-`replwatch sync run -c CONFIG` knows the state directory (task_state.state_dir_of); a runner
+`replwatch sync run -c CONFIG` knows the state directory (tasks/task_state.state_dir_of); a runner
 without a config writes none. The monitor (`replwatch run`, `replwatch sync status -c`)
 merges it into its view of the task (merge_report): when the report is newer than the
 checkpoint's updated_at (or there is no checkpoint), its failed / stopped state and its
@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from replwatch.atomic_file import write_atomic
 from replwatch.sync.preflight import MemoryShortfall
-from replwatch.sync.task_state import write_atomic
 
 log = logging.getLogger("replwatch.sync")
 

@@ -21,7 +21,7 @@ from replwatch.config import SyncTask, TLSConfig, config_from_data
 from replwatch.sync.checkpoint import SCHEMA_VERSION, Checkpoint, checkpoint_key
 from replwatch.sync.compare import CompareOptions, compare_databases
 from replwatch.sync.task import SyncTaskRunner
-from replwatch.sync.watch import SyncTaskView, SyncWatcher
+from replwatch.tasks.watch import SyncTaskView, SyncWatcher
 
 from .datasets import connect
 from .servers import RedisProcess, wait_for

@@ -12,7 +12,7 @@ every child gets SIGTERM (it finishes its batch, keeps its checkpoint) and, afte
 period, SIGKILL.
 
 Tasks can be added, stopped, started (optionally afresh: `--afresh` for that one start) and
-removed while it runs (the task lifecycle, replwatch/sync/lifecycle.py, calls these). A stopped
+removed while it runs (the task lifecycle, replwatch/tasks/lifecycle.py, calls these). A stopped
 task (`enabled` False) keeps its entry and counters but is not started again.
 """
 
@@ -26,15 +26,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
-
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from replwatch.config import SyncTask
 
-log = logging.getLogger("replwatch.sync.supervisor")
+log = logging.getLogger("replwatch.sync.supervisor")  # name kept: log lines unchanged
 
 BACKOFF_MIN = 1.0
 BACKOFF_MAX = 30.0
@@ -273,7 +270,8 @@ class SyncSupervisor:
             }
 
     def snapshot(self) -> list[tuple[str, bool, int, int | None]]:
-        """(task, running, restarts, last exit code) per task."""
+        """(task, running, restarts, last exit code) per task (the metrics of
+        replwatch/exporter/supervisor_collector.py)."""
         with self._lock:
             return [
                 (
@@ -284,30 +282,3 @@ class SyncSupervisor:
                 )
                 for tp in self.tasks.values()
             ]
-
-
-class SupervisorCollector(Collector):
-    """replwatch_sync_process_up{task}, replwatch_sync_process_restarts_total{task}."""
-
-    def __init__(self, supervisor: SyncSupervisor) -> None:
-        self.supervisor = supervisor
-
-    def collect(self) -> Iterator[Metric]:
-        up = GaugeMetricFamily(
-            "replwatch_sync_process_up",
-            "1 while the task's syncer process runs under replwatch run.",
-            labels=["task"],
-        )
-        restarts = CounterMetricFamily(
-            "replwatch_sync_process_restarts",
-            "Times the task's syncer process exited and was started again.",
-            labels=["task"],
-        )
-        snapshot = self.supervisor.snapshot()
-        if not snapshot:
-            return
-        for name, running, count, _code in snapshot:
-            up.add_metric([name], 1.0 if running else 0.0)
-            restarts.add_metric([name], float(count))
-        yield up
-        yield restarts

@@ -4,10 +4,11 @@ desired state (running / stopped) of every task, in `<state dir>/tasks.json`.
 The state directory is `sync.state_dir` of the config (relative to the config file's
 directory), by default `<config dir>/replwatch-state`. Only `replwatch run` writes the file;
 `replwatch sync run --task NAME` (a task process) reads it to find a task created through the
-API. Writes are atomic: a temporary file in the same directory, fsync, rename over the old
-file, fsync of the directory, so a crash leaves the old file or the new one, never half of
-one. The file holds the task definitions as they were sent (source and target URLs with their
-passwords: the task processes need them), so it is created mode 0600 in a 0700 directory.
+API. Writes are atomic (replwatch/atomic_file.py): a temporary file in the same directory,
+fsync, rename over the old file, fsync of the directory, so a crash leaves the old file or the
+new one, never half of one. The file holds the task definitions as they were sent (source and
+target URLs with their passwords: the task processes need them), so it is created mode 0600 in
+a 0700 directory.
 
 File format (version 1):
 
@@ -18,14 +19,13 @@ File format (version 1):
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from replwatch.atomic_file import write_atomic
 from replwatch.config import Config, SyncTask, sync_task_from_data
 from replwatch.errors import ConfigError, ReplwatchError
 
@@ -107,35 +107,6 @@ class TaskState:
             except ConfigError as exc:
                 problems.extend(f"{where}: {p}" for p in exc.problems)
         return tasks, problems
-
-
-def write_atomic(
-    path: Path, data: bytes, fsync: Callable[[int], None] = os.fsync, mode: int = 0o600
-) -> None:
-    """Replace `path` by `data`: temp file in the same directory, fsync, rename, fsync of the
-    directory. On any failure the old file is left as it was and the temp file is removed."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        try:
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 class TaskStateFile:

@@ -1,7 +1,7 @@
 """The sync task lifecycle of `replwatch run`: create, start, stop, remove, list, status.
 
 Owned by the daemon; the admin API (replwatch/admin/api.py) calls it from the HTTP server's
-threads. Each change is persisted first (replwatch/sync/task_state.py: created tasks and which
+threads. Each change is persisted first (replwatch/tasks/task_state.py: created tasks and which
 tasks are stopped, so both survive a restart), then applied: the SyncSupervisor adds, starts,
 stops or removes the task's process, and the WatcherSet adds or drops the watcher that reads
 the task's checkpoint for the metrics and the status.
@@ -41,11 +41,11 @@ from replwatch.config import (
 from replwatch.errors import ConfigError, RedisError, ReplwatchError
 from replwatch.observe.connection import Connection
 from replwatch.sync.checkpoint import CHECKPOINT_DB, checkpoint_key
-from replwatch.sync.supervisor import ProcessStatus, SyncSupervisor
-from replwatch.sync.task_state import TaskState, TaskStateFile, state_dir_of
-from replwatch.sync.watch import SyncStore, SyncTaskView, SyncWatcher, task_watchers
+from replwatch.tasks.supervisor import ProcessStatus, SyncSupervisor
+from replwatch.tasks.task_state import TaskState, TaskStateFile, state_dir_of
+from replwatch.tasks.watch import SyncStore, SyncTaskView, SyncWatcher, task_watchers
 
-log = logging.getLogger("replwatch.sync.lifecycle")
+log = logging.getLogger("replwatch.sync.lifecycle")  # name kept: log lines unchanged
 
 Origin = Literal["config", "api"]
 PURGE_TIMEOUT = 5.0

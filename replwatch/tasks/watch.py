@@ -24,7 +24,7 @@ SyncStore keeps the newest view per task for the exporter and `replwatch sync st
   (unfinished_copy_lag).
 - "unreachable" is not a state: source_up / target_up (with an error reason class) say who
   could not be read; the state comes from the checkpoint, "unknown" when there is none.
-- the task process's local report (task_report.py, in the state directory: `replwatch run`
+- the task process's local report (sync/task_report.py, in the state directory: `replwatch run`
   and `replwatch sync status -c` know it) is merged in: a report newer than the checkpoint
   that says failed or stopped wins, and so does its last error (a target that is out of
   memory or a replica refuses the checkpoint's write).
@@ -65,7 +65,7 @@ from replwatch.sync.sources import (
 )
 from replwatch.sync.task_report import TaskReport, merge_report, read_report, report_path
 
-log = logging.getLogger("replwatch.sync.watch")
+log = logging.getLogger("replwatch.sync.watch")  # name kept: log lines unchanged
 
 UNKNOWN_STATE = "unknown"
 # every value SyncTaskView.state can take (replwatch_sync_state exports one series each)
@@ -209,7 +209,7 @@ def build_view(
     remembered: Checkpoint | None = None,
 ) -> SyncTaskView:
     """The view of one poll. `clock` must already have observed `source` (when it answered);
-    `report`: the task process's local report (merged: task_report.merge_report);
+    `report`: the task process's local report (merged: sync/task_report.merge_report);
     `remembered`: the last checkpoint read, which stands for the copy's position while the
     target cannot be read (a stopped DR copy keeps a lag and a checkpoint age that grow,
     never a gap in the series: the copy is at least that far behind)."""
@@ -398,7 +398,7 @@ class SyncWatcher:
         report: Path | None = None,
     ) -> None:
         self.task = task
-        self.report = report  # the task's local report file (task_report.py), if known
+        self.report = report  # the task's local report file (sync/task_report.py), if known
         self.timeout = timeout
         self.stale_after = stale_after
         self.clock = clock if clock is not None else OffsetClock()

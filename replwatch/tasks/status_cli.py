@@ -31,7 +31,7 @@ from typing import TextIO
 
 from replwatch.config import Config, SyncTask
 from replwatch.sync.units import format_bytes
-from replwatch.sync.watch import SyncTaskView, task_watchers
+from replwatch.tasks.watch import SyncTaskView, task_watchers
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
