@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import hiredis
 import pytest
 import redis
 
@@ -14,6 +13,7 @@ from replwatch.config import TLSConfig, config_from_data, parse_redis_url
 from replwatch.observe.connection import encode_command
 from replwatch.sync.checkpoint import checkpoint_key
 from replwatch.sync.stream_apply import StreamApplier
+from replwatch.sync.stream_split import command_reader
 from replwatch.sync.task import SyncTaskRunner
 from replwatch.sync.writer import TargetLink
 
@@ -24,7 +24,7 @@ class StreamBytes:
     """What a SourceLink gives the applier: a command reader and the bytes fed to it."""
 
     def __init__(self) -> None:
-        self.reader = hiredis.Reader()
+        self.reader = command_reader()
         self.raw = bytearray()
         self.raw_pos = 0
         self.endpoint = parse_redis_url("redis://127.0.0.1:1")

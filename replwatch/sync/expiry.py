@@ -11,10 +11,11 @@ the source's own DEL (its active or lazy expiry, replicated) removes the key fro
 first. The price: a stopped task leaves keys that live up to `grace` longer than on the
 source, and TTL on the target reads that much more.
 
-`delay_expiry` rewrites one command of the stream; snapshot keys get the grace on their
-absolute expiry times (stream_apply.py, cluster_stream.py). Relative times that are not positive mean "delete now" on
-the source and are left alone. Verbatim script replication (EVAL with EXPIRE inside, only
-with Redis 6.2's non-default `lua-replicate-commands no`) is not rewritten.
+`delay_expiry` rewrites one command of the stream (stream_apply.py, cluster_stream.py);
+snapshot keys get the grace on their absolute expiry times (snapshot_load.py). Relative
+times that are not positive mean "delete now" on the source and are left alone. Verbatim
+script replication (EVAL with EXPIRE inside, only with Redis 6.2's non-default
+`lua-replicate-commands no`) is not rewritten.
 """
 
 from __future__ import annotations

@@ -24,8 +24,6 @@ import ssl
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-import hiredis
-
 from replwatch.config import RedisEndpoint, TLSConfig
 from replwatch.errors import (
     AuthFailure,
@@ -45,6 +43,7 @@ from replwatch.observe.resp_limits import STREAM_LIMITS
 from replwatch.sync.fatal import WrongServer
 from replwatch.sync.preflight import ServerFacts, answers_resp, not_redis, source_problem
 from replwatch.sync.resync_reason import SourceHistory
+from replwatch.sync.stream_split import NO_COMMAND, command_reader
 
 _OFFSET = re.compile(r"-?[0-9]{1,20}")  # a replication offset (int64)
 EOF_MARK_LEN = 40
@@ -296,7 +295,7 @@ class SourceLink:
         self.conn = BufferedSocket(open_socket(endpoint, tls, timeout), endpoint.label)
         self.listening_port = listening_port
         self.client_name = client_name
-        self.reader = hiredis.Reader()
+        self.reader = command_reader()  # (gets() answers NO_COMMAND, stream_split.py)
         self.raw = bytearray()  # stream bytes fed to the reader, not yet consumed
         self.raw_pos = 0
         self._walked = 0  # raw[:_walked] holds whole items, checked (see feed_buffered)
@@ -487,7 +486,7 @@ class SourceLink:
                 argv = gets()
             except READER_ERRORS as exc:
                 raise ProtocolFailure(f"bad replication stream from {label}: {exc}") from None
-            if argv is False:
+            if argv is NO_COMMAND:
                 check_aligned(self.raw, self.raw_pos, label)
                 return
             if type(argv) is not list or not argv:

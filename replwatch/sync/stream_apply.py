@@ -19,21 +19,15 @@ from typing import Any
 
 import hiredis
 
-from replwatch.errors import ProtocolFailure
-from replwatch.observe.connection import READER_ERRORS, encode_command
+from replwatch.observe.connection import encode_command
 from replwatch.sync.checkpoint_store import StreamMark
-from replwatch.sync.expiry import (
-    LAST_ARGUMENT_FORMS,
-    PEXPIRE_FORMS,
-    PX_UNITS,
-    later_last_argument,
-    with_last_argument,
-)
+from replwatch.sync.expiry import LAST_ARGUMENT_FORMS, later_last_argument, with_last_argument
 from replwatch.sync.filters import Verdict
 from replwatch.sync.lease import Fence
 from replwatch.sync.own_keys import OWN_PREFIX
 from replwatch.sync.reader import SourceLink, check_aligned
 from replwatch.sync.stage import StageContext
+from replwatch.sync.stream_split import command_length, encoded_length, marked, take_commands
 from replwatch.sync.target_rewrite import Rewrite
 from replwatch.sync.writer import OK_REPLY, QUEUED_REPLY, Batch, TargetLink, TargetRejected
 
@@ -96,121 +90,98 @@ class StreamApplier:
         self.rewriter = ctx.rewriter(True)
         self.watched = self.rewriter.watched
         self.grace_ms = self.rewriter.grace_ms
+        # what the stream splitter marks for add(): the stream's own commands and FLUSHes
+        # always; what the rewrites watch (and the common expiries) past their plain form
+        self._always = _SPECIAL | self.rewriter.watched_short
+        looked_at = self.watched | (LAST_ARGUMENT_FORMS if self.grace_ms else frozenset())
+        self._counted = looked_at - self._always
+        # the commands of the read being applied (kept over a GETACK), the marked ones, and
+        # the next one to take
+        self._held: list[list[bytes]] | None = None
+        self._marks: list[int] = []
+        self._next = 0
         ctx.position.replid, ctx.position.offset = replid, offset
 
     def consume(self, link: SourceLink) -> bool:
-        """Take the commands the link's reader holds (SourceLink.feed_buffered), the common
-        case inline with its counters in locals; True when it stopped right after a
-        REPLCONF GETACK (answer it, then call again). A command's span in `raw` comes from
-        its exact RESP length (reader.command_length, inline: per argument 5 bytes plus its
-        size plus its size's digits, and the digits of all sizes are len(repr(sizes)) - 2n)."""
+        """Take the commands the link's reader holds (SourceLink.feed_buffered), a read at a
+        time (stream_split.py): the stretches between the commands a rule must look at go
+        into the batch as runs of the stream's own bytes, those commands through add().
+        True when it stopped right after a REPLCONF GETACK (answer it, then call again:
+        the rest of the read is held)."""
         if self.filter is not None:
             return self._consume_filtered(link)
-        gets = link.reader.gets
-        pos = link.raw_pos
-        raw = link.raw
-        special = _SPECIAL
-        prefix = OWN_PREFIX
-        # what may need more than forwarding: the stream's own commands, what the task's
-        # rewrites watch (target_rewrite.py), the common expiries
-        looked_at = special | self.watched | (LAST_ARGUMENT_FORMS if self.grace_ms else set())
-        watched_short = self.rewriter.watched_short
-        grace_ms = self.grace_ms
-        px_units, pexpire_forms = PX_UNITS, PEXPIRE_FORMS
-        batch_size, batch_bytes = self.batch_size, self.batch_bytes
-        count, size, pending, run_end = self.count, self.size, self.pending_offset, self.run_end
-        try:
-            while True:
-                try:
-                    argv = gets()
-                except READER_ERRORS as exc:
-                    raise ProtocolFailure(
-                        f"bad replication stream from {link.endpoint.label}: {exc}"
-                    ) from None
-                if argv is False:
-                    check_aligned(link.raw, pos, link.endpoint.label)
-                    return False
-                if type(argv) is not list:
-                    raise ProtocolFailure(
-                        f"replication stream from {link.endpoint.label} holds a non-command reply"
-                    )
-                n = len(argv)
-                try:  # (an argument that is no string: a nested array shows in check_aligned)
-                    sizes = list(map(len, argv))
-                    name = argv[0].upper()
-                    own_key = n > 1 and argv[1].startswith(prefix)
-                except (TypeError, AttributeError, IndexError):
-                    raise ProtocolFailure(
-                        f"replication stream from {link.endpoint.label} holds a reply that is "
-                        "not a command"
-                    ) from None
-                start = pos
-                pos += 3 + len(str(n)) + 3 * n + sum(sizes) + len(repr(sizes))
-                if pos > len(raw) or (pos < len(raw) and raw[pos] != 42):  # not at a b"*"
-                    check_aligned(raw, pos, link.endpoint.label)  # raises: not all bulk strings
-                if self.in_tx or own_key or name in looked_at:
-                    # the common expiries a grace later (expiry.later_last_argument, inlined:
-                    # the hot path of TTL-heavy streams): SET … PX|PXAT n, PEXPIRE|PEXPIREAT
-                    # key n; any other form (or a time that deletes at once) takes add()'s
-                    # full rewrite
-                    later = None
-                    if (
-                        grace_ms
-                        and ((n == 5 and name == b"SET") or (n == 3 and name in pexpire_forms))
-                        and not own_key
-                        and not self.in_tx
-                    ):
-                        absolute = px_units.get(argv[3]) if n == 5 else pexpire_forms[name]
-                        if absolute is not None:
-                            try:
-                                number = int(argv[-1])
-                            except ValueError:
-                                number = 0
-                            if number > 0 or (absolute and number < 0):
-                                later = b"%d" % (number + grace_ms)
-                    if later is not None and len(later) == sizes[-1]:
-                        # same length: the digits are replaced in the stream's own bytes
-                        # (the command stays a raw span)
-                        raw[pos - 2 - sizes[-1] : pos - 2] = later
-                    elif (
-                        later is not None
-                        or self.in_tx
-                        or own_key
-                        or name in special
-                        or (n > 4 if name == b"SET" else n > 2)
-                        or name in watched_short
-                    ):
-                        self.count, self.size, self.pending_offset = count, size, pending
-                        self.run_end = run_end
-                        if not self.in_tx and run_end == start:
-                            # the command before was forwarded: the batch ends after it so far
-                            self.batch_offset = pending
-                        getack = self.add(argv, start, pos)
-                        count, size, pending = self.count, self.size, self.pending_offset
-                        run_end = self.run_end
-                        if getack:
-                            return True
-                        continue
-                if start != run_end:
-                    self.run_end = run_end
+        label = link.endpoint.label
+        if self._held is None:
+            commands = take_commands(link.reader, label)
+            if not commands:
+                check_aligned(link.raw, link.raw_pos, label)
+                return False
+            # replwatch's own keys: only a read that holds the prefix's bytes is searched
+            own = OWN_PREFIX if link.raw.find(OWN_PREFIX, link.raw_pos) >= 0 else None
+            self._held = commands
+            self._marks = marked(commands, self._always, self._counted, own)
+            self._next = 0
+        commands, marks = self._held, self._marks
+        at = self._next
+        for mark in marks:
+            if mark < at:
+                continue
+            if mark > at:
+                self._stretch(link, commands, at, mark)
+            argv = commands[mark]
+            start = link.raw_pos
+            end = start + command_length(argv)
+            self._check_end(link.raw, end, label)
+            link.raw_pos = end
+            at = mark + 1
+            if not self.in_tx and self.run_end == start:
+                # the command before was forwarded: the batch ends after it so far
+                self.batch_offset = self.pending_offset
+            if self.add(argv, start, end):
+                self._next = at
+                return True
+        if at < len(commands):
+            self._stretch(link, commands, at, len(commands))
+        self._held = None
+        check_aligned(link.raw, link.raw_pos, label)
+        return False
+
+    @staticmethod
+    def _check_end(raw: bytearray, end: int, label: str) -> None:
+        if end > len(raw) or (end < len(raw) and raw[end] != 42):  # not at a b"*"
+            check_aligned(raw, end, label)  # raises: not all bulk strings
+
+    def _stretch(self, link: SourceLink, commands: list[list[bytes]], i: int, j: int) -> None:
+        """commands[i:j], none of which a rule looks at: forwarded as the stream's bytes,
+        in batches of at most batch_size commands (a transaction's stay in it)."""
+        label = link.endpoint.label
+        while i < j:
+            room = j - i if self.in_tx else max(1, self.batch_size - self.count)
+            upto = min(j, i + room)
+            start = link.raw_pos
+            length = encoded_length(commands[i:upto])
+            end = start + length
+            self._check_end(link.raw, end, label)
+            link.raw_pos = end
+            self.pending_offset += length
+            if self.in_tx:
+                if start != self.tx_run_end:
+                    self._close_tx_run()
+                    self.tx_run_start = start
+                self.tx_run_end = end
+                self.tx_count += upto - i
+                self.tx_size += length
+            else:
+                if start != self.run_end:
                     self._close_run()
                     self.run_start = start
-                run_end = pos
-                count += 1
-                size += pos - start
-                pending += pos - start
-                if count >= batch_size or size >= batch_bytes:
-                    self.count, self.size, self.pending_offset = count, size, pending
-                    self.run_end = run_end
-                    self.batch_offset = pending
+                self.run_end = end
+                self.count += upto - i
+                self.size += length
+                self.batch_offset = self.pending_offset
+                if self.count >= self.batch_size or self.size >= self.batch_bytes:
                     self.flush()
-                    count, size, run_end = self.count, self.size, self.run_end
-        finally:
-            link.raw_pos = pos
-            self.count, self.size, self.pending_offset = count, size, pending
-            self.run_end = run_end
-            if not self.in_tx and run_end == pos:
-                self.batch_offset = pending
+            i = upto
 
     def _consume_filtered(self, link: SourceLink) -> bool:
         """consume() for a task with filters: every command goes through _add_filtered."""

@@ -13,6 +13,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any
 
 import hiredis
@@ -92,7 +93,8 @@ class TargetLink:
         self.client_name = client_name
         self._wire_db = 0  # the db the connection is in once everything sent has run
         self.conn = BufferedSocket(open_socket(endpoint, tls, timeout), endpoint.label)
-        self.reader = hiredis.Reader()
+        # gets() answers _NOTHING when no whole reply is buffered (False equals a 0 reply)
+        self.reader = hiredis.Reader(notEnoughData=_NOTHING)
         self.in_flight: deque[Batch] = deque()
         self.max_in_flight = max_in_flight
         self.db = 0
@@ -271,7 +273,7 @@ class TargetLink:
                 reply = self.reader.gets()
             except hiredis.ProtocolError as exc:
                 raise ProtocolFailure(f"bad reply from {self.endpoint.label}: {exc}") from None
-            if reply is not False:
+            if reply is not _NOTHING:
                 return reply
             conn = self.conn
             if conn.available():
@@ -294,14 +296,38 @@ class TargetLink:
         """The next reply if it is here already, else _NOTHING (never blocks)."""
         try:
             reply = self.reader.gets()
-            if reply is False and self.conn.available():
+            if reply is _NOTHING and self.conn.available():
                 conn = self.conn
                 self.reader.feed(bytes(conn.buf[conn.pos :]))
                 conn.pos = len(conn.buf)
                 reply = self.reader.gets()
         except hiredis.ProtocolError as exc:
             raise ProtocolFailure(f"bad reply from {self.endpoint.label}: {exc}") from None
-        return _NOTHING if reply is False else reply
+        return reply
+
+    def _gather(self, batch: Batch, block: bool) -> bool:
+        """The batch's missing replies, as many as are here (all of them, waiting, when
+        `block`), parsed in one go; True when it has them all."""
+        replies = batch.replies
+        gets = self.reader.gets
+        conn = self.conn
+        while True:
+            need = batch.expect - len(replies)
+            if not need:
+                return True
+            try:
+                replies += islice(iter(gets, _NOTHING), need)
+            except hiredis.ProtocolError as exc:
+                raise ProtocolFailure(f"bad reply from {self.endpoint.label}: {exc}") from None
+            if len(replies) == batch.expect:
+                return True
+            if conn.available():
+                self.reader.feed(bytes(conn.buf[conn.pos :]))
+                conn.pos = len(conn.buf)
+                continue
+            if not block:
+                return False
+            conn.fill()
 
     def _fast(self, batch: Batch, block: bool) -> bool | None:
         """Finish `batch` from the raw reply bytes when they are what it expects: its
@@ -339,8 +365,7 @@ class TargetLink:
         fast = batch.prefix is not None and (batch.prefix_done or not batch.replies)
         if fast and self._fast(batch, block=True):
             return
-        while len(batch.replies) < batch.expect:
-            batch.replies.append(self._next_reply())
+        self._gather(batch, block=True)
         self.in_flight.popleft()
         if batch.on_done is not None:
             batch.on_done(batch.replies)
@@ -358,11 +383,8 @@ class TargetLink:
                     return
                 if done:
                     continue
-            while len(batch.replies) < batch.expect:
-                reply = self._reply_now()
-                if reply is _NOTHING:
-                    return
-                batch.replies.append(reply)
+            if not self._gather(batch, block=False):
+                return
             self.in_flight.popleft()
             if batch.on_done is not None:
                 batch.on_done(batch.replies)
