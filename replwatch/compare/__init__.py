@@ -4,7 +4,7 @@ The source is SCANned (never KEYS) in batches and each key is read on both serve
 pipelines; values larger than one chunk are read chunk by chunk (reading.py). Every decision
 about what a difference is — missing, extra, another type, another value, a TTL beyond the
 tolerance — is a pure rule (rules.py for the key, value_rules.py for the value) with table
-tests; run.py drives a compare, keys.py wires the reads to the rules.
+tests; run.py drives a compare, key_comparer.py wires the reads to the rules.
 
 TTLs are equal within `ttl_tolerance`, and the target's may also be up to `expire_grace`
 longer (a sync task writes TTLs that much later: replwatch/sync/expiry.py; by default the
@@ -21,8 +21,9 @@ matching `ignore` globs (default `__replwatch:*`: replwatch's own heartbeat and 
 which differ by design while a sync runs) are skipped on both sides.
 
 Modules: model (options, report, errors), display (keys and numbers for people), rules and
-value_rules (pure), connection (one server), reading and scan (the I/O), keys, recheck, tally
-and run (one compare), ratelimit, render (text, JSON), cli (options, exit codes).
+value_rules (pure), connection (one server), reading and scan (the I/O), key_comparer,
+recheck, tally and run (one compare), ratelimit, render (text, JSON), cli (options, exit
+codes). Stand-alone: `python -m replwatch.compare --source URL --target URL …`.
 """
 
 from __future__ import annotations

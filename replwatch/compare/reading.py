@@ -19,7 +19,8 @@ KeyChanged.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any, Final, NamedTuple
 
 from replwatch.compare.connection import Command, Side, is_wrongtype
@@ -28,15 +29,17 @@ from replwatch.compare.ratelimit import TokenBucket
 from replwatch.compare.rules import KeyHead, ReadPlan, is_extra
 from replwatch.compare.value_rules import ScoreLookup, next_stream_id, reply_pairs
 
-# the size command of each core type
-SIZE_COMMANDS: Final = {
-    "string": "STRLEN",
-    "list": "LLEN",
-    "set": "SCARD",
-    "zset": "ZCARD",
-    "hash": "HLEN",
-    "stream": "XLEN",
-}
+# the size command of each core type (rules.has_size: the same types)
+SIZE_COMMANDS: Final[Mapping[str, str]] = MappingProxyType(
+    {
+        "string": "STRLEN",
+        "list": "LLEN",
+        "set": "SCARD",
+        "zset": "ZCARD",
+        "hash": "HLEN",
+        "stream": "XLEN",
+    }
+)
 
 BothReplies = tuple[list[Any], list[Any]]  # what the source and the target replied
 

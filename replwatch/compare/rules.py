@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import enum
 import fnmatch
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Final, Literal
 
 from replwatch.compare.display import format_ttl
@@ -26,14 +27,16 @@ from replwatch.compare.value_rules import (
 )
 
 # the word used when the sizes of two values of a core type differ
-SIZE_NOUNS: Final = {
-    "string": "length",
-    "list": "length",
-    "set": "cardinality",
-    "zset": "cardinality",
-    "hash": "fields",
-    "stream": "length",
-}
+SIZE_NOUNS: Final[Mapping[str, str]] = MappingProxyType(
+    {
+        "string": "length",
+        "list": "length",
+        "set": "cardinality",
+        "zset": "cardinality",
+        "hash": "fields",
+        "stream": "length",
+    }
+)
 
 KeyOutcome = Literal["equal", "missing", "different"]
 

@@ -10,7 +10,7 @@ import time
 from collections.abc import Sequence
 
 from replwatch.compare.connection import Side, connected
-from replwatch.compare.keys import KeyComparer
+from replwatch.compare.key_comparer import KeyComparer
 from replwatch.compare.model import CompareOptions, CompareReport, DbPair, Finding
 from replwatch.compare.ratelimit import TokenBucket, batch_size
 from replwatch.compare.reading import PairReader

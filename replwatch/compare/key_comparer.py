@@ -63,7 +63,7 @@ class KeyComparer:
             plan = size_verdict(kind, sizes, self.options.chunk, self.options.string_chunk_bytes)
             if isinstance(plan, str):
                 details[key] = plan
-            elif sizes is not None:
+            elif sizes is not None:  # a plan is only made of sizes that were read
                 read = ValueRead(key, kind, sizes[0], plan)
                 (chunked if plan is ReadPlan.CHUNKS else whole).append(read)
         for read, replies in zip(whole, self.reader.whole_values(whole), strict=True):
