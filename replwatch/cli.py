@@ -79,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     p_demo.add_argument(
         "--duration", default=None, help="stop after this long (e.g. 30s); default: until Ctrl-C"
     )
-    from replwatch.sync.compare import add_compare_parser
+    from replwatch.compare import add_compare_parser
     from replwatch.tasks.status_cli import add_sync_status_arguments
 
     add_compare_parser(sub)
@@ -354,7 +354,7 @@ def _cmd_sync(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from replwatch.sync.compare import run_compare
+    from replwatch.compare import run_compare
 
     return run_compare(args)
 

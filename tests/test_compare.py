@@ -19,24 +19,28 @@ from typing import Any
 import pytest
 import redis
 
-from replwatch.config import parse_redis_url
-from replwatch.sync import compare
-from replwatch.sync.compare import (
+from replwatch import compare
+from replwatch.compare import (
     EXIT_DIFFERENT,
     EXIT_EQUAL,
     EXIT_INCOMPLETE,
     EXIT_USAGE,
     CompareOptions,
-    TokenBucket,
     compare_databases,
+)
+from replwatch.compare.display import display_key
+from replwatch.compare.ratelimit import TokenBucket
+from replwatch.compare.rules import ttl_finding
+from replwatch.compare.scan import parse_keyspace
+from replwatch.compare.value_rules import (
     compare_stream_entries,
+    compare_stream_meta,
+    compare_whole_value,
     describe_zset_difference,
-    display_key,
     first_difference,
     next_stream_id,
-    parse_keyspace,
-    ttl_finding,
 )
+from replwatch.config import parse_redis_url
 
 from .support.datasets import BINARY_KEY, TTL_SECONDS, build_dataset, connect
 from .support.servers import (
@@ -631,7 +635,7 @@ def test_refused_port_is_one_line_exit_3(
 
 def _cli(*argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "replwatch.sync.compare", *argv],
+        [sys.executable, "-m", "replwatch.compare", *argv],
         capture_output=True,
         text=True,
         timeout=60,
@@ -806,9 +810,9 @@ def test_module_values_compare_dump_payload_without_trailer() -> None:
     body = b"\x07module-value-bytes"
     redis_7_0 = body + b"\x0a\x00" + b"C" * 8  # RDB version 10 + CRC
     redis_6_2 = body + b"\x09\x00" + b"c" * 8  # RDB version 9 + another CRC
-    assert compare.compare_whole_value("ReJSON-RL", redis_7_0, redis_6_2) is None
+    assert compare_whole_value("ReJSON-RL", redis_7_0, redis_6_2) is None
     other = b"\x07module-value-bytez" + b"\x0a\x00" + b"C" * 8
-    assert compare.compare_whole_value("ReJSON-RL", redis_7_0, other) == (
+    assert compare_whole_value("ReJSON-RL", redis_7_0, other) == (
         "DUMP payloads differ (29 vs 29 bytes)"
     )
 
@@ -914,4 +918,4 @@ def _groups(**fields: Any) -> list[list[bytes]]:
 )
 def test_compare_stream_meta_groups(target_groups: Any, expected: str | None) -> None:
     info = [b"length", 5, b"last-generated-id", b"1-5", b"groups", 1]
-    assert compare.compare_stream_meta(info, info, _groups(), target_groups) == expected
+    assert compare_stream_meta(info, info, _groups(), target_groups) == expected

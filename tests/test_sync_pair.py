@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 import pytest
 import redis
 
+from replwatch.compare import CompareOptions, compare_databases
 from replwatch.config import ConfigError, SyncTask, config_from_data
 from replwatch.routing.client import ReadRouter
 from replwatch.sync.checkpoint import Checkpoint, checkpoint_key
-from replwatch.sync.compare import CompareOptions, compare_databases
 
 from .support.datasets import build_dataset, connect
 from .support.servers import RedisProcess, ServerSet, wait_for

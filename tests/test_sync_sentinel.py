@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import redis
 
+from replwatch.compare import CompareOptions, compare_databases
 from replwatch.config import SyncTask, TLSConfig, config_from_data
 from replwatch.errors import RedisError
 from replwatch.sync.checkpoint import Checkpoint, checkpoint_key
-from replwatch.sync.compare import CompareOptions, compare_databases
 from replwatch.sync.sources import parse_master_addr, source_locator
 from replwatch.tasks.watch import SyncWatcher
 

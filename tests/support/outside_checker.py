@@ -1,6 +1,6 @@
 """An independent checker for sync targets (issue 17): compares a target with the ground
 truth, a native replica of the source, after both caught up. It does not use replwatch's
-own compare module (replwatch/sync/compare.py), so a bug there cannot hide one in the
+own compare package (replwatch/compare/), so a bug there cannot hide one in the
 syncer.
 
 Compared, in every db: the key sets (`__replwatch:*` left out), each key's type, its value

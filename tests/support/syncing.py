@@ -17,9 +17,9 @@ from typing import Any
 import redis
 import yaml
 
+from replwatch.compare import CompareOptions, compare_databases
 from replwatch.config import SyncTask, TLSConfig, config_from_data
 from replwatch.sync.checkpoint import SCHEMA_VERSION, Checkpoint, checkpoint_key
-from replwatch.sync.compare import CompareOptions, compare_databases
 from replwatch.sync.task import SyncTaskRunner
 from replwatch.tasks.watch import SyncTaskView, SyncWatcher
 
