@@ -471,6 +471,16 @@ class FileSource:
 # ----------------------------------------------------------------------------- reader
 
 
+@dataclass(frozen=True)
+class StringRun:
+    """Where runs of plain string keys go: each key formatted `template % (len(key), key,
+    len(value), value)`; sink(db, formatted) answers how many the next run may hold."""
+
+    template: bytes
+    sink: Callable[[int, list[bytes]], int]
+    room: int  # for the first run
+
+
 class _Reader:
     """Buffered reads with offsets, incremental CRC and byte capture (for KeyEntry.raw)."""
 
@@ -573,6 +583,51 @@ class _Reader:
                     self._pos = end
                     return buf[pos + 2 : end]
         return self._string_slow()
+
+    def string_run(self, template: bytes, limit: int) -> list[bytes]:
+        """Plain string keys from here on, formatted `template % (len(key), key,
+        len(value), value)`, at most `limit`: the first one's type byte is read, each
+        next one's is 0 (a string without TTL or LRU/LFU data before it). Only keys and
+        values stored plain with lengths under 16 KiB and wholly buffered, and keys not
+        starting with "_" (maybe one of replwatch's own), are taken; the position stays at
+        the first entry not taken (at its key when that is the first, else at its type
+        byte). The loop of the loader's commonest key, without a call per key."""
+        buf = self._buf
+        end = self._end
+        pos = self._pos
+        out: list[bytes] = []
+        append = out.append
+        while True:
+            if pos + 1 >= end:
+                break
+            b = buf[pos]
+            if b < 0x40:
+                ks = pos + 1
+                ke = ks + b
+            elif b < 0x80:
+                ks = pos + 2
+                ke = ks + (((b & 0x3F) << 8) | buf[pos + 1])
+            else:
+                break
+            if ke + 1 >= end or ke == ks or buf[ks] == 95:  # (b"_")
+                break
+            b = buf[ke]
+            if b < 0x40:
+                vs = ke + 1
+                ve = vs + b
+            elif b < 0x80:
+                vs = ke + 2
+                ve = vs + (((b & 0x3F) << 8) | buf[ke + 1])
+            else:
+                break
+            if ve > end:
+                break
+            append(template % (ke - ks, buf[ks:ke], ve - vs, buf[vs:ve]))
+            self._pos = ve
+            if len(out) >= limit or ve >= end or buf[ve] != 0:
+                break
+            pos = ve + 1  # the next entry's type byte: taken only when the entry is
+        return out
 
     def skip_string(self) -> None:
         """Read past an RDB string without decoding it (no LZF decompression): its bytes
@@ -1162,6 +1217,7 @@ class _Parser:
         skip_decode: Callable[[int], bool] | None = None,
         stream_over: int = 0,
         string_sink: Callable[[int, bytes, bytes], None] | None = None,
+        string_run: StringRun | None = None,
     ) -> None:
         if on_module not in ("error", "skip"):
             raise ValueError(f"on_module must be 'error' or 'skip', not {on_module!r}")
@@ -1171,6 +1227,7 @@ class _Parser:
         self.skip_decode = skip_decode
         self.stream_over = stream_over
         self.string_sink = string_sink
+        self.string_run = string_run
         self.verify_checksum = verify_checksum
         self.on_module = on_module
         self.magic = "REDIS"
@@ -1247,9 +1304,16 @@ class _Parser:
         decoders = self.decoders
         skip = self.skip_decode
         sink = self.string_sink
+        run = self.string_run
+        room = 0 if run is None else run.room
         while True:
             t = r.byte()
             if t == RDB_TYPE_STRING:
+                if run is not None and expire_ms is None and idle is None and freq is None:
+                    taken = r.string_run(run.template, room)
+                    if taken:
+                        room = run.sink(db, taken)
+                        continue
                 key = r.string()
                 if sink is not None and expire_ms is None and idle is None and freq is None:
                     sink(db, key, r.string())  # the common case, no event object at all
@@ -1793,6 +1857,7 @@ def parse_rdb(
     skip_decode: Callable[[int], bool] | None = None,
     stream_over: int = 0,
     string_sink: Callable[[int, bytes, bytes], None] | None = None,
+    string_run: StringRun | None = None,
 ) -> Iterator[RdbEvent]:
     """Events of the RDB read from `source`, one at a time, ending with RdbEnd.
 
@@ -1808,7 +1873,9 @@ def parse_rdb(
     stream_over > 0: a list, set, zset or hash (hashtable, skiplist, linked list or quicklist
     encoding) with more elements than that comes as a ChunkedValue, read while consumed.
     string_sink(db, key, value): plain strings without a TTL (or LRU/LFU data) are handed to
-    it instead of being yielded as KeyEntry events (a loader's fast path).
+    it instead of being yielded as KeyEntry events (a loader's fast path). string_run: runs of
+    them (short, stored plain) formatted by its template and handed over together (faster
+    still; what it does not take goes to string_sink).
     Nothing is read past the EOF opcode and its checksum."""
     parser = _Parser(
         source,
@@ -1820,6 +1887,7 @@ def parse_rdb(
         skip_decode=skip_decode,
         stream_over=stream_over,
         string_sink=string_sink,
+        string_run=string_run,
     )
     return parser.events()
 

@@ -36,6 +36,7 @@ from replwatch.sync.rdb import (
     RdbHeader,
     RdbModuleError,
     ResizeDb,
+    StringRun,
     parse_rdb,
 )
 from replwatch.sync.reader import RdbPayload
@@ -66,6 +67,8 @@ def load_snapshot(
         skip_decode=loader.restorable,  # values that go by RESTORE are not decoded
         stream_over=STREAM_ELEMENTS_OVER,  # big collections are read while written
         string_sink=loader.string_key,  # plain strings straight to SET bytes
+        # … and runs of them formatted in the parser's loop (no filter to ask per key)
+        string_run=None if ctx.filter is not None else loader.string_run(),
     )
     loader.payload = payload
     add_key = loader.key
@@ -173,6 +176,25 @@ class SnapshotLoader:
             self.flush()
             # the parser's loop does not come back to the full sync's loop for these keys
             self.tick()
+
+    def string_run(self) -> StringRun:
+        """Runs of plain strings (rdb.StringRun), as SET commands."""
+        return StringRun(_SET, self._take_run, self.batch_size)
+
+    def _take_run(self, db: int, commands: list[bytes]) -> int:
+        """A run of SET commands into the batch; how many the next run may hold."""
+        if db != self.db:
+            self._select(db)
+        n = len(commands)
+        self.parts += commands
+        self.expect += n
+        self.keys_in_batch += n
+        self.size += sum(map(len, commands))
+        if self.keys_in_batch >= self.batch_size or self.size >= self.batch_bytes:
+            self.flush()
+            # the parser's loop does not come back to the full sync's loop for these keys
+            self.tick()
+        return max(1, self.batch_size - self.keys_in_batch)
 
     def _select(self, db: int) -> None:
         mapped = db if self.filter is None else self.filter.map_db(db)
