@@ -4,23 +4,24 @@ Every problem is reported as ``path: reason`` (``groups[1].replicas[0]: port mus
 secrets are SecretStr and never appear in reprs, errors or logs.
 
 This module is the package's public surface: the names the rest of replwatch uses. Inside
-the package each module imports the others directly, layered bottom to top:
+the package each module imports the others directly (never this one), downward only:
 
-    base, units          the strict model base; durations and sizes
-    endpoints            Redis URLs, credentials, TLS settings, host:port forms
-    monitor, groups      the monitor's sections; which Redis it watches
-    sync_endpoints, sync a sync task's source and target forms; the task and its filters
-    admin, sharding      the admin API's token; the `shard:` value and its publish check
-    root                 Config, the whole file, and its cross-section checks
-    problems             ValidationError → `path: reason` lines, did-you-mean
-    interpolation        ${ENV} in parsed data
-    yaml_file, web       the guarded YAML reader; the exporter's web config file
-    secrets, file_checks password/token files and auth applied; TLS files checked
-    loading              file → Config; one sync task from the admin API; apply_shard
+    schema      base (strict model base), units (durations, sizes)
+                endpoints (Redis URLs, credentials, TLS settings, host:port forms)
+                monitor (exporter, poll, heartbeat, lag, routing, probe, publish),
+                groups (which Redis are watched), sync_endpoints (a sync task's source and
+                target forms), sync (the task, its filters), admin, sharding (the shard:
+                value and its publish check)
+                root (Config: the whole file and its cross-section checks)
+    reading     problems (ValidationError -> `path: reason` lines), interpolation (${ENV}),
+                yaml_file (the guarded YAML reader), web (the exporter's web config file)
+    loading     secrets (password/token files, auth applied, iter_secrets), file_checks
+                (TLS files load), loading (file -> Config, a task from the admin API, a shard)
 
-Config objects are data: their properties and *_of lookups only read what they hold; what
-builds something from them (tls_over, with_credentials, node_at, the *_sentinels lists) is a
-function of the module that owns the type.
+Config objects are data: their properties and lookups (label, redacted_url, routing_of,
+SyncConfig.task) only read what they hold; what builds something from them (tls_over,
+with_credentials, node_at, group_sentinels, source_sentinels) is a function of the module
+that owns the type.
 """
 
 from replwatch.config.endpoints import (
