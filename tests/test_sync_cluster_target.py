@@ -19,7 +19,14 @@ import pytest
 import redis
 import yaml
 
-from replwatch.config import ClusterTarget, SyncTask, TLSConfig, config_from_data, iter_secrets
+from replwatch.config import (
+    ClusterTarget,
+    SyncTask,
+    TLSConfig,
+    config_from_data,
+    iter_secrets,
+    node_at,
+)
 from replwatch.errors import ConfigError, RedisError
 from replwatch.keyslot import SLOTS, key_slot, slot_tags
 from replwatch.observe.connection import encode_command
@@ -251,7 +258,7 @@ def test_cluster_target_config() -> None:
     target = cfg.sync.tasks[0].target
     assert isinstance(target, ClusterTarget)
     assert (target.host, target.port, target.label) == ("n1", 7000, "cluster:n1:7000")
-    assert target.node("n9", 1).password is not None
+    assert node_at(target, "n9", 1).password is not None
     assert sorted(iter_secrets(cfg)) == ["own", "shared"]
     assert "shared" not in repr(target) and "own" not in target.redacted_url()
 

@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from replwatch.compare import CompareOptions, compare_databases
-from replwatch.config import SyncTask, TLSConfig, config_from_data
+from replwatch.config import SyncTask, TLSConfig, config_from_data, node_at
 from replwatch.errors import RedisError
 from replwatch.sync.checkpoint import Checkpoint, checkpoint_key
 from replwatch.sync.sources import parse_master_addr, source_locator
@@ -266,7 +266,7 @@ def wait_caught_up_with(group: Group, node: RedisProcess, timeout: float = 30) -
 
 def assert_target_equals(group: Group, node: RedisProcess) -> None:
     task = group.task()
-    source = task.source.at(node.host, node.port)  # type: ignore[union-attr]
+    source = node_at(task.source, node.host, node.port)  # type: ignore[arg-type]
     report = compare_databases(source, task.target, CompareOptions(all_dbs=True, recheck=0))
     assert report.equal, [(d.db, d.key, d.kind, d.detail) for d in report.differences][:20]
 

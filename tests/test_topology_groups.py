@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from replwatch.config import GroupConfig, config_from_data
+from replwatch.config import GroupConfig, config_from_data, group_sentinels
 from replwatch.topology.groups import (
     AddressMap,
     MonitoredGroup,
@@ -185,7 +185,7 @@ def test_sentinel_group_takes_credentials_tls_and_mapping() -> None:
     assert mg.source == "sentinel" and mg.parent == "cache"
     # the Sentinels' own credentials stay the Sentinels'
     assert group.sentinel is not None
-    sentinel_pw = group.sentinel.nodes()[0].password
+    sentinel_pw = group_sentinels(group.sentinel)[0].password
     assert sentinel_pw is not None and sentinel_pw.get_secret_value() == "sentinel-pw"
 
 

@@ -15,13 +15,9 @@ from typing import Any
 import bcrypt
 import pytest
 
+from replwatch.config.web import load_web_config, parse_web_config
 from replwatch.errors import ConfigError
-from replwatch.web_config import (
-    BasicAuthChecker,
-    load_web_config,
-    parse_basic,
-    parse_web_config,
-)
+from replwatch.web_config import BasicAuthChecker, parse_basic
 
 from .support.daemons import RunningDaemon, cli, fetch, value
 from .support.promstack import PrometheusAPI, start_prometheus

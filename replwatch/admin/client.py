@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from replwatch.config_file import parse_yaml
+from replwatch.config.yaml_file import parse_yaml
 from replwatch.errors import ConfigError, ReplwatchError
 
 ENV_URL = "REPLWATCH_URL"

@@ -37,7 +37,7 @@ from typing import Any
 
 import hiredis
 
-from replwatch.config import ClusterTarget, RedisEndpoint, TLSConfig
+from replwatch.config import ClusterTarget, RedisEndpoint, TLSConfig, node_at
 from replwatch.errors import ProtocolFailure, RedisError
 from replwatch.keyslot import SLOTS
 from replwatch.observe.connection import classify_reply_error, encode_command
@@ -182,7 +182,9 @@ class ClusterTargetLink(TargetLink):
     def link(self, address: Address) -> NodeLink:
         node = self.links.get(address)
         if node is None:
-            node = NodeLink(self.cluster.node(*address), self.tls, self.timeout, self.client_name)
+            node = NodeLink(
+                node_at(self.cluster, *address), self.tls, self.timeout, self.client_name
+            )
             self.links[address] = node
             if self._claimed and node.close_others_named() is None:
                 log.warning(

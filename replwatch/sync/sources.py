@@ -36,6 +36,8 @@ from replwatch.config import (
     SyncSource,
     SyncTask,
     TLSConfig,
+    node_at,
+    source_sentinels,
 )
 from replwatch.decimal_text import is_decimal
 from replwatch.errors import AuthFailure, ProtocolFailure, RedisError, TimeoutFailure
@@ -149,7 +151,7 @@ def sentinel_master_address(source: SentinelSource, tls: TLSConfig | None) -> tu
     RedisError listing each Sentinel's problem when none could say."""
     settings = source.sentinel
     problems: list[str] = []
-    for node in settings.nodes():
+    for node in source_sentinels(settings):
         try:
             with NodeClient(node, tls, settings.timeout) as client:
                 reply = client.call("SENTINEL", "get-master-addr-by-name", settings.master_name)
@@ -225,7 +227,7 @@ def cluster_shards(source: ClusterSource, tls: TLSConfig | None, timeout: float)
     """The cluster's master shards, from the first startup node that answers."""
     problems: list[str] = []
     for seed in source.cluster.startup_nodes:
-        node = source.at(seed.host, seed.port) if seed.password is None else seed
+        node = node_at(source, seed.host, seed.port) if seed.password is None else seed
         try:
             with NodeClient(node, tls, timeout) as client:
                 try:
@@ -252,7 +254,7 @@ def shard_master(
     """The current master of the shard `shard_id` (found again at every reconnect)."""
     for shard in cluster_shards(source, tls, timeout):
         if shard.shard_id == shard_id:
-            return source.at(shard.host, shard.port)
+            return node_at(source, shard.host, shard.port)
     raise NotMasterError(f"no master owns the slots of shard {shard_id} now (failover under way?)")
 
 
@@ -282,7 +284,7 @@ def source_locator(source: SyncSource, tls: TLSConfig | None, timeout: float) ->
 
         def locate() -> RedisEndpoint:
             host, port = sentinel_master_address(source, tls)
-            endpoint = source.at(host, port)
+            endpoint = node_at(source, host, port)
             require_master(endpoint, tls, timeout)
             return endpoint
 

@@ -49,6 +49,7 @@ from replwatch.config import (
     RedisEndpoint,
     SyncTask,
     TLSConfig,
+    node_at,
     tls_over,
 )
 from replwatch.errors import ProtocolFailure, RedisError, TimeoutFailure
@@ -354,7 +355,7 @@ def _source_link(
     if locate is None:
         locate = source_locator(source, tls, timeout)
     # a placeholder until the first lookup (its label is the source's stable label)
-    return _Link(source.at("0.0.0.0", 1), timeout, tls, locate, label=source.label)
+    return _Link(node_at(source, "0.0.0.0", 1), timeout, tls, locate, label=source.label)
 
 
 def _moved_to(replies: Sequence[Any]) -> tuple[str, int] | None:

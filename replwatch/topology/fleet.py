@@ -37,7 +37,9 @@ from replwatch.config import (
     ProbeConfig,
     RedisEndpoint,
     TLSConfig,
+    group_sentinels,
     tls_over,
+    with_credentials,
 )
 from replwatch.errors import RedisError
 from replwatch.keyslot import key_in_slots
@@ -194,14 +196,17 @@ class Fleet:
         try:
             if group.sentinel is not None:
                 found = await resolvers.sentinel(
-                    group.sentinel.nodes(), group.sentinel.master_name, tls, group.sentinel.timeout
+                    group_sentinels(group.sentinel),
+                    group.sentinel.master_name,
+                    tls,
+                    group.sentinel.timeout,
                 )
                 groups = [discovered_group(group, group.name, found, amap)]
             else:
                 assert group.cluster is not None
                 auth = group.node_auth
                 seeds = [
-                    s if auth is None else s.with_credentials(auth.username, auth.password)
+                    s if auth is None else with_credentials(s, auth.username, auth.password)
                     for s in group.cluster.startup_nodes
                 ]
                 shards = await resolvers.cluster(seeds, tls, group.cluster.timeout)

@@ -1,5 +1,6 @@
 """Reading a config file into plain data, guarded: every problem is one `where: reason` line
-(a ConfigError), never a traceback, a hang or a memory blow-up.
+(a ConfigError), never a traceback, a hang or a memory blow-up. Used for replwatch's config,
+the exporter's web config (web.py) and the admin client's config (replwatch/admin/client.py).
 
 - the file must exist, be readable and be UTF-8 (the offending byte's line and column);
 - YAML syntax errors carry line and column;
