@@ -33,10 +33,11 @@ re-encoded.
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Literal, Protocol, TypeAlias
+from typing import Any, BinaryIO, Literal, Protocol, TypeAlias, cast
 
 from replwatch.errors import ReplwatchError
 from replwatch.sync.dump import crc64
@@ -471,14 +472,90 @@ class FileSource:
 # ----------------------------------------------------------------------------- reader
 
 
+# RESP `SET key value`, or `MSET` and its pairs: how the loader writes plain strings
+_SET_COMMAND = b"*3\r\n$3\r\nSET\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n"
+_MSET_HEAD = b"*%d\r\n$4\r\nMSET\r\n"
+_BULK_PAIR = b"$%d\r\n%b\r\n$%d\r\n%b\r\n"
+
+
+def string_run_py(
+    buf: bytes, pos: int, end: int, limit: int, mset: bool
+) -> tuple[bytes, int, int]:
+    """Plain string keys in buf[pos:end] as RESP `SET key value` commands (joined), or as one
+    `MSET key value …` (`mset`), how many keys, and the position after them; at most `limit`.
+    `pos` is at the first entry's key (its type byte read), each next entry's type byte is 0
+    (a string without TTL or LRU/LFU data before it). Only keys and values stored plain with
+    lengths under 16 KiB and wholly in buf[:end], and keys not starting with "_" (maybe one
+    of replwatch's own), are taken; the position returned is the first entry not taken (its
+    key when that is the first, else its type byte). The loader's commonest key without a
+    call per key; the C loop in _speedups.c is this function, compiled."""
+    out: list[bytes] = []
+    append = out.append
+    template = _BULK_PAIR if mset else _SET_COMMAND
+    last = pos
+    while True:
+        if pos + 1 >= end:
+            break
+        b = buf[pos]
+        if b < 0x40:
+            ks = pos + 1
+            ke = ks + b
+        elif b < 0x80:
+            ks = pos + 2
+            ke = ks + (((b & 0x3F) << 8) | buf[pos + 1])
+        else:
+            break
+        if ke + 1 >= end or ke == ks or buf[ks] == 95:  # (b"_")
+            break
+        b = buf[ke]
+        if b < 0x40:
+            vs = ke + 1
+            ve = vs + b
+        elif b < 0x80:
+            vs = ke + 2
+            ve = vs + (((b & 0x3F) << 8) | buf[ke + 1])
+        else:
+            break
+        if ve > end:
+            break
+        append(template % (ke - ks, buf[ks:ke], ve - vs, buf[vs:ve]))
+        last = ve
+        if len(out) >= limit or ve >= end or buf[ve] != 0:
+            break
+        pos = ve + 1  # the next entry's type byte: taken only when the entry is
+    if mset and out:
+        out.insert(0, _MSET_HEAD % (2 * len(out) + 1))
+        return b"".join(out), len(out) - 1, last
+    return b"".join(out), len(out), last
+
+
+_StringRunLoop: TypeAlias = Callable[[bytes, int, int, int, bool], tuple[bytes, int, int]]
+
+
+def _compiled_string_run() -> _StringRunLoop | None:
+    """string_run_py compiled (_speedups.c), when it was built at install and
+    REPLWATCH_PURE_PYTHON is not set."""
+    if os.environ.get("REPLWATCH_PURE_PYTHON"):
+        return None
+    try:
+        from replwatch.sync._speedups import string_run  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    return cast(_StringRunLoop, string_run)
+
+
+_c_string_run = _compiled_string_run()
+
+
 @dataclass(frozen=True)
 class StringRun:
-    """Where runs of plain string keys go: each key formatted `template % (len(key), key,
-    len(value), value)`; sink(db, formatted) answers how many the next run may hold."""
+    """Where runs of plain string keys go, as RESP `SET key value` commands or one `MSET`
+    a run (`mset`): sink(db, commands, count of keys) answers how many the next run may
+    hold."""
 
-    template: bytes
-    sink: Callable[[int, list[bytes]], int]
+    sink: Callable[[int, bytes, int], int]
     room: int  # for the first run
+    mset: bool = False
 
 
 class _Reader:
@@ -584,50 +661,13 @@ class _Reader:
                     return buf[pos + 2 : end]
         return self._string_slow()
 
-    def string_run(self, template: bytes, limit: int) -> list[bytes]:
-        """Plain string keys from here on, formatted `template % (len(key), key,
-        len(value), value)`, at most `limit`: the first one's type byte is read, each
-        next one's is 0 (a string without TTL or LRU/LFU data before it). Only keys and
-        values stored plain with lengths under 16 KiB and wholly buffered, and keys not
-        starting with "_" (maybe one of replwatch's own), are taken; the position stays at
-        the first entry not taken (at its key when that is the first, else at its type
-        byte). The loop of the loader's commonest key, without a call per key."""
-        buf = self._buf
-        end = self._end
-        pos = self._pos
-        out: list[bytes] = []
-        append = out.append
-        while True:
-            if pos + 1 >= end:
-                break
-            b = buf[pos]
-            if b < 0x40:
-                ks = pos + 1
-                ke = ks + b
-            elif b < 0x80:
-                ks = pos + 2
-                ke = ks + (((b & 0x3F) << 8) | buf[pos + 1])
-            else:
-                break
-            if ke + 1 >= end or ke == ks or buf[ks] == 95:  # (b"_")
-                break
-            b = buf[ke]
-            if b < 0x40:
-                vs = ke + 1
-                ve = vs + b
-            elif b < 0x80:
-                vs = ke + 2
-                ve = vs + (((b & 0x3F) << 8) | buf[ke + 1])
-            else:
-                break
-            if ve > end:
-                break
-            append(template % (ke - ks, buf[ks:ke], ve - vs, buf[vs:ve]))
-            self._pos = ve
-            if len(out) >= limit or ve >= end or buf[ve] != 0:
-                break
-            pos = ve + 1  # the next entry's type byte: taken only when the entry is
-        return out
+    def string_run(self, limit: int, mset: bool) -> tuple[bytes, int]:
+        """Plain string keys from here on as RESP `SET key value` commands (joined) or one
+        `MSET`, and how many, at most `limit` (string_run_py says which; the C loop of
+        _speedups when it was built)."""
+        run = _c_string_run or string_run_py
+        data, count, self._pos = run(self._buf, self._pos, self._end, limit, mset)
+        return data, count
 
     def skip_string(self) -> None:
         """Read past an RDB string without decoding it (no LZF decompression): its bytes
@@ -1310,9 +1350,9 @@ class _Parser:
             t = r.byte()
             if t == RDB_TYPE_STRING:
                 if run is not None and expire_ms is None and idle is None and freq is None:
-                    taken = r.string_run(run.template, room)
+                    commands, taken = r.string_run(room, run.mset)
                     if taken:
-                        room = run.sink(db, taken)
+                        room = run.sink(db, commands, taken)
                         continue
                 key = r.string()
                 if sink is not None and expire_ms is None and idle is None and freq is None:
@@ -1874,8 +1914,8 @@ def parse_rdb(
     encoding) with more elements than that comes as a ChunkedValue, read while consumed.
     string_sink(db, key, value): plain strings without a TTL (or LRU/LFU data) are handed to
     it instead of being yielded as KeyEntry events (a loader's fast path). string_run: runs of
-    them (short, stored plain) formatted by its template and handed over together (faster
-    still; what it does not take goes to string_sink).
+    them (short, stored plain) handed over together as SET commands (faster still; what it
+    does not take goes to string_sink).
     Nothing is read past the EOF opcode and its checksum."""
     parser = _Parser(
         source,

@@ -296,6 +296,9 @@ class SourceLink:
         self.listening_port = listening_port
         self.client_name = client_name
         self.reader = command_reader()  # (gets() answers NO_COMMAND, stream_split.py)
+        # False: the consumer splits `raw` itself (stream_split's compiled scanner) and the
+        # command reader is fed nothing more
+        self.feeds_reader = True
         self.raw = bytearray()  # stream bytes fed to the reader, not yet consumed
         self.raw_pos = 0
         self._walked = 0  # raw[:_walked] holds whole items, checked (see feed_buffered)
@@ -470,7 +473,8 @@ class SourceLink:
                 self._walked, problem = STREAM_LIMITS.walk(raw, self._walked, len(raw))
             if problem is not None:
                 raise ProtocolFailure(f"replication stream from {self.endpoint.label} {problem}")
-            self.reader.feed(data)
+            if self.feeds_reader:
+                self.reader.feed(data)
 
     def commands(self) -> Iterator[tuple[list[bytes], int, int]]:
         """The commands the reader holds, each with its span in `raw` (start, end), taken

@@ -17,6 +17,7 @@ import hiredis
 
 from replwatch.errors import ProtocolFailure, RedisError
 from replwatch.observe.connection import encode_command
+from replwatch.sync.cluster_target import ClusterTargetLink
 from replwatch.sync.commands import SET_COMMAND as _SET
 from replwatch.sync.commands import (
     StreamGap,
@@ -154,6 +155,7 @@ class SnapshotLoader:
         self.grace_ms = round(ctx.task.expire_grace * 1000)
         self.own_keys_skipped = 0  # keys under __replwatch: (own_keys.py): never copied
         self.stream_pending_dropped = 0  # pending entries a target could not take (logged)
+        self._mset = not isinstance(target, ClusterTargetLink)
 
     def string_key(self, db: int, key: bytes, value: bytes) -> None:
         """A plain string without TTL, from the parser's loop (no event object)."""
@@ -178,18 +180,18 @@ class SnapshotLoader:
             self.tick()
 
     def string_run(self) -> StringRun:
-        """Runs of plain strings (rdb.StringRun), as SET commands."""
-        return StringRun(_SET, self._take_run, self.batch_size)
+        """Runs of plain strings (rdb.StringRun): one MSET a run (the target runs one
+        command for many keys), SET each into a Cluster target (its keys' slots differ)."""
+        return StringRun(self._take_run, self.batch_size, mset=self._mset)
 
-    def _take_run(self, db: int, commands: list[bytes]) -> int:
-        """A run of SET commands into the batch; how many the next run may hold."""
+    def _take_run(self, db: int, commands: bytes, keys: int) -> int:
+        """A run of `keys` plain strings into the batch; how many the next run may hold."""
         if db != self.db:
             self._select(db)
-        n = len(commands)
-        self.parts += commands
-        self.expect += n
-        self.keys_in_batch += n
-        self.size += sum(map(len, commands))
+        self.parts.append(commands)
+        self.expect += 1 if self._mset else keys
+        self.keys_in_batch += keys
+        self.size += len(commands)
         if self.keys_in_batch >= self.batch_size or self.size >= self.batch_bytes:
             self.flush()
             # the parser's loop does not come back to the full sync's loop for these keys

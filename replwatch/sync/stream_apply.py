@@ -19,6 +19,7 @@ from typing import Any
 
 import hiredis
 
+from replwatch.errors import ProtocolFailure
 from replwatch.observe.connection import encode_command
 from replwatch.sync.checkpoint_store import StreamMark
 from replwatch.sync.expiry import LAST_ARGUMENT_FORMS, later_last_argument, with_last_argument
@@ -27,7 +28,15 @@ from replwatch.sync.lease import Fence
 from replwatch.sync.own_keys import OWN_PREFIX
 from replwatch.sync.reader import SourceLink, check_aligned
 from replwatch.sync.stage import StageContext
-from replwatch.sync.stream_split import command_length, encoded_length, marked, take_commands
+from replwatch.sync.stream_split import (
+    CompiledSplit,
+    command_length,
+    compiled_split,
+    counted_limits,
+    encoded_length,
+    marked,
+    take_commands,
+)
 from replwatch.sync.target_rewrite import Rewrite
 from replwatch.sync.writer import OK_REPLY, QUEUED_REPLY, Batch, TargetLink, TargetRejected
 
@@ -100,6 +109,13 @@ class StreamApplier:
         self._held: list[list[bytes]] | None = None
         self._marks: list[int] = []
         self._next = 0
+        # the stream split in C when it was built (the same rules): the source's command
+        # reader is then not fed at all
+        self._split = compiled_split() if self.filter is None else None
+        if self._split is not None:
+            source.feeds_reader = False
+            self._always_names = tuple(sorted(self._always))
+            self._counted_limits = counted_limits(self._counted)
         ctx.position.replid, ctx.position.offset = replid, offset
 
     def consume(self, link: SourceLink) -> bool:
@@ -110,6 +126,8 @@ class StreamApplier:
         the rest of the read is held)."""
         if self.filter is not None:
             return self._consume_filtered(link)
+        if self._split is not None:
+            return self._consume_compiled(link, self._split)
         label = link.endpoint.label
         if self._held is None:
             commands = take_commands(link.reader, label)
@@ -146,6 +164,34 @@ class StreamApplier:
         check_aligned(link.raw, link.raw_pos, label)
         return False
 
+    def _consume_compiled(self, link: SourceLink, split: CompiledSplit) -> bool:
+        """consume() with the stream split in C (stream_split.compiled_split)."""
+        raw = link.raw
+        while True:
+            room = len(raw) if self.in_tx else max(1, self.batch_size - self.count)
+            start = link.raw_pos
+            try:
+                run_end, run_count, argv, end = split(
+                    raw, start, room, self._always_names, self._counted_limits, OWN_PREFIX
+                )
+            except ValueError as exc:
+                raise ProtocolFailure(
+                    f"replication stream from {link.endpoint.label} {exc}"
+                ) from None
+            if run_count:
+                link.raw_pos = run_end
+                self._run(start, run_end, run_count)
+            if argv is None:
+                if run_count < room:
+                    return False  # what is left is not a whole command
+                continue
+            link.raw_pos = end
+            if not self.in_tx and self.run_end == run_end:
+                # the command before was forwarded: the batch ends after it so far
+                self.batch_offset = self.pending_offset
+            if self.add(argv, run_end, end):
+                return True
+
     @staticmethod
     def _check_end(raw: bytearray, end: int, label: str) -> None:
         if end > len(raw) or (end < len(raw) and raw[end] != 42):  # not at a b"*"
@@ -159,29 +205,34 @@ class StreamApplier:
             room = j - i if self.in_tx else max(1, self.batch_size - self.count)
             upto = min(j, i + room)
             start = link.raw_pos
-            length = encoded_length(commands[i:upto])
-            end = start + length
+            end = start + encoded_length(commands[i:upto])
             self._check_end(link.raw, end, label)
             link.raw_pos = end
-            self.pending_offset += length
-            if self.in_tx:
-                if start != self.tx_run_end:
-                    self._close_tx_run()
-                    self.tx_run_start = start
-                self.tx_run_end = end
-                self.tx_count += upto - i
-                self.tx_size += length
-            else:
-                if start != self.run_end:
-                    self._close_run()
-                    self.run_start = start
-                self.run_end = end
-                self.count += upto - i
-                self.size += length
-                self.batch_offset = self.pending_offset
-                if self.count >= self.batch_size or self.size >= self.batch_bytes:
-                    self.flush()
+            self._run(start, end, upto - i)
             i = upto
+
+    def _run(self, start: int, end: int, count: int) -> None:
+        """`count` whole commands at raw[start:end] that no rule looks at, forwarded as they
+        are (into the open transaction, or the batch: sent when full)."""
+        length = end - start
+        self.pending_offset += length
+        if self.in_tx:
+            if start != self.tx_run_end:
+                self._close_tx_run()
+                self.tx_run_start = start
+            self.tx_run_end = end
+            self.tx_count += count
+            self.tx_size += length
+            return
+        if start != self.run_end:
+            self._close_run()
+            self.run_start = start
+        self.run_end = end
+        self.count += count
+        self.size += length
+        self.batch_offset = self.pending_offset
+        if self.count >= self.batch_size or self.size >= self.batch_bytes:
+            self.flush()
 
     def _consume_filtered(self, link: SourceLink) -> bool:
         """consume() for a task with filters: every command goes through _add_filtered."""
@@ -473,7 +524,8 @@ class StreamApplier:
                     f"target {self.ctx.task.target.label} refused a batch of the stream: "
                     f"{str(first)[:200]}"
                 )
-            if isinstance(exec_reply, list):
+            # (the reply types looked at in C: a failed command is rare)
+            if isinstance(exec_reply, list) and hiredis.ReplyError in set(map(type, exec_reply)):
                 errors = [r for r in exec_reply if isinstance(r, hiredis.ReplyError)]
                 if errors:
                     self.ctx.counters.command_errors += len(errors)

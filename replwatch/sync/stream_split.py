@@ -11,10 +11,11 @@ replwatch's own keys); everything between them is forwarded as the stream's own 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 from itertools import chain, compress
 from operator import itemgetter
-from typing import Any
+from typing import Any, Protocol, cast
 
 import hiredis
 
@@ -33,6 +34,40 @@ class _NoCommand:
 
 NO_COMMAND: Any = _NoCommand()
 _first = itemgetter(0)
+
+
+class CompiledSplit(Protocol):
+    def __call__(
+        self,
+        raw: bytearray,
+        pos: int,
+        room: int,
+        always: tuple[bytes, ...],
+        counted: tuple[tuple[bytes, int], ...],
+        own_prefix: bytes,
+    ) -> tuple[int, int, list[bytes] | None, int]: ...
+
+
+def compiled_split() -> CompiledSplit | None:
+    """The stream's split in C (_speedups.c: split_stream), when it was built at install
+    and REPLWATCH_PURE_PYTHON is not set: from `pos`, at most `room` whole commands no rule
+    looks at (the run: where it ends, how many), then the first one a rule looks at (its
+    argv and end; None when the run ended first). Raises ValueError on bytes that are not
+    a stream of commands. The hiredis path here (take_commands, marked, encoded_length)
+    finds the same, a read at a time."""
+    if os.environ.get("REPLWATCH_PURE_PYTHON"):
+        return None
+    try:
+        from replwatch.sync._speedups import split_stream  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    return cast(CompiledSplit, split_stream)
+
+
+def counted_limits(counted: frozenset[bytes]) -> tuple[tuple[bytes, int], ...]:
+    """`marked`'s argument-count rule as compiled_split takes it: (name, most arguments of
+    its plain form)."""
+    return tuple((name, 4 if name == b"SET" else 2) for name in sorted(counted))
 
 
 def command_reader() -> hiredis.Reader:
