@@ -267,7 +267,9 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
         yield servers.start("target")
 
 
-def apply_stream(server: HostileServer, target: RedisProcess, data: bytes) -> Any:
+def apply_stream(
+    server: HostileServer, target: RedisProcess, data: bytes, pure: bool = False
+) -> Any:
     """The stream applier's inlined loop (stream_apply.StreamApplier.consume) over a connection that
     sends `data` and closes: the exception that ended it."""
     cfg = config_from_data(
@@ -278,7 +280,9 @@ def apply_stream(server: HostileServer, target: RedisProcess, data: bytes) -> An
     out = TargetLink(task.target, None, 5, 8)
     server.script = [Send(data)]
     link = SourceLink(parse_redis_url(server.url), None, HANG_GUARD)
-    applier = StreamApplier(runner.context(), out, link, "r" * 40, 0)
+    # the stream split in C (when built) or the pure-Python path (REPLWATCH_PURE_PYTHON)
+    with pure_python(pure):
+        applier = StreamApplier(runner.context(), out, link, "r" * 40, 0)
     try:
         while True:
             link.receive()
@@ -293,20 +297,34 @@ def apply_stream(server: HostileServer, target: RedisProcess, data: bytes) -> An
         out.close()
 
 
+@contextlib.contextmanager
+def pure_python(pure: bool) -> Iterator[None]:
+    before = os.environ.pop("REPLWATCH_PURE_PYTHON", None)
+    if pure:
+        os.environ["REPLWATCH_PURE_PYTHON"] = "1"
+    try:
+        yield
+    finally:
+        os.environ.pop("REPLWATCH_PURE_PYTHON", None)
+        if before is not None:
+            os.environ["REPLWATCH_PURE_PYTHON"] = before
+
+
 @settings(FUZZ, max_examples=60)
-@given(mutated(streams.map(encode)))
+@given(mutated(streams.map(encode)), st.booleans())
 def test_applier_loop_ends_in_a_typed_error(
-    server: HostileServer, target: RedisProcess, data: bytes
+    server: HostileServer, target: RedisProcess, data: bytes, pure: bool
 ) -> None:
-    end = timed(lambda: apply_stream(server, target, data))
+    end = timed(lambda: apply_stream(server, target, data, pure))
     assert isinstance(end, ReplwatchError), repr(end)
 
 
+@pytest.mark.parametrize("pure", [False, True], ids=["compiled", "pure"])
 @pytest.mark.parametrize("hostile", HOSTILE, ids=lambda h: repr(h[:14]))
 def test_applier_loop_refuses_hostile_replies(
-    server: HostileServer, target: RedisProcess, hostile: bytes
+    server: HostileServer, target: RedisProcess, hostile: bytes, pure: bool
 ) -> None:
-    end = timed(lambda: apply_stream(server, target, encode([[b"PING"]]) + hostile))
+    end = timed(lambda: apply_stream(server, target, encode([[b"PING"]]) + hostile, pure))
     assert isinstance(end, ReplwatchError), repr(end)
 
 

@@ -13,7 +13,7 @@ from replwatch.config import TLSConfig, config_from_data, parse_redis_url
 from replwatch.observe.connection import encode_command
 from replwatch.sync.checkpoint import checkpoint_key
 from replwatch.sync.stream_apply import StreamApplier
-from replwatch.sync.stream_split import command_reader
+from replwatch.sync.stream_split import command_reader, compiled_split
 from replwatch.sync.task import SyncTaskRunner
 from replwatch.sync.writer import TargetLink
 
@@ -80,8 +80,19 @@ def run(applier_: StreamApplier, stream: StreamBytes) -> None:
     applier_.target.drain()
 
 
+@pytest.fixture(params=["compiled", "pure"])
+def split_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ways the applier splits the stream: in C (stream_split.compiled_split, when
+    built) and the pure-Python path (REPLWATCH_PURE_PYTHON)."""
+    if request.param == "pure":
+        monkeypatch.setenv("REPLWATCH_PURE_PYTHON", "1")
+    elif compiled_split() is None:
+        pytest.skip("the C accelerator is not built here")
+    return str(request.param)
+
+
 @pytest.mark.parametrize("split", [1, 7, 40, 50, 70, 90, 10_000])
-def test_offsets_never_cut_a_transaction(target: RedisProcess, split: int) -> None:
+def test_offsets_never_cut_a_transaction(target: RedisProcess, split: int, split_path: str) -> None:
     a = commands(("SET", "a", "1"))
     tx_open = commands(("MULTI",), ("SET", "b", "1"), ("INCR", "n"))
     tx_close = commands(("EXEC",))

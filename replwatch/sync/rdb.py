@@ -544,9 +544,6 @@ def _compiled_string_run() -> _StringRunLoop | None:
     return cast(_StringRunLoop, string_run)
 
 
-_c_string_run = _compiled_string_run()
-
-
 @dataclass(frozen=True)
 class StringRun:
     """Where runs of plain string keys go, as RESP `SET key value` commands or one `MSET`
@@ -576,6 +573,7 @@ class _Reader:
         "_pos",
         "_read_exact",
         "_read_some",
+        "_run_loop",
         "_source",
         "_track_crc",
         "max_string",
@@ -600,6 +598,7 @@ class _Reader:
         self._cap_size = 0
         self._cap_limit = 0
         self.max_string = max_string
+        self._run_loop = _compiled_string_run() or string_run_py
 
     @property
     def offset(self) -> int:
@@ -665,8 +664,7 @@ class _Reader:
         """Plain string keys from here on as RESP `SET key value` commands (joined) or one
         `MSET`, and how many, at most `limit` (string_run_py says which; the C loop of
         _speedups when it was built)."""
-        run = _c_string_run or string_run_py
-        data, count, self._pos = run(self._buf, self._pos, self._end, limit, mset)
+        data, count, self._pos = self._run_loop(self._buf, self._pos, self._end, limit, mset)
         return data, count
 
     def skip_string(self) -> None:
