@@ -25,9 +25,10 @@ from pathlib import Path
 from replwatch.config import ClusterSource, SyncTask, TLSConfig, tls_over
 from replwatch.errors import RedisError
 from replwatch.sync.checkpoint import CHECKPOINT_DB, checkpoint_key
+from replwatch.sync.full_sync import existing_keys_refused
 from replwatch.sync.own_keys import OWN_PREFIX
 from replwatch.sync.sources import cluster_shards, shard_locator, shard_task, shard_task_name
-from replwatch.sync.task import IO_TIMEOUT, SyncTaskRunner, existing_keys_refused
+from replwatch.sync.task import IO_TIMEOUT, SyncTaskRunner
 from replwatch.sync.task_report import report_path
 from replwatch.sync.writer import TargetLink
 

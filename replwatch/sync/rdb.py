@@ -478,9 +478,7 @@ _MSET_HEAD = b"*%d\r\n$4\r\nMSET\r\n"
 _BULK_PAIR = b"$%d\r\n%b\r\n$%d\r\n%b\r\n"
 
 
-def string_run_py(
-    buf: bytes, pos: int, end: int, limit: int, mset: bool
-) -> tuple[bytes, int, int]:
+def string_run_py(buf: bytes, pos: int, end: int, limit: int, mset: bool) -> tuple[bytes, int, int]:
     """Plain string keys in buf[pos:end] as RESP `SET key value` commands (joined), or as one
     `MSET key value …` (`mset`), how many keys, and the position after them; at most `limit`.
     `pos` is at the first entry's key (its type byte read), each next entry's type byte is 0

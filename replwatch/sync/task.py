@@ -24,27 +24,25 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 from replwatch.config import SyncTask, TLSConfig, tls_over
 from replwatch.errors import ProtocolFailure, RedisError, ReplwatchError
 from replwatch.sync.checkpoint import Checkpoint
-from replwatch.sync.checkpoint_store import CheckpointStore, SnapshotTally
+from replwatch.sync.checkpoint_store import CheckpointStore
 from replwatch.sync.cluster_stream import ClusterStreamApplier
 from replwatch.sync.cluster_target import ClusterTargetLink, open_target
 from replwatch.sync.commands import TargetCaps
 from replwatch.sync.dump import restore_target_from_info
 from replwatch.sync.fatal import FatalTaskError
 from replwatch.sync.filters import SyncFilter
+from replwatch.sync.full_sync import FullSyncStage
 from replwatch.sync.guard import SessionGuard
 from replwatch.sync.ha import LeaseHolder
 from replwatch.sync.lease import Fence, LeaseLost
-from replwatch.sync.own_keys import OWN_PREFIX
-from replwatch.sync.preflight import Plan, refusal_kind, snapshot_plan
+from replwatch.sync.preflight import refusal_kind
 from replwatch.sync.reader import Continue, FullResync, SourceLink
-from replwatch.sync.resync_reason import full_resync_reason
-from replwatch.sync.snapshot_load import SnapshotLoader, load_snapshot, read_to_end
 from replwatch.sync.sources import Locator, source_locator
 from replwatch.sync.stage import StageContext, StreamPosition, TaskCounters
 from replwatch.sync.stream_apply import StreamApplier
@@ -58,17 +56,6 @@ log = logging.getLogger("replwatch.sync")
 
 IO_TIMEOUT = 10.0  # connect and reply timeout for both sides
 MAX_IN_FLIGHT = 8
-# while the source prepares a snapshot: the checkpoint's updated_at at most this often
-KEEPALIVE_RECORD_EVERY = 5.0
-
-def existing_keys_refused(task: SyncTask, foreign: int) -> str:
-    """Why a first full sync into a target holding `foreign` keys stops (existing_keys:
-    refuse), and what to set instead."""
-    return (
-        f"target {task.target.label} already holds {foreign} keys; a full sync would mix "
-        f"them with the source's: set existing_keys: flush (delete them first) or overwrite "
-        f"(keep keys the source does not have) on task {task.name}"
-    )
 
 
 class SyncTaskRunner:
@@ -90,8 +77,7 @@ class SyncTaskRunner:
         self.reporter = TaskReporter(report_path, task.name)
         # the checks before PSYNC and the stop message of a refused write (guard.py)
         self.guard = SessionGuard(task, self.reporter)
-        self._loader: SnapshotLoader | None = None  # the session's snapshot load
-        self._flushed = False  # the session's full sync flushed the target (or found it empty)
+        self._full: FullSyncStage | None = None  # the session's full sync (full_sync.py)
         # where the source is at each (re)connect: its URL, or the master the Sentinels (or
         # the cluster, for one shard) name now (replwatch/sync/sources.py)
         self.locate_source = locate_source or source_locator(task.source, self.tls, io_timeout)
@@ -205,7 +191,7 @@ class SyncTaskRunner:
         refusal of the data (TargetRejected) and a FatalTaskError."""
         kind = refusal_kind(str(exc))
         if kind is not None:
-            loader = self._loader
+            loader = None if self._full is None else self._full.loader
             keys = None
             if self.state == "full_sync":
                 keys = (0, 0) if loader is None else (loader.keys_loaded, loader.keys_total)
@@ -215,7 +201,7 @@ class SyncTaskRunner:
                 self.io_timeout,
                 self.fence,
                 keys,
-                flush_copy=keys is not None and self._flushed,
+                flush_copy=keys is not None and self._full is not None and self._full.flushed,
             )
         if isinstance(exc, FatalTaskError | TargetRejected):
             return str(exc)
@@ -280,7 +266,8 @@ class SyncTaskRunner:
         full sync) the target and the source are checked (guard.py): a target that cannot
         take the data stops the task without the source being asked for a snapshot."""
         self.counters.sessions += 1
-        self.state, self._loader, self._flushed = "starting", None, False
+        self.state = "starting"
+        full = self._full = FullSyncStage(self.context(), self.guard, self.io_timeout)
         self.guard.new_session()
         target = open_target(
             self.task.target,
@@ -307,10 +294,10 @@ class SyncTaskRunner:
             self.stream_compat = _stream_compat(source.server, target.info)
             afresh = self._afresh
             resume = checkpoint is not None and checkpoint.resumable and not afresh
-            loads = not self._skips_snapshot(checkpoint)
-            flushes = self._plan(checkpoint) != "overwrite"
+            loads = not full.skips_snapshot(checkpoint)
+            flushes = full.plan(checkpoint) != "overwrite"
             if not resume and loads:
-                self._refuse_foreign_keys(target, checkpoint)
+                full.refuse_foreign_keys(target, checkpoint)
             self.guard.check_memory(source, checkpoint, flushes, not resume and loads, afresh)
             if resume:
                 assert checkpoint is not None
@@ -319,12 +306,13 @@ class SyncTaskRunner:
                 reply = source.psync(None, None)
             self._afresh = False  # afresh applies to the first session of a start only
             if isinstance(reply, FullResync):
-                reason = self._full_sync_reason(source, checkpoint, reply, resume, afresh)
+                reason = full.reason(source, checkpoint, reply, resume, afresh)
                 if resume and loads:
                     # the target holds a good copy: one fork was unavoidable, the copy stays
                     # when the new one would not fit
                     self.guard.check_memory(source, checkpoint, flushes, True, True)
-                self.full_sync(source, target, checkpoint, reply, reason)
+                self.state = "full_sync"
+                full.run(source, target, checkpoint, reply, reason)
                 offset, replid = reply.offset, reply.replid
             else:
                 if not resume or checkpoint is None or checkpoint.offset is None:
@@ -362,181 +350,6 @@ class SyncTaskRunner:
         elif closed:
             log.info("task %s: closed %d connection(s) of earlier sessions", self.task.name, closed)
         return self.store.read(target)
-
-    # ------------------------------------------------------------------ full sync
-
-    def _plan(self, checkpoint: Checkpoint | None) -> Plan:
-        """What a full sync does to the target first (preflight.snapshot_plan): overwrite
-        (existing_keys: overwrite never deletes; a pair's target holds its own live data,
-        and a FLUSHALL would be copied back to the other side), flush (the target holds this
-        task's copy: replaced whole, so keys deleted on the source meanwhile go too), or
-        if_foreign (a first full sync: existing_keys decides)."""
-        ours_before = checkpoint is not None and checkpoint.full_resyncs > 0
-        return snapshot_plan(self.task.existing_keys, self.task.pair is not None, ours_before)
-
-    def _skips_snapshot(self, checkpoint: Checkpoint | None) -> bool:
-        """snapshot: skip holds for the first full sync only, until it completes."""
-        resyncs = checkpoint.full_resyncs if checkpoint is not None else 0
-        return self.task.snapshot == "skip" and resyncs == 0
-
-    def _refuse_foreign_keys(self, target: TargetLink, checkpoint: Checkpoint | None) -> None:
-        """Before PSYNC: a first full sync into a target holding keys under existing_keys:
-        refuse stops the task without the source forking for a snapshot that would not be
-        loaded (and again at every start the supervisor retries)."""
-        if self._plan(checkpoint) != "if_foreign" or self.task.existing_keys != "refuse":
-            return
-        foreign = target.keys_outside(OWN_PREFIX)
-        if foreign:
-            raise FatalTaskError(existing_keys_refused(self.task, foreign))
-
-    def _full_sync_reason(
-        self,
-        source: SourceLink,
-        checkpoint: Checkpoint | None,
-        reply: FullResync,
-        resume: bool,
-        afresh: bool,
-    ) -> str | None:
-        """Why this full sync happens (None: the task's first). Asked to continue, the
-        source's own rules are told apart (resync_reason.py): logged, and kept as the
-        checkpoint's full_resync_reason and last error."""
-        if checkpoint is None or (checkpoint.full_resyncs == 0 and not resume):
-            return None
-        if not resume:
-            if afresh:
-                return "the task was started afresh"
-            return "the last full sync did not finish (a half-loaded copy cannot be continued)"
-        assert checkpoint.replid is not None and checkpoint.offset is not None
-        age = None
-        if checkpoint.updated_at is not None:
-            age = max(0.0, (now_ms() - checkpoint.updated_at) / 1000)
-        reason = full_resync_reason(
-            source.endpoint.label,
-            checkpoint.replid,
-            checkpoint.offset,
-            source.history,
-            reply.replid,
-            age,
-        )
-        log.warning("task %s: full resync: %s", self.task.name, reason)
-        self.guard.resync_reason = reason
-        return reason
-
-    def _prepare_target(self, target: TargetLink, checkpoint: Checkpoint | None) -> bool:
-        """Make the target ready for a snapshot (_plan); True when keys may already exist
-        on it (overwrite), so plain-command writes must delete a key first."""
-        plan = self._plan(checkpoint)
-        if plan == "overwrite":
-            return True
-        if plan == "flush":
-            target.flush_keeping_checkpoints()
-            return False
-        foreign = target.keys_outside(OWN_PREFIX)
-        if not foreign:
-            return False
-        if self.task.existing_keys == "refuse":
-            raise FatalTaskError(existing_keys_refused(self.task, foreign))
-        target.flush_keeping_checkpoints()  # existing_keys: flush
-        return False
-
-    def full_sync(
-        self,
-        source: SourceLink,
-        target: TargetLink,
-        checkpoint: Checkpoint | None,
-        reply: FullResync,
-        reason: str | None = None,
-    ) -> None:
-        """Load the snapshot into the target (snapshot_load.py). `reason`: why this full
-        sync happens (_full_sync_reason), recorded in the checkpoint."""
-        task = self.task
-        self.state = "full_sync"
-        log.info(
-            "task %s: full sync from %s (replid %s offset %d)",
-            task.name,
-            task.source.label,
-            reply.replid,
-            reply.offset,
-        )
-        resyncs = (checkpoint.full_resyncs if checkpoint else 0) + 1
-        # snapshot: skip holds for the first full sync only, until it completes (it counts
-        # in full_resyncs only then, so an interrupted skip is skipped again on retry)
-        skip = self._skips_snapshot(checkpoint)
-        replace = False if skip else self._prepare_target(target, checkpoint)
-        self._flushed = not skip and not replace
-        if not skip:
-            self.guard.before_load(target)
-        started_at = now_ms()
-        self.store.full_sync_begins(
-            target,
-            reply.replid,
-            reply.offset,
-            started_at,
-            resyncs - 1 if skip else resyncs,
-            reason,
-            unexpected=self.guard.resync_reason is not None,  # the task had asked to continue
-        )
-        payload = source.payload(self._keepalive(target))
-        self.store.snapshot_size(target, payload.length)
-        if skip:
-            log.info("task %s: snapshot: skip: the snapshot is read, not loaded", task.name)
-            read_to_end(payload, lambda: self.stopping)
-            self.store.snapshot_skipped(target, reply.replid, reply.offset, payload.loaded)
-            self.counters.full_syncs += 1
-            source.ack(reply.offset)  # a diskless source waits for it (see below)
-            return
-        caps = TargetCaps.of(restore_target_from_info(target.info))
-        loader = SnapshotLoader(self.context(), target, caps, replace)
-        self._loader = loader
-        source.settimeout(self.io_timeout)
-        load_snapshot(self.context(), loader, payload, source.endpoint.label)
-        target.drain()
-        self.guard.check_evictions(target)  # a copy that lost keys is not one
-        tally = SnapshotTally(
-            loader.keys_loaded,
-            loader.keys_total,
-            payload.loaded,
-            loader.skipped,
-            loader.own_keys_skipped,
-            loader.stream_pending_dropped,
-            self.guard.evicted,
-        )
-        finished = self.store.full_sync_ends(target, reply.replid, reply.offset, started_at, tally)
-        self.counters.full_syncs += 1
-        self.counters.keys_loaded += loader.keys_loaded
-        log.info(
-            "task %s: full sync done: %d keys, %d bytes in %.1fs",
-            task.name,
-            loader.keys_loaded,
-            payload.loaded,
-            (finished - started_at) / 1000,
-        )
-        if loader.own_keys_skipped:
-            log.info(
-                "task %s: left out %d keys under __replwatch: (replwatch's own: checkpoints, "
-                "heartbeat, probe; never copied)",
-                task.name,
-                loader.own_keys_skipped,
-            )
-        # a diskless source waits for this first ACK before it streams commands
-        source.ack(reply.offset)
-
-    def _keepalive(self, target: TargetLink) -> Callable[[], None]:
-        """Called for each newline the source sends while it prepares the snapshot (a
-        BGSAVE may take minutes): a stop request ends the wait, and the checkpoint's
-        updated_at moves now and then, so the monitor does not take the wait for a task
-        that died (a full_sync checkpoint not updated for its stale threshold)."""
-        last = time.monotonic()
-
-        def alive() -> None:
-            nonlocal last
-            if self.stopping:
-                raise RedisError("stopped during the full sync", reason="stopped")
-            if time.monotonic() - last >= KEEPALIVE_RECORD_EVERY:
-                last = time.monotonic()
-                self.store.touch(target)
-
-        return alive
 
     # ------------------------------------------------------------------ incremental
 
