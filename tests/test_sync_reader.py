@@ -12,7 +12,8 @@ import pytest
 from replwatch.errors import RedisError
 from replwatch.observe.connection import encode_command
 from replwatch.sync.rdb import BytesSource, KeyEntry, RdbEnd, parse_rdb
-from replwatch.sync.reader import EOF_MARK_LEN, BufferedSocket, RdbPayload, command_length
+from replwatch.sync.reader import EOF_MARK_LEN, BufferedSocket, RdbPayload
+from replwatch.sync.stream_split import command_length
 
 # a tiny RDB 10: one string key "k" = "v", EOF, zero checksum (not verified)
 RDB = b"REDIS0010" + b"\x00\x01k\x01v" + b"\xff" + b"\x00" * 8

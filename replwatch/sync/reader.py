@@ -32,7 +32,6 @@ from replwatch.errors import (
     TimeoutFailure,
 )
 from replwatch.observe.connection import (
-    READER_ERRORS,
     build_ssl_context,
     classify_reply_error,
     connect_error,
@@ -43,7 +42,7 @@ from replwatch.observe.resp_limits import STREAM_LIMITS
 from replwatch.sync.fatal import WrongServer
 from replwatch.sync.preflight import ServerFacts, answers_resp, not_redis, source_problem
 from replwatch.sync.resync_reason import SourceHistory
-from replwatch.sync.stream_split import NO_COMMAND, command_reader
+from replwatch.sync.stream_split import command_length, command_reader, take_commands
 
 _OFFSET = re.compile(r"-?[0-9]{1,20}")  # a replication offset (int64)
 EOF_MARK_LEN = 40
@@ -255,23 +254,14 @@ class Continue:
     replid: str | None  # a new replid when the source switched streams (after a failover)
 
 
-def command_length(argv: list[bytes]) -> int:
-    """Bytes of a command as RESP multibulk: how far it moves the replication offset.
-    (`*<n>\r\n`, then `$<len>\r\n<arg>\r\n` per argument; the per-argument sums run in
-    C through map, this is on the path of every command of the stream.)"""
-    n = len(argv)
-    sizes = list(map(len, argv))
-    return 3 + len(str(n)) + 5 * n + sum(sizes) + sum(map(len, map(str, sizes)))
-
-
 def check_aligned(raw: bytearray, pos: int, label: str) -> None:
     """The commands taken end at `pos` in `raw` (the bytes fed to the reader), where the next
     one must start (or the bytes end). Spans are computed from the arguments' sizes
-    (command_length), so a reply that is not an array of bulk strings (a status line or an
-    integer as an argument: each is 3 bytes shorter than its bulk string) shows here as a
-    misaligned stream: checked after every command, before it is handed on (the span then
-    ends inside the next command or past the bytes read), and again once the reader holds no
-    complete command."""
+    (stream_split.command_length), so a reply that is not an array of bulk strings (a status
+    line or an integer as an argument: each is 3 bytes shorter than its bulk string) shows
+    here as a misaligned stream: checked after every command or stretch, before it is handed
+    on (the span then ends inside the next command or past the bytes read), and again once
+    the reader holds no complete command."""
     if pos != len(raw) and (pos > len(raw) or raw[pos] != 42):  # b"*"
         raise ProtocolFailure(
             f"replication stream from {label} is not a stream of commands "
@@ -299,6 +289,9 @@ class SourceLink:
         # False: the consumer splits `raw` itself (stream_split's compiled scanner) and the
         # command reader is fed nothing more
         self.feeds_reader = True
+        # commands taken from the reader and not yet handed out by commands()
+        self._held: list[list[bytes]] = []
+        self._held_at = 0
         self.raw = bytearray()  # stream bytes fed to the reader, not yet consumed
         self.raw_pos = 0
         self._walked = 0  # raw[:_walked] holds whole items, checked (see feed_buffered)
@@ -478,37 +471,25 @@ class SourceLink:
 
     def commands(self) -> Iterator[tuple[list[bytes], int, int]]:
         """The commands the reader holds, each with its span in `raw` (start, end), taken
-        one by one (`raw_pos` moves past each before it is yielded, so a consumer may stop
-        anywhere and call again). A command's span comes from its exact RESP length
-        (command_length's arithmetic: per argument 5 bytes plus its size plus its size's
-        digits, and the digits of all sizes are len(repr(sizes)) - 2n). The unfiltered
-        stream applier inlines this loop (stream_apply.StreamApplier.consume, the hot path)."""
-        gets = self.reader.gets
+        from the reader a read at a time (stream_split.take_commands) and handed out one by
+        one (`raw_pos` moves past each before it is yielded, so a consumer may stop anywhere
+        and call again: the rest stays held). A command's span comes from its exact RESP
+        length (stream_split.command_length); a span that does not end where the next
+        command begins is a reply that is not an array of bulk strings (check_aligned). The
+        unfiltered one-target applier takes whole stretches instead (StreamApplier.consume)."""
         label = self.endpoint.label
-        while True:
-            try:
-                argv = gets()
-            except READER_ERRORS as exc:
-                raise ProtocolFailure(f"bad replication stream from {label}: {exc}") from None
-            if argv is NO_COMMAND:
-                check_aligned(self.raw, self.raw_pos, label)
-                return
-            if type(argv) is not list or not argv:
-                raise ProtocolFailure(f"replication stream from {label} holds a non-command reply")
-            n = len(argv)
-            try:
-                sizes = list(map(bytes.__len__, argv))  # (and every argument is bytes)
-            except TypeError:
-                raise ProtocolFailure(
-                    f"replication stream from {label} holds a command whose arguments are not "
-                    "all bulk strings"
-                ) from None
+        if self._held_at >= len(self._held):
+            self._held, self._held_at = take_commands(self.reader, label), 0
+        raw = self.raw
+        while self._held_at < len(self._held):
+            argv = self._held[self._held_at]
+            self._held_at += 1
             start = self.raw_pos
-            self.raw_pos = end = start + 3 + len(str(n)) + 3 * n + sum(sizes) + len(repr(sizes))
-            raw = self.raw
+            self.raw_pos = end = start + command_length(argv)
             if end > len(raw) or (end < len(raw) and raw[end] != 42):  # b"*"
                 check_aligned(raw, end, label)  # raises: not an array of bulk strings
             yield argv, start, end
+        check_aligned(raw, self.raw_pos, label)
 
     def receive(self) -> None:
         """Read what the socket has into the command parser (blocking up to the timeout)."""
