@@ -12,6 +12,7 @@ import random
 import signal
 import subprocess
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from replwatch.errors import ConfigError, RedisError
 from replwatch.keyslot import SLOTS, key_slot, slot_tags
 from replwatch.observe.connection import encode_command
 from replwatch.sync.checkpoint import Checkpoint, checkpoint_key
-from replwatch.sync.cluster_target import ClusterTargetLink, split_payload
+from replwatch.sync.cluster_target import MAX_REDIRECTS, ClusterTargetLink, split_payload
 from replwatch.sync.slots import (
     CrossSlotError,
     Redirect,
@@ -555,6 +556,69 @@ def test_slot_migration_mid_stream_follows_moved_and_ask(
     assert int(counts.get(b"cluster_redirects:ask", 0)) > 0, counts
     assert cp.full_resyncs == 1
     assert runner.runner.counters.sessions == 1  # followed in the session, no restart
+
+
+def redirects_followed(cluster: Cluster, kind: str) -> int:
+    """The task record's count of `kind` redirects followed (cluster_redirects:<kind>)."""
+    with cluster.client() as client:
+        return int(client.hget(checkpoint_key(TASK), f"cluster_redirects:{kind}") or 0)
+
+
+def test_stop_is_honoured_while_the_cluster_answers_tryagain(
+    debian_servers: ServerSet, cluster: Cluster, runners: list[RunnerThread]
+) -> None:
+    """A slot left half-migrated (MIGRATING on its owner, IMPORTING elsewhere) answers
+    TRYAGAIN to a write of two of its keys when only one is on the owner: the task retries
+    (for up to RETRY_FOR, 120 s), and stop() ends it at once instead of after that."""
+    source = debian_servers.start("source")
+    runner = start(cluster_task(source, cluster), runners)
+    with connect(source) as client:
+        client.set("{t}a", "1")
+    wait_floor(source, cluster)
+    slot = key_slot(b"{t}a")
+    owner = cluster.owner(slot)
+    other = next(n for n in cluster.nodes if n is not owner)
+    with connect(owner) as old, connect(other) as new:
+        new.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", cluster.node_id(owner))
+        old.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", cluster.node_id(other))
+    with connect(source) as client:
+        client.mset({"{t}a": "2", "{t}b": "2"})
+    wait_for(lambda: redirects_followed(cluster, "tryagain") > 0, 30, "a TRYAGAIN")
+    started = time.monotonic()
+    assert runner.stop() == 0
+    assert time.monotonic() - started < 5, "stop() waited for the cluster's retries"
+
+
+def test_a_batch_bounced_between_nodes_ends_the_session(
+    debian_servers: ServerSet, cluster: Cluster, runners: list[RunnerThread]
+) -> None:
+    """Two masters that each say the other owns a slot (the owner was told the slot is on
+    another node; that node never claimed it) bounce a batch with MOVED for ever: the task
+    gives the batch up after MAX_REDIRECTS, ends the session with the reason, and retries."""
+    source = debian_servers.start("source")
+    runner = start(cluster_task(source, cluster), runners)
+    wait_floor(source, cluster)
+    slot = key_slot(b"bounce")
+    owner = cluster.owner(slot)
+    other = next(n for n in cluster.nodes if n is not owner)
+    with connect(owner) as client:
+        client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", cluster.node_id(other))
+    sessions = runner.runner.counters.sessions
+    with connect(source) as client:
+        client.set("bounce", "1")
+    wait_for(
+        lambda: runner.runner.counters.sessions > sessions,
+        30,
+        "the session to end and start again",
+    )
+    with cluster.client() as client:
+        error = (client.hget(checkpoint_key(TASK), "last_error") or b"").decode()
+    assert f"redirected a stream batch for slot {slot} {MAX_REDIRECTS} times" in error, error
+    assert "disagree on the slot's owner" in error
+    with connect(owner) as client:  # (heal it, so the task catches up)
+        client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", cluster.node_id(owner))
+    wait_floor(source, cluster)
+    assert_same_data(source, cluster)
 
 
 def test_writes_the_cluster_cannot_take_fail_the_task(

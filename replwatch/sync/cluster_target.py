@@ -59,6 +59,9 @@ log = logging.getLogger("replwatch.sync")
 Address = tuple[str, int]
 RETRY_WAIT = 0.05  # TRYAGAIN / CLUSTERDOWN: resend after this long
 RETRY_FOR = 120.0  # … for at most this long, then the session ends (and is retried)
+# MOVED / ASK followed for one batch at most this often: a slot map the nodes disagree on
+# (a migration half undone) must not bounce a batch between them for ever
+MAX_REDIRECTS = 16
 RECORD_EVERY = 0.5  # the task record (the floor) at most this often while busy
 NODE_IN_FLIGHT = 100_000  # batches in flight per node (bounded by BUFFER_LIMIT instead)
 _ERROR = hiredis.ReplyError
@@ -76,12 +79,14 @@ def open_target(
     max_in_flight: int,
     fence: Fence | None = None,
     client_name: str = CLIENT_NAME,
+    stopping: Callable[[], bool] | None = None,
 ) -> TargetLink:
     """The task's target: one node (TargetLink, fenced for an `ha` task, its connection
-    named `client_name`) or a whole cluster (ClusterTargetLink; the config refuses `ha`
-    with a cluster target)."""
+    named `client_name`) or a whole cluster (ClusterTargetLink, whose waits for redirected
+    and retried batches end when `stopping()`; the config refuses `ha` with a cluster
+    target)."""
     if isinstance(endpoint, ClusterTarget):
-        return ClusterTargetLink(endpoint, tls, timeout, client_name)
+        return ClusterTargetLink(endpoint, tls, timeout, client_name, stopping)
     return TargetLink(endpoint, tls, timeout, max_in_flight, fence=fence, client_name=client_name)
 
 
@@ -140,6 +145,7 @@ class Job:
     follow: bool = True  # False: redirect replies too go to on_success (snapshot parts)
     ask: Address | None = None
     first_try: float = field(default_factory=time.monotonic)
+    redirects: int = 0  # MOVED / ASK followed so far
 
 
 class ClusterTargetLink(TargetLink):
@@ -153,9 +159,11 @@ class ClusterTargetLink(TargetLink):
         tls: TLSConfig | None,
         timeout: float,
         client_name: str = CLIENT_NAME,
+        stopping: Callable[[], bool] | None = None,
     ) -> None:
         # (no TargetLink.__init__: this link is many connections, opened per node)
         self.client_name = client_name
+        self.stopping = stopping or (lambda: False)
         self._claimed = False  # close_others_named ran: every node opened later is claimed
         self.endpoint = target
         self.cluster = target
@@ -319,6 +327,16 @@ class ClusterTargetLink(TargetLink):
 
     def _redirected(self, job: Job, redirect: Redirect) -> None:
         self.redirects[redirect.kind] += 1
+        if redirect.kind in ("MOVED", "ASK"):
+            job.redirects += 1
+            if job.redirects > MAX_REDIRECTS:
+                raise RedisError(
+                    f"cluster {self.cluster.label} redirected a {job.what} batch for slot "
+                    f"{job.slot} {MAX_REDIRECTS} times ({redirect.kind} to "
+                    f"{redirect.host}:{redirect.port} last): its nodes disagree on the slot's "
+                    "owner",
+                    reason="cluster",
+                )
         if redirect.kind == "MOVED":
             self.slot_owner[redirect.slot] = (redirect.host, redirect.port)
             self._map_stale = True
@@ -339,8 +357,15 @@ class ClusterTargetLink(TargetLink):
             if redirect.kind == "CLUSTERDOWN":
                 self._map_stale = True
 
+    def _check_stop(self) -> None:
+        if self._retries and self.stopping():
+            raise RedisError(
+                f"stopped while cluster {self.cluster.label} asked to retry", reason="stopped"
+            )
+
     def _process(self) -> None:
         """Finished jobs handled (successes, redirects), due retries resent, writes pushed."""
+        self._check_stop()
         while self._finished:
             job, replies = self._finished.popleft()
             self._complete(job, replies)

@@ -276,6 +276,7 @@ class SyncTaskRunner:
             MAX_IN_FLIGHT,
             self.fence,
             client_name=f"{CLIENT_NAME}:{self.task.name}",
+            stopping=lambda: self.stopping,
         )
         source: SourceLink | None = None
         try:
