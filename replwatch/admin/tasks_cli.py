@@ -119,13 +119,11 @@ def render_record(record: Mapping[str, Any], is_tty: bool) -> str:
     ]
     sync = record.get("sync")
     if sync:
-        head, *rows = render_task(view_from_dict(sync), is_tty).split("\n")
-    else:
-        ends = f"{record['source']} -> {record['target']}"
-        head = f"sync task {record['name']}: not polled yet  {ends}"
-        rows = []
-    width = 16
-    return "\n".join([head, *(f"  {k.ljust(width)}  {v}" for k, v in extra), *rows])
+        return render_task(view_from_dict(sync), is_tty, extra)
+    ends = f"{record['source']} -> {record['target']}"
+    width = max(len(k) for k, _ in extra)
+    head = f"sync task {record['name']}: not polled yet  {ends}"
+    return "\n".join([head, *(f"  {k.ljust(width)}  {v}" for k, v in extra)])
 
 
 def render_list(records: Sequence[Mapping[str, Any]]) -> str:
