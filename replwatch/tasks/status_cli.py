@@ -39,9 +39,12 @@ EXIT_CONFIG = 2
 
 BAR_WIDTH = 20
 _EPILOG = (
+    "asking the daemon (--url, REPLWATCH_URL or the client config) needs its admin token "
+    "(--token, REPLWATCH_TOKEN): reads need it too. "
     "exit status: 0 when every task shown is in state incremental or full_sync (its "
     "checkpoint not stale) with source and target answering, 1 otherwise (failed, stopped, "
-    "stale, a side down), 2 for an unknown task name or no tasks configured"
+    "stale, a side down, the daemon refused), 2 for an unknown task name, no tasks "
+    "configured or a bad option value"
 )
 
 
