@@ -799,6 +799,8 @@ def test_status_of_a_diskless_full_sync_says_the_size_is_unknown() -> None:
     assert data["lag_bytes"] == 500 and data["lag_bytes_exact"] is False
     text = render_table([view], is_tty=False)
     assert re.search(r"\n  lag\s+>=500 bytes, >=5\.\d\ds\n", text), text
+    # the snapshot's offset, not one applied: the copy is not whole yet
+    assert re.search(r"\n  snapshot offset\s+1000\n", text) and "applied offset" not in text
     assert re.search(
         r"\n  full sync\s+25%  2\.2 KiB of a diskless snapshot \(size unknown\), "
         r"10 of 40 keys\n",

@@ -137,6 +137,14 @@ def _checkpoint_age(view: SyncTaskView) -> str:
     return text + " (stale: the source moved on)"
 
 
+def _offset_name(view: SyncTaskView) -> str:
+    """The checkpoint's offset is the snapshot's until its full sync has finished: nothing
+    is applied up to it yet."""
+    if view.checkpoint is not None and view.checkpoint.snapshot_incomplete:
+        return "snapshot offset"
+    return "applied offset"
+
+
 def render_task(
     view: SyncTaskView, is_tty: bool, first_rows: Sequence[tuple[str, str]] = ()
 ) -> str:
@@ -154,7 +162,7 @@ def render_task(
         ("source", _source(view)),
         ("target", _target(view)),
         ("lag", _lag(view)),
-        ("applied offset", "-" if view.applied_offset is None else str(view.applied_offset)),
+        (_offset_name(view), "-" if view.applied_offset is None else str(view.applied_offset)),
     ]
     if view.full_sync_running:
         rows.append(("full sync", progress_line(view, is_tty)))
