@@ -218,19 +218,33 @@ class AdminClient:
             with urllib.request.urlopen(req, timeout=self.timeout, context=self.context) as resp:
                 return json.loads(resp.read() or b"{}")
         except urllib.error.HTTPError as exc:
-            raise self._refused(exc.code, exc.read()) from None
+            challenge = exc.headers.get("WWW-Authenticate", "") if exc.headers else ""
+            raise self._refused(exc.code, exc.read(), challenge) from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise ClientError(f"cannot reach the daemon at {self.url}: {reason}") from None
         except ValueError:
             raise ClientError(f"the daemon at {self.url} answered no JSON") from None
 
-    def _refused(self, status: int, raw: bytes) -> ClientError:
+    def _refused(self, status: int, raw: bytes, challenge: str = "") -> ClientError:
         try:
             message = str(json.loads(raw).get("error") or "")
         except (ValueError, AttributeError):
             message = ""
         message = message or raw.decode("utf-8", "replace").strip()[:200] or f"HTTP {status}"
+        if status == 401 and challenge.lower().startswith("basic"):
+            # the web config's basic auth refused the request before the token was looked at
+            basic = self.basic
+            what = (
+                "refused the basic-auth credentials"
+                if basic.username is not None and basic.password is not None
+                else "needs basic-auth credentials (its web config)"
+            )
+            return ClientError(
+                f"the daemon at {self.url} {what} (401): username and password_file in the "
+                f"client config, or {ENV_USERNAME} / {ENV_PASSWORD}",
+                status=status,
+            )
         if status == 401 and not self.token:
             return ClientError(
                 f"the daemon at {self.url}: no token was sent, and its admin API needs one "
