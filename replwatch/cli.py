@@ -1,4 +1,10 @@
-"""Command-line entry points. User errors print one line each and exit non-zero, no traceback."""
+"""Command-line entry points. User errors print one line each and exit non-zero, no traceback.
+
+Exit status, every command: 0 ok; 1 a failure (a node down, a task not running, the daemon
+refused); 2 a usage or configuration error: a bad option value, an unknown group or task
+name, a config that does not load (one line per problem on stderr, naming the option or
+the config key; replwatch/usage.py). `compare` adds 3 (could not complete) and keeps 1 for
+"different"."""
 
 from __future__ import annotations
 
@@ -13,6 +19,14 @@ from replwatch import __version__
 from replwatch.config import Config, apply_shard, load_config
 from replwatch.errors import ConfigError, ReplwatchError
 from replwatch.topology.sharding import owner
+from replwatch.usage import (
+    CONFIG_DEFAULT_SHOWN,
+    CONFIG_HELP,
+    DEFAULT_CONFIG,
+    EXIT_USAGE,
+    UsageError,
+    UsageParser,
+)
 
 log = logging.getLogger("replwatch")
 
@@ -21,11 +35,12 @@ if TYPE_CHECKING:
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
-EXIT_CONFIG = 2
+EXIT_CONFIG = EXIT_USAGE  # a config that does not load is a usage error too
+COMMANDS = ("run", "check-config", "status", "probe", "demo", "compare", "sync")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = UsageParser(
         prog="replwatch",
         description="Redis replication lag monitor: true time lag, byte lag, Prometheus exporter.",
     )
@@ -39,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def with_config(p: argparse.ArgumentParser) -> None:
-        p.add_argument("-c", "--config", default="config.yaml", help="config file (YAML)")
+        p.add_argument("-c", "--config", metavar="FILE", default=DEFAULT_CONFIG, help=CONFIG_HELP)
 
     def with_shard(p: argparse.ArgumentParser) -> None:
         p.add_argument(
@@ -99,7 +114,12 @@ def _parser() -> argparse.ArgumentParser:
         "REPLWATCH_URL, client config) or polled once from the config (-c)",
     )
     p_sync_status.add_argument(
-        "-c", "--config", default=None, help="config file (YAML); default config.yaml"
+        "-c",
+        "--config",
+        metavar="FILE",
+        default=None,  # None: ask the daemon if one is named, else read DEFAULT_CONFIG
+        help="config file (YAML) whose tasks to poll, instead of asking the daemon that "
+        f"--url, REPLWATCH_URL or the client config names {CONFIG_DEFAULT_SHOWN}",
     )
     add_sync_status_arguments(p_sync_status)
     from replwatch.admin.tasks_cli import add_client_options, add_task_client_parsers
@@ -128,11 +148,12 @@ def _check_groups(args: argparse.Namespace, whole: Config, cfg: Config) -> None:
             continue
         if cfg.shard is not None and any(g.name == name for g in whole.groups):
             count = cfg.shard.count
-            raise ReplwatchError(
-                f"--group: group {name!r} belongs to shard {owner(name, count)}/{count}, "
-                f"not to this one ({cfg.shard})"
+            raise UsageError(
+                "--group",
+                f"group {name!r} belongs to shard {owner(name, count)}/{count}, "
+                f"not to this one ({cfg.shard})",
             )
-        raise ReplwatchError(f"--group: no group named {name!r} in {args.config}")
+        raise UsageError("--group", f"no group named {name!r} in {args.config}")
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
@@ -143,18 +164,31 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     more = f", {discovered} discovered through Sentinel/Cluster" if discovered else ""
     print(f"{args.config}: OK ({len(whole.groups)} group(s), {nodes} node(s) configured{more})")
     if cfg.shard is not None and (args.shard is not None or whole.shard is not None):
-        print(
-            f"shard {cfg.shard} owns {len(cfg.groups)} of {len(whole.groups)} group(s) and "
-            f"{len(cfg.sync.tasks)} of {len(whole.sync.tasks)} sync task(s):"
-        )
-        for group in cfg.groups:
-            print(f"  group {group.name}")
-        for task in cfg.sync.tasks:
-            print(f"  task {task.name}")
-        if cfg.publish.url is not None:
-            print(f"  publish.key {cfg.publish.key}")
-            print(f"  publish.channel {cfg.publish.channel}")
+        _print_shard(whole, cfg)
     return EXIT_OK
+
+
+def _print_shard(whole: Config, cfg: Config) -> None:
+    """What check-config's shard owns: a heading, then one line per group, task and publish
+    key; a shard that owns nothing says so in its heading (and ends without a colon when
+    no line follows)."""
+    lines = [f"  group {group.name}" for group in cfg.groups]
+    lines += [f"  task {task.name}" for task in cfg.sync.tasks]
+    if cfg.publish.url is not None:
+        lines += [f"  publish.key {cfg.publish.key}", f"  publish.channel {cfg.publish.channel}"]
+    if cfg.groups or cfg.sync.tasks:
+        heading = (
+            f"shard {cfg.shard} owns {len(cfg.groups)} of {len(whole.groups)} group(s) and "
+            f"{len(cfg.sync.tasks)} of {len(whole.sync.tasks)} sync task(s)"
+        )
+    else:
+        heading = (
+            f"shard {cfg.shard} owns no groups and no sync tasks (of the config's "
+            f"{len(whole.groups)} group(s) and {len(whole.sync.tasks)} sync task(s))"
+        )
+    print(heading + (":" if lines else ""))
+    for line in lines:
+        print(line)
 
 
 def _require_something_to_run(path: str, whole: Config, cfg: Config) -> None:
@@ -257,7 +291,8 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     whole, cfg = _load_shard(args)
     _check_groups(args, whole, cfg)
     if not any(cfg.probe_of(g).enabled for g in _only_groups(cfg, args.group).groups):
-        raise ReplwatchError(f"{args.config}: no group has probes enabled (probe.enabled)")
+        which = "of the groups named by --group" if args.group else "group"
+        raise ConfigError(args.config, [f"probe.enabled: no {which} has probes enabled"])
 
     async def run() -> tuple[list[ProbeResult], list[str]]:
         fleet, failed = await _discovered_fleet(_only_groups(cfg, args.group))
@@ -316,7 +351,7 @@ def _cmd_sync(args: argparse.Namespace) -> int:
         from replwatch.tasks.status_cli import run_sync_status
         from replwatch.tasks.task_state import state_dir_of
 
-        config = args.config or "config.yaml"
+        config = args.config or DEFAULT_CONFIG
         cfg = _load(config)
         return run_sync_status(
             cfg,
@@ -360,8 +395,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from replwatch.demo import run_demo
+    from replwatch.demo import check_demo_options, run_demo
 
+    check_demo_options(args.listen, args.server, args.duration)  # before any server starts
     return run_demo(args.listen, args.server, args.duration)
 
 
@@ -383,8 +419,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "compare": _cmd_compare,
     }
     if args.command is None:
-        parser.print_help()
-        return EXIT_CONFIG
+        print(
+            f"replwatch: name a command: {', '.join(COMMANDS)} (see replwatch --help)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     try:
         return commands[args.command](args)
     except ConfigError as exc:

@@ -24,10 +24,12 @@ import time
 from pathlib import Path
 
 import redis
+from pydantic_core import PydanticCustomError
 
 from replwatch.config import config_from_data, parse_duration
-from replwatch.errors import ReplwatchError
+from replwatch.errors import ConfigError, ReplwatchError
 from replwatch.servers import find_server_binary
+from replwatch.usage import UsageError
 
 RELAY_BYTES_PER_SECOND = 96 * 1024
 BURST_BYTES_PER_SECOND = 192 * 1024
@@ -180,6 +182,27 @@ def write_load(port: int, stop: threading.Event) -> None:
                 with contextlib.suppress(redis.RedisError):
                     pipe.execute()
                 stop.wait(max(0.0, 0.1 - (time.monotonic() - tick)))
+
+
+def check_demo_options(listen: str, server: str | None, duration: str | None) -> None:
+    """The options' values, checked before anything starts: UsageError naming the option."""
+    if duration is not None:
+        try:
+            seconds = parse_duration(duration)
+        except PydanticCustomError as exc:
+            raise UsageError("--duration", str(exc)) from None
+        if seconds <= 0:
+            raise UsageError("--duration", f"must be above 0, got {duration!r}")
+    if server is not None:
+        path = Path(server)
+        if not path.is_file():
+            raise UsageError("--server", f"{server}: no such file")
+        if not os.access(path, os.X_OK):
+            raise UsageError("--server", f"{server}: not executable")
+    try:
+        config_from_data({"exporter": {"listen": listen}}, "--listen")
+    except ConfigError as exc:
+        raise UsageError("--listen", exc.problems[0].removeprefix("exporter.listen: ")) from None
 
 
 def run_demo(listen: str, server: str | None, duration: str | None) -> int:

@@ -104,6 +104,15 @@ def test_task_lifecycle_through_api_and_cli(debian_servers: ServerSet, tmp_path:
         result = sync_cli(base, "list", token="wrong")
         assert result.returncode == 1
         assert result.stderr.strip().startswith(f"replwatch: the daemon at {base}: the token")
+        # reads need the token too, and the CLI says how to give it (issue 21)
+        for args in (["status"], ["status", CONFIG_TASK, "--json"], ["list"]):
+            result = sync_cli(base, *args, token="")
+            assert result.returncode == 1 and result.stdout == "", result.stdout
+            assert result.stderr.splitlines() == [
+                f"replwatch: the daemon at {base}: no token was sent, and its admin API needs "
+                "one for every call, reads included (401): pass --token or set "
+                "REPLWATCH_TOKEN (or token_file: in the client config)"
+            ], result.stderr
         # ---- bad definitions: 400 naming the field
         for bad, field in (
             ({**definition, "batch_size": 0}, "tasks.batch_size: "),
@@ -125,8 +134,11 @@ def test_task_lifecycle_through_api_and_cli(debian_servers: ServerSet, tmp_path:
         assert status == 409 and "defined in config.yaml" in body["error"], body
         assert api(base, "GET", "/api/v1/tasks/nope")[0] == 404
         assert api(base, "POST", "/api/v1/tasks/nope/stop")[0] == 404
-        result = sync_cli(base, "remove", "nope")
-        assert result.returncode == 1 and "no sync task named 'nope'" in result.stderr
+        # an unknown task is a usage error: exit 2, one line (issue 21)
+        for args in (["remove", "nope"], ["stop", "nope"], ["start", "nope"], ["status", "nope"]):
+            result = sync_cli(base, *args)
+            assert result.returncode == 2, (args, result.stderr)
+            assert result.stderr.splitlines() == ["replwatch: no sync task named 'nope' (404)"]
         assert task_names(base) == [CONFIG_TASK]
 
         # ---- create (CLI, YAML on stdin): it runs and copies the data

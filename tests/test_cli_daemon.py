@@ -200,8 +200,8 @@ def test_status_unknown_group(pair: tuple[RedisProcess, RedisProcess], tmp_path:
     master, replica = pair
     cfg = write_config(tmp_path / "c.yaml", master, [replica])
     result = cli("status", "-c", str(cfg), "--group", "nope")
-    assert result.returncode == 1
-    assert result.stderr.strip() == f"replwatch: --group: no group named 'nope' in {cfg}"
+    assert result.returncode == 2  # a usage error, like every other (issue 21)
+    assert result.stderr.strip() == f"--group: no group named 'nope' in {cfg}"
 
 
 # ----------------------------------------------------------------------------- daemon

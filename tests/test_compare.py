@@ -427,6 +427,7 @@ def test_json_schema(pair: Pair, capsys: pytest.CaptureFixture[str]) -> None:
         "by_kind": dict,
         "sampled": bool,
         "ignored": int,
+        "own_keys_ignored": int,
         "differences": list,
         "differences_omitted": int,
         "seconds": float,
@@ -485,11 +486,29 @@ def test_internal_keys_and_ignore_globs(pair: Pair, capsys: pytest.CaptureFixtur
         dst.set("__replwatch:heartbeat", "999")  # a follower behind: not a difference
         src.set("tmp:1", "a")
         dst.set("tmp:2", "b")
-    assert run(capsys, pair.args()).code == EXIT_DIFFERENT
+    plain = run(capsys, pair.args())
+    assert plain.code == EXIT_DIFFERENT
+    # replwatch's own key is left out without a note: no --ignore was given (issue 21)
+    assert "note:" not in plain.out and "ignore" not in plain.out, plain.out
     result = run(capsys, pair.args("--ignore", "tmp:*", "--json"))
     assert result.code == EXIT_EQUAL, result.out
     assert result.report["ignored"] == 2
+    assert result.report["own_keys_ignored"] == 1
     assert result.report["checked"] == pair.keys - 4  # db 3 not compared, ignored not counted
+    human = run(capsys, pair.args("--ignore", "tmp:*"))
+    assert human.code == EXIT_EQUAL
+    notes = [line for line in human.out.splitlines() if line.startswith("note:")]
+    assert notes == ["note: --ignore tmp:* left out 1 source key"], human.out
+    with pair.source_db() as src:
+        src.set("tmp:3", "c")
+        src.set("cache:1", "d")
+    with pair.target_db() as dst:
+        dst.set("cache:1", "d")
+    two = run(capsys, pair.args("--ignore", "tmp:*", "--ignore", "cache:*"))
+    assert two.code == EXIT_EQUAL, two.out
+    assert [ln for ln in two.out.splitlines() if ln.startswith("note:")] == [
+        "note: --ignore tmp:* cache:* left out 3 source keys"
+    ]
 
 
 # ----------------------------------------------------------------------------- sampling, rate

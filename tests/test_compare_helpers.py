@@ -12,9 +12,10 @@ import redis
 
 from replwatch.compare.connection import failure_reason
 from replwatch.compare.display import count_phrase, display_key, format_score, format_ttl
-from replwatch.compare.model import Difference, Finding
+from replwatch.compare.model import CompareOptions, DbPair, Difference, Finding
 from replwatch.compare.ratelimit import batch_size
 from replwatch.compare.recheck import SUSPECT_BUFFER, SuspectKeys
+from replwatch.compare.render import render_text
 from replwatch.compare.scan import largest_grace_ms, parse_keyspace
 from replwatch.compare.tally import Tally
 
@@ -314,3 +315,47 @@ def test_suspects_are_full_at_the_buffer_size() -> None:
     assert not suspects.full
     suspects.hold([b"k"])
     assert suspects.full
+
+
+# ----------------------------------------------------------------------------- ignored keys
+
+
+@pytest.mark.parametrize(
+    ("ignored", "given", "checked", "note"),
+    [
+        ([], (), 1, None),
+        ([b"__replwatch:heartbeat"], (), 1, None),  # replwatch's own: never a note (issue 21)
+        ([b"__replwatch:heartbeat", b"__replwatch:probe"], ("tmp:*",), 2, None),
+        (
+            [b"__replwatch:heartbeat", b"tmp:1"],
+            ("tmp:*",),
+            2,
+            "--ignore tmp:* left out 1 source key",
+        ),
+        (
+            [b"tmp:1", b"c:2", b"tmp:3"],
+            ("tmp:*", "c:*"),
+            0,
+            "--ignore tmp:* c:* left out 3 source keys",
+        ),
+        ([b"__replwatch:x"], ("__replwatch:*",), 5, None),  # the default given again
+    ],
+)
+def test_ignored_keys_note(
+    ignored: list[bytes], given: tuple[str, ...], checked: int, note: str | None
+) -> None:
+    tally = Tally(max_kept=10)
+    tally.count_ignored(ignored)
+    for index in range(checked):
+        tally.checked += 1  # (the runner counts a key read; settle gives its verdict)
+        tally.settle(0, b"k%d" % index, [])
+    options = CompareOptions(ignore=("__replwatch:*", *given))
+    report = tally.report("a:1", "b:2", [DbPair(0, 0)], options, 0.5)
+    assert report.ignored == len(ignored)
+    assert report.as_json()["own_keys_ignored"] == sum(
+        k.startswith(b"__replwatch:") for k in ignored
+    )
+    lines = render_text(report, options).splitlines()
+    assert [ln for ln in lines if ln.startswith("note:")] == ([f"note: {note}"] if note else [])
+    noun = "key" if checked == 1 else "keys"
+    assert lines[1].startswith(f"checked {checked} {noun} in 0.50s: {checked} equal, "), lines

@@ -327,9 +327,9 @@ def test_status_group_of_another_shard(tmp_path: Path) -> None:
     cfg = _write_fleet(tmp_path / "fleet.yaml", GROUPS)
     other = next(n for n in GROUPS if owner(n, 3) == 2)
     result = cli("status", "-c", str(cfg), "--shard", "1/3", "--group", other)
-    assert result.returncode == 1
+    assert result.returncode == 2  # a usage error (issue 21)
     assert result.stderr.splitlines() == [
-        f"replwatch: --group: group {other!r} belongs to shard 2/3, not to this one (1/3)"
+        f"--group: group {other!r} belongs to shard 2/3, not to this one (1/3)"
     ]
 
 

@@ -649,12 +649,14 @@ def test_state_lag_and_last_error_tell_the_truth_in_every_state(
     assert view.state == "full_sync"
     assert view.lag_bytes == 0  # nothing written since the snapshot, its size unknown
     assert view.lag_seconds is not None and view.lag_seconds >= 60
-    assert not view.lag_seconds_exact
+    assert not view.lag_seconds_exact and not view.lag_bytes_exact
     assert view.stale and not view.running
     code, out = status(cfg, tmp_path)
     assert code == 1
     assert f"sync task {TASK}: full_sync (stale: not running)" in out
-    assert re.search(r"lag\s+0 B \(0 bytes\), >=6\d\.\d\ds", out), out
+    # a lower bound both ways: the diskless snapshot's size is unknown (issue 21: not
+    # "0 B (0 bytes)")
+    assert re.search(r"lag\s+>=0 bytes, >=6\d\.\d\ds\n", out), out
 
     # the task failed and the target refused the record: the report is newer, it wins
     TaskReporter(report_path(tmp_path, TASK), TASK).write(

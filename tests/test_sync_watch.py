@@ -22,15 +22,26 @@ import pytest
 import redis
 from prometheus_client import CollectorRegistry, generate_latest
 
+from replwatch.admin.tasks_cli import render_record
 from replwatch.config import Config, SyncTask, TLSConfig, config_from_data
 from replwatch.exporter.sync_collector import SyncCollector
-from replwatch.sync.checkpoint import STATES
-from replwatch.tasks.status_cli import progress_bar, run_sync_status
+from replwatch.lag.offset_clock import OffsetClock
+from replwatch.observe.info import parse_replication
+from replwatch.sync.checkpoint import STATES, Checkpoint
+from replwatch.tasks.status_cli import (
+    format_lag_bytes,
+    progress_bar,
+    render_json,
+    render_table,
+    run_sync_status,
+)
 from replwatch.tasks.watch import (
+    SideRead,
     SyncStore,
     SyncTaskView,
     SyncWatcher,
     build_sync_watchers,
+    build_view,
     poll_into,
 )
 
@@ -422,6 +433,7 @@ def test_progress_during_a_full_sync(pair: tuple[RedisProcess, RedisProcess]) ->
     assert view.lag_bytes == stream + int(2.6 * GIB) - int(1.2 * GIB)
     assert view.lag_seconds is not None and view.lag_seconds >= 5.0
     assert not view.lag_seconds_exact
+    assert view.lag_bytes_exact  # the snapshot's size is known
 
     # diskless: the size is not known in advance, progress comes from the keys
     write_checkpoint(client, "t1", source.label, **{**full_sync, "rdb_bytes_total": 0})
@@ -429,6 +441,10 @@ def test_progress_during_a_full_sync(pair: tuple[RedisProcess, RedisProcess]) ->
     assert diskless.progress == pytest.approx(1_234_567 / 2_600_000, abs=1e-6)
     assert diskless.source_offset is not None
     assert diskless.lag_bytes == diskless.source_offset - snapshot_offset  # (stream only)
+    # ... so the byte lag is a lower bound, and the size is unknown, not 0 (issue 21)
+    assert not diskless.lag_bytes_exact
+    assert diskless.rdb_bytes_total is None and diskless.checkpoint is not None
+    assert diskless.checkpoint.rdb_bytes_total is None
 
     # after the full sync the same fields describe the last snapshot: no running progress
     write_checkpoint(client, "t1", source.label, **{**full_sync, "state": "incremental"})
@@ -607,12 +623,14 @@ def test_status_table_and_json_for_an_incremental_task(
     assert code == 0, out
     assert err == ""
     assert out.startswith(f"sync task a2b: incremental  {source.label} -> {target.label}\n")
-    shown = re.search(r"\(up, offset (\d+)\)", out)
+    shown = re.search(r"\n  source\s+up, offset (\d+)\n", out)
     assert shown is not None, out
     source_offset = int(shown.group(1))
     lag = source_offset - offset
     assert lag > 0
-    assert f"({lag:,} bytes)" in out
+    assert re.search(rf"\n  lag\s+{re.escape(format_lag_bytes(lag))}, ", out), out
+    assert re.search(r"\n  target\s+up\n", out), out
+    assert out.count(source.label) == 1  # in the heading line only
     assert re.search(rf"applied offset\s+{offset}\n", out)
     assert re.search(r"applied commands\s+12,345\n", out)
     assert re.search(r"full resyncs\s+1\n", out)
@@ -700,11 +718,11 @@ def test_status_exit_codes_and_no_secrets(
 
     code, out, _ = run_status(cfg, "nosource")
     assert code == 1
-    assert "(DOWN: refused:" in out
+    assert re.search(r"\n  source\s+DOWN: refused: ", out), out
 
     code, out, err = run_status(cfg, "badauth")
     assert code == 1
-    assert "(DOWN: auth:" in out
+    assert re.search(r"\n  target\s+DOWN: auth: ", out), out
     assert wrong_pw not in out + err
 
     code, out, err = run_status(cfg, None)  # all of them: one bad task makes it 1
@@ -725,3 +743,91 @@ def test_status_exit_codes_and_no_secrets(
     code, out, err = run_status(task_config(), None)
     assert code == 2
     assert err.count("\n") == 1 and "no sync tasks in /etc/rw.yaml" in err
+
+
+# ----------------------------------------------------------------------------- rendering (pure)
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        (0, "0 bytes"),
+        (1, "1 byte"),
+        (1023, "1023 bytes"),
+        (1536, "1.5 KiB (1,536 bytes)"),
+        (int(2.6 * GIB), "2.6 GiB (2,791,728,742 bytes)"),
+    ],
+)
+def test_format_lag_bytes(value: int, shown: str) -> None:
+    """One form: the exact count alone while it is short, not '0 B (0 bytes)' (issue 21)."""
+    assert format_lag_bytes(value) == shown
+
+
+def _diskless_full_sync_view() -> SyncTaskView:
+    """A diskless full sync 5 s in: 2299 bytes of the snapshot read, its size unknown."""
+    now = time.time()
+    replid = "a" * 40
+    raw = {
+        "state": "full_sync",
+        "replid": replid,
+        "offset": "1000",
+        "rdb_bytes_total": "0",  # what the syncer records for a diskless snapshot
+        "rdb_bytes_loaded": "2299",
+        "keys_total": "40",
+        "keys_loaded": "10",
+        "full_sync_started_at": str(int((now - 5) * 1000)),
+        "updated_at": str(int(now * 1000)),
+    }
+    cp = Checkpoint.from_hash("d", raw)
+    info = parse_replication(
+        f"role:master\r\nmaster_replid:{replid}\r\nmaster_replid2:{'0' * 40}\r\n"
+        "master_repl_offset:1500\r\nsecond_repl_offset:-1\r\n"
+    )
+    clock = OffsetClock()
+    mono = time.monotonic()
+    clock.observe(1500, mono, replid)
+    task = one_task("redis://127.0.0.1:1", "redis://127.0.0.1:2", name="d")
+    return build_view(task, SideRead(info, mono), SideRead(cp, mono), clock, mono, now, 30.0)
+
+
+def test_status_of_a_diskless_full_sync_says_the_size_is_unknown() -> None:
+    view = _diskless_full_sync_view()
+    data = json.loads(render_json([view]))["tasks"][0]
+    # unknown is null, not 0 beside 2299 loaded (issue 21)
+    assert (data["rdb_bytes_loaded"], data["rdb_bytes_total"]) == (2299, None)
+    assert data["checkpoint"]["rdb_bytes_total"] is None
+    assert data["lag_bytes"] == 500 and data["lag_bytes_exact"] is False
+    text = render_table([view], is_tty=False)
+    assert re.search(r"\n  lag\s+>=500 bytes, >=5\.\d\ds\n", text), text
+    # the snapshot's offset, not one applied: the copy is not whole yet
+    assert re.search(r"\n  snapshot offset\s+1000\n", text) and "applied offset" not in text
+    assert re.search(
+        r"\n  full sync\s+25%  2\.2 KiB of a diskless snapshot \(size unknown\), "
+        r"10 of 40 keys\n",
+        text,
+    ), text
+    assert "(0 bytes)" not in text and " 0 B" not in text
+    # the addresses are in the heading line, not again in the source/target rows
+    assert text.splitlines()[0] == "sync task d: full_sync  127.0.0.1:1 -> 127.0.0.1:2"
+    assert text.count("127.0.0.1:1") == 1 and text.count("127.0.0.1:2") == 1
+
+
+def test_daemon_rows_align_with_the_task_rows() -> None:
+    """`sync status --url`: the daemon's rows (desired, process) and the task's share one
+    column, whatever the longest name."""
+    view = _diskless_full_sync_view()
+    record = {
+        "name": "d",
+        "origin": "api",
+        "desired": "running",
+        "source": view.source,
+        "target": view.target,
+        "process": {"running": True, "pid": 42, "restarts": 0, "last_exit": None},
+        "sync": {**view.to_dict(), "full_resync_reason": "the backlog no longer held it"},
+    }
+    lines = render_record(record, is_tty=False).splitlines()
+    assert lines[1].startswith("  desired ") and lines[2].startswith("  process ")
+    rows = [re.match(r"^  (\S+(?: \S+)*?)\s{2,}(\S.*)$", line) for line in lines[1:]]
+    assert all(rows), lines
+    assert len({row.start(2) for row in rows if row}) == 1, lines
+    assert any(row.group(1) == "full resync reason" for row in rows if row)

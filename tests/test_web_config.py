@@ -387,6 +387,9 @@ def test_tasks_cli_through_tls_and_basic_auth(
     assert refused.returncode == 1
     assert "401" in refused.stderr and TOKEN not in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
+    # the web config's basic auth refused it, not the token (issue 21: say what is needed)
+    assert "needs basic-auth credentials" in refused.stderr, refused.stderr
+    assert "the token was refused" not in refused.stderr
 
 
 def test_bcrypt_cost_is_paid_once_per_credential(monkeypatch: pytest.MonkeyPatch) -> None:

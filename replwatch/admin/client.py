@@ -8,7 +8,14 @@ auth) the client config also takes ca_file (the CA of the daemon's certificate),
 and password_file (REPLWATCH_USERNAME / REPLWATCH_PASSWORD in the environment); with basic
 auth the token travels in X-Replwatch-Token.
 
-Errors are ClientError: one line, and the exit status the command should end with.
+Every call of the admin API needs the token, reads (`sync status`, `sync list`) included: the
+task records hold the tasks' definitions. A refusal says what to do: no token sent (401):
+pass --token or set REPLWATCH_TOKEN; the daemon's admin API disabled (403): it has no
+admin.token (`sync status -c FILE` polls the tasks without the daemon).
+
+Errors are ClientError: one line, and the exit status the command should end with: 2 for
+bad input (no or a malformed address, an unreadable client config, 400 a bad definition,
+404 an unknown task), 1 when the daemon refused or failed.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from replwatch.config.yaml_file import parse_yaml
 from replwatch.errors import ConfigError, ReplwatchError
@@ -32,14 +40,19 @@ ENV_TOKEN = "REPLWATCH_TOKEN"
 DEFAULT_TIMEOUT = 60.0  # a stop waits for the task's batch
 
 EXIT_OK = 0
-EXIT_FAILURE = 1  # the daemon refused or failed: unreachable, 401, 403, 404, 409, 5xx
-EXIT_USAGE = 2  # bad input: no address, unreadable task file, 400
+EXIT_FAILURE = 1  # the daemon refused or failed: unreachable, 401, 403, 409, 5xx
+EXIT_USAGE = 2  # bad input: no or a malformed address, unreadable task file, 400, 404
 
 
 class ClientError(ReplwatchError):
-    def __init__(self, message: str, exit_code: int = EXIT_FAILURE) -> None:
+    """One line; `exit_code` for the command, `status` the daemon's HTTP answer if any."""
+
+    def __init__(
+        self, message: str, exit_code: int = EXIT_FAILURE, status: int | None = None
+    ) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+        self.status = status
 
 
 def default_client_config(env: Mapping[str, str]) -> Path:
@@ -59,6 +72,7 @@ class ClientSettings:
     ca_file: str | None = None
     username: str | None = None
     password: str | None = None
+    url_from: str = "--url"  # where the address came from (errors name it)
 
 
 def _read_client_config(path: Path, explicit: bool) -> dict[str, Any]:
@@ -105,6 +119,7 @@ def resolve_settings(
     env: Mapping[str, str],
 ) -> ClientSettings:
     """Flags, then environment, then the client config file (read only when needed)."""
+    url_from = "--url" if url else ENV_URL
     url = url or env.get(ENV_URL) or None
     token = token or env.get(ENV_TOKEN) or None
     username = env.get(ENV_USERNAME) or None
@@ -112,6 +127,8 @@ def resolve_settings(
     ca_file = None
     path = Path(client_config) if client_config else default_client_config(env)
     data = _read_client_config(path, explicit=client_config is not None)
+    if not url:
+        url_from = f"{path}: url"
     url = url or data.get("url") or None
     if token is None and data.get("token"):
         token = data["token"]
@@ -121,7 +138,33 @@ def resolve_settings(
     username = username or data.get("username") or None
     if password is None and data.get("password_file"):
         password = _read_token_file(Path(data["password_file"]), f"{path}: password_file")
-    return ClientSettings(url.rstrip("/") if url else None, token, ca_file, username, password)
+    return ClientSettings(
+        url.rstrip("/") if url else None, token, ca_file, username, password, url_from
+    )
+
+
+_USE_URL = "use http://host:port or https://host:port (port 1-65535), e.g. http://127.0.0.1:9750"
+
+
+def check_url(url: str, where: str) -> None:
+    """The daemon's address must be http(s)://host[:port] without credentials in it;
+    ClientError (usage, naming `where`) otherwise. A URL with a password is not shown."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. an unclosed [IPv6 address: not shown, it may hold a password
+        raise ClientError(f"{where}: not a daemon address: {_USE_URL}", EXIT_USAGE) from None
+    if "@" in parts.netloc:
+        raise ClientError(
+            f"{where}: put no user or password in the address: username and password_file "
+            f"go in the client config (or {ENV_USERNAME} / {ENV_PASSWORD})",
+            EXIT_USAGE,
+        )
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if parts.scheme not in ("http", "https") or not parts.hostname or port == 0:
+        raise ClientError(f"{where}: {url!r} is not a daemon address: {_USE_URL}", EXIT_USAGE)
 
 
 def has_daemon_address(url: str | None, client_config: str | None, env: Mapping[str, str]) -> bool:
@@ -143,6 +186,7 @@ class AdminClient:
                 f"{default_client_config(os.environ)}",
                 EXIT_USAGE,
             )
+        check_url(settings.url, settings.url_from)
         self.url = settings.url
         self.token = settings.token
         self.timeout = timeout
@@ -174,22 +218,48 @@ class AdminClient:
             with urllib.request.urlopen(req, timeout=self.timeout, context=self.context) as resp:
                 return json.loads(resp.read() or b"{}")
         except urllib.error.HTTPError as exc:
-            raise self._refused(exc.code, exc.read()) from None
+            challenge = exc.headers.get("WWW-Authenticate", "") if exc.headers else ""
+            raise self._refused(exc.code, exc.read(), challenge) from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise ClientError(f"cannot reach the daemon at {self.url}: {reason}") from None
         except ValueError:
             raise ClientError(f"the daemon at {self.url} answered no JSON") from None
 
-    def _refused(self, status: int, raw: bytes) -> ClientError:
+    def _refused(self, status: int, raw: bytes, challenge: str = "") -> ClientError:
         try:
             message = str(json.loads(raw).get("error") or "")
         except (ValueError, AttributeError):
             message = ""
         message = message or raw.decode("utf-8", "replace").strip()[:200] or f"HTTP {status}"
+        if status == 401 and challenge.lower().startswith("basic"):
+            # the web config's basic auth refused the request before the token was looked at
+            basic = self.basic
+            what = (
+                "refused the basic-auth credentials"
+                if basic.username is not None and basic.password is not None
+                else "needs basic-auth credentials (its web config)"
+            )
+            return ClientError(
+                f"the daemon at {self.url} {what} (401): username and password_file in the "
+                f"client config, or {ENV_USERNAME} / {ENV_PASSWORD}",
+                status=status,
+            )
+        if status == 401 and not self.token:
+            return ClientError(
+                f"the daemon at {self.url}: no token was sent, and its admin API needs one "
+                f"for every call, reads included (401): pass --token or set {ENV_TOKEN} (or "
+                "token_file: in the client config)",
+                status=status,
+            )
         if status == 401:
-            what = "no token was sent" if not self.token else "the token was refused"
-            return ClientError(f"the daemon at {self.url}: {what} (401): {message}")
-        if status == 400:
-            return ClientError(message, EXIT_USAGE)
-        return ClientError(f"{message} ({status})")
+            return ClientError(
+                f"the daemon at {self.url}: the token was refused (401): {message}", status=status
+            )
+        if status == 403:
+            return ClientError(f"the daemon at {self.url}: {message} (403)", status=status)
+        if status == 400:  # a bad task definition: the message names the field
+            return ClientError(message, EXIT_USAGE, status)
+        if status == 404:  # an unknown task
+            return ClientError(f"{message} (404)", EXIT_USAGE, status)
+        return ClientError(f"{message} ({status})", status=status)

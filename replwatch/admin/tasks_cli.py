@@ -3,9 +3,13 @@
 
 Output: a table, or `--json` (the API's own JSON). Exit status: 0 done (for list/status:
 every task shown runs: desired running, process up, checkpoint in full_sync or incremental);
-1 the daemon refused or failed (unreachable, 401 token refused, 403 admin API disabled, 404
-unknown task, 409 conflict, 5xx) or a task shown is not running; 2 bad input (no daemon
-address, unreadable task file, 400 bad definition).
+1 the daemon refused or failed (unreachable, 401 no or a wrong token, 403 admin API disabled,
+409 conflict, 5xx) or a task shown is not running; 2 bad input (no or a malformed daemon
+address, unreadable task file, 400 bad definition, 404 unknown task).
+
+Reads need the admin token too (replwatch/admin/client.py); when the daemon's admin API is
+disabled, `sync status` and `sync list` say that `sync status -c FILE` reads the tasks
+without it.
 """
 
 from __future__ import annotations
@@ -38,8 +42,9 @@ CLIENT_COMMANDS = ("create", "start", "stop", "remove", "list")
 _EPILOG = (
     "daemon address and token: --url/--token, else REPLWATCH_URL/REPLWATCH_TOKEN, else "
     "--client-config FILE (default ~/.config/replwatch/client.yaml: url, token, token_file). "
-    "exit status: 0 done, 1 the daemon refused or failed (or a task shown is not running), "
-    "2 bad input (no address, bad task file, bad definition)"
+    "every call needs the token, reads included. exit status: 0 done, 1 the daemon refused "
+    "or failed (or a task shown is not running), 2 bad input (no or a bad address, bad task "
+    "file, bad definition, unknown task)"
 )
 
 
@@ -119,13 +124,11 @@ def render_record(record: Mapping[str, Any], is_tty: bool) -> str:
     ]
     sync = record.get("sync")
     if sync:
-        head, *rows = render_task(view_from_dict(sync), is_tty).split("\n")
-    else:
-        ends = f"{record['source']} -> {record['target']}"
-        head = f"sync task {record['name']}: not polled yet  {ends}"
-        rows = []
-    width = 16
-    return "\n".join([head, *(f"  {k.ljust(width)}  {v}" for k, v in extra), *rows])
+        return render_task(view_from_dict(sync), is_tty, extra)
+    ends = f"{record['source']} -> {record['target']}"
+    width = max(len(k) for k, _ in extra)
+    head = f"sync task {record['name']}: not polled yet  {ends}"
+    return "\n".join([head, *(f"  {k.ljust(width)}  {v}" for k, v in extra)])
 
 
 def render_list(records: Sequence[Mapping[str, Any]]) -> str:
@@ -185,7 +188,20 @@ def _task_path(name: str) -> str:
 
 def run_task_client(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """One client command; prints the result. ClientError for the caller to print."""
-    out = out if out is not None else sys.stdout
+    try:
+        return _run_client_command(args, out if out is not None else sys.stdout)
+    except ClientError as exc:
+        if exc.status == 403 and args.sync_command in ("status", "list"):
+            raise ClientError(
+                f"{exc}; without the daemon, `replwatch sync status -c FILE` polls the tasks "
+                "of a config",
+                exc.exit_code,
+                exc.status,
+            ) from None
+        raise
+
+
+def _run_client_command(args: argparse.Namespace, out: TextIO) -> int:
     is_tty = out.isatty()
     command = args.sync_command
     client = _client(args)

@@ -26,6 +26,7 @@ from replwatch.compare.render import render_json, render_text
 from replwatch.compare.run import compare_databases
 from replwatch.config import RedisEndpoint, TLSConfig, parse_duration, parse_redis_url
 from replwatch.errors import ConfigError, RedisError
+from replwatch.usage import UsageParser
 
 EXIT_EQUAL: Final = 0
 EXIT_DIFFERENT: Final = 1
@@ -99,7 +100,7 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_compare_parser(
-    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+    subparsers: argparse._SubParsersAction[UsageParser],
 ) -> argparse.ArgumentParser:
     """Add `compare` to the replwatch CLI; its handler is run_compare(args) -> exit code."""
     parser = subparsers.add_parser(
@@ -233,7 +234,7 @@ def run_compare(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Stand-alone entry: `python -m replwatch.compare --source URL --target URL …`."""
-    parser = argparse.ArgumentParser(
+    parser = UsageParser(
         prog="replwatch compare",
         description="Verify that two Redis databases hold the same keys, values and TTLs.",
     )

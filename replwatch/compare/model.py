@@ -89,12 +89,18 @@ class CompareReport:
     different: int  # keys on both sides that differ (type, value and/or TTL)
     kind_counts: dict[str, int]  # differences per kind (a key can differ in value and TTL)
     sampled: bool
-    ignored: int  # source keys skipped by an ignore glob
+    ignored: int  # source keys skipped by an ignore glob (replwatch's own included)
     differences: tuple[Difference, ...]  # the first max_differences of them
     omitted: int  # differences found but not kept
     seconds: float
     expire_grace: float = 0.0  # target TTLs were allowed to be this much longer
     source_expire_grace: float = 0.0  # … and source TTLs this much longer (a pair)
+    own_keys: int = 0  # of the ignored keys, replwatch's own (__replwatch:*, always left out)
+
+    @property
+    def ignored_by_option(self) -> int:
+        """Source keys left out by the --ignore globs given (not replwatch's own)."""
+        return self.ignored - self.own_keys
 
     @property
     def equal(self) -> bool:
@@ -115,6 +121,7 @@ class CompareReport:
             "by_kind": dict(self.kind_counts),
             "sampled": self.sampled,
             "ignored": self.ignored,
+            "own_keys_ignored": self.own_keys,
             "differences": [d.as_json() for d in self.differences],
             "differences_omitted": self.omitted,
             "seconds": round(self.seconds, 3),

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 
-from replwatch.compare.display import display_key
-from replwatch.compare.model import CompareOptions, CompareReport
+from replwatch.compare.display import count_phrase, display_key
+from replwatch.compare.model import DEFAULT_IGNORE, CompareOptions, CompareReport
 
 
 def render_text(report: CompareReport, options: CompareOptions | None = None) -> str:
@@ -26,8 +26,8 @@ def render_text(report: CompareReport, options: CompareOptions | None = None) ->
     extra = "extra not checked" if report.sampled else f"{report.extra} extra on target"
     lines = [
         f"source {report.source} vs target {report.target} ({where}): {verdict}",
-        f"checked {report.checked} keys in {report.seconds:.2f}s: {report.equal_keys} equal, "
-        f"{report.missing} missing on target, {different}; {extra}",
+        f"checked {count_phrase(report.checked, 'key', 'keys')} in {report.seconds:.2f}s: "
+        f"{report.equal_keys} equal, {report.missing} missing on target, {different}; {extra}",
     ]
     if report.sampled:
         lines.append(
@@ -44,8 +44,13 @@ def render_text(report: CompareReport, options: CompareOptions | None = None) ->
             f"note: source TTLs may be up to {report.source_expire_grace:g}s longer than the "
             "target's (the expire_grace of a task that writes the source)"
         )
-    if report.ignored:
-        lines.append(f"note: {report.ignored} source keys matched --ignore and were skipped")
+    skipped = report.ignored_by_option
+    if skipped:
+        # replwatch's own keys (__replwatch:*) are always left out and never noted: they
+        # are the heartbeat, probe and checkpoint keys, not the user's data
+        globs = " ".join(g for g in options.ignore if g not in DEFAULT_IGNORE)
+        left_out = count_phrase(skipped, "source key", "source keys")
+        lines.append(f"note: --ignore {globs} left out {left_out}")
     if report.differences:
         total = len(report.differences) + report.omitted
         lines.append(f"differences ({total}):")

@@ -96,8 +96,8 @@ class DbComparison:
                 self._check_extra_batch(batch)
             self._settle_extra_suspects()
 
-    def _count_ignored(self, count: int) -> None:
-        self.tally.ignored += count
+    def _count_ignored(self, keys: Sequence[bytes]) -> None:
+        self.tally.count_ignored(keys)
 
     def _batches(self, keys: Sequence[bytes]) -> list[list[bytes]]:
         return [list(keys[start : start + self.batch]) for start in range(0, len(keys), self.batch)]

@@ -1,7 +1,8 @@
 """Which keys and dbs a compare looks at: SCAN (never KEYS) in batches, a random sample
 (RANDOMKEY), the dbs that have keys (INFO keyspace), and the expire grace recorded by sync
 checkpoints. SCAN calls themselves are not charged to the rate limit; each RANDOMKEY costs 1.
-Keys matching an ignore glob are skipped (those skipped on the source are counted)."""
+Keys matching an ignore glob are skipped (those skipped on the source are handed to a
+callback, which counts them)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from replwatch.compare.rules import is_ignored
 from replwatch.config import RedisEndpoint, TLSConfig
 from replwatch.sync.checkpoint import CHECKPOINT_DB, CHECKPOINT_PREFIX
 
-CountIgnored = Callable[[int], None]
+# the source keys an ignore glob left out of one SCAN batch
+CountIgnored = Callable[[Sequence[bytes]], None]
 
 
 def scan_keys(
@@ -29,8 +31,8 @@ def scan_keys(
         reply = side.execute([("SCAN", cursor, "COUNT", batch)])[0]
         cursor, found = reply[0], list(reply[1])
         wanted = [key for key in found if not is_ignored(key, ignore)]
-        if count_ignored is not None:
-            count_ignored(len(found) - len(wanted))
+        if count_ignored is not None and len(wanted) < len(found):
+            count_ignored([key for key in found if is_ignored(key, ignore)])
         for start in range(0, len(wanted), batch):
             yield wanted[start : start + batch]
         if int(cursor) == 0:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from replwatch.compare.model import (
+    DEFAULT_IGNORE,
     DIFFERENCE_KINDS,
     CompareOptions,
     CompareReport,
@@ -14,7 +15,9 @@ from replwatch.compare.model import (
     Difference,
     Finding,
 )
-from replwatch.compare.rules import extra_finding, key_outcome
+from replwatch.compare.rules import extra_finding, is_ignored, key_outcome
+
+_OWN_KEYS = [pattern.encode() for pattern in DEFAULT_IGNORE]
 
 
 @dataclass
@@ -27,10 +30,16 @@ class Tally:
     missing: int = 0
     extra: int = 0
     different: int = 0
-    ignored: int = 0
+    ignored: int = 0  # source keys an ignore glob left out, replwatch's own included
+    own_keys: int = 0  # of those, replwatch's own (__replwatch:*)
     kind_counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DIFFERENCE_KINDS, 0))
     kept: list[Difference] = field(default_factory=list)
     omitted: int = 0
+
+    def count_ignored(self, keys: Sequence[bytes]) -> None:
+        """Source keys an ignore glob left out: replwatch's own ones are counted apart."""
+        self.ignored += len(keys)
+        self.own_keys += sum(1 for key in keys if is_ignored(key, _OWN_KEYS))
 
     def settle(self, db: int, key: bytes, findings: Sequence[Finding]) -> None:
         """The final verdict on one compared source key."""
@@ -79,6 +88,7 @@ class Tally:
             kind_counts=dict(self.kind_counts),
             sampled=options.sample is not None,
             ignored=self.ignored,
+            own_keys=self.own_keys,
             differences=tuple(self.kept),
             omitted=self.omitted,
             seconds=seconds,

@@ -26,7 +26,7 @@ strings; times are unix milliseconds of the syncer's clock):
     full_resyncs             full syncs done so far (the first one included)
     applied_commands         commands applied from the replication stream (incremental)
     rdb_bytes_total          size of the snapshot being loaded (0 when the source streamed
-                             it diskless: the size is not known in advance)
+                             it diskless: the size is not known in advance; read as None)
     rdb_bytes_loaded         bytes of it read so far
     keys_total               keys in the snapshot (sum of its RESIZEDB hints; 0 if absent)
     keys_loaded              keys applied so far
@@ -172,7 +172,8 @@ class Checkpoint:
             full_sync_finished_at=_int(raw, "full_sync_finished_at"),
             full_resyncs=_int(raw, "full_resyncs") or 0,
             applied_commands=_int(raw, "applied_commands") or 0,
-            rdb_bytes_total=_int(raw, "rdb_bytes_total"),
+            # 0 is what a diskless snapshot records: its size is unknown (None), not 0
+            rdb_bytes_total=_int(raw, "rdb_bytes_total") or None,
             rdb_bytes_loaded=_int(raw, "rdb_bytes_loaded"),
             keys_total=_int(raw, "keys_total"),
             keys_loaded=_int(raw, "keys_loaded"),

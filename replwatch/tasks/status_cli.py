@@ -39,9 +39,12 @@ EXIT_CONFIG = 2
 
 BAR_WIDTH = 20
 _EPILOG = (
+    "asking the daemon (--url, REPLWATCH_URL or the client config) needs its admin token "
+    "(--token, REPLWATCH_TOKEN): reads need it too. "
     "exit status: 0 when every task shown is in state incremental or full_sync (its "
     "checkpoint not stale) with source and target answering, 1 otherwise (failed, stopped, "
-    "stale, a side down), 2 for an unknown task name or no tasks configured"
+    "stale, a side down, the daemon refused), 2 for an unknown task name, no tasks "
+    "configured or a bad option value"
 )
 
 
@@ -53,6 +56,14 @@ def add_sync_status_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 # --------------------------------------------------------------------------- formatting
+
+
+def format_lag_bytes(value: int) -> str:
+    """A byte count in one form: '0 bytes', '1 byte', '900 bytes'; past 1 KiB the rounded
+    size and the exact count: '1.5 KiB (1,536 bytes)'."""
+    if value < 1024:
+        return "1 byte" if value == 1 else f"{value} bytes"
+    return f"{format_bytes(value)} ({value:,} bytes)"
 
 
 def format_seconds(value: float | None, exact: bool = True) -> str:
@@ -73,7 +84,7 @@ def progress_line(view: SyncTaskView, is_tty: bool) -> str:
     if loaded is not None and total:
         parts.append(f"{format_bytes(loaded)} of {format_bytes(total)}")
     elif loaded is not None:
-        parts.append(f"{format_bytes(loaded)} (size unknown: diskless)")
+        parts.append(f"{format_bytes(loaded)} of a diskless snapshot (size unknown)")
     keys, keys_total = view.keys_loaded, view.keys_total
     if keys is not None and keys_total:
         parts.append(f"{keys:,} of {keys_total:,} keys")
@@ -92,16 +103,17 @@ def _count(value: int | None) -> str:
     return "-" if value is None else f"{value:,}"
 
 
+# (the source and target rows do not repeat the addresses: the heading line names them)
 def _source(view: SyncTaskView) -> str:
     if not view.source_up:
-        return f"{view.source} (DOWN: {view.source_error_reason}: {view.source_error_message})"
-    return f"{view.source} (up, offset {view.source_offset})"
+        return f"DOWN: {view.source_error_reason}: {view.source_error_message}"
+    return f"up, offset {view.source_offset}"
 
 
 def _target(view: SyncTaskView) -> str:
     if not view.target_up:
-        return f"{view.target} (DOWN: {view.target_error_reason}: {view.target_error_message})"
-    return f"{view.target} (up)"
+        return f"DOWN: {view.target_error_reason}: {view.target_error_message}"
+    return "up"
 
 
 def _lag(view: SyncTaskView) -> str:
@@ -110,7 +122,8 @@ def _lag(view: SyncTaskView) -> str:
             return "unknown (the checkpoint is on another replication stream than the source)"
         return "-"
     seconds = format_seconds(view.lag_seconds, view.lag_seconds_exact)
-    return f"{format_bytes(view.lag_bytes)} ({view.lag_bytes:,} bytes), {seconds}"
+    at_least = "" if view.lag_bytes_exact else ">="
+    return f"{at_least}{format_lag_bytes(view.lag_bytes)}, {seconds}"
 
 
 def _checkpoint_age(view: SyncTaskView) -> str:
@@ -124,8 +137,19 @@ def _checkpoint_age(view: SyncTaskView) -> str:
     return text + " (stale: the source moved on)"
 
 
-def render_task(view: SyncTaskView, is_tty: bool) -> str:
-    """One task as a small key/value table."""
+def _offset_name(view: SyncTaskView) -> str:
+    """The checkpoint's offset is the snapshot's until its full sync has finished: nothing
+    is applied up to it yet."""
+    if view.checkpoint is not None and view.checkpoint.snapshot_incomplete:
+        return "snapshot offset"
+    return "applied offset"
+
+
+def render_task(
+    view: SyncTaskView, is_tty: bool, first_rows: Sequence[tuple[str, str]] = ()
+) -> str:
+    """One task as a small key/value table; `first_rows` (the daemon's desired state and
+    process) come first, aligned with the rest."""
     state = view.state
     if view.checkpoint is None and view.target_up:
         state += " (no checkpoint on the target yet)"
@@ -134,10 +158,11 @@ def render_task(view: SyncTaskView, is_tty: bool) -> str:
     elif view.stale and view.state in ("full_sync", "incremental"):
         state += " (stale: not running)"
     rows = [
+        *first_rows,
         ("source", _source(view)),
         ("target", _target(view)),
         ("lag", _lag(view)),
-        ("applied offset", "-" if view.applied_offset is None else str(view.applied_offset)),
+        (_offset_name(view), "-" if view.applied_offset is None else str(view.applied_offset)),
     ]
     if view.full_sync_running:
         rows.append(("full sync", progress_line(view, is_tty)))

@@ -21,7 +21,8 @@ SyncStore keeps the newest view per task for the exporter and `replwatch sync st
   source's (0 on an idle source: issue 17). lag_seconds is at least the time since the full
   sync began and never exact (the copy reaches the snapshot's moment only once it is
   loaded); lag_bytes adds the snapshot's bytes not loaded yet when its size is known
-  (unfinished_copy_lag).
+  (unfinished_copy_lag), else it is a lower bound (lag_bytes_exact False: a diskless
+  snapshot's size is unknown until it has been read).
 - "unreachable" is not a state: source_up / target_up (with an error reason class) say who
   could not be read; the state comes from the checkpoint, "unknown" when there is none.
 - the task process's local report (sync/task_report.py, in the state directory: `replwatch run`
@@ -99,6 +100,9 @@ class SyncTaskView:
     lag_bytes: int | None = None
     lag_seconds: float | None = None
     lag_seconds_exact: bool = True  # False: the offset clock gives only a lower bound
+    # False: lag_bytes is a lower bound (an unfinished full sync of a diskless snapshot,
+    # whose size is unknown: only the stream since the snapshot is counted)
+    lag_bytes_exact: bool = True
     seconds_since_update: float | None = None  # now − the checkpoint's updated_at
     stale: bool = False  # not updated for stale_after seconds while the source moved on
     progress: float | None = None  # share of a running full sync done (0–1)
@@ -225,9 +229,11 @@ def build_view(
         if lag_bytes is not None and known.offset is not None:
             lag_seconds, clock_exact = clock.lag_of(known.offset, now_mono)
             exact = exact and clock_exact
+    bytes_exact = True
     if known is not None and known.snapshot_incomplete:
         lag_bytes, lag_seconds = unfinished_copy_lag(known, lag_bytes, lag_seconds, now_wall)
         exact = False
+        bytes_exact = bool(known.rdb_bytes_total)
     since_update = None
     if known is not None and known.updated_at is not None:
         since_update = max(0.0, now_wall - known.updated_at / 1000.0)
@@ -259,6 +265,7 @@ def build_view(
         lag_bytes=lag_bytes,
         lag_seconds=lag_seconds,
         lag_seconds_exact=exact,
+        lag_bytes_exact=bytes_exact,
         seconds_since_update=since_update,
         stale=stale,
         progress=cp.progress() if cp is not None and running_full_sync else None,
