@@ -14,6 +14,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import yaml
 from prometheus_client.core import Metric
 
 from replwatch.exporter import metrics_doc
@@ -181,3 +182,11 @@ def test_collectors_build_their_families_from_the_definitions() -> None:
         for sample in family.samples:
             assert set(sample.labels) - {"le"} == set(d.labels), (family.name, sample)
     assert {f.name for f in families} == set(defined)
+
+
+def test_every_shipped_alert_is_in_the_alerts_table() -> None:
+    rules = yaml.safe_load((ROOT / "alerts" / "replwatch.rules.yml").read_text())
+    alerts = {r["alert"] for g in rules["groups"] for r in g["rules"] if "alert" in r}
+    rows = [line for line in (DOCS / "alerts.md").read_text().splitlines() if line.startswith("| ")]
+    listed = {a for a in alerts for row in rows if re.search(rf"\b{a}\b", row.split("|")[1])}
+    assert alerts - listed == set(), f"not in docs/alerts.md's table: {sorted(alerts - listed)}"

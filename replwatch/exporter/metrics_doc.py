@@ -96,7 +96,7 @@ SECTIONS: list[tuple[str, str, tuple[str, ...]]] = [
         "WAIT probes",
         "Per group, from the WAIT probes ([lag.md](lag.md#wait-probes)). A probe round that "
         "finds the master down does not try: `replwatch_probe_last_error_info` then says "
-        "`reason=\"master_down\"`.",
+        '`reason="master_down"`.',
         ("replwatch_probe",),
     ),
     (
@@ -126,7 +126,12 @@ SECTIONS: list[tuple[str, str, tuple[str, ...]]] = [
     ),
     (
         "replwatch itself",
-        "The scheduler, the config and the build.",
+        "The scheduler, the config and the build. `replwatch_scheduler_runs_total` counts "
+        "per group (`group` is the group's name: completed, ok, failed, skipped, and "
+        "skipped_overrun for a heartbeat whose earlier write is still unanswered) and per "
+        'scheduled job (`group="all"`, or the probe interval: missed, skipped_overrun, '
+        'error). `replwatch_shard_info` is `index="1",count="1"` when the fleet is '
+        "not split.",
         (
             "replwatch_scheduler_",
             "replwatch_config_",
