@@ -2,8 +2,10 @@
 
 Needs what the status page's browser test needs (Debian's chromium and chromium-driver,
 selenium; `pip install -e '.[test]'`) and a server for the demo. Starts `replwatch demo` on a
-free port, waits until its starved replica is at least --min-lag seconds behind (the top of
-the demo's sawtooth is 13–14 s), takes a screenshot of the page and stops the demo:
+free port, lets it run --settle seconds (so the page's lag chart shows the sawtooth), waits
+until its starved replica is at least --min-lag seconds behind (the top of the demo's sawtooth
+is 13–14 s), takes a screenshot of the page and stops the demo. It prints the starved
+replica's lag and ACK age every second meanwhile:
 
     python scripts/status_page_screenshot.py [--output docs/status-page.png] [--server PATH]
 """
@@ -11,6 +13,7 @@ the demo's sawtooth is 13–14 s), takes a screenshot of the page and stops the 
 from __future__ import annotations
 
 import argparse
+import io
 import re
 import signal
 import socket
@@ -43,9 +46,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "status-page.png")
     parser.add_argument("--server", help="the demo's server binary (replwatch demo --server)")
+    parser.add_argument("--settle", type=float, default=60.0)
     parser.add_argument("--min-lag", type=float, default=10.0)
     parser.add_argument("--width", type=int, default=1200)
-    parser.add_argument("--height", type=int, default=760)
+    parser.add_argument("--height", type=int, default=800)
     args = parser.parse_args()
 
     from selenium import webdriver
@@ -58,7 +62,8 @@ def main() -> int:
         command += ["--server", args.server]
     demo = subprocess.Popen(command, cwd=ROOT)
     try:
-        deadline = time.monotonic() + 120
+        start = time.monotonic()
+        deadline = start + args.settle + 120
         while True:
             if demo.poll() is not None or time.monotonic() > deadline:
                 print("the demo stopped, or its starved replica never fell behind", file=sys.stderr)
@@ -68,8 +73,9 @@ def main() -> int:
             acks = {r: float(v) for r, v in ACK.findall(text)}
             worst = max(lags, key=lambda r: lags[r], default=None)
             if worst is not None:
-                print(f"lag {lags[worst]:.2f}s, ACK age {acks.get(worst)}s", flush=True)
-                if lags[worst] >= args.min_lag:
+                since = time.monotonic() - start
+                print(f"{since:5.1f}s: lag {lags[worst]:.2f}s, ACK age {acks.get(worst)}s")
+                if since >= args.settle and lags[worst] >= args.min_lag:
                     break
             time.sleep(1)
         options = webdriver.ChromeOptions()
@@ -80,10 +86,18 @@ def main() -> int:
         driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
         try:
             driver.get(base + "/")
-            time.sleep(4)  # the page's first data, then one refresh and the chart's points
-            args.output.write_bytes(driver.get_screenshot_as_png())
+            time.sleep(2.5)  # the page's first data, then a refresh; before the lag's peak
+            png = driver.get_screenshot_as_png()
+            bottom = driver.execute_script(
+                "return Math.max(...Array.from(document.body.querySelectorAll('*'))"
+                ".map(e => e.getBoundingClientRect().bottom)) * window.devicePixelRatio"
+            )
         finally:
             driver.quit()
+        from PIL import Image  # the page's content, without the empty window below it
+
+        image = Image.open(io.BytesIO(png))
+        image.crop((0, 0, image.width, min(image.height, int(bottom) + 16))).save(args.output)
         print(f"wrote {args.output}")
         return 0
     finally:
