@@ -762,7 +762,7 @@ def group() -> Json:
             "Time lag: best, its bounds, heartbeat, offset clock, ACK age",
             "Views of lag per replica, side by side. best: replwatch's estimate as of the "
             "scrape (the trend of its offset readings, its own and its ACKs on the master; see "
-            'README "How lag is measured"), between its lower and upper bound (dotted: how '
+            "docs/lag.md), between its lower and upper bound (dotted: how "
             "sure replwatch is). heartbeat: master clock now minus the first heartbeat the "
             "replica has not applied. offset clock: how long ago the master moved past the "
             "replica's offset at the last poll. ACK age: INFO's lag= field, seconds since the "

@@ -129,7 +129,7 @@ def _pager_routes(route: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def test_pages_are_prompt_even_in_a_group_that_paged_before() -> None:
-    """README's promise: a new critical alert pages within group_wait of reaching
+    """docs/alerts.md's promise: a new critical alert pages within group_wait of reaching
     Alertmanager, or group_interval when its page group already paged (the pager routes
     inherited 5m: a lag page waited 287 s behind an earlier link-down page)."""
     pagers = _pager_routes(_config()["route"])

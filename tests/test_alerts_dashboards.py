@@ -1,6 +1,6 @@
 """The shipped alert rules pass promtool, every alert carries the required annotations and a
 runbook heading that exists, and every metric the rules and dashboard query is one replwatch
-really exports (names taken from the collector's docs table and a rendered snapshot)."""
+really exports (names taken from the collectors' metric definitions)."""
 
 from __future__ import annotations
 
@@ -12,35 +12,17 @@ from pathlib import Path
 import pytest
 import yaml
 
+from replwatch.exporter.metrics_doc import definitions
+
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "alerts" / "replwatch.rules.yml"
 RUNBOOKS = ROOT / "docs" / "runbooks.md"
 
 
-COLLECTORS = [
-    ROOT / "replwatch" / "exporter" / "collector.py",
-    ROOT / "replwatch" / "exporter" / "sync_collector.py",
-    ROOT / "replwatch" / "exporter" / "fleet_collector.py",
-    ROOT / "replwatch" / "exporter" / "supervisor_collector.py",
-]
-
-
 def _exported_metric_names() -> set[str]:
-    """Names from the collectors' own source (families they can yield)."""
-    names: set[str] = set()
-    for path in COLLECTORS:
-        source = path.read_text()
-        found = set(re.findall(r'"(replwatch_[a-z_]+)"', source))
-        # counters are exposed with _total: declared inline, or in a _COUNTERS table
-        counters = set(re.findall(r'CounterMetricFamily\(\s*"(replwatch_[a-z_]+)"', source))
-        table = re.search(r"_COUNTERS[^=]*=\s*\[(.*?)\n\]", source, re.S)
-        if table:
-            counters |= set(re.findall(r'"(replwatch_[a-z_]+)"', table.group(1)))
-        # histograms are exposed as _bucket, _sum and _count
-        histograms = set(re.findall(r'HistogramMetricFamily\(\s*"(replwatch_[a-z_]+)"', source))
-        names |= {h + suffix for h in histograms for suffix in ("_bucket", "_sum", "_count")}
-        names |= (found - counters - histograms) | {c + "_total" for c in counters}
-    return names
+    """The sample names of every family the collectors define (their METRICS: the definitions
+    they build the exposition from, and docs/metrics.md is written from)."""
+    return {name for d in definitions() for name in d.sample_names}
 
 
 def _metric_names_in(expr: str) -> set[str]:

@@ -477,3 +477,16 @@ def test_the_dashboards_cover_the_exposition(exposition: Exposition) -> None:
     exported = {n for n in exposition.names if n.startswith("replwatch_")}
     missing = exported - used - not_shown
     assert not missing, f"exported but on no dashboard: {sorted(missing)}"
+
+
+@pytest.mark.timeout(120)
+def test_the_metrics_reference_covers_the_exposition(exposition: Exposition) -> None:
+    """Every replwatch_* sample name a real daemon exports is defined, hence in the generated
+    docs/metrics.md (tests/test_docs.py keeps the page equal to the definitions)."""
+    from replwatch.exporter.metrics_doc import definitions
+
+    documented = {name for d in definitions() for name in d.sample_names}
+    exported = {n for n in exposition.names if n.startswith("replwatch_")}
+    assert exported - documented == set(), (
+        f"exported but not in docs/metrics.md: {exported - documented}"
+    )

@@ -18,8 +18,8 @@ Asserted over the whole run, from the moment the true lag passes 1 s until it pa
 the daemon's replwatch_replica_lag_seconds is within TOLERANCE of the truth at every scrape
 (scrapes at random moments between polls), the truth lies within the exported bounds, and
 the replica that keeps up reads its own true lag (its marker, read on loopback) within
-CAUGHT_UP. The measured worst error is printed (README
-"How lag is measured" states it).
+CAUGHT_UP. The measured worst error is printed (docs/lag.md,
+"How lag is measured", states it).
 """
 
 from __future__ import annotations

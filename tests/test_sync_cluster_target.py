@@ -1,8 +1,8 @@
-"""A Redis Cluster as the target of a sync task (README "Redis Cluster as a target"): the pure
-parts (slots, tags, routing, redirects, the resume decision) table-driven, then a real
-3-master cluster (redis-server 7.0 --cluster-enabled) fed by a plain source: full sync of
-every type across many slots, a stream with counters, transactions, multi-key DELs, MSET and
-FLUSHALL, kill -9 of the runner and resume, and a slot migration on the target mid-stream."""
+"""A Redis Cluster as the target of a sync task (docs/syncer.md "Redis Cluster as a target"): the
+pure parts (slots, tags, routing, redirects, the resume decision) table-driven, then a real
+3-master cluster (redis-server 7.0 --cluster-enabled) fed by a plain source: full sync of every
+type across many slots, a stream with counters, transactions, multi-key DELs, MSET and FLUSHALL,
+kill -9 of the runner and resume, and a slot migration on the target mid-stream."""
 
 from __future__ import annotations
 

@@ -127,7 +127,8 @@ def test_filters_and_db_map_through_full_sync_stream_and_resume(
     runner = start(task, runners)
     check(source, target, task, expected, counts)
     with connect(target, 3) as client:
-        # the source's TTL plus the task's expire_grace (README "What the syncer guarantees")
+        # the source's TTL plus the task's expire_grace (docs/syncer.md, "What the syncer
+        # guarantees")
         assert 3600 < client.ttl("app:ttl") <= 3600 + task.expire_grace
 
     # ---- the stream

@@ -90,7 +90,8 @@ def test_bad_filter_config_names_the_path(options: dict[str, Any], error: str) -
     [
         {"db_map": {0: 1}, "filters": {"dbs": {"allow": [0]}}},  # db 1 is not copied
         {"db_map": {0: 1, 1: 0}},  # a swap
-        # the example of the README: db 3 would collide, but it is not copied
+        # the example of docs/syncer.md ("Filters and db mapping"): db 3 would collide, but it
+        # is not copied
         {"db_map": {0: 3, 1: 1}, "filters": {"dbs": {"allow": [0, 1]}}},
         {"filters": {"commands": {"allow": ["set", "Del"], "deny": ["FLUSHALL"]}}},
     ],

@@ -251,10 +251,10 @@ def test_every_endpoint_needs_basic_auth_and_tls(
 def test_kubernetes_probes_through_tls_and_basic_auth(
     protected: tuple[RunningDaemon, Path, int],
 ) -> None:
-    """As the README's probe example has the kubelet ask (scheme HTTPS, which verifies no
-    certificate, and an Authorization header in httpHeaders): /-/healthy and /-/ready answer
-    200 (this daemon has neither groups nor tasks: ready once started); without the header,
-    401, so a probe that lacks it never passes."""
+    """As docs/commands.md's probe example ("Kubernetes probes") has the kubelet ask (scheme HTTPS,
+    which verifies no certificate, and an Authorization header in httpHeaders): /-/healthy and
+    /-/ready answer 200 (this daemon has neither groups nor tasks: ready once started); without
+    the header, 401, so a probe that lacks it never passes."""
     _daemon, _web, port = protected
     kubelet = ssl.create_default_context()
     kubelet.check_hostname = False

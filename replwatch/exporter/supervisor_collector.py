@@ -11,8 +11,22 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Protocol
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
+
+from replwatch.exporter.metric_def import CounterDef, GaugeDef, MetricDef
+
+SYNC_PROCESS_UP = GaugeDef(
+    "replwatch_sync_process_up",
+    "1 while the task's syncer process runs under replwatch run.",
+    ("task",),
+)
+SYNC_PROCESS_RESTARTS = CounterDef(
+    "replwatch_sync_process_restarts",
+    "Times the task's syncer process exited and was started again.",
+    ("task",),
+)
+METRICS: tuple[MetricDef, ...] = (SYNC_PROCESS_UP, SYNC_PROCESS_RESTARTS)
 
 
 class SupervisedProcesses(Protocol):
@@ -29,16 +43,8 @@ class SupervisorCollector(Collector):
         self.supervisor = supervisor
 
     def collect(self) -> Iterator[Metric]:
-        up = GaugeMetricFamily(
-            "replwatch_sync_process_up",
-            "1 while the task's syncer process runs under replwatch run.",
-            labels=["task"],
-        )
-        restarts = CounterMetricFamily(
-            "replwatch_sync_process_restarts",
-            "Times the task's syncer process exited and was started again.",
-            labels=["task"],
-        )
+        up = SYNC_PROCESS_UP.family()
+        restarts = SYNC_PROCESS_RESTARTS.family()
         snapshot = self.supervisor.snapshot()
         if not snapshot:
             return

@@ -15,109 +15,201 @@ from collections.abc import Callable, Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from replwatch.exporter.metric_def import CounterDef, GaugeDef, MetricDef
 from replwatch.tasks.watch import VIEW_STATES, SyncStore, SyncTaskView
 
 ViewValue = Callable[[SyncTaskView], float | int | bool | None]
+TASK_LABELS = ("task",)
 
-_GAUGES: list[tuple[str, str, ViewValue]] = [
+_GAUGES: list[tuple[GaugeDef, ViewValue]] = [
     (
-        "replwatch_sync_lag_bytes",
-        "Source master_repl_offset minus the offset the task's checkpoint says is applied to "
-        "the target (absent when the checkpoint is on another replication stream). While a "
-        "full sync has not finished (running, or left half-way), plus the snapshot's bytes "
-        "not loaded yet when its size is known (a diskless snapshot's is not).",
+        GaugeDef(
+            "replwatch_sync_lag_bytes",
+            "Source master_repl_offset minus the offset the task's checkpoint says is applied to "
+            "the target (absent when the checkpoint is on another replication stream). While a "
+            "full sync has not finished (running, or left half-way), plus the snapshot's bytes "
+            "not loaded yet when its size is known (a diskless snapshot's is not).",
+            TASK_LABELS,
+        ),
         lambda v: v.lag_bytes,
     ),
     (
-        "replwatch_sync_lag_seconds",
-        "How long ago the source moved past the task's checkpoint offset (the source's offset "
-        "clock). While a full sync has not finished (running, or left half-way), at least the "
-        "time since it began, never exact: the copy reaches the snapshot's moment only once "
-        "it is loaded.",
+        GaugeDef(
+            "replwatch_sync_lag_seconds",
+            "How long ago the source moved past the task's checkpoint offset (the source's offset "
+            "clock). While a full sync has not finished (running, or left half-way), at least the "
+            "time since it began, never exact: the copy reaches the snapshot's moment only once "
+            "it is loaded.",
+            TASK_LABELS,
+        ),
         lambda v: v.lag_seconds,
     ),
     (
-        "replwatch_sync_lag_seconds_exact",
-        "1 when replwatch_sync_lag_seconds is exact, 0 when it is only a lower bound (the "
-        "offset clock's table does not reach back far enough, or a full sync has not "
-        "finished).",
+        GaugeDef(
+            "replwatch_sync_lag_seconds_exact",
+            "1 when replwatch_sync_lag_seconds is exact, 0 when it is only a lower bound (the "
+            "offset clock's table does not reach back far enough, or a full sync has not "
+            "finished).",
+            TASK_LABELS,
+        ),
         lambda v: None if v.lag_seconds is None else v.lag_seconds_exact,
     ),
     (
-        "replwatch_sync_applied_offset_bytes",
-        "The source replication offset the task's checkpoint says is applied to the target "
-        "(during a full sync: the offset of the snapshot).",
+        GaugeDef(
+            "replwatch_sync_applied_offset_bytes",
+            "The source replication offset the task's checkpoint says is applied to the target "
+            "(during a full sync: the offset of the snapshot).",
+            TASK_LABELS,
+        ),
         lambda v: v.applied_offset,
     ),
     (
-        "replwatch_sync_source_offset_bytes",
-        "The task source's replication offset (master_repl_offset).",
+        GaugeDef(
+            "replwatch_sync_source_offset_bytes",
+            "The task source's replication offset (master_repl_offset).",
+            TASK_LABELS,
+        ),
         lambda v: v.source_offset,
     ),
     (
-        "replwatch_sync_full_sync_progress_ratio",
-        "Share of the running full sync loaded (0-1): bytes of the snapshot when its size is "
-        "known, else keys. Present only while the task is in state full_sync.",
+        GaugeDef(
+            "replwatch_sync_full_sync_progress_ratio",
+            "Share of the running full sync loaded (0-1): bytes of the snapshot when its size is "
+            "known, else keys. Present only while the task is in state full_sync.",
+            TASK_LABELS,
+        ),
         lambda v: v.progress,
     ),
     (
-        "replwatch_sync_keys_loaded",
-        "Keys of the current or last full sync's snapshot applied to the target.",
+        GaugeDef(
+            "replwatch_sync_keys_loaded",
+            "Keys of the current or last full sync's snapshot applied to the target.",
+            TASK_LABELS,
+        ),
         lambda v: v.keys_loaded,
     ),
     (
         # not *_keys_total: that suffix is for counters (promtool check metrics)
-        "replwatch_sync_snapshot_keys",
-        "Keys in the current or last full sync's snapshot (its RESIZEDB hints; absent when "
-        "the snapshot has none).",
+        GaugeDef(
+            "replwatch_sync_snapshot_keys",
+            "Keys in the current or last full sync's snapshot (its RESIZEDB hints; absent when "
+            "the snapshot has none).",
+            TASK_LABELS,
+        ),
         lambda v: v.keys_total or None,
     ),
     (
-        "replwatch_sync_snapshot_loaded_bytes",
-        "Bytes of the current or last full sync's snapshot read so far.",
+        GaugeDef(
+            "replwatch_sync_snapshot_loaded_bytes",
+            "Bytes of the current or last full sync's snapshot read so far.",
+            TASK_LABELS,
+        ),
         lambda v: v.rdb_bytes_loaded,
     ),
     (
-        "replwatch_sync_snapshot_size_bytes",
-        "Size of the current or last full sync's snapshot (absent when the source streamed "
-        "it diskless: the size is not known in advance).",
+        GaugeDef(
+            "replwatch_sync_snapshot_size_bytes",
+            "Size of the current or last full sync's snapshot (absent when the source streamed "
+            "it diskless: the size is not known in advance).",
+            TASK_LABELS,
+        ),
         lambda v: v.rdb_bytes_total or None,
     ),
     (
-        "replwatch_sync_lease_token",
-        "ha tasks: the fencing token of the lease holder (it grows with every takeover).",
+        GaugeDef(
+            "replwatch_sync_lease_token",
+            "ha tasks: the fencing token of the lease holder (it grows with every takeover).",
+            TASK_LABELS,
+        ),
         lambda v: v.lease_token,
     ),
     (
-        "replwatch_sync_lease_remaining_seconds",
-        "ha tasks: seconds until the holder's lease ends unless renewed (0: lapsed; another "
-        "daemon takes over).",
+        GaugeDef(
+            "replwatch_sync_lease_remaining_seconds",
+            "ha tasks: seconds until the holder's lease ends unless renewed (0: lapsed; another "
+            "daemon takes over).",
+            TASK_LABELS,
+        ),
         lambda v: v.lease_remaining_seconds,
     ),
     (
-        "replwatch_sync_source_up",
-        "1 when the task's source answered INFO at the last poll, 0 otherwise.",
+        GaugeDef(
+            "replwatch_sync_source_up",
+            "1 when the task's source answered INFO at the last poll, 0 otherwise.",
+            TASK_LABELS,
+        ),
         lambda v: v.source_up,
     ),
     (
-        "replwatch_sync_target_up",
-        "1 when the task's checkpoint could be read from the target at the last poll, 0 otherwise.",
+        GaugeDef(
+            "replwatch_sync_target_up",
+            "1 when the task's checkpoint could be read from the target at the last poll, 0 "
+            "otherwise.",
+            TASK_LABELS,
+        ),
         lambda v: v.target_up,
     ),
 ]
 
-_COUNTERS: list[tuple[str, str, ViewValue]] = [
+_COUNTERS: list[tuple[CounterDef, ViewValue]] = [
     (
-        "replwatch_sync_full_resyncs",
-        "Full syncs the task has done (the first one included), from its checkpoint.",
+        CounterDef(
+            "replwatch_sync_full_resyncs",
+            "Full syncs the task has done (the first one included), from its checkpoint.",
+            TASK_LABELS,
+        ),
         lambda v: v.full_resyncs,
     ),
     (
-        "replwatch_sync_applied_commands",
-        "Commands of the replication stream the task applied to the target, from its checkpoint.",
+        CounterDef(
+            "replwatch_sync_applied_commands",
+            "Commands of the replication stream the task applied to the target, from its "
+            "checkpoint.",
+            TASK_LABELS,
+        ),
         lambda v: v.applied_commands,
     ),
 ]
+
+SYNC_FILTERED = CounterDef(
+    "replwatch_sync_filtered",
+    "Writes the task's filters left out, by reason (key_not_allowed, key_prefix, "
+    "key_regex, command, db, mixed_keys): snapshot keys and stream commands (a key "
+    "removed from a split DEL/UNLINK/TOUCH/MSET counts once), from its checkpoint.",
+    ("task", "reason"),
+)
+SYNC_STATE = GaugeDef(
+    "replwatch_sync_state",
+    "1 for the task's current state (from its checkpoint, or from the task process's "
+    "local report when that is newer and says failed or stopped: a target that is "
+    "out of memory or a replica refuses the checkpoint's write; unknown while neither "
+    "says anything), 0 for the others.",
+    ("task", "state"),
+)
+SYNC_CHECKPOINT_AGE_SECONDS = GaugeDef(
+    "replwatch_sync_checkpoint_age_seconds",
+    "Seconds since the syncer last wrote the task's checkpoint (its updated_at, by "
+    "the syncer's clock); while the target cannot be read, since the last write "
+    "replwatch saw (the copy is at least that old).",
+    ("task",),
+)
+SYNC_LAST_ERROR_INFO = GaugeDef(
+    "replwatch_sync_last_error_info",
+    "Present (value 1) while something is wrong with the task: reason source_<class> "
+    "or target_<class> while that side's poll fails (class: timeout, refused, auth, "
+    "tls, dns, reset, protocol, loading, error), task_failed while the task's state "
+    "is failed (replwatch_sync_state).",
+    ("task", "reason"),
+)
+# every family the collector yields, in its order (the metrics reference lists them so)
+METRICS: tuple[MetricDef, ...] = (
+    *(definition for definition, _ in _GAUGES),
+    *(definition for definition, _ in _COUNTERS),
+    SYNC_FILTERED,
+    SYNC_STATE,
+    SYNC_CHECKPOINT_AGE_SECONDS,
+    SYNC_LAST_ERROR_INFO,
+)
 
 
 def error_reasons(view: SyncTaskView) -> list[str]:
@@ -154,11 +246,9 @@ class SyncCollector(Collector):
 
     def _value_metrics(self, views: list[SyncTaskView]) -> Iterator[Metric]:
         families: list[tuple[GaugeMetricFamily | CounterMetricFamily, ViewValue]] = [
-            (GaugeMetricFamily(name, doc, labels=["task"]), get) for name, doc, get in _GAUGES
+            (definition.family(), get) for definition, get in _GAUGES
         ]
-        families += [
-            (CounterMetricFamily(name, doc, labels=["task"]), get) for name, doc, get in _COUNTERS
-        ]
+        families += [(definition.family(), get) for definition, get in _COUNTERS]
         for view in views:
             for family, get in families:
                 value = get(view)
@@ -168,40 +258,21 @@ class SyncCollector(Collector):
             yield family
 
     def _filtered_metric(self, views: list[SyncTaskView]) -> Metric:
-        filtered = CounterMetricFamily(
-            "replwatch_sync_filtered",
-            "Writes the task's filters left out, by reason (key_not_allowed, key_prefix, "
-            "key_regex, command, db, mixed_keys): snapshot keys and stream commands (a key "
-            "removed from a split DEL/UNLINK/TOUCH/MSET counts once), from its checkpoint.",
-            labels=["task", "reason"],
-        )
+        filtered = SYNC_FILTERED.family()
         for view in views:
             for reason, count in (view.filtered or {}).items():
                 filtered.add_metric([view.task, reason], float(count))
         return filtered
 
     def _state_metric(self, views: list[SyncTaskView]) -> Metric:
-        state = GaugeMetricFamily(
-            "replwatch_sync_state",
-            "1 for the task's current state (from its checkpoint, or from the task process's "
-            "local report when that is newer and says failed or stopped: a target that is "
-            "out of memory or a replica refuses the checkpoint's write; unknown while neither "
-            "says anything), 0 for the others.",
-            labels=["task", "state"],
-        )
+        state = SYNC_STATE.family()
         for view in views:
             for name in VIEW_STATES:
                 state.add_metric([view.task, name], 1 if view.state == name else 0)
         return state
 
     def _age_metric(self, views: list[SyncTaskView]) -> Metric:
-        age = GaugeMetricFamily(
-            "replwatch_sync_checkpoint_age_seconds",
-            "Seconds since the syncer last wrote the task's checkpoint (its updated_at, by "
-            "the syncer's clock); while the target cannot be read, since the last write "
-            "replwatch saw (the copy is at least that old).",
-            labels=["task"],
-        )
+        age = SYNC_CHECKPOINT_AGE_SECONDS.family()
         now = self._wall()
         for view in views:
             if view.checkpoint_updated_at is not None:
@@ -209,14 +280,7 @@ class SyncCollector(Collector):
         return age
 
     def _error_metric(self, views: list[SyncTaskView]) -> Metric:
-        err = GaugeMetricFamily(
-            "replwatch_sync_last_error_info",
-            "Present (value 1) while something is wrong with the task: reason source_<class> "
-            "or target_<class> while that side's poll fails (class: timeout, refused, auth, "
-            "tls, dns, reset, protocol, loading, error), task_failed while the task's state "
-            "is failed (replwatch_sync_state).",
-            labels=["task", "reason"],
-        )
+        err = SYNC_LAST_ERROR_INFO.family()
         for view in views:
             for reason in error_reasons(view):
                 err.add_metric([view.task, reason], 1)

@@ -33,7 +33,7 @@ Rules:
 - Without a published table: `ReadRouter.local_first(local_copy, read_write)` always reads
   the local copy first and falls back to the read-write Redis on a miss or an error — the
   seeds' double-read layout (per datacenter a read-write Redis plus a read-only copy of the
-  other datacenter fed by a sync task; README "Bidirectional sync (pairs)").
+  other datacenter fed by a sync task; docs/syncer.md "Bidirectional sync (pairs)").
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""A Redis Cluster as the target of a sync task (README "Redis Cluster as a target").
+"""A Redis Cluster as the target of a sync task (docs/syncer.md "Redis Cluster as a target").
 
 A transaction's keys must all be in one slot on a cluster, so the single-target scheme (every
 batch `MULTI … HSET <checkpoint> offset … EXEC`) becomes one checkpoint per target slot:

@@ -1,6 +1,6 @@
 """What a sync task copies: key, command and database filters, and the db mapping (pure).
 
-Semantics (README "Filters and db mapping"):
+Semantics (docs/syncer.md "Filters and db mapping"):
 
 - A key passes when it matches an allow rule (`allow_prefixes`, `allow_regex`; no allow rules:
   every key) and no deny rule (`deny_prefixes`, `deny_regex`): deny wins. Regexes are

@@ -2,7 +2,7 @@
 the replication stream goes to a cluster (one slot, split per slot, every master), the slot
 map from CLUSTER SLOTS and redirection errors (MOVED / ASK / TRYAGAIN / CLUSTERDOWN).
 
-Used by replwatch/sync/cluster_target.py (README "Redis Cluster as a target").
+Used by replwatch/sync/cluster_target.py (docs/syncer.md "Redis Cluster as a target").
 """
 
 from __future__ import annotations
