@@ -20,6 +20,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "alerts" / "replwatch.rules.yml"
 OUTPUT = ROOT / "deploy" / "kubernetes" / "prometheusrule.yaml"
+RUN = "deploy/generate_prometheusrule.py"
 
 HEADER = """\
 # GENERATED from alerts/replwatch.rules.yml by deploy/generate_prometheusrule.py: do not
@@ -55,12 +56,11 @@ def main(argv: list[str]) -> int:
     text = render(RULES.read_text(encoding="utf-8"))
     if "--check" in argv:
         if not OUTPUT.exists() or OUTPUT.read_text(encoding="utf-8") != text:
-            stale, script = OUTPUT.relative_to(ROOT), Path(__file__).relative_to(ROOT)
-            print(f"{stale} is stale: run python {script}", file=sys.stderr)
+            print(f"{OUTPUT} is stale: run python {RUN}", file=sys.stderr)
             return 1
         return 0
     OUTPUT.write_text(text, encoding="utf-8")
-    print(f"wrote {OUTPUT.relative_to(ROOT)}")
+    print(f"wrote {OUTPUT}")
     return 0
 
 
