@@ -627,6 +627,30 @@ def test_systemd_config_names_exactly_the_units_credentials(tmp_path: Path) -> N
         load_config(SYSTEMD_CONFIG, env={})
 
 
+def test_a_web_config_and_its_files_can_be_credentials(tmp_path: Path) -> None:
+    """exporter.web_config: ${CREDENTIALS_DIRECTORY}/web.yml, its certificate and key loaded
+    as credentials too: the web config's relative paths are read from its own directory,
+    so they find the other credentials (docs/deployment.md, "Secrets, in short")."""
+    from replwatch.config.web import load_web_config
+
+    from .support.tlsfiles import make_pki
+
+    pki = make_pki(tmp_path / "pki")
+    creds = tmp_path / "credentials"
+    creds.mkdir()
+    shutil.copy(pki.server.cert, creds / "web.crt")
+    shutil.copy(pki.server.key, creds / "web.key")
+    (creds / "web.yml").write_text("tls_server_config: {cert_file: web.crt, key_file: web.key}\n")
+    (creds / "redis-password").write_text("pw\n")
+    data = yaml.safe_load(SYSTEMD_CONFIG.read_text())
+    data["exporter"]["web_config"] = "${CREDENTIALS_DIRECTORY}/web.yml"
+    cfg = config_from_data(data, env={"CREDENTIALS_DIRECTORY": str(creds)})
+    assert cfg.exporter.web_config == creds / "web.yml"
+    web, context = load_web_config(cfg.exporter.web_config)
+    assert context is not None and web.tls_server_config is not None
+    assert web.tls_server_config.key_file == creds / "web.key"
+
+
 PASSWORD = "unit-pa55-Qx7"
 ADMIN_TOKEN = "unit-admin-T0k"
 PR_SET_NO_NEW_PRIVS, PR_SET_MDWE, MDWE_REFUSE_EXEC_GAIN = 38, 65, 1
@@ -863,7 +887,8 @@ def test_the_doc_embeds_exactly_the_files_it_shows() -> None:
 
 def test_the_doc_names_only_files_that_exist() -> None:
     doc = DOC.read_text()
-    names = set(re.findall(r"\b((?:deploy|alerts|docs|scripts|tests)/[\w./-]*\w)", doc))
+    # file names (with an extension: `kubectl exec deploy/replwatch` names no file)
+    names = set(re.findall(r"\b((?:deploy|alerts|docs|scripts|tests)/[\w./-]*\.\w+)", doc))
     assert names
     missing = sorted(n for n in names if not (ROOT / n).exists())
     assert missing == []
