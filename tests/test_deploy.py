@@ -17,7 +17,8 @@
   `systemd-analyze security --offline` (exposure at most 2.0), its config example with the
   unit's credentials, and a daemon started as the unit starts it (ExecStart, the
   credentials and state directories systemd passes, UMask, NoNewPrivileges and
-  MemoryDenyWriteExecute by prctl), reloaded by its ExecReload and stopped by SIGTERM;
+  MemoryDenyWriteExecute by prctl, a read-only system but for the state directory and an
+  unprivileged user by bubblewrap), reloaded by its ExecReload and stopped by SIGTERM;
 - the Prometheus scrape examples of deploy/prometheus with `promtool check config` (their
   file_sd target files and rule files included);
 - docs/deployment.md embeds exactly the files it shows, and names only files that exist.
@@ -25,6 +26,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import ctypes
 import importlib.util
@@ -48,8 +50,8 @@ from replwatch.config import load_config
 from replwatch.config.loading import apply_shard, config_from_data
 from replwatch.tasks.task_state import state_dir_of
 
-from .support.daemons import fetch, parse_metrics, sample_value
-from .support.servers import RedisProcess, ServerSet, wait_for
+from .support.daemons import child_pids, fetch, parse_metrics, sample_value
+from .support.servers import RedisProcess, ServerSet, in_ci, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -681,6 +683,46 @@ def _mdwe_supported() -> bool:
     return run(sys.executable, "-c", probe).returncode == 0
 
 
+SANDBOX_UID = 61234  # DynamicUser=yes: some unprivileged user
+
+
+def _sandbox(argv: list[str], read_only: list[Path], writable: list[Path]) -> list[str]:
+    """`argv` in what bubblewrap can build of the unit's sandbox: the whole file system
+    read-only (ProtectSystem=strict) but `writable` (StateDirectory=), a private /tmp
+    (PrivateTmp=) where only `read_only` (the config, the credentials) are seen, a minimal
+    /dev (PrivateDevices=), an unprivileged user in its own user namespace without
+    capabilities (DynamicUser=, PrivateUsers=, CapabilityBoundingSet=)."""
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        pytest.fail("bwrap not installed (Debian package bubblewrap; scripts/test installs it)")
+    args = [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
+    for path in read_only:
+        args += ["--ro-bind", str(path), str(path)]
+    for path in writable:
+        args += ["--bind", str(path), str(path)]
+    uid = str(SANDBOX_UID)
+    args += ["--unshare-user", "--uid", uid, "--gid", uid, "--cap-drop", "ALL"]
+    return [*args, "--die-with-parent", "--chdir", "/", "--", *argv]
+
+
+def _sandbox_works(tmp_path: Path) -> str | None:
+    """None, or why bubblewrap cannot build the sandbox on this machine."""
+    probe = tmp_path / "sandbox-probe"
+    probe.mkdir()
+    script = f"id -u; touch {probe}/w && ! touch /etc/replwatch-sandbox-probe 2>/dev/null"
+    result = run(*_sandbox(["/bin/sh", "-c", script], [], [probe]))
+    if result.returncode != 0 or result.stdout.split() != [str(SANDBOX_UID)]:
+        return f"bwrap: {result.returncode}: {result.stdout}{result.stderr}"
+    return None
+
+
+def _descendants(pid: int) -> list[int]:
+    out = []
+    for child in child_pids(pid):
+        out += [child, *_descendants(child)]
+    return out
+
+
 @pytest.fixture
 def unit_world(debian_servers: ServerSet, tmp_path: Path) -> Iterator[dict[str, Any]]:
     master = debian_servers.start("master", extra=["--requirepass", PASSWORD])
@@ -693,17 +735,25 @@ def unit_world(debian_servers: ServerSet, tmp_path: Path) -> Iterator[dict[str, 
 
 
 @pytest.mark.timeout(180)
-def test_the_daemon_runs_as_the_unit_runs_it(unit_world: dict[str, Any], tmp_path: Path) -> None:
+@pytest.mark.parametrize("state_dir", ["configured", "default"])
+def test_the_daemon_runs_as_the_unit_runs_it(
+    unit_world: dict[str, Any], tmp_path: Path, state_dir: str
+) -> None:
     """deploy/systemd/config.yaml, its group and a sync task pointed at servers started here,
     run by the unit's ExecStart with what systemd gives the service: the credentials in
     $CREDENTIALS_DIRECTORY (the admin token too), the writable $STATE_DIRECTORY (0700),
-    UMask=0077, NoNewPrivileges=yes, MemoryDenyWriteExecute=yes. The secrets are read from
-    the credentials, the task process starts and syncs, the stopped task is recorded in the
-    state directory only, ExecReload reloads, SIGTERM (KillMode=mixed) stops it all."""
-    if not _mdwe_supported():
-        pytest.skip(
-            "this kernel has no PR_SET_MDWE (Linux 6.3+): cannot apply MemoryDenyWriteExecute"
-        )
+    UMask=0077, NoNewPrivileges=yes, MemoryDenyWriteExecute=yes, in a read-only system as an
+    unprivileged user (_sandbox). The secrets are read from the credentials, the task
+    process starts and syncs, the stopped task is recorded in the state directory,
+    ExecReload reloads, SIGTERM (KillMode=mixed) stops it all. Without the config's
+    sync.state_dir (`default`: next to the config) the stop cannot be recorded: the
+    read-only system is real, and the config example needs its state_dir."""
+    why = "this kernel has no PR_SET_MDWE (Linux 6.3+)" if not _mdwe_supported() else None
+    why = why or _sandbox_works(tmp_path)
+    if why is not None:
+        if in_ci():
+            pytest.fail(f"cannot run the daemon as the unit would: {why}")
+        pytest.skip(f"cannot run the daemon as the unit would: {why}")
     master: RedisProcess = unit_world["master"]
     target: RedisProcess = unit_world["target"]
     creds = tmp_path / "credentials"
@@ -727,6 +777,8 @@ def test_the_daemon_runs_as_the_unit_runs_it(unit_world: dict[str, Any], tmp_pat
     data["sync"]["tasks"] = [
         {"name": "t", "source": master.url, "source_auth": auth, "target": target.url}
     ]
+    if state_dir == "default":  # next to the config: read-only
+        del data["sync"]["state_dir"]
     config = etc / "config.yaml"
     config.write_text(yaml.safe_dump(data, sort_keys=False))
 
@@ -738,14 +790,14 @@ def test_the_daemon_runs_as_the_unit_runs_it(unit_world: dict[str, Any], tmp_pat
     log_path = tmp_path / "daemon.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            argv,
+            _sandbox(argv, read_only=[etc, creds], writable=[state]),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
-            cwd=tmp_path,
             preexec_fn=_as_the_unit_runs_it,
         )
+    main_pid = proc.pid
     try:
 
         def base() -> str | None:
@@ -754,6 +806,20 @@ def test_the_daemon_runs_as_the_unit_runs_it(unit_world: dict[str, Any], tmp_pat
             return found.group(1) if found else None
 
         url = wait_for(base, 20, "the daemon's 'listening on' line")
+
+        # $MAINPID: replwatch run, under bwrap
+        def daemon_pid() -> int | None:
+            for pid in _descendants(proc.pid):
+                with contextlib.suppress(OSError):
+                    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                    if b"replwatch" in cmdline and b"run" in cmdline:
+                        return pid
+            return None
+
+        main_pid = wait_for(daemon_pid, 10, "replwatch run's pid")
+        status_text = Path(f"/proc/{main_pid}/status").read_text()
+        assert re.search(r"^CapEff:\s+0+$", status_text, re.M), status_text
+        assert re.search(r"^NoNewPrivs:\s+1$", status_text, re.M), status_text
         wait_for(lambda: fetch(url + "/-/ready")[0] == 200, 30, "/-/ready")
         samples = parse_metrics(fetch(url + "/metrics")[1])
         assert sample_value(samples, "replwatch_node_up", group="cache", node=master.label) == 1
@@ -769,18 +835,22 @@ def test_the_daemon_runs_as_the_unit_runs_it(unit_world: dict[str, Any], tmp_pat
         wait_for(synced, 30, "the sync task to copy a key")
         # the admin API with the token from the credentials; the stop is kept in the state dir
         status, body = fetch(url + "/api/v1/tasks/t/stop", "POST", ADMIN_TOKEN, timeout=30)
-        assert status == 200, body
         tasks_json = state / "tasks.json"
-        assert tasks_json.exists(), sorted(p.name for p in state.iterdir())
-        assert stat.S_IMODE(tasks_json.stat().st_mode) == 0o600
-        assert sorted(p.name for p in etc.iterdir()) == ["config.yaml"]  # nothing written there
+        if state_dir == "configured":
+            assert status == 200, body
+            assert tasks_json.exists(), sorted(p.name for p in state.iterdir())
+            assert stat.S_IMODE(tasks_json.stat().st_mode) == 0o600
+        else:  # the sandbox is real: without sync.state_dir the stop cannot be recorded
+            assert status == 500 and "replwatch-state/tasks.json: cannot write: Read-only" in body
+            assert not tasks_json.exists()
+        assert sorted(p.name for p in etc.iterdir()) == ["config.yaml"]
 
         # ExecReload: the config read again (a group added)
         before = sample_value(samples, "replwatch_config_last_reload_success_timestamp_seconds")
         data["groups"].append({**data["groups"][0], "name": "cache-again"})
         config.write_text(yaml.safe_dump(data, sort_keys=False))
         (exec_reload,) = unit_values("ExecReload")
-        reload_argv = [a.replace("$MAINPID", str(proc.pid)) for a in shlex.split(exec_reload)]
+        reload_argv = [a.replace("$MAINPID", str(main_pid)) for a in shlex.split(exec_reload)]
         assert run(*reload_argv).returncode == 0
 
         def reloaded() -> bool:
@@ -794,9 +864,10 @@ def test_the_daemon_runs_as_the_unit_runs_it(unit_world: dict[str, Any], tmp_pat
 
         wait_for(reloaded, 30, "the reload to add group cache-again")
     finally:
-        # systemctl stop with KillMode=mixed: SIGTERM to the main process only
+        # systemctl stop with KillMode=mixed: SIGTERM to the main process only (bwrap exits
+        # with its exit code)
         if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
+            os.kill(main_pid, signal.SIGTERM)
         try:
             code = proc.wait(30)  # TimeoutStopSec=30s
         except subprocess.TimeoutExpired:
