@@ -17,8 +17,9 @@
   `systemd-analyze security --offline` (exposure at most 2.0), its config example with the
   unit's credentials, and a daemon started as the unit starts it (ExecStart, the
   credentials and state directories systemd passes, UMask, NoNewPrivileges and
-  MemoryDenyWriteExecute by prctl, a read-only system but for the state directory and an
-  unprivileged user by bubblewrap), reloaded by its ExecReload and stopped by SIGTERM;
+  MemoryDenyWriteExecute by prctl; by bubblewrap a read-only system but for the state
+  directory, an unprivileged user, and the seccomp filter of its SystemCallFilter= and
+  RestrictAddressFamilies=), reloaded by its ExecReload and stopped by SIGTERM;
 - the Prometheus scrape examples of deploy/prometheus with `promtool check config` (their
   file_sd target files and rule files included);
 - docs/deployment.md embeds exactly the files it shows, and names only files that exist.
@@ -683,15 +684,111 @@ def _mdwe_supported() -> bool:
     return run(sys.executable, "-c", probe).returncode == 0
 
 
+def _syscall_groups() -> dict[str, list[str]]:
+    """systemd's system call groups (`systemd-analyze syscall-filter`): @name → members."""
+    out = run(systemd_analyze(), "syscall-filter", "--no-pager").stdout
+    groups: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in out.splitlines():
+        name = line.strip()
+        if not name or name.startswith("#"):
+            continue
+        if not line[0].isspace() and name.startswith("@"):
+            current = groups.setdefault(name, [])
+        elif current is not None:
+            current.append(name)
+    return groups
+
+
+def unit_syscalls() -> set[str]:
+    """The system calls the unit's SystemCallFilter= lines allow: the first list, less
+    every `~` list after it (systemd's meaning of the lines, in order)."""
+    groups = _syscall_groups()
+
+    def expand(name: str) -> set[str]:
+        if not name.startswith("@"):
+            return {name}
+        return set().union(*(expand(member) for member in groups[name]))
+
+    allowed: set[str] | None = None
+    for value in unit_values("SystemCallFilter"):
+        names = set().union(*(expand(n) for n in value.lstrip("~").split()))
+        if value.startswith("~"):
+            assert allowed is not None, "an allow list comes first"
+            allowed -= names
+        else:
+            allowed = names if allowed is None else allowed | names
+    assert allowed, "the unit has no SystemCallFilter="
+    return allowed
+
+
+class _ArgCmp(ctypes.Structure):  # libseccomp's struct scmp_arg_cmp
+    _fields_ = (
+        ("arg", ctypes.c_uint),
+        ("op", ctypes.c_int),
+        ("datum_a", ctypes.c_uint64),
+        ("datum_b", ctypes.c_uint64),
+    )
+
+
+ADDRESS_FAMILIES = {"AF_UNIX": 1, "AF_INET": 2, "AF_INET6": 10}
+
+
+def unit_seccomp_program(path: Path) -> None:
+    """Write to `path` the seccomp BPF program of the unit's SystemCallFilter= (the rest
+    fails with SystemCallErrorNumber=, EPERM) and RestrictAddressFamilies= (socket() of
+    another family fails), built with libseccomp as systemd builds its own."""
+    (errno_name,) = unit_values("SystemCallErrorNumber")
+    errno_value = {"EPERM": 1}[errno_name]
+    families = [
+        ADDRESS_FAMILIES[f] for v in unit_values("RestrictAddressFamilies") for f in v.split()
+    ]
+    lib = ctypes.CDLL("libseccomp.so.2")
+    lib.seccomp_init.restype = ctypes.c_void_p
+    lib.seccomp_init.argtypes = [ctypes.c_uint32]
+    lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
+    lib.seccomp_rule_add_array.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_uint32,
+        ctypes.c_int,
+        ctypes.c_uint,
+        ctypes.POINTER(_ArgCmp),
+    ]
+    lib.seccomp_export_bpf.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    lib.seccomp_release.argtypes = [ctypes.c_void_p]
+    allow, scmp_cmp_eq = 0x7FFF0000, 4
+    ctx = lib.seccomp_init(0x00050000 | errno_value)  # SCMP_ACT_ERRNO(errno)
+    assert ctx
+    try:
+        for name in sorted(unit_syscalls()):
+            number = lib.seccomp_syscall_resolve_name(name.encode())
+            if number < 0:
+                continue  # not a system call of this architecture
+            if name == "socket":
+                for family in families:
+                    cmp = _ArgCmp(0, scmp_cmp_eq, family, 0)
+                    assert lib.seccomp_rule_add_array(ctx, allow, number, 1, ctypes.byref(cmp)) == 0
+            else:
+                assert lib.seccomp_rule_add_array(ctx, allow, number, 0, None) == 0, name
+        with path.open("wb") as out:
+            assert lib.seccomp_export_bpf(ctx, out.fileno()) == 0
+    finally:
+        lib.seccomp_release(ctx)
+
+
 SANDBOX_UID = 61234  # DynamicUser=yes: some unprivileged user
 
 
-def _sandbox(argv: list[str], read_only: list[Path], writable: list[Path]) -> list[str]:
+def _sandbox(
+    argv: list[str], read_only: list[Path], writable: list[Path], seccomp_fd: int
+) -> list[str]:
     """`argv` in what bubblewrap can build of the unit's sandbox: the whole file system
     read-only (ProtectSystem=strict) but `writable` (StateDirectory=), a private /tmp
     (PrivateTmp=) where only `read_only` (the config, the credentials) are seen, a minimal
     /dev (PrivateDevices=), an unprivileged user in its own user namespace without
-    capabilities (DynamicUser=, PrivateUsers=, CapabilityBoundingSet=)."""
+    capabilities (DynamicUser=, PrivateUsers=, CapabilityBoundingSet=), and the seccomp
+    program read from `seccomp_fd` (unit_seccomp_program: SystemCallFilter=,
+    RestrictAddressFamilies=). Popen needs pass_fds=[seccomp_fd]."""
     bwrap = shutil.which("bwrap")
     if bwrap is None:
         pytest.fail("bwrap not installed (Debian package bubblewrap; scripts/test installs it)")
@@ -702,15 +799,24 @@ def _sandbox(argv: list[str], read_only: list[Path], writable: list[Path]) -> li
         args += ["--bind", str(path), str(path)]
     uid = str(SANDBOX_UID)
     args += ["--unshare-user", "--uid", uid, "--gid", uid, "--cap-drop", "ALL"]
+    args += ["--seccomp", str(seccomp_fd)]
     return [*args, "--die-with-parent", "--chdir", "/", "--", *argv]
 
 
-def _sandbox_works(tmp_path: Path) -> str | None:
-    """None, or why bubblewrap cannot build the sandbox on this machine."""
+def _sandbox_works(tmp_path: Path, program: Path) -> str | None:
+    """None, or why bubblewrap cannot build the sandbox on this machine: inside, the user
+    is not root, only the writable directory takes a file, and a system call the unit's
+    filter leaves out (setpriority, of @resources) is refused."""
     probe = tmp_path / "sandbox-probe"
     probe.mkdir()
-    script = f"id -u; touch {probe}/w && ! touch /etc/replwatch-sandbox-probe 2>/dev/null"
-    result = run(*_sandbox(["/bin/sh", "-c", script], [], [probe]))
+    refused = f"{sys.executable} -c 'import os; os.setpriority(os.PRIO_PROCESS, 0, 1)'"
+    script = (
+        f"id -u; touch {probe}/w && ! touch /etc/replwatch-sandbox-probe 2>/dev/null"
+        f" && ! {refused} 2>/dev/null"
+    )
+    with program.open("rb") as bpf:
+        args = _sandbox(["/bin/sh", "-c", script], [], [probe], bpf.fileno())
+        result = run(*args, pass_fds=[bpf.fileno()])
     if result.returncode != 0 or result.stdout.split() != [str(SANDBOX_UID)]:
         return f"bwrap: {result.returncode}: {result.stdout}{result.stderr}"
     return None
@@ -743,13 +849,15 @@ def test_the_daemon_runs_as_the_unit_runs_it(
     run by the unit's ExecStart with what systemd gives the service: the credentials in
     $CREDENTIALS_DIRECTORY (the admin token too), the writable $STATE_DIRECTORY (0700),
     UMask=0077, NoNewPrivileges=yes, MemoryDenyWriteExecute=yes, in a read-only system as an
-    unprivileged user (_sandbox). The secrets are read from the credentials, the task
-    process starts and syncs, the stopped task is recorded in the state directory,
-    ExecReload reloads, SIGTERM (KillMode=mixed) stops it all. Without the config's
-    sync.state_dir (`default`: next to the config) the stop cannot be recorded: the
-    read-only system is real, and the config example needs its state_dir."""
+    unprivileged user under the unit's system call filter (_sandbox). The secrets are read
+    from the credentials, the task process starts and syncs, the stopped task is recorded
+    in the state directory, ExecReload reloads, SIGTERM (KillMode=mixed) stops it all.
+    Without the config's sync.state_dir (`default`: next to the config) the stop cannot be
+    recorded: the read-only system is real, and the config example needs its state_dir."""
+    program = tmp_path / "seccomp.bpf"
+    unit_seccomp_program(program)
     why = "this kernel has no PR_SET_MDWE (Linux 6.3+)" if not _mdwe_supported() else None
-    why = why or _sandbox_works(tmp_path)
+    why = why or _sandbox_works(tmp_path, program)
     if why is not None:
         if in_ci():
             pytest.fail(f"cannot run the daemon as the unit would: {why}")
@@ -788,13 +896,14 @@ def test_the_daemon_runs_as_the_unit_runs_it(
     argv[argv.index("/etc/replwatch/config.yaml")] = str(config)
     env = {**os.environ, "CREDENTIALS_DIRECTORY": str(creds), "STATE_DIRECTORY": str(state)}
     log_path = tmp_path / "daemon.log"
-    with log_path.open("wb") as log:
+    with log_path.open("wb") as log, program.open("rb") as bpf:
         proc = subprocess.Popen(
-            _sandbox(argv, read_only=[etc, creds], writable=[state]),
+            _sandbox(argv, read_only=[etc, creds], writable=[state], seccomp_fd=bpf.fileno()),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
+            pass_fds=[bpf.fileno()],
             preexec_fn=_as_the_unit_runs_it,
         )
     main_pid = proc.pid
@@ -820,6 +929,7 @@ def test_the_daemon_runs_as_the_unit_runs_it(
         status_text = Path(f"/proc/{main_pid}/status").read_text()
         assert re.search(r"^CapEff:\s+0+$", status_text, re.M), status_text
         assert re.search(r"^NoNewPrivs:\s+1$", status_text, re.M), status_text
+        assert re.search(r"^Seccomp:\s+2$", status_text, re.M), status_text  # a filter
         wait_for(lambda: fetch(url + "/-/ready")[0] == 200, 30, "/-/ready")
         samples = parse_metrics(fetch(url + "/metrics")[1])
         assert sample_value(samples, "replwatch_node_up", group="cache", node=master.label) == 1
