@@ -1073,3 +1073,26 @@ def test_the_doc_names_only_files_that_exist() -> None:
     assert names
     missing = sorted(n for n in names if not (ROOT / n).exists())
     assert missing == []
+
+
+def test_the_docs_excerpts_are_in_the_files() -> None:
+    """The shorter snippets the doc quotes from the files are lines of those files."""
+    doc = DOC.read_text()
+    command = container(manifest("StatefulSet", "replwatch-shard"))["command"][2]
+    blocks = re.findall(r"```(\w*)\n(.*?)```\n", doc, re.S)
+    shard_block = [text for lang, text in blocks if lang == "sh" and "ordinal=" in text]
+    assert len(shard_block) == 1
+    command_lines = {line.strip() for line in command.splitlines()}
+    for line in shard_block[0].splitlines():
+        assert line == "…" or line.strip() in command_lines, line
+    unit_lines = set(UNIT.read_text().splitlines())
+    config_lines = set(SYSTEMD_CONFIG.read_text().splitlines())
+    checked = 0
+    for lang, text in blocks:
+        if lang == "ini" and "LoadCredential" in text and len(text.splitlines()) == 1:
+            assert text.strip() in unit_lines
+            checked += 1
+        if lang == "yaml" and text.startswith("auth:\n"):
+            assert all("    " + line in config_lines for line in text.splitlines())
+            checked += 1
+    assert checked == 2
