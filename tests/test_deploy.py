@@ -13,6 +13,9 @@
   monitors' job label and the alert ReplwatchDown's job=~"replwatch.*";
 - the StatefulSet's container command, run with sh: the pod ordinal becomes --shard i/n,
   and every shard's config loads;
+- each workload's container command run in a bubblewrap sandbox built like its pod (the
+  ConfigMap, Secret, state and /tmp volumes where it mounts them, a read-only root, user
+  65532 without capabilities): its probes' paths answer and it stops on SIGTERM;
 - the systemd unit with `systemd-analyze verify` (any warning fails) and
   `systemd-analyze security --offline` (exposure at most 2.0), its config example with the
   unit's credentials, and a daemon started as the unit starts it (ExecStart, the
@@ -50,9 +53,10 @@ import yaml
 from replwatch.config import load_config
 from replwatch.config.loading import apply_shard, config_from_data
 from replwatch.tasks.task_state import state_dir_of
+from replwatch.topology.sharding import owner
 
 from .support.daemons import child_pids, fetch, parse_metrics, sample_value
-from .support.servers import RedisProcess, ServerSet, in_ci, wait_for
+from .support.servers import RedisProcess, ServerSet, free_port, in_ci, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -988,6 +992,121 @@ def test_the_daemon_runs_as_the_unit_runs_it(
     log_text = log_path.read_text()
     assert PASSWORD not in log_text and ADMIN_TOKEN not in log_text
     assert "Traceback" not in log_text
+
+
+# ----------------------------------------------------------------------------- the pods
+
+
+POD_UID = 65532  # the pods' runAsUser
+
+
+def _pod_sandbox(
+    argv: list[str], workload: dict[str, Any], volumes: dict[str, Path], bin_dir: Path
+) -> list[str]:
+    """`argv` in what bubblewrap can build of the workload's container: a read-only root
+    (readOnlyRootFilesystem) made of this machine's /usr and Python, the volumes mounted
+    where the container mounts them (read-only where it says so; `volumes`: volume name →
+    directory standing in for it), runAsUser without capabilities, `bin_dir` on PATH."""
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        pytest.fail("bwrap not installed (Debian package bubblewrap; scripts/test installs it)")
+    args = [bwrap, "--ro-bind", "/usr", "/usr", "--dev", "/dev", "--proc", "/proc"]
+    for top in ("/bin", "/lib", "/lib64", "/sbin"):
+        if os.path.islink(top):
+            args += ["--symlink", os.readlink(top), top]
+        elif os.path.isdir(top):
+            args += ["--ro-bind", top, top]
+    c = container(workload)
+    for mount in c["volumeMounts"]:
+        kind = "--ro-bind" if mount.get("readOnly") else "--bind"
+        args += [kind, str(volumes[mount["name"]]), mount["mountPath"]]
+    # (after the volumes: this checkout may lie under /tmp, which a volume covers)
+    for path in sorted({Path(sys.base_prefix), Path(sys.prefix), ROOT, bin_dir}):
+        if not str(path).startswith("/usr/"):
+            args += ["--ro-bind", str(path), str(path)]
+    uid = str(POD_UID)
+    args += ["--unshare-user", "--uid", uid, "--gid", uid, "--cap-drop", "ALL"]
+    args += ["--remount-ro", "/", "--die-with-parent", "--chdir", "/", "--clearenv"]
+    return [*args, "--", *argv]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("workload_name", ["Deployment/replwatch", "StatefulSet/replwatch-shard"])
+def test_the_pods_container_runs(
+    debian_servers: ServerSet, tmp_path: Path, workload_name: str
+) -> None:
+    """The container's command, as the pod runs it: the ConfigMap's config.yaml at
+    /etc/replwatch, the Secret's files at /run/secrets/replwatch (the config's
+    password_file, unchanged), the state emptyDir, /tmp, on a read-only root as user 65532
+    without capabilities; only its Redis URLs (example hosts) and its port (a free one, so
+    as not to collide here) are changed. The probes' and the Service's paths answer."""
+    kind, name = workload_name.split("/")
+    workload = manifest(kind, name)
+    secret = manifest("Secret", "replwatch-secrets")["stringData"]
+    password = secret["redis-password"]
+    master = debian_servers.start("master", extra=["--requirepass", "not-" + password])
+    with master.client() as client:
+        client.execute_command(
+            "ACL", "SETUSER", "replwatch-monitor", "on", f">{password}", "~*", "&*", "+@all"
+        )
+    port = free_port()
+    data = configmap_config()
+    data["exporter"]["listen"] = f"0.0.0.0:{port}"
+    data["groups"] = [{**g, "master": master.url, "replicas": []} for g in data["groups"]]
+    volumes = {v: tmp_path / v for v in ("config", "secrets", "state", "tmp")}
+    for path in volumes.values():
+        path.mkdir()
+    (volumes["config"] / "config.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    for key, value in secret.items():
+        (volumes["secrets"] / key).write_text(value)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "replwatch").write_text(f'#!/bin/sh\nexec {sys.executable} -m replwatch "$@"\n')
+    (bin_dir / "replwatch").chmod(0o755)
+    c = container(workload)
+    argv = [*c["command"], *c.get("args", [])]
+    env = {e["name"]: e["value"] for e in c.get("env", []) if "value" in e}
+    count = int(env.get("SHARDS", "1"))
+    shard = owner(data["groups"][0]["name"], count)  # the pod whose shard owns the group
+    env |= {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOSTNAME": f"{name}-{shard - 1}"}
+    if os.environ.get("PYTHONPATH"):
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    setenv = [arg for k, v in env.items() for arg in ("--setenv", k, v)]
+    sandbox = _pod_sandbox(argv, workload, volumes, bin_dir)
+    sandbox[sandbox.index("--") : sandbox.index("--")] = setenv
+    log_path = tmp_path / "pod.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(sandbox, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+    try:
+        base = f"http://127.0.0.1:{port}"
+
+        def answers(path: str) -> bool:
+            assert proc.poll() is None, log_path.read_text()
+            return fetch(base + path, timeout=2)[0] == 200
+
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            path = c[probe]["httpGet"]["path"]
+            wait_for(lambda path=path: answers(path), 30, f"{probe} {path}")
+        for path in ("/", "/status.json", "/metrics"):
+            assert answers(path), path
+        samples = parse_metrics(fetch(base + "/metrics")[1])
+        info = sample_value(samples, "replwatch_shard_info", index=str(shard), count=str(count))
+        assert info == 1
+        # the shard's group is polled, logged in with the Secret's password
+        group = data["groups"][0]["name"]
+        assert sample_value(samples, "replwatch_node_up", group=group, node=master.label) == 1
+        # replwatch itself is the sandbox's process (the StatefulSet's sh exec'd it): the
+        # SIGTERM of a pod's stop reaches it, and it exits 0
+        (pid,) = child_pids(proc.pid)
+        assert b"replwatch" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        os.kill(pid, signal.SIGTERM)
+        assert proc.wait(30) == 0, log_path.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()  # bwrap; --die-with-parent ends what it runs
+            proc.wait(30)
+    assert "Traceback" not in log_path.read_text()
+    assert password not in log_path.read_text()
 
 
 # ----------------------------------------------------------------------------- Prometheus
