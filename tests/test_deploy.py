@@ -797,7 +797,8 @@ def _sandbox(
     if bwrap is None:
         pytest.fail("bwrap not installed (Debian package bubblewrap; scripts/test installs it)")
     args = [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
-    for path in read_only:
+    # this checkout and its Python stay visible where the private /tmp would hide them
+    for path in [*sorted({ROOT, Path(sys.prefix), Path(sys.base_prefix)}), *read_only]:
         args += ["--ro-bind", str(path), str(path)]
     for path in writable:
         args += ["--bind", str(path), str(path)]
@@ -834,20 +835,21 @@ def _descendants(pid: int) -> list[int]:
 
 
 @pytest.fixture
-def unit_world(debian_servers: ServerSet, tmp_path: Path) -> Iterator[dict[str, Any]]:
+def unit_world(debian_servers: ServerSet) -> dict[str, RedisProcess]:
+    """A master that wants a password (its ACL user replwatch-monitor, as the config
+    example names it) and a sync target."""
     master = debian_servers.start("master", extra=["--requirepass", PASSWORD])
     with master.client() as client:
         client.execute_command(
             "ACL", "SETUSER", "replwatch-monitor", "on", f">{PASSWORD}", "~*", "&*", "+@all"
         )
-    target = debian_servers.start("target")
-    yield {"master": master, "target": target}
+    return {"master": master, "target": debian_servers.start("target")}
 
 
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("state_dir", ["configured", "default"])
 def test_the_daemon_runs_as_the_unit_runs_it(
-    unit_world: dict[str, Any], tmp_path: Path, state_dir: str
+    unit_world: dict[str, RedisProcess], tmp_path: Path, state_dir: str
 ) -> None:
     """deploy/systemd/config.yaml, its group and a sync task pointed at servers started here,
     run by the unit's ExecStart with what systemd gives the service: the credentials in
@@ -866,8 +868,7 @@ def test_the_daemon_runs_as_the_unit_runs_it(
         if in_ci():
             pytest.fail(f"cannot run the daemon as the unit would: {why}")
         pytest.skip(f"cannot run the daemon as the unit would: {why}")
-    master: RedisProcess = unit_world["master"]
-    target: RedisProcess = unit_world["target"]
+    master, target = unit_world["master"], unit_world["target"]
     creds = tmp_path / "credentials"
     creds.mkdir(mode=0o700)
     (creds / "redis-password").write_text(PASSWORD + "\n")
