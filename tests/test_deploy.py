@@ -784,6 +784,12 @@ def unit_seccomp_program(path: Path) -> None:
 SANDBOX_UID = 61234  # DynamicUser=yes: some unprivileged user
 
 
+def _this_checkout() -> str:
+    """PYTHONPATH that imports this checkout's replwatch (bound into the sandbox) whatever
+    checkout an editable install points at."""
+    return os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+
+
 def _sandbox(
     argv: list[str], read_only: list[Path], writable: list[Path], seccomp_fd: int
 ) -> list[str]:
@@ -900,7 +906,12 @@ def test_the_daemon_runs_as_the_unit_runs_it(
     argv = shlex.split(exec_start)
     argv = [sys.executable, "-m", "replwatch", *argv[1:]]
     argv[argv.index("/etc/replwatch/config.yaml")] = str(config)
-    env = {**os.environ, "CREDENTIALS_DIRECTORY": str(creds), "STATE_DIRECTORY": str(state)}
+    env = {
+        **os.environ,
+        "CREDENTIALS_DIRECTORY": str(creds),
+        "STATE_DIRECTORY": str(state),
+        "PYTHONPATH": _this_checkout(),
+    }
     log_path = tmp_path / "daemon.log"
     with log_path.open("wb") as log, program.open("rb") as bpf:
         proc = subprocess.Popen(
@@ -1071,8 +1082,7 @@ def test_the_pods_container_runs(
     count = int(env.get("SHARDS", "1"))
     shard = owner(data["groups"][0]["name"], count)  # the pod whose shard owns the group
     env |= {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOSTNAME": f"{name}-{shard - 1}"}
-    if os.environ.get("PYTHONPATH"):
-        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    env["PYTHONPATH"] = _this_checkout()
     setenv = [arg for k, v in env.items() for arg in ("--setenv", k, v)]
     sandbox = _pod_sandbox(argv, workload, volumes, bin_dir)
     sandbox[sandbox.index("--") : sandbox.index("--")] = setenv
