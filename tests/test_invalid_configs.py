@@ -108,19 +108,25 @@ CASES: list[tuple[str, Any, str, str]] = [
     ("top-level-list", "- name: a\n  master: '127.0.0.1:6379'\n", "<root>", "must be a mapping"),
     ("top-level-string", "replwatch\n", "<root>", "must be a mapping of sections"),
     ("group-is-a-string", "groups: [cache]\n", "groups[0]", "must be a mapping of settings"),
-    ("groups-is-a-mapping", "groups: {name: a}\n", "groups", "should be a valid list"),
+    (
+        "groups-is-a-mapping",
+        "groups: {name: a}\n",
+        "groups",
+        "must be a list of groups, each a mapping (- name: cache …); got a mapping (each item "
+        "starts with '- ')",
+    ),
     ("empty-section", "poll:\n" + G, "poll", "must be a mapping of settings"),
     (
         "replicas-is-a-string",
         "groups: [{name: a, master: '127.0.0.1:6379', replicas: '127.0.0.1:6380'}]\n",
         "groups[0].replicas",
-        "valid list",
+        "must be a list of node addresses, like [redis://10.0.0.2:6379]; got a string",
     ),
     (
         "discover-not-a-boolean",
         "groups: [{name: a, master: '127.0.0.1:6379', discover: sometimes}]\n",
         "groups[0].discover",
-        "valid boolean",
+        "must be true or false; got a string",
     ),
     ("state-dir-a-number", G + "sync: {state_dir: 5}\n", "sync.state_dir", "must be a file path"),
     # ---- unknown keys
@@ -242,7 +248,12 @@ CASES: list[tuple[str, Any, str, str]] = [
         "poll.timeout",
         "must not exceed interval",
     ),
-    ("heartbeat-negative", G + "heartbeat: {interval: -1s}\n", "heartbeat.interval", "invalid"),
+    (
+        "heartbeat-negative",
+        G + "heartbeat: {interval: -1s}\n",
+        "heartbeat.interval",
+        "duration must not be negative",
+    ),
     (
         "heartbeat-ttl-below-interval",
         G + "heartbeat: {interval: 5s, ttl: 2s}\n",
@@ -287,13 +298,13 @@ CASES: list[tuple[str, Any, str, str]] = [
         "max-out-ratio",
         G + "routing: {max_out_ratio: 1.5}\n",
         "routing.max_out_ratio",
-        "less than or equal to 1",
+        "must be at most 1.0",
     ),
     (
         "min-in-rotation",
         G + "routing: {min_in_rotation: -1}\n",
         "routing.min_in_rotation",
-        "greater than or equal to 0",
+        "must not be negative",
     ),
     ("probe-replicas", G + "probe: {replicas: most}\n", "probe.replicas", "a count >= 0 or 'all'"),
     (
