@@ -312,4 +312,4 @@ def test_shipped_config_is_valid() -> None:
     from replwatch.config import load_config
 
     cfg = load_config(Path(__file__).resolve().parent.parent / "config.yaml", env={})
-    assert [g.name for g in cfg.groups] == ["cache", "sessions"]
+    assert [g.name for g in cfg.groups] == ["cache"]  # the local pair (issue 21)

@@ -111,8 +111,21 @@ def with_credentials(
     )
 
 
-# the forms a node address takes, wherever a config names a Redis node (groups' master and
-# replicas, Sentinel addresses, cluster startup nodes, sync sources and targets, publish.url)
+# The one rule for a node address, wherever a config names a Redis node: a redis:// or
+# rediss:// URL, or the same without the scheme (host:port, meaning redis://), or a mapping
+# of RedisEndpoint's fields (host, port, db, username, password, tls). The settings that take
+# one (tests/test_config.py checks the list against the schema):
+ENDPOINT_FIELDS = frozenset(
+    (
+        "master",  # groups[].master
+        "replicas",  # groups[].replicas[]
+        "addresses",  # groups[].sentinel.addresses[], sync.tasks[].source.sentinel.addresses[]
+        "startup_nodes",  # groups[].cluster.…, sync.tasks[].source/target.cluster.…
+        "source",  # sync.tasks[].source (or a sentinel: / cluster: block)
+        "target",  # sync.tasks[].target (or a cluster: block)
+        "url",  # publish.url
+    )
+)
 ADDRESS_FORMS = (
     "a redis:// or rediss:// URL or host:port, e.g. redis://127.0.0.1:6379 or 127.0.0.1:6379"
 )
