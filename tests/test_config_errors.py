@@ -112,6 +112,7 @@ URL_SLIPS: list[tuple[Any, str]] = [
     (6379, f"{FORMS}; got a number (a port alone? write host:port)"),
     (["127.0.0.1:6379"], f"{FORMS}; got a list (one address here)"),
     (True, f"{FORMS}; got true/false"),
+    ("  ", f"{FORMS}; got an empty string"),
 ]
 
 
@@ -643,6 +644,15 @@ ONE_PASS: list[tuple[str, Any, list[str]]] = [
         [
             "groups[0].discover: must be true or false; got a string",
             "groups[0].sentinel: give one of master, sentinel, cluster (not master and sentinel)",
+        ],
+    ),
+    (
+        # a value emptied by an unset ${VAR} is that variable's problem alone
+        "unset-variable-not-also-an-empty-address",
+        {"groups": [{"name": "a", "master": "${NOPE}"}], "poll": {"interval": "${NOPE}"}},
+        [
+            "groups[0].master: environment variable NOPE is not set",
+            "poll.interval: environment variable NOPE is not set",
         ],
     ),
     (

@@ -10,6 +10,7 @@ failed is skipped (its problem would be a consequence of that field's, reported 
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from functools import cache
 from typing import Annotated, Any, TypeVar
@@ -151,8 +152,9 @@ def unique_names(items: Any, handler: Callable[[Any], Any], what: str) -> Any:
 
 
 def _used_twice(names: list[str], what: str) -> PydanticCustomError | None:
+    counts = Counter(names)
     for name in names:
-        if names.count(name) > 1:
+        if counts[name] > 1:
             return PydanticCustomError(
                 "dup_name", "{w} name '{n}' is used twice", {"w": what, "n": name}
             )

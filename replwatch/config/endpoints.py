@@ -138,7 +138,7 @@ def parse_endpoint(value: Any) -> RedisEndpoint:
         return value
     if isinstance(value, Mapping):
         return RedisEndpoint.model_validate(value)
-    if not isinstance(value, str):
+    if not isinstance(value, str) or not value.strip():
         got = what_it_is(value)
         if isinstance(value, int | float) and not isinstance(value, bool):
             got += " (a port alone? write host:port)"

@@ -66,7 +66,11 @@ def config_from_data(
     try:
         cfg = Config.model_validate(data)
     except ValidationError as exc:
-        problems.extend(format_errors(exc, Config))
+        # a value left empty by an unset ${VAR} is that variable's problem, reported already
+        unset = {problem.partition(": ")[0] for problem in problems}
+        problems.extend(
+            line for line in format_errors(exc, Config) if line.partition(": ")[0] not in unset
+        )
         raise ConfigError(source, problems) from None
     if problems:
         raise ConfigError(source, problems)
