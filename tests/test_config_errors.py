@@ -87,7 +87,7 @@ URL_SLIPS: list[tuple[Any, str]] = [
         "//127.0.0.1:6379",
         "not a redis:// URL (no scheme before '//'): did you mean redis://127.0.0.1:6379?",
     ),
-    ("redis://redis://h:1", "the scheme is written twice"),
+    ("redis://redis://h:1", "the scheme is written twice: write it once (redis://host:port)"),
     ("http://127.0.0.1:6379", "unsupported scheme 'http': use redis:// or rediss://"),
     ("http//127.0.0.1:6379", "unsupported scheme 'http': use redis:// or rediss://"),
     ("unix:///var/run/redis.sock", "unsupported scheme 'unix': use redis:// or rediss://"),

@@ -4,7 +4,8 @@ stdout and exactly one line on stderr, `<config path>: <field path>: <reason>`, 
 for both commands, no traceback, no password, and `run` starts nothing (no daemon, no file
 written). Most cases go through the in-process entry point `main(argv)` (a subprocess costs
 ~1 s); a handful run as real subprocesses, the YAML alias bomb among them with its time and
-memory measured.
+memory measured. A file with several independent problems gets every one of them, once, in one
+run; a valid file with a password written in plain text passes, with a warning naming where.
 
 tests/test_config.py checks exact problem lines of config_from_data; this file is the
 operator-facing suite over whole files (YAML, encoding, file system) and the CLI.

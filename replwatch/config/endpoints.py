@@ -114,7 +114,7 @@ def with_credentials(
 # The one rule for a node address, wherever a config names a Redis node: a redis:// or
 # rediss:// URL, or the same without the scheme (host:port, meaning redis://), or a mapping
 # of RedisEndpoint's fields (host, port, db, username, password, tls). The settings that take
-# one (tests/test_config.py checks the list against the schema):
+# one (tests/test_config_errors.py checks the list against the schema):
 ENDPOINT_FIELDS = frozenset(
     (
         "master",  # groups[].master
@@ -164,8 +164,8 @@ def _slip(text: str) -> str | None:
     """Why `text` (a node address as written, without surrounding spaces) is a slip rather
     than an address: a malformed scheme (with what it should be), a path, several nodes, an
     IPv6 address without brackets. None: nothing recognised (urlsplit goes on)."""
-    if "://" in text.partition("@")[0] and re.match(r"(?i)^rediss?://rediss?:", text):
-        return "the scheme is written twice"
+    if re.match(r"(?i)^rediss?://rediss?:", text):
+        return "the scheme is written twice: write it once (redis://host:port)"
     match = _SCHEME_SLIP_RE.match(text)
     if match and match.group(2) != "://":
         word, sep, rest = match.groups()

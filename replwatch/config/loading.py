@@ -85,9 +85,7 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Confi
     return read_config(path, env)[0]
 
 
-def read_config(
-    path: str | Path, env: Mapping[str, str] | None = None
-) -> tuple[Config, list[str]]:
+def read_config(path: str | Path, env: Mapping[str, str] | None = None) -> tuple[Config, list[str]]:
     """The config in the file at `path`, and the advice on it ('path: reason' lines: the
     secrets written there as plain text; advice.py). ConfigError: every problem."""
     source = str(path)

@@ -57,7 +57,7 @@ def loc_to_path(loc: tuple[int | str, ...]) -> str:
 
 def format_errors(err: ValidationError, root: type[BaseModel]) -> list[str]:
     """One 'path: reason' line per error. `root`: the model validated, for the did-you-mean
-    of unknown keys and the wording of a list or mapping expected."""
+    of unknown keys."""
     lines = []
     for e in err.errors(include_url=False):
         loc = tuple(e["loc"])
