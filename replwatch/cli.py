@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from replwatch import __version__
-from replwatch.config import Config, apply_shard, load_config
+from replwatch.config import Config, apply_shard, load_config, read_config
 from replwatch.errors import ConfigError, ReplwatchError
 from replwatch.topology.sharding import owner
 from replwatch.usage import (
@@ -136,8 +136,15 @@ def _load(path: str) -> Config:
 def _load_shard(args: argparse.Namespace) -> tuple[Config, Config]:
     """The whole config, and the part of it this instance runs (its shard: --shard, else the
     config's `shard`, else everything)."""
-    whole = _load(args.config)
-    return whole, apply_shard(whole, args.config, args.shard)
+    whole, cfg, _ = _load_shard_advised(args)
+    return whole, cfg
+
+
+def _load_shard_advised(args: argparse.Namespace) -> tuple[Config, Config, list[str]]:
+    """_load_shard, and the advice on the file ('path: reason' lines: the secrets written in
+    it as plain text)."""
+    whole, advice = read_config(args.config)
+    return whole, apply_shard(whole, args.config, args.shard), advice
 
 
 def _check_groups(args: argparse.Namespace, whole: Config, cfg: Config) -> None:
@@ -157,8 +164,11 @@ def _check_groups(args: argparse.Namespace, whole: Config, cfg: Config) -> None:
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
-    whole, cfg = _load_shard(args)
+    whole, cfg, advice = _load_shard_advised(args)
     _require_something_to_run(args.config, whole, cfg)
+    for line in advice:  # valid, but worth changing: on stderr, exit code 0
+        where, _, why = line.partition(": ")
+        print(f"{args.config}: {where}: warning: {why}", file=sys.stderr)
     nodes = sum(len(whole.nodes_of(g)) for g in whole.groups)
     discovered = sum(1 for g in whole.groups if g.source != "static")
     more = f", {discovered} discovered through Sentinel/Cluster" if discovered else ""
@@ -211,8 +221,10 @@ def _require_something_to_run(path: str, whole: Config, cfg: Config) -> None:
 def _cmd_run(args: argparse.Namespace) -> int:
     from replwatch.app import run_daemon
 
-    whole, cfg = _load_shard(args)
+    whole, cfg, advice = _load_shard_advised(args)
     _require_something_to_run(args.config, whole, cfg)
+    for line in advice:
+        log.warning("%s: %s", args.config, line)
     if cfg.shard is not None and cfg.shard.count > 1 and not cfg.groups and not cfg.sync.tasks:
         log.warning(
             "shard %s owns none of the %d group(s) and %d sync task(s) of %s",

@@ -117,7 +117,7 @@ groups:
         "groups[0].name: must be letters, digits, _ . : - only",
         "groups[0].master: port must be 1-65535",
         "groups[1].master: unsupported scheme 'http': use redis:// or rediss://",
-        "groups[1].sentinel.addresses: Field required",
+        "groups[1].sentinel.addresses: required",
         "groups[1].bogus: unknown key",
     ]
     assert result.stderr.splitlines() == [f"{cfg}: {p}" for p in expected]

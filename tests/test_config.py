@@ -115,7 +115,7 @@ INVALID: list[tuple[str, Any, dict[str, str], list[str]]] = [
         "negative-duration-string",
         {"heartbeat": {"interval": "-1s"}},
         {},
-        ["heartbeat.interval: invalid duration '-1s': use 250ms, 1s, 2m, 1h or seconds"],
+        ["heartbeat.interval: duration must not be negative"],
     ),
     (
         "negative-duration-number",
@@ -193,7 +193,11 @@ INVALID: list[tuple[str, Any, dict[str, str], list[str]]] = [
         "master-not-a-string",
         {"groups": [group(master=5)]},
         {},
-        ["groups[0].master: must be a redis:// or rediss:// URL"],
+        [
+            "groups[0].master: must be a node address, a redis:// or rediss:// URL or "
+            "host:port, e.g. redis://127.0.0.1:6379 or 127.0.0.1:6379; got a number (a port "
+            "alone? write host:port)"
+        ],
     ),
     (
         "db-not-a-number",
@@ -217,13 +221,13 @@ INVALID: list[tuple[str, Any, dict[str, str], list[str]]] = [
         "sentinel-without-addresses",
         {"groups": [{"name": "a", "sentinel": {"master_name": "x"}}]},
         {},
-        ["groups[0].sentinel.addresses: Field required"],
+        ["groups[0].sentinel.addresses: required"],
     ),
     (
         "sentinel-empty-master-name",
         {"groups": [{"name": "a", "sentinel": {"addresses": ["h:26379"], "master_name": ""}}]},
         {},
-        ["groups[0].sentinel.master_name: String should have at least 1 character"],
+        ["groups[0].sentinel.master_name: must not be empty"],
     ),
     (
         "sentinel-and-master",
@@ -250,15 +254,15 @@ INVALID: list[tuple[str, Any, dict[str, str], list[str]]] = [
         {"groups": [{"name": "a", "cluster": {"startup_nodes": []}}]},
         {},
         [
-            "groups[0].cluster.startup_nodes: "
-            "List should have at least 1 item after validation, not 0"
+            "groups[0].cluster.startup_nodes: must not be empty (a list of node addresses, "
+            "like [10.0.1.1:7000, 10.0.1.2:7000])"
         ],
     ),
     (
         "cluster-unknown-key",
         {"groups": [{"name": "a", "cluster": {"seeds": ["h:1"]}}]},
         {},
-        ["groups[0].cluster.startup_nodes: Field required", "groups[0].cluster.seeds: unknown key"],
+        ["groups[0].cluster.startup_nodes: required", "groups[0].cluster.seeds: unknown key"],
     ),
     (
         "cluster-auth-twice",
@@ -343,7 +347,15 @@ INVALID: list[tuple[str, Any, dict[str, str], list[str]]] = [
         {},
         ["heartbeat.key: must be a non-empty key without spaces"],
     ),
-    ("groups-not-a-list", {"groups": {"name": "a"}}, {}, ["groups: Input should be a valid list"]),
+    (
+        "groups-not-a-list",
+        {"groups": {"name": "a"}},
+        {},
+        [
+            "groups: must be a list of groups, each a mapping (- name: cache …); got a mapping "
+            "(each item starts with '- ')"
+        ],
+    ),
     (
         "group-without-master",
         {"groups": [{"name": "a"}]},
@@ -366,7 +378,7 @@ INVALID: list[tuple[str, Any, dict[str, str], list[str]]] = [
         "clock-max-points-too-small",
         {"lag": {"offset_clock_max_points": 3}},
         {},
-        ["lag.offset_clock_max_points: Input should be greater than or equal to 8"],
+        ["lag.offset_clock_max_points: must be at least 8"],
     ),
     (
         "routing-recover-above-trip",
@@ -438,7 +450,7 @@ INVALID: list[tuple[str, Any, dict[str, str], list[str]]] = [
         {},
         [
             "sync.tasks[0].source.sentinel.addresses[0]: port must be 1-65535",
-            "sync.tasks[0].source.sentinel.master_name: Field required",
+            "sync.tasks[0].source.sentinel.master_name: required",
             "sync.tasks[0].source.sentinel.timeout: invalid duration 'soon': use 250ms, 1s, "
             "2m, 1h or seconds",
             "sync.tasks[0].source.passwd: unknown key (did you mean password?)",
@@ -453,8 +465,8 @@ INVALID: list[tuple[str, Any, dict[str, str], list[str]]] = [
         },
         {},
         [
-            "sync.tasks[0].source.cluster.startup_nodes: List should have at least 1 item "
-            "after validation, not 0"
+            "sync.tasks[0].source.cluster.startup_nodes: must not be empty (a list of node "
+            "addresses, like [10.0.1.1:7000, 10.0.1.2:7000])"
         ],
     ),
 ]

@@ -4,7 +4,8 @@ stdout and exactly one line on stderr, `<config path>: <field path>: <reason>`, 
 for both commands, no traceback, no password, and `run` starts nothing (no daemon, no file
 written). Most cases go through the in-process entry point `main(argv)` (a subprocess costs
 ~1 s); a handful run as real subprocesses, the YAML alias bomb among them with its time and
-memory measured.
+memory measured. A file with several independent problems gets every one of them, once, in one
+run; a valid file with a password written in plain text passes, with a warning naming where.
 
 tests/test_config.py checks exact problem lines of config_from_data; this file is the
 operator-facing suite over whole files (YAML, encoding, file system) and the CLI.
@@ -12,6 +13,7 @@ operator-facing suite over whole files (YAML, encoding, file system) and the CLI
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -108,19 +110,25 @@ CASES: list[tuple[str, Any, str, str]] = [
     ("top-level-list", "- name: a\n  master: '127.0.0.1:6379'\n", "<root>", "must be a mapping"),
     ("top-level-string", "replwatch\n", "<root>", "must be a mapping of sections"),
     ("group-is-a-string", "groups: [cache]\n", "groups[0]", "must be a mapping of settings"),
-    ("groups-is-a-mapping", "groups: {name: a}\n", "groups", "should be a valid list"),
+    (
+        "groups-is-a-mapping",
+        "groups: {name: a}\n",
+        "groups",
+        "must be a list of groups, each a mapping (- name: cache …); got a mapping (each item "
+        "starts with '- ')",
+    ),
     ("empty-section", "poll:\n" + G, "poll", "must be a mapping of settings"),
     (
         "replicas-is-a-string",
         "groups: [{name: a, master: '127.0.0.1:6379', replicas: '127.0.0.1:6380'}]\n",
         "groups[0].replicas",
-        "valid list",
+        "must be a list of node addresses, like [redis://10.0.0.2:6379]; got a string",
     ),
     (
         "discover-not-a-boolean",
         "groups: [{name: a, master: '127.0.0.1:6379', discover: sometimes}]\n",
         "groups[0].discover",
-        "valid boolean",
+        "must be true or false; got a string",
     ),
     ("state-dir-a-number", G + "sync: {state_dir: 5}\n", "sync.state_dir", "must be a file path"),
     # ---- unknown keys
@@ -214,6 +222,71 @@ CASES: list[tuple[str, Any, str, str]] = [
         "unsupported scheme",
     ),
     (
+        "url-missing-colon",
+        "groups: [{name: a, master: 'redis//127.0.0.1:6379'}]\n",
+        "groups[0].master",
+        "not a redis:// URL ('redis//' should be 'redis://'): did you mean redis://127.0.0.1:6379?",
+    ),
+    (
+        "url-one-slash-with-password",
+        f"groups: [{{name: a, master: 'redis:/:{SECRET_URL}@127.0.0.1:6379'}}]\n",
+        "groups[0].master",
+        "not a redis:// URL ('redis:/' should be 'redis://'): did you mean "
+        "redis://***@127.0.0.1:6379?",
+    ),
+    (
+        "master-a-number",
+        "groups: [{name: a, master: 6379}]\n",
+        "groups[0].master",
+        "must be a node address, a redis:// or rediss:// URL or host:port, e.g. "
+        "redis://127.0.0.1:6379 or 127.0.0.1:6379; got a number (a port alone? write host:port)",
+    ),
+    (
+        "replica-a-port-alone",
+        "groups: [{name: a, master: '127.0.0.1:6379', replicas: ['6380']}]\n",
+        "groups[0].replicas[0]",
+        "'6380' is a port alone: write host:port, e.g. 127.0.0.1:6380",
+    ),
+    (
+        "two-nodes-in-one-address",
+        "groups: [{name: a, master: '127.0.0.1:6379, 127.0.0.1:6380'}]\n",
+        "groups[0].master",
+        "one node per address: ',' joins several (list them one per item instead)",
+    ),
+    (
+        "sync-target-missing-colon",
+        "sync: {tasks: [{name: t, source: '127.0.0.1:6379', target: 'rediss//dr.example:6380'}]}\n",
+        "sync.tasks[0].target",
+        "not a rediss:// URL ('rediss//' should be 'rediss://'): did you mean "
+        "rediss://dr.example:6380?",
+    ),
+    (
+        "sentinel-addresses-a-string",
+        "groups: [{name: a, sentinel: {addresses: '10.0.0.1:26379', master_name: m}}]\n",
+        "groups[0].sentinel.addresses",
+        "must be a list of Sentinel addresses, like [10.0.0.1:26379, 10.0.0.2:26379]; got a string",
+    ),
+    (
+        "password-a-number",
+        "groups: [{name: a, master: '127.0.0.1:6379', auth: {password: 123456}}]\n",
+        "groups[0].auth.password",
+        "must be a string; got a number (put it in quotes)",
+    ),
+    (
+        "db-map-a-list",
+        "sync: {tasks: [{name: t, source: '127.0.0.1:6379', target: '127.0.0.1:6380', "
+        "db_map: [0, 3]}]}\n",
+        "sync.tasks[0].db_map",
+        "must be a mapping of source db to target db, like {0: 3}; got a list",
+    ),
+    (
+        "existing-keys-choice",
+        "sync: {tasks: [{name: t, source: '127.0.0.1:6379', target: '127.0.0.1:6380', "
+        "existing_keys: keep}]}\n",
+        "sync.tasks[0].existing_keys",
+        "must be 'refuse', 'flush' or 'overwrite'",
+    ),
+    (
         "address-map-port",
         G + "address_map: {'10.0.0.1:6379': '127.0.0.1:99999'}\n",
         "address_map",
@@ -242,7 +315,32 @@ CASES: list[tuple[str, Any, str, str]] = [
         "poll.timeout",
         "must not exceed interval",
     ),
-    ("heartbeat-negative", G + "heartbeat: {interval: -1s}\n", "heartbeat.interval", "invalid"),
+    (
+        "heartbeat-negative",
+        G + "heartbeat: {interval: -1s}\n",
+        "heartbeat.interval",
+        "duration must not be negative",
+    ),
+    (
+        "duration-spelled-out",
+        G + "poll: {interval: 2sec}\n",
+        "poll.interval",
+        "invalid duration '2sec': did you mean 2s? (units: ms, s, m, h)",
+    ),
+    (
+        "duration-two-units",
+        G + "heartbeat: {ttl: 1h30m}\n",
+        "heartbeat.ttl",
+        "invalid duration '1h30m': did you mean 90m? (units: ms, s, m, h)",
+    ),
+    (
+        "duration-in-days",
+        G + "lag: {offset_clock_window: 1d}\n",
+        "lag.offset_clock_window",
+        "invalid duration '1d': did you mean 24h? (units: ms, s, m, h)",
+    ),
+    ("duration-huge", G + "heartbeat: {ttl: 100000h}\n", "heartbeat.ttl", "at most 8760h"),
+    ("duration-empty", G + "probe: {interval: ''}\n", "probe.interval", "duration is empty"),
     (
         "heartbeat-ttl-below-interval",
         G + "heartbeat: {interval: 5s, ttl: 2s}\n",
@@ -287,13 +385,13 @@ CASES: list[tuple[str, Any, str, str]] = [
         "max-out-ratio",
         G + "routing: {max_out_ratio: 1.5}\n",
         "routing.max_out_ratio",
-        "less than or equal to 1",
+        "must be at most 1.0",
     ),
     (
         "min-in-rotation",
         G + "routing: {min_in_rotation: -1}\n",
         "routing.min_in_rotation",
-        "greater than or equal to 0",
+        "must not be negative",
     ),
     ("probe-replicas", G + "probe: {replicas: most}\n", "probe.replicas", "a count >= 0 or 'all'"),
     (
@@ -570,7 +668,7 @@ def test_check_config_and_run_refuse(
 
 
 def test_table_is_large_and_names_are_unique() -> None:
-    assert len(CASES) >= 40
+    assert len(CASES) >= 100
     assert len({c[0] for c in CASES}) == len(CASES)
 
 
@@ -692,6 +790,99 @@ def test_unreadable_password_file(workdir: Path, capsys: pytest.CaptureFixture[s
             f"cannot read {secret}: Permission denied",
             workdir,
         )
+
+
+# ------------------------------------------------------------------ every problem at once
+
+# independent problems of one file: a task's bad field next to its source == target, two
+# groups with one name next to their own problems; each once (issue 21)
+EVERY_PROBLEM = (
+    "groups:\n"
+    "  - {name: cache, master: 'redis//127.0.0.1:6379'}\n"
+    "  - {name: cache, master: '127.0.0.1:6390', discover: sometimes}\n"
+    "sync:\n"
+    "  tasks:\n"
+    "    - {name: t, source: '127.0.0.1:6379', target: 'redis://127.0.0.1:6379/0', "
+    "existing_keys: keep, lease: 500ms}\n"
+)
+EVERY_PROBLEM_LINES = [
+    "groups[0].master: not a redis:// URL ('redis//' should be 'redis://'): did you mean "
+    "redis://127.0.0.1:6379?",
+    "groups[1].discover: must be true or false; got a string",
+    "groups: group name 'cache' is used twice",
+    "sync.tasks[0].existing_keys: must be 'refuse', 'flush' or 'overwrite'",
+    "sync.tasks[0].target: must not be the source itself",
+    "sync.tasks[0].lease: must be at least 1s",
+]
+
+
+def test_every_independent_problem_in_one_run(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_case(workdir, "every-problem", EVERY_PROBLEM)
+    before = files_under(workdir)
+    outputs = []
+    for command in ("check-config", "run"):
+        _, code, out, err = run_main(capsys, command, config)
+        assert (code, out) == (2, ""), err
+        assert "Traceback" not in err
+        assert err.splitlines() == [f"{config}: {line}" for line in EVERY_PROBLEM_LINES]
+        outputs.append(err)
+    assert outputs[0] == outputs[1]
+    assert files_under(workdir) == before
+
+
+# ------------------------------------------------------------------ plain-text passwords
+
+PLAIN_PASSWORDS = (
+    "groups:\n"
+    "  - name: a\n"
+    f"    master: 'redis://app:{SECRET_URL}@127.0.0.1:6379'\n"
+    f"    replicas: ['redis://:${{{SECRET_ENV_NAME}}}@127.0.0.1:6380']\n"
+    "    auth: {password_file: '@DIR@/pw'}\n"
+    f"admin: {{token: {SECRET_URL}}}\n"
+)
+PLAIN_PASSWORD_WARNINGS = [
+    "groups[0].master: warning: the URL holds a password in plain text; keep it out of the "
+    "file with the group's auth: {password_file: …}, or an environment variable (${NAME})",
+    "admin.token: warning: the admin token is written in plain text; keep it out of the file "
+    "with admin.token_file, or an environment variable (${NAME})",
+]
+
+
+def test_a_password_in_plain_text_is_a_warning_not_an_error(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """check-config accepts the file (exit 0, the OK line on stdout) and says, on stderr,
+    where a secret is written in plain text and where else it can come from; the password
+    from the environment and the one from a file are not mentioned; no secret is printed."""
+    config = write_case(workdir, "plain", PLAIN_PASSWORDS)
+    _, code, out, err = run_main(capsys, "check-config", config)
+    assert code == 0, err
+    assert out == f"{config}: OK (1 group(s), 2 node(s) configured)\n"
+    assert err.splitlines() == [f"{config}: {line}" for line in PLAIN_PASSWORD_WARNINGS]
+    for secret in SECRETS:
+        assert secret not in out + err
+
+
+def test_run_logs_the_plain_text_warning_once_at_start(
+    workdir: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    started: list[object] = []
+    monkeypatch.setattr("replwatch.app.run_daemon", lambda cfg, **kw: started.append(cfg))
+    config = write_case(workdir, "plain", PLAIN_PASSWORDS)
+    with caplog.at_level(logging.WARNING, logger="replwatch"):
+        assert main(["run", "--config", str(config)]) == 0
+    assert len(started) == 1  # a warning, not a refusal
+    warned = [r.getMessage() for r in caplog.records if "plain text" in r.getMessage()]
+    assert warned == [
+        f"{config}: {line.replace(': warning:', ':', 1)}" for line in PLAIN_PASSWORD_WARNINGS
+    ]
+    for secret in SECRETS:
+        assert secret not in caplog.text + "".join(capsys.readouterr())
 
 
 # ------------------------------------------------------------------ what stays valid

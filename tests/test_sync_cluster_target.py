@@ -219,7 +219,7 @@ def test_parse_cluster_slots_and_split_payload() -> None:
 @pytest.mark.parametrize(
     ("target", "options", "problem"),
     [
-        ({"cluster": {"startup_nodes": []}}, {}, "target.cluster.startup_nodes: List should"),
+        ({"cluster": {"startup_nodes": []}}, {}, "target.cluster.startup_nodes: must not be"),
         ({"cluster": {"startup_nodes": ["h:0"]}}, {}, "target.cluster.startup_nodes[0]: port"),
         ({"cluster": {"startup_nodes": ["h:1"]}, "host": "x"}, {}, "target: give the cluster"),
         ({"cluster": {"startup_nodes": ["h:1"]}, "db": 2}, {}, "target.db: a Redis Cluster"),

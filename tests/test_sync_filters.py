@@ -58,10 +58,10 @@ def _argv(text: str) -> list[bytes]:
             {"db_map": {0: 1}},
             "sync.tasks[0].db_map: source dbs 0 and 1 would both go to target db 1",
         ),
-        ({"db_map": {0: -1}}, "sync.tasks[0].db_map[0]: Input should be greater than or equal"),
+        ({"db_map": {0: -1}}, "sync.tasks[0].db_map[0]: must not be negative"),
         (
             {"filters": {"dbs": {"allow": [0, -2]}}},
-            "sync.tasks[0].filters.dbs.allow[1]: Input should be greater than or equal to 0",
+            "sync.tasks[0].filters.dbs.allow[1]: must not be negative",
         ),
         (
             {"filters": {"commands": {"deny": ["flushall", "select"]}}},

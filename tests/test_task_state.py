@@ -66,9 +66,7 @@ def test_a_stored_definition_that_no_longer_validates_is_reported_not_fatal() ->
     state = TaskState({"a": BODY, "b": {**BODY, "name": "b", "batch_size": 0}})
     tasks, problems = state.created_tasks("tasks.json")
     assert [t.name for t in tasks] == ["a"]
-    assert problems == [
-        "tasks.json: created.b.batch_size: Input should be greater than or equal to 1"
-    ]
+    assert problems == ["tasks.json: created.b.batch_size: must be at least 1"]
 
 
 class Boom(OSError):
@@ -128,13 +126,13 @@ def test_find_task_looks_in_config_then_state(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("body", "problem"),
     [
-        ({**BODY, "batch_size": 0}, "tasks.batch_size: Input should be greater than or equal to 1"),
+        ({**BODY, "batch_size": 0}, "tasks.batch_size: must be at least 1"),
         ({**BODY, "colour": "red"}, "tasks.colour: unknown key"),
         ({**BODY, "source": "http://x"}, "tasks.source: unsupported scheme 'http'"),
         ({**BODY, "target": "redis://h:99999"}, "tasks.target: port must be 1-65535"),
         ({**BODY, "target": BODY["source"]}, "tasks.target: must not be the source itself"),
         ({**BODY, "name": "a b"}, "tasks.name: must be letters, digits"),
-        ({"source": BODY["source"], "target": BODY["target"]}, "tasks.name: Field required"),
+        ({"source": BODY["source"], "target": BODY["target"]}, "tasks.name: required"),
         (["a"], "tasks: must be a mapping"),
     ],
 )

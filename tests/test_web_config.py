@@ -41,7 +41,7 @@ INVALID: list[tuple[str, Any, str]] = [
     ("not-a-mapping", ["x"], "<root>: must be a mapping"),
     ("unknown-top", {"tls_config": {}}, "tls_config: unknown key"),
     ("unknown-tls", {"tls_server_config": {**VALID_TLS, "certfile": "x"}}, "certfile: unknown key"),
-    ("no-key", {"tls_server_config": {"cert_file": "s.crt"}}, "key_file: Field required"),
+    ("no-key", {"tls_server_config": {"cert_file": "s.crt"}}, "key_file: required"),
     (
         "client-auth-value",
         {"tls_server_config": {**VALID_TLS, "client_auth_type": "Sometimes"}},
@@ -65,7 +65,7 @@ INVALID: list[tuple[str, Any, str]] = [
     (
         "version-name",
         {"tls_server_config": {**VALID_TLS, "min_version": "SSL3"}},
-        "min_version: Input should be 'TLS10'",
+        "min_version: must be 'TLS10', 'TLS11', 'TLS12' or 'TLS13'",
     ),
     (
         "cipher-suites",
@@ -73,6 +73,23 @@ INVALID: list[tuple[str, Any, str]] = [
         "cipher_suites: not supported",
     ),
     ("plain-password", {"basic_auth_users": {"bob": "hunter2"}}, "user 'bob': not a bcrypt hash"),
+    (
+        "users-a-list",
+        {"basic_auth_users": ["bob"]},
+        "basic_auth_users: must be a mapping of user names to bcrypt hashes, like "
+        "{prometheus: $2y$10$…}; got a list",
+    ),
+    (
+        "sans-a-string",
+        {"tls_server_config": {**VALID_TLS, "client_allowed_sans": "prometheus.example"}},
+        "tls_server_config.client_allowed_sans: must be a list of names, like "
+        "[prometheus.example]; got a string",
+    ),
+    (
+        "http2-not-a-boolean",
+        {"http_server_config": {"http2": "yes please"}},
+        "http_server_config.http2: must be true or false; got a string",
+    ),
     ("colon-user", {"basic_auth_users": {"a:b": HASH}}, "cannot contain ':'"),
     (
         "header",

@@ -6,15 +6,18 @@ secrets are SecretStr and never appear in reprs, errors or logs.
 This module is the package's public surface: the names the rest of replwatch uses. Inside
 the package each module imports the others directly (never this one), downward only:
 
-    schema      base (strict model base), units (durations, sizes)
-                endpoints (Redis URLs, credentials, TLS settings, host:port forms)
+    schema      wording (pydantic's messages in a config file's words), base (strict model
+                base, every model check in one pass), units (durations, sizes)
+                endpoints (Redis URLs and the node address rule, credentials, TLS settings,
+                host:port forms)
                 monitor (exporter, poll, heartbeat, lag, routing, probe, publish),
                 groups (which Redis are watched), sync_endpoints (a sync task's source and
                 target forms), sync (the task, its filters), admin, sharding (the shard:
                 value and its publish check)
                 root (Config: the whole file and its cross-section checks)
     reading     problems (ValidationError -> `path: reason` lines), interpolation (${ENV}),
-                yaml_file (the guarded YAML reader), web (the exporter's web config file)
+                yaml_file (the guarded YAML reader), web (the exporter's web config file),
+                advice (secrets written as plain text)
     loading     secrets (password/token files, auth applied, iter_secrets), file_checks
                 (TLS files load), loading (file -> Config, a task from the admin API, a shard)
 
@@ -37,6 +40,7 @@ from replwatch.config.loading import (
     apply_shard,
     config_from_data,
     load_config,
+    read_config,
     sync_task_from_data,
 )
 from replwatch.config.monitor import (
@@ -88,6 +92,7 @@ __all__ = [
     "parse_host_port",
     "parse_redis_url",
     "parse_size",
+    "read_config",
     "source_sentinels",
     "sync_task_from_data",
     "tls_over",

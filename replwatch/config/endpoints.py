@@ -5,6 +5,7 @@ and never echo a password."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
@@ -20,6 +21,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from replwatch.config.base import StrictModel
+from replwatch.config.wording import what_it_is
 
 
 class TLSConfig(StrictModel):
@@ -109,21 +111,113 @@ def with_credentials(
     )
 
 
+# The one rule for a node address, wherever a config names a Redis node: a redis:// or
+# rediss:// URL, or the same without the scheme (host:port, meaning redis://), or a mapping
+# of RedisEndpoint's fields (host, port, db, username, password, tls). The settings that take
+# one (tests/test_config_errors.py checks the list against the schema):
+ENDPOINT_FIELDS = frozenset(
+    (
+        "master",  # groups[].master
+        "replicas",  # groups[].replicas[]
+        "addresses",  # groups[].sentinel.addresses[], sync.tasks[].source.sentinel.addresses[]
+        "startup_nodes",  # groups[].cluster.…, sync.tasks[].source/target.cluster.…
+        "source",  # sync.tasks[].source (or a sentinel: / cluster: block)
+        "target",  # sync.tasks[].target (or a cluster: block)
+        "url",  # publish.url
+    )
+)
+ADDRESS_FORMS = (
+    "a redis:// or rediss:// URL or host:port, e.g. redis://127.0.0.1:6379 or 127.0.0.1:6379"
+)
+
+
 def parse_endpoint(value: Any) -> RedisEndpoint:
-    """A node as a config gives it: a URL (or host:port), a host/port mapping, or an
-    endpoint already parsed."""
+    """A node as a config gives it: a redis:// or rediss:// URL, the same without the scheme
+    (host:port, meaning redis://), a host/port mapping, or an endpoint already parsed."""
     if isinstance(value, RedisEndpoint):
         return value
     if isinstance(value, Mapping):
         return RedisEndpoint.model_validate(value)
-    if not isinstance(value, str):
-        raise PydanticCustomError("url", "must be a redis:// or rediss:// URL")
+    if not isinstance(value, str) or not value.strip():
+        got = what_it_is(value)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            got += " (a port alone? write host:port)"
+        elif isinstance(value, list):
+            got += " (one address here)"
+        raise PydanticCustomError(
+            "url",
+            "must be a node address, {forms}; got {got}",
+            {"forms": ADDRESS_FORMS, "got": got},
+        )
     return parse_redis_url(value)
 
 
+_SCHEME_WORDS = ("redis", "rediss", "valkey", "valkeys", "http", "https", "tcp", "unix")
+# a scheme word followed by anything but '://': redis//h, redis:/h, redis:h:1, redis:///h
+_SCHEME_SLIP_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)(:?[/\\]+|:[:/\\]*)(.*)$", re.S)
+# what a suggestion may repeat: a plain host[:port][/db] (never a password)
+_PLAIN_HOST_RE = re.compile(r"^[A-Za-z0-9._\-\[\]:]+(/\d*)?$")
+_HEX_COLONS_RE = re.compile(r"^[0-9A-Fa-f:.]+$")
+
+
+def _slip(text: str) -> str | None:
+    """Why `text` (a node address as written, without surrounding spaces) is a slip rather
+    than an address: a malformed scheme (with what it should be), a path, several nodes, an
+    IPv6 address without brackets. None: nothing recognised (urlsplit goes on)."""
+    if re.match(r"(?i)^rediss?://rediss?:", text):
+        return "the scheme is written twice: write it once (redis://host:port)"
+    match = _SCHEME_SLIP_RE.match(text)
+    if match and match.group(2) != "://":
+        word, sep, rest = match.groups()
+        scheme = word.lower()
+        slashes = sep.lstrip(":")
+        # `redis:6379` and `redis:6379/0` are the host named redis (docker compose)
+        host_port = sep == ":" and re.fullmatch(r"\d*(/\d*)?", rest) is not None
+        slip = (sep.startswith(":") and scheme in _SCHEME_WORDS and not host_port) or (
+            not sep.startswith(":") and len(slashes) >= 2
+        )
+        if slip and scheme not in ("redis", "rediss"):
+            return f"unsupported scheme '{scheme}': use redis:// or rediss://"
+        if slip:
+            reason = f"not a {scheme}:// URL ('{word}{sep}' should be '{scheme}://')"
+            return reason + _did_you_mean(scheme, rest)
+    if text.startswith("//"):
+        return "not a redis:// URL (no scheme before '//')" + _did_you_mean("redis", text[2:])
+    if text.startswith("/"):
+        return "a file path is not a node address (unix sockets are not supported): use " + (
+            "redis://host:port or host:port"
+        )
+    host_part = text.rpartition("@")[2]
+    if "," in host_part:
+        return "one node per address: ',' joins several (list them one per item instead)"
+    if (
+        "://" not in text
+        and "@" not in text
+        and "[" not in text
+        and text.count(":") >= 2
+        and _HEX_COLONS_RE.match(text)
+    ):
+        return "an IPv6 address goes in brackets: [::1]:6379 or redis://[::1]:6379"
+    return None
+
+
+def _did_you_mean(scheme: str, rest: str) -> str:
+    """': did you mean redis://host:port?' when what follows the scheme is a plain address
+    (credentials, if any, shown as ***); '' when it is anything else."""
+    _, at, host = rest.rpartition("@")
+    if not host or not _PLAIN_HOST_RE.match(host):
+        return ""
+    return f": did you mean {scheme}://{'***@' if at else ''}{host}?"
+
+
 def parse_redis_url(url: str) -> RedisEndpoint:
-    """redis://[[user]:password@]host[:port][/db] → RedisEndpoint. Errors never echo the
-    password."""
+    """redis://[[user]:password@]host[:port][/db] → RedisEndpoint; without a scheme
+    (host:port, [user:password@]host[:port][/db]) it means redis://. Spaces around it are
+    ignored. Errors never echo the password."""
+    url = url.strip()
+    slip = _slip(url)
+    if slip is not None:
+        raise PydanticCustomError("url", "{slip}", {"slip": slip})
     if "://" not in url:
         # host:port shorthand
         url = "redis://" + url
@@ -159,6 +253,12 @@ def parse_redis_url(url: str) -> RedisEndpoint:
         raise PydanticCustomError("url", "port must be 1-65535")
     if port == 0:
         raise PydanticCustomError("url", "port must be 1-65535")
+    if port is None and parts.hostname.isdigit():
+        raise PydanticCustomError(
+            "url",
+            "'{host}' is a port alone: write host:port, e.g. 127.0.0.1:{host}",
+            {"host": parts.hostname},
+        )
     db = 0
     path = parts.path.strip("/")
     if path:

@@ -5,11 +5,12 @@ master shard). A group may override the top-level routing, probe, tls and addres
 from __future__ import annotations
 
 import re
+from typing import Any
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ModelWrapValidatorHandler, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from replwatch.config.base import StrictModel
+from replwatch.config.base import Check, StrictModel, run_checks
 from replwatch.config.endpoints import (
     AddressMapping,
     Auth,
@@ -77,42 +78,10 @@ class GroupConfig(StrictModel):
             raise PydanticCustomError("name", "must be letters, digits, _ . : - only")
         return v
 
-    @model_validator(mode="after")
-    def _one_source(self) -> GroupConfig:
-        given = [k for k in ("master", "sentinel", "cluster") if getattr(self, k) is not None]
-        if not given:
-            raise PydanticCustomError(
-                "group", "master: required (or give sentinel: or cluster: instead)"
-            )
-        if len(given) > 1:
-            raise PydanticCustomError(
-                "group",
-                "{second}: give one of master, sentinel, cluster (not {first} and {second})",
-                {"first": given[0], "second": given[1]},
-            )
-        if self.master is None and self.replicas:
-            raise PydanticCustomError(
-                "group",
-                "replicas: the {source} names the replicas (discover: true adds chained ones)",
-                {"source": "Sentinels" if self.sentinel is not None else "cluster"},
-            )
-        if self.cluster is not None and self.cluster.auth is not None and self.auth is not None:
-            raise PydanticCustomError(
-                "group", "auth: give the nodes' credentials once (auth or cluster.auth)"
-            )
-        return self
-
-    @model_validator(mode="after")
-    def _distinct(self) -> GroupConfig:
-        if self.master is None:
-            return self
-        labels = [self.master.label] + [r.label for r in self.replicas]
-        dup = {x for x in labels if labels.count(x) > 1}
-        if dup:
-            raise PydanticCustomError(
-                "dup", "replicas: node {node} is listed twice", {"node": sorted(dup)[0]}
-            )
-        return self
+    @model_validator(mode="wrap")
+    @classmethod
+    def _checks(cls, data: Any, handler: ModelWrapValidatorHandler[GroupConfig]) -> GroupConfig:
+        return run_checks(cls, data, handler, _GROUP_CHECKS)
 
     @property
     def node_auth(self) -> Auth | None:
@@ -125,3 +94,56 @@ class GroupConfig(StrictModel):
     def source(self) -> str:
         """Where the group's nodes come from: static (listed), sentinel or cluster."""
         return "sentinel" if self.sentinel else "cluster" if self.cluster else "static"
+
+
+# The checks that span a group's fields, each reported on its own (see run_checks).
+
+
+def _one_source(group: GroupConfig) -> None:
+    given = [k for k in ("master", "sentinel", "cluster") if getattr(group, k) is not None]
+    if not given:
+        raise PydanticCustomError(
+            "group", "master: required (or give sentinel: or cluster: instead)"
+        )
+    if len(given) > 1:
+        raise PydanticCustomError(
+            "group",
+            "{second}: give one of master, sentinel, cluster (not {first} and {second})",
+            {"first": given[0], "second": given[1]},
+        )
+
+
+def _replicas_need_master(group: GroupConfig) -> None:
+    """Listed replicas belong to a listed master; Sentinels and clusters name their own."""
+    if group.master is None and group.replicas and (group.sentinel or group.cluster):
+        raise PydanticCustomError(
+            "group",
+            "replicas: the {source} names the replicas (discover: true adds chained ones)",
+            {"source": "Sentinels" if group.sentinel is not None else "cluster"},
+        )
+
+
+def _auth_once(group: GroupConfig) -> None:
+    if group.cluster is not None and group.cluster.auth is not None and group.auth is not None:
+        raise PydanticCustomError(
+            "group", "auth: give the nodes' credentials once (auth or cluster.auth)"
+        )
+
+
+def _distinct(group: GroupConfig) -> None:
+    if group.master is None:
+        return
+    labels = [group.master.label] + [r.label for r in group.replicas]
+    dup = {x for x in labels if labels.count(x) > 1}
+    if dup:
+        raise PydanticCustomError(
+            "dup", "replicas: node {node} is listed twice", {"node": sorted(dup)[0]}
+        )
+
+
+_GROUP_CHECKS: tuple[Check[GroupConfig], ...] = (
+    _one_source,
+    _replicas_need_master,
+    _auth_once,
+    _distinct,
+)

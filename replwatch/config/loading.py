@@ -1,7 +1,8 @@
 """From a file (or parsed data) to a Config: read and parse the YAML, interpolate ${ENV},
 validate, read password and token files, check the TLS files; or one sync task from the
-admin API. Every problem found is one `path: reason` line of a single ConfigError. Also the
-config as one shard of a split fleet runs it (apply_shard)."""
+admin API. Every problem found is one `path: reason` line of a single ConfigError; a valid
+file may come with advice (read_config: secrets written as plain text). Also the config as
+one shard of a split fleet runs it (apply_shard)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from replwatch.config.advice import plain_secrets
 from replwatch.config.file_checks import check_files
 from replwatch.config.interpolation import interpolate
 from replwatch.config.problems import format_errors, problems_under
@@ -64,7 +66,11 @@ def config_from_data(
     try:
         cfg = Config.model_validate(data)
     except ValidationError as exc:
-        problems.extend(format_errors(exc, Config))
+        # a value left empty by an unset ${VAR} is that variable's problem, reported already
+        unset = {problem.partition(": ")[0] for problem in problems}
+        problems.extend(
+            line for line in format_errors(exc, Config) if line.partition(": ")[0] not in unset
+        )
         raise ConfigError(source, problems) from None
     if problems:
         raise ConfigError(source, problems)
@@ -76,9 +82,15 @@ def config_from_data(
 
 
 def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
+    return read_config(path, env)[0]
+
+
+def read_config(path: str | Path, env: Mapping[str, str] | None = None) -> tuple[Config, list[str]]:
+    """The config in the file at `path`, and the advice on it ('path: reason' lines: the
+    secrets written there as plain text; advice.py). ConfigError: every problem."""
     source = str(path)
     data = parse_yaml(read_config_text(path), source)
-    return config_from_data(data, source, env)
+    return config_from_data(data, source, env), plain_secrets(data)
 
 
 def apply_shard(cfg: Config, source: str, shard: str | None = None) -> Config:

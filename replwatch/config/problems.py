@@ -1,6 +1,6 @@
 """A pydantic ValidationError in the words of a config file: one `path: reason` line per error
-(`groups[1].replicas[0]: port must be 1-65535`), no Python type names, no input echoed, and
-a did-you-mean for a mistyped key. Pure."""
+(`groups[1].replicas[0]: port must be 1-65535`), no Python type names (wording.py), no input
+echoed, and a did-you-mean for a mistyped key. Pure."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import re
 from typing import Any, get_args
 
 from pydantic import BaseModel, ValidationError
+
+from replwatch.config.wording import plain_reason
 
 # error types of model-level checks whose message reads 'field: reason'
 _FIELD_IN_MESSAGE = frozenset(
@@ -31,12 +33,6 @@ _FIELD_IN_MESSAGE = frozenset(
         "tls",
     )
 )
-# pydantic's wording that names Python types, in the words of a config file
-_PLAIN_MESSAGES = {
-    "model_type": "must be a mapping of settings (key: value)",
-    "model_attributes_type": "must be a mapping of settings (key: value)",
-    "path_type": "must be a file path (a string)",
-}
 _PLAIN_KEY_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _FIELD_PREFIX_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\[\]]*: ")
 
@@ -63,8 +59,10 @@ def format_errors(err: ValidationError, root: type[BaseModel]) -> list[str]:
     """One 'path: reason' line per error. `root`: the model validated, for the did-you-mean
     of unknown keys."""
     lines = []
-    for e in err.errors(include_url=False, include_input=False):
+    for e in err.errors(include_url=False):
         loc = tuple(e["loc"])
+        if loc and loc[-1] == "[key]":
+            loc = loc[:-2]  # a mapping's key: the mapping (`db_map: key must be …`)
         path = loc_to_path(loc)
         msg = e["msg"]
         # model-level checks carry 'field: reason' in their message
@@ -73,7 +71,9 @@ def format_errors(err: ValidationError, root: type[BaseModel]) -> list[str]:
             path = join_path(path if path != "<root>" else "", field)
         if msg.startswith("Value error, "):
             msg = msg[len("Value error, ") :]
-        msg = _PLAIN_MESSAGES.get(e["type"], msg)
+        msg = plain_reason(e, msg, _names_in(loc))
+        if tuple(e["loc"])[-1:] == ("[key]",):
+            msg = f"each key {msg}"
         if e["type"] == "extra_forbidden":
             key = str(loc[-1]) if loc else ""
             if not _PLAIN_KEY_RE.fullmatch(key):
@@ -87,6 +87,15 @@ def format_errors(err: ValidationError, root: type[BaseModel]) -> list[str]:
                 msg = "unknown key" + _did_you_mean(key, _keys_at(root, loc[:-1]))
         lines.append(f"{path}: {msg}")
     return lines
+
+
+def _names_in(loc: tuple[int | str, ...]) -> tuple[str, ...]:
+    """The config keys of a location (no list indexes, validator steps or form tags)."""
+    return tuple(
+        str(part)
+        for part in loc
+        if not isinstance(part, int) and not str(part).startswith(("function-", "kind:"))
+    )
 
 
 def problems_under(where: str, lines: list[str]) -> list[str]:

@@ -5,13 +5,20 @@ own routing, probe and address_map over the top-level ones)."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import BeforeValidator, Field, model_validator
+from pydantic import (
+    BeforeValidator,
+    Field,
+    ModelWrapValidatorHandler,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from replwatch.config.admin import AdminConfig
-from replwatch.config.base import StrictModel, require_unique
+from replwatch.config.base import Check, StrictModel, run_checks, unique_names
 from replwatch.config.endpoints import AddressMapping, RedisEndpoint, TLSConfig
 from replwatch.config.groups import GroupConfig
 from replwatch.config.monitor import (
@@ -45,19 +52,15 @@ class Config(StrictModel):
     # (docs/sharding.md); `replwatch --shard i/n` overrides it
     shard: Annotated[ShardSpec | None, BeforeValidator(shard_value)] = None
 
-    @model_validator(mode="after")
-    def _unique_groups(self) -> Config:
-        require_unique([g.name for g in self.groups], "groups", "group")
-        if self.lag.offset_clock_window < 2 * self.poll.interval:
-            raise PydanticCustomError(
-                "lag_window",
-                "lag.offset_clock_window: must be at least twice poll.interval (the offset "
-                "clock needs two samples to tell a follower's age)",
-            )
-        problem = shard_problem(self.publish, self.shard or WHOLE_FLEET)
-        if problem is not None:
-            raise PydanticCustomError("shard", problem)
-        return self
+    @field_validator("groups", mode="wrap")
+    @classmethod
+    def _unique_groups(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        return unique_names(value, handler, "group")
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _checks(cls, data: Any, handler: ModelWrapValidatorHandler[Config]) -> Config:
+        return run_checks(cls, data, handler, _ROOT_CHECKS)
 
     def nodes_of(self, group: GroupConfig) -> list[RedisEndpoint]:
         """The nodes the config lists (a Sentinel or cluster group's are discovered)."""
@@ -71,3 +74,24 @@ class Config(StrictModel):
 
     def probe_of(self, group: GroupConfig) -> ProbeConfig:
         return group.probe or self.probe
+
+
+# The checks that span sections, each reported on its own (see run_checks).
+
+
+def _offset_clock_window(cfg: Config) -> None:
+    if cfg.lag.offset_clock_window < 2 * cfg.poll.interval:
+        raise PydanticCustomError(
+            "lag_window",
+            "lag.offset_clock_window: must be at least twice poll.interval (the offset "
+            "clock needs two samples to tell a follower's age)",
+        )
+
+
+def _splittable(cfg: Config) -> None:
+    problem = shard_problem(cfg.publish, cfg.shard or WHOLE_FLEET)
+    if problem is not None:
+        raise PydanticCustomError("shard", problem)
+
+
+_ROOT_CHECKS: tuple[Check[Config], ...] = (_offset_clock_window, _splittable)

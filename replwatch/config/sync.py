@@ -7,12 +7,19 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    Field,
+    ModelWrapValidatorHandler,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
-from replwatch.config.base import StrictModel, require_unique
+from replwatch.config.base import Check, StrictModel, run_checks, unique_names
 from replwatch.config.endpoints import Auth, RedisEndpoint, TLSConfig
 from replwatch.config.sync_endpoints import ClusterTarget, SyncSource, SyncTarget
 from replwatch.config.units import Duration, Size
@@ -147,82 +154,131 @@ class SyncTask(StrictModel):
             raise PydanticCustomError("size", "must be at least 1kb")
         return v
 
-    @model_validator(mode="after")
-    def _distinct(self) -> SyncTask:
-        if isinstance(self.source, RedisEndpoint) and (
-            self.source.host,
-            self.source.port,
-            self.source.db,
-        ) == (self.target.host, self.target.port, self.target.db):
-            raise PydanticCustomError("same", "target: must not be the source itself")
-        if self.source_timeout < 1.0:
-            raise PydanticCustomError("source_timeout", "source_timeout: must be at least 1s")
-        if self.lease < 1.0:
-            raise PydanticCustomError("lease", "lease: must be at least 1s")
-        if self.reconnect_min <= 0:
-            raise PydanticCustomError(
-                "reconnect", "reconnect_min: must be above 0 (0 would reconnect in a busy loop)"
-            )
-        if self.reconnect_max < self.reconnect_min:
-            raise PydanticCustomError(
-                "reconnect", "reconnect_max: must not be less than reconnect_min"
-            )
-        if isinstance(self.target, ClusterTarget):
-            self._cluster_target_fits()
-        self._db_map_one_to_one()
-        if self.pair is not None and self.existing_keys == "flush":
-            # the FLUSHALL would reach the reverse task's stream and wipe the other side too
-            raise PydanticCustomError(
-                "pair_flush",
-                "existing_keys: flush cannot be used with pair (a pair task never flushes "
-                "its target: the flush would be copied back and wipe the other side); use "
-                "refuse or overwrite",
-            )
-        if self.pair is not None and self.pair == self.name:
-            raise PydanticCustomError("pair_self", "pair: must name the reverse task, not itself")
-        return self
+    @model_validator(mode="wrap")
+    @classmethod
+    def _checks(cls, data: Any, handler: ModelWrapValidatorHandler[SyncTask]) -> SyncTask:
+        return run_checks(cls, data, handler, _TASK_CHECKS)
 
-    def _cluster_target_fits(self) -> None:
-        """A cluster target has db 0 only, and a pair's loop guard needs the checkpoint inside
-        every transaction, which a cluster cannot do across slots."""
-        mapped = {t for t in self.db_map.values() if t != 0}
-        if mapped:
+
+# The checks that span a task's fields, each reported on its own (every problem in one pass;
+# a check reading a field that failed is skipped: see run_checks).
+
+
+def _not_itself(task: SyncTask) -> None:
+    source, target = task.source, task.target
+    if isinstance(source, RedisEndpoint) and (source.host, source.port, source.db) == (
+        target.host,
+        target.port,
+        target.db,
+    ):
+        raise PydanticCustomError("same", "target: must not be the source itself")
+
+
+def _source_timeout(task: SyncTask) -> None:
+    if task.source_timeout < 1.0:
+        raise PydanticCustomError("source_timeout", "source_timeout: must be at least 1s")
+
+
+def _lease(task: SyncTask) -> None:
+    if task.lease < 1.0:
+        raise PydanticCustomError("lease", "lease: must be at least 1s")
+
+
+def _reconnect_min(task: SyncTask) -> None:
+    if task.reconnect_min <= 0:
+        raise PydanticCustomError(
+            "reconnect", "reconnect_min: must be above 0 (0 would reconnect in a busy loop)"
+        )
+
+
+def _reconnect_order(task: SyncTask) -> None:
+    if task.reconnect_max < task.reconnect_min:
+        raise PydanticCustomError("reconnect", "reconnect_max: must not be less than reconnect_min")
+
+
+def _cluster_db_map(task: SyncTask) -> None:
+    """A cluster target has database 0 only."""
+    mapped = {t for t in task.db_map.values() if t != 0}
+    if isinstance(task.target, ClusterTarget) and mapped:
+        raise PydanticCustomError(
+            "dbmap",
+            "db_map: a cluster target has database 0 only; map to 0 (got {dbs})",
+            {"dbs": ", ".join(str(d) for d in sorted(mapped))},
+        )
+
+
+def _cluster_pair(task: SyncTask) -> None:
+    """A pair's loop guard needs the checkpoint inside every transaction, which a cluster
+    cannot do across slots."""
+    if isinstance(task.target, ClusterTarget) and task.pair is not None:
+        raise PydanticCustomError(
+            "dbmap", "pair: a bidirectional pair cannot have a cluster target"
+        )
+
+
+def _cluster_ha(task: SyncTask) -> None:
+    if isinstance(task.target, ClusterTarget) and task.ha:
+        raise PydanticCustomError(
+            "dbmap",
+            "ha: a task with a cluster target cannot be fenced (its batches span many "
+            "slots, the lease sits in one); run it in one daemon",
+        )
+
+
+def _db_map_one_to_one(task: SyncTask) -> None:
+    """Two copied source dbs must not land in one target db (their keys would mix, and
+    FLUSHDB/SWAPDB of one would hit the other); an unmapped db keeps its number. (A cluster
+    target mapped elsewhere than 0 is _cluster_db_map's problem.)"""
+    if isinstance(task.target, ClusterTarget) and any(t != 0 for t in task.db_map.values()):
+        return
+    allowed = task.filters.dbs.allow if task.filters is not None else None
+    copied = set(allowed) if allowed is not None else None
+    seen: dict[int, int] = {}
+    sources = set(task.db_map) | {t for t in task.db_map.values() if t not in task.db_map}
+    for source in sorted(sources):
+        if copied is not None and source not in copied:
+            continue
+        target = task.db_map.get(source, source)
+        if target in seen:
             raise PydanticCustomError(
                 "dbmap",
-                "db_map: a cluster target has database 0 only; map to 0 (got {dbs})",
-                {"dbs": ", ".join(str(d) for d in sorted(mapped))},
+                "db_map: source dbs {a} and {b} would both go to target db {t} (an "
+                "unmapped db keeps its number; map it elsewhere or leave it out with "
+                "filters.dbs.allow)",
+                {"a": seen[target], "b": source, "t": target},
             )
-        if self.pair is not None:
-            raise PydanticCustomError(
-                "dbmap", "pair: a bidirectional pair cannot have a cluster target"
-            )
-        if self.ha:
-            raise PydanticCustomError(
-                "dbmap",
-                "ha: a task with a cluster target cannot be fenced (its batches span many "
-                "slots, the lease sits in one); run it in one daemon",
-            )
+        seen[target] = source
 
-    def _db_map_one_to_one(self) -> None:
-        """Two copied source dbs must not land in one target db (their keys would mix, and
-        FLUSHDB/SWAPDB of one would hit the other); an unmapped db keeps its number."""
-        allowed = self.filters.dbs.allow if self.filters is not None else None
-        copied = set(allowed) if allowed is not None else None
-        seen: dict[int, int] = {}
-        sources = set(self.db_map) | {t for t in self.db_map.values() if t not in self.db_map}
-        for source in sorted(sources):
-            if copied is not None and source not in copied:
-                continue
-            target = self.db_map.get(source, source)
-            if target in seen:
-                raise PydanticCustomError(
-                    "dbmap",
-                    "db_map: source dbs {a} and {b} would both go to target db {t} (an "
-                    "unmapped db keeps its number; map it elsewhere or leave it out with "
-                    "filters.dbs.allow)",
-                    {"a": seen[target], "b": source, "t": target},
-                )
-            seen[target] = source
+
+def _pair_never_flushes(task: SyncTask) -> None:
+    if task.pair is not None and task.existing_keys == "flush":
+        # the FLUSHALL would reach the reverse task's stream and wipe the other side too
+        raise PydanticCustomError(
+            "pair_flush",
+            "existing_keys: flush cannot be used with pair (a pair task never flushes "
+            "its target: the flush would be copied back and wipe the other side); use "
+            "refuse or overwrite",
+        )
+
+
+def _pair_not_itself(task: SyncTask) -> None:
+    if task.pair is not None and task.pair == task.name:
+        raise PydanticCustomError("pair_self", "pair: must name the reverse task, not itself")
+
+
+_TASK_CHECKS: tuple[Check[SyncTask], ...] = (
+    _not_itself,
+    _source_timeout,
+    _lease,
+    _reconnect_min,
+    _reconnect_order,
+    _cluster_db_map,
+    _cluster_pair,
+    _cluster_ha,
+    _db_map_one_to_one,
+    _pair_never_flushes,
+    _pair_not_itself,
+)
 
 
 class SyncConfig(StrictModel):
@@ -232,10 +288,10 @@ class SyncConfig(StrictModel):
     # file's directory; default: <config dir>/replwatch-state
     state_dir: Path | None = None
 
-    @model_validator(mode="after")
-    def _unique(self) -> SyncConfig:
-        require_unique([t.name for t in self.tasks], "tasks", "task")
-        return self
+    @field_validator("tasks", mode="wrap")
+    @classmethod
+    def _unique(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        return unique_names(value, handler, "task")
 
     def task(self, name: str) -> SyncTask | None:
         return next((t for t in self.tasks if t.name == name), None)

@@ -29,6 +29,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, field_validator
 
 from replwatch.config.base import StrictModel
+from replwatch.config.wording import plain_reason
 from replwatch.config.yaml_file import parse_yaml
 from replwatch.errors import ConfigError
 
@@ -130,6 +131,8 @@ def _format(exc: ValidationError) -> list[str]:
         message = error["msg"]
         if message.startswith("Value error, "):
             message = message[len("Value error, ") :]
+        names = tuple(str(p) for p in error["loc"] if not isinstance(p, int))
+        message = plain_reason(error, message, names)
         if error["type"] == "extra_forbidden":
             message = "unknown key"
         lines.append(f"{path}: {message}")
