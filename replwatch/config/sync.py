@@ -92,7 +92,7 @@ class SyncTask(StrictModel):
     source: SyncSource
     target: SyncTarget
     # the reverse task of a bidirectional pair: the source's transactions that carry that
-    # task's checkpoint write are its echoes and are dropped whole (README "Bidirectional
+    # task's checkpoint write are its echoes and are dropped whole (docs/syncer.md "Bidirectional
     # sync (pairs)")
     pair: str | None = None
     # the first full sync's snapshot: load it into the target, or skip it (read from the
@@ -136,7 +136,7 @@ class SyncTask(StrictModel):
     ha: bool = False
     lease: Duration = 10.0
     # what is copied (keys, commands, source dbs) and where: source db -> target db
-    # (unmapped dbs keep their number); see README "Filters and db mapping"
+    # (unmapped dbs keep their number); see docs/syncer.md "Filters and db mapping"
     filters: SyncFilters | None = None
     db_map: dict[DbNumber, DbNumber] = Field(default_factory=dict)
 

@@ -182,7 +182,7 @@ SyncSource = Annotated[
 
 
 # a sync task's target: a URL (or host/port mapping), or `{cluster: {startup_nodes: […]},
-# username, password, tls}` (README "Redis Cluster as a target")
+# username, password, tls}` (docs/syncer.md "Redis Cluster as a target")
 SyncTarget = Annotated[
     Annotated[RedisEndpoint, BeforeValidator(parse_endpoint), Tag("kind:url")]
     | Annotated[ClusterTarget, Tag("kind:cluster")],
