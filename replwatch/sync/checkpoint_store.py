@@ -72,6 +72,12 @@ class SnapshotTally:
     evicted_keys: int | None
 
 
+def _snapshot_done(replid: str, offset: int, finished: int) -> list[Any]:
+    """A snapshot's end (loaded or skipped): the stream goes on from its position."""
+    return ["state", "incremental", "replid", replid, "offset", offset,
+            "full_sync_finished_at", finished]  # fmt: skip
+
+
 class CheckpointStore:
     """The checkpoint of one task: `__replwatch:sync:<task>` in db CHECKPOINT_DB."""
 
@@ -319,14 +325,7 @@ class CheckpointStore:
         link.write(
             "HSET",
             self.key,
-            "state",
-            "incremental",
-            "replid",
-            replid,
-            "offset",
-            offset,
-            "full_sync_finished_at",
-            max(finished, started_at),
+            *_snapshot_done(replid, offset, max(finished, started_at)),
             "keys_loaded",
             tally.keys_loaded,
             "keys_total",
@@ -353,14 +352,7 @@ class CheckpointStore:
         link.write(
             "HSET",
             self.key,
-            "state",
-            "incremental",
-            "replid",
-            replid,
-            "offset",
-            offset,
-            "full_sync_finished_at",
-            finished,
+            *_snapshot_done(replid, offset, finished),
             "rdb_bytes_loaded",
             loaded,
             "full_resyncs",
