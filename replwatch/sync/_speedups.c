@@ -76,6 +76,8 @@ static PyObject *string_run(PyObject *self, PyObject *args) {
     buf = (const unsigned char *)view.buf;
     if (end > view.len)
         end = view.len;
+    if (pos < 0 || pos > end)
+        pos = end; /* nothing to take */
     last = pos;
     p = pos;
     while (pos >= 0 && entry_at(buf, p, end, &ks, &ke, &vs, &ve)) {
@@ -265,6 +267,12 @@ static PyObject *split_stream(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "y*nnO!O!y*", &view, &pos, &room, &PyTuple_Type, &always,
                           &PyTuple_Type, &counted, &own))
         return NULL;
+    if (pos < 0 || pos > view.len) {
+        PyBuffer_Release(&view);
+        PyBuffer_Release(&own);
+        PyErr_SetString(PyExc_ValueError, "holds no command at that position");
+        return NULL;
+    }
     buf = (const unsigned char *)view.buf;
     p = pos;
     c.end = pos;
