@@ -589,6 +589,41 @@ def test_stop_is_honoured_while_the_cluster_answers_tryagain(
     assert time.monotonic() - started < 5, "stop() waited for the cluster's retries"
 
 
+def test_ask_then_tryagain_for_longer_than_the_bounce_limit_keeps_the_session(
+    debian_servers: ServerSet, cluster: Cluster, runners: list[RunnerThread]
+) -> None:
+    """A slot half moved with one key of a write on each side answers ASK (old owner: none of
+    the keys) then TRYAGAIN (importing node: one of them) for as long as the move takes. That
+    is a migration in progress, not nodes disagreeing: the task waits it out in the session
+    however many ASKs that takes (a CI run once ended the session after 16, and the floor left
+    behind was gone from the source's backlog: a full resync), and the write lands once."""
+    source = debian_servers.start("source")
+    runner = start(cluster_task(source, cluster), runners)
+    with connect(source) as client:
+        client.set("{t}a", "1")
+    wait_floor(source, cluster)
+    sessions = runner.runner.counters.sessions
+    slot = key_slot(b"{t}a")
+    other = next(n for n in cluster.nodes if n is not cluster.owner(slot))
+    owner = cluster.begin_migration(slot, other)
+    with connect(owner) as old:
+        assert cluster.migrate_keys(old, slot, other, 10) == 1  # {t}a now on the importing node
+    with connect(source) as client:
+        client.mset({"{t}a": "2", "{t}b": "2"})
+    wait_for(
+        lambda: redirects_followed(cluster, "ask") > MAX_REDIRECTS + 2
+        and redirects_followed(cluster, "tryagain") > MAX_REDIRECTS + 2,
+        30,
+        f"more than {MAX_REDIRECTS} rounds of ASK then TRYAGAIN",
+    )
+    cluster.finish_migration(slot, owner, other)
+    cp = wait_floor(source, cluster)
+    assert runner.runner.counters.sessions == sessions, cp.last_error
+    assert not cp.last_error, cp.last_error
+    assert cp.full_resyncs == 1
+    assert_same_data(source, cluster)
+
+
 def test_a_batch_bounced_between_nodes_ends_the_session(
     debian_servers: ServerSet, cluster: Cluster, runners: list[RunnerThread]
 ) -> None:

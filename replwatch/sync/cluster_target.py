@@ -18,7 +18,7 @@ batch `MULTI … HSET <checkpoint> offset … EXEC`) becomes one checkpoint per 
 - MOVED: the slot map is updated (and reloaded) and the batch resent to the new owner; ASK:
   resent to the importing node preceded by ASKING (which holds for the whole MULTI … EXEC:
   Redis keeps the flag while the client is in MULTI); TRYAGAIN / CLUSTERDOWN: resent after a
-  short wait. A redirected batch ran nowhere: its commands were refused while queued (EXEC
+  short wait (for up to RETRY_FOR; the MOVED / ASK bounce count starts again). A redirected batch ran nowhere: its commands were refused while queued (EXEC
   then answers EXECABORT) or EXEC itself was refused (the transaction discarded).
 - FLUSHALL / FLUSHDB / FUNCTION / SCRIPT: a barrier: everything before is confirmed, then the
   command runs on every master; the master holding the task record runs it as `MULTI
@@ -59,8 +59,10 @@ log = logging.getLogger("replwatch.sync")
 Address = tuple[str, int]
 RETRY_WAIT = 0.05  # TRYAGAIN / CLUSTERDOWN: resend after this long
 RETRY_FOR = 120.0  # … for at most this long, then the session ends (and is retried)
-# MOVED / ASK followed for one batch at most this often: a slot map the nodes disagree on
-# (a migration half undone) must not bounce a batch between them for ever
+# MOVED / ASK followed for one batch at most this often in a row: a slot map the nodes
+# disagree on (a migration half undone) must not bounce a batch between them for ever. A
+# TRYAGAIN / CLUSTERDOWN answer starts the count again (a node acts on the slot: a migration
+# in progress, which RETRY_FOR bounds), so ASK → TRYAGAIN rounds of a slow move are waited out
 MAX_REDIRECTS = 16
 RECORD_EVERY = 0.5  # the task record (the floor) at most this often while busy
 NODE_IN_FLIGHT = 100_000  # batches in flight per node (bounded by BUFFER_LIMIT instead)
@@ -145,7 +147,7 @@ class Job:
     follow: bool = True  # False: redirect replies too go to on_success (snapshot parts)
     ask: Address | None = None
     first_try: float = field(default_factory=time.monotonic)
-    redirects: int = 0  # MOVED / ASK followed so far
+    redirects: int = 0  # MOVED / ASK followed in a row (since the last TRYAGAIN)
 
 
 class ClusterTargetLink(TargetLink):
@@ -353,6 +355,7 @@ class ClusterTargetLink(TargetLink):
                     reason="cluster",
                 )
             job.ask = None
+            job.redirects = 0
             self._retries.append((time.monotonic() + RETRY_WAIT, job))
             if redirect.kind == "CLUSTERDOWN":
                 self._map_stale = True

@@ -193,29 +193,43 @@ class Cluster:
     def migrate_slot(self, slot: int, to: RedisProcess, pause: float = 0.0) -> None:
         """Move a slot like `redis-cli --cluster reshard`: IMPORTING on the new owner,
         MIGRATING on the old, MIGRATE its keys in small steps (`pause` between them: writes
-        meet the half-moved slot), then NODE on the new owner first (it bumps its config epoch,
-        so no older claim gossiped by the old owner can win), then the old owner, then the
-        other masters — redis-cli's order; the move is done when every master agrees."""
-        source = self.owner(slot)
-        assert source is not to
-        source_id, to_id = self.node_id(source), self.node_id(to)
-        with connect(source) as old, connect(to) as new:
-            new.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
-            old.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", to_id)
-            while True:
-                keys = old.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 5)
-                if not keys:
-                    break
-                old.execute_command("MIGRATE", to.host, to.port, "", 0, 5000, "KEYS", *keys)
+        meet the half-moved slot), then the new owner announced (finish_migration)."""
+        source = self.begin_migration(slot, to)
+        with connect(source) as old:
+            while self.migrate_keys(old, slot, to, 5):
                 if pause:
                     time.sleep(pause)
-            others = [n for n in self.all_nodes if n is not to and n is not source]
-            masters = []
-            for node in [to, source, *others]:
-                with connect(node) as client:
-                    if client.info("replication").get("role") == "master":
-                        client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", to_id)
-                        masters.append(node)
+        self.finish_migration(slot, source, to)
+
+    def begin_migration(self, slot: int, to: RedisProcess) -> RedisProcess:
+        """IMPORTING on `to`, MIGRATING on the slot's owner (returned): the slot is half moved."""
+        source = self.owner(slot)
+        assert source is not to
+        with connect(source) as old, connect(to) as new:
+            new.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", self.node_id(source))
+            old.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", self.node_id(to))
+        return source
+
+    @staticmethod
+    def migrate_keys(old: Any, slot: int, to: RedisProcess, count: int) -> int:
+        """MIGRATE up to `count` keys of `slot` from `old` (a client) to `to`; how many moved."""
+        keys = old.execute_command("CLUSTER", "GETKEYSINSLOT", slot, count)
+        if keys:
+            old.execute_command("MIGRATE", to.host, to.port, "", 0, 5000, "KEYS", *keys)
+        return len(keys)
+
+    def finish_migration(self, slot: int, source: RedisProcess, to: RedisProcess) -> None:
+        """NODE on the new owner first (it bumps its config epoch, so no older claim gossiped
+        by the old owner can win), then the old owner, then the other masters — redis-cli's
+        order; the move is done when every master agrees."""
+        to_id = self.node_id(to)
+        others = [n for n in self.all_nodes if n is not to and n is not source]
+        masters = []
+        for node in [to, source, *others]:
+            with connect(node) as client:
+                if client.info("replication").get("role") == "master":
+                    client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", to_id)
+                    masters.append(node)
 
         def agreed() -> bool:
             return all(self.owner(slot, asking=m) is to for m in masters)
