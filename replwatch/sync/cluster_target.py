@@ -18,8 +18,9 @@ batch `MULTI … HSET <checkpoint> offset … EXEC`) becomes one checkpoint per 
 - MOVED: the slot map is updated (and reloaded) and the batch resent to the new owner; ASK:
   resent to the importing node preceded by ASKING (which holds for the whole MULTI … EXEC:
   Redis keeps the flag while the client is in MULTI); TRYAGAIN / CLUSTERDOWN: resent after a
-  short wait (for up to RETRY_FOR; the MOVED / ASK bounce count starts again). A redirected batch ran nowhere: its commands were refused while queued (EXEC
-  then answers EXECABORT) or EXEC itself was refused (the transaction discarded).
+  short wait (for up to RETRY_FOR; the MOVED / ASK bounce count starts again). A redirected
+  batch ran nowhere: its commands were refused while queued (EXEC then answers EXECABORT) or
+  EXEC itself was refused (the transaction discarded).
 - FLUSHALL / FLUSHDB / FUNCTION / SCRIPT: a barrier: everything before is confirmed, then the
   command runs on every master; the master holding the task record runs it as `MULTI
   FLUSHALL HSET <record> … offset <after it> EXEC` (last), so a crash in between replays it.
