@@ -611,8 +611,10 @@ def test_ask_then_tryagain_for_longer_than_the_bounce_limit_keeps_the_session(
     with connect(source) as client:
         client.mset({"{t}a": "2", "{t}b": "2"})
     wait_for(
-        lambda: redirects_followed(cluster, "ask") > MAX_REDIRECTS + 2
-        and redirects_followed(cluster, "tryagain") > MAX_REDIRECTS + 2,
+        lambda: (
+            redirects_followed(cluster, "ask") > MAX_REDIRECTS + 2
+            and redirects_followed(cluster, "tryagain") > MAX_REDIRECTS + 2
+        ),
         30,
         f"more than {MAX_REDIRECTS} rounds of ASK then TRYAGAIN",
     )
