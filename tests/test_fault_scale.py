@@ -16,7 +16,8 @@
    - no scheduled run was skipped, missed or failed
      (`replwatch_scheduler_runs_total{outcome=~"skipped_overrun|missed|error"}` absent);
    - every healthy group completed a cycle every second (`replwatch_group_poll_cycles_total`
-     rose by at least the phase's seconds - 1), and the p95 of their cycle durations
+     rose by at least the phase's seconds - 1, counted from the end of its first answer:
+     a queued scrape's contents are as late as its answer), and the p95 of their cycle durations
      (`replwatch_poll_duration_seconds`) stayed below the poll interval — quiet and under
      the 50 scrapers (both printed);
    - no real node was ever reported down (a poll loop starved by renders would time out

@@ -389,6 +389,11 @@ def phase_figures(samples: Sequence[Scrape], fleet: Fleet, interval: float) -> d
     up, a black-holed replica in read rotation or a real one out of it)."""
     first, last = samples[0], samples[-1]
     span = last.at - first.at
+    # an answer's contents were taken somewhere between its request and its end: the first
+    # answer's as late as first.at + first.seconds (a scrape queued behind 50 others took
+    # 2.1 s once and left a 4.1 s span holding 2 s of cycles), the last's no earlier than
+    # last.at; the cycles counted must cover that much time at least
+    content_span = last.at - (first.at + first.seconds)
     healthy = [s.duration[g] for s in samples for g in fleet.healthy if g in s.duration]
     holed = [s.duration[g] for s in samples for g in fleet.half + fleet.dark if g in s.duration]
     cycles = [last.cycles.get(g, 0.0) - first.cycles.get(g, 0.0) for g in fleet.healthy]
@@ -422,7 +427,7 @@ def phase_figures(samples: Sequence[Scrape], fleet: Fleet, interval: float) -> d
             "max": round(max(holed), 4),
         },
         "healthy_cycles_min": min(cycles),
-        "cycles_expected_at_least": math.floor(span / interval) - 1,
+        "cycles_expected_at_least": max(0, math.floor(content_span / interval) - 1),
         "overruns": {
             k: v - first.overruns().get(k, 0.0)
             for k, v in last.overruns().items()

@@ -6,6 +6,7 @@
   SIGKILL as the last resort); ServerSet starts several and stops all of them at close();
 - wait_for(): poll a condition until it holds (tests never sleep to synchronise);
 - free_port() / closed_port() / BlackHole: ports with nothing, or a silent listener, behind;
+  retire_port(): a stopped server's port is not handed out again for a while (machine-wide);
 - wait_synced(), online_replicas(), BackgroundWriter: replication set-ups and load.
 
 No mocks: every assertion is about what real servers did.
@@ -24,6 +25,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -212,17 +214,52 @@ def require_build(name: str) -> ServerBuild:
 # ----------------------------------------------------------------------------- ports
 
 
+# Ports recently given up (a stopped server's, a closed_port()): free_port() in every test
+# process on the machine (xdist workers, the timing lane beside them) skips them for a while
+RETIRED_PORTS = Path(tempfile.gettempdir()) / "replwatch-tests-retired-ports"
+RETIRED_FOR = 120.0
+
+
+def retire_port(port: int) -> None:
+    """Keep `port` out of free_port()'s answers for RETIRED_FOR seconds. A test that stopped a
+    server asserts that connecting there is refused; a server another worker started on the
+    freed port a moment later answered instead (a CI run saw a stopped replica "up" again)."""
+    RETIRED_PORTS.mkdir(exist_ok=True)
+    (RETIRED_PORTS / str(port)).touch()
+
+
+def _retired(port: int) -> bool:
+    try:
+        given_up = (RETIRED_PORTS / str(port)).stat().st_mtime
+    except FileNotFoundError:
+        return False
+    return time.time() - given_up < RETIRED_FOR
+
+
 def free_port(host: str = LOCALHOST) -> int:
-    """A port that was free a moment ago (bind to :0, read it, close). Racy by nature:
-    RedisProcess retries with another port when the server cannot bind it."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    """A port that was free a moment ago (bind to :0, read it, close) and was not retired.
+    Racy by nature: RedisProcess retries with another port when the server cannot bind it."""
+    held: list[socket.socket] = []
+    try:
+        for _ in range(256):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            held.append(s)  # a retired port stays bound here, so the next bind gets another
+            s.bind((host, 0))
+            port = int(s.getsockname()[1])
+            if not _retired(port):
+                return port
+        raise AssertionError(f"256 ports in a row were retired ({RETIRED_PORTS})")
+    finally:
+        for s in held:
+            s.close()
 
 
 def closed_port() -> int:
-    """A loopback port with nothing listening (connections are refused)."""
-    return free_port()
+    """A loopback port with nothing listening (connections are refused), retired so that no
+    server of another test takes it."""
+    port = free_port()
+    retire_port(port)
+    return port
 
 
 class BlackHole:
@@ -482,6 +519,7 @@ class RedisProcess:
         self.proc = None
         self.paused = False
         if proc.poll() is None:
+            retire_port(self.port)  # before the port is free: tests assert it then refuses
             with contextlib.suppress(ProcessLookupError):
                 os.kill(proc.pid, signal.SIGCONT)
             if grace > 0:
