@@ -347,6 +347,7 @@ class Daemon:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(signal.SIGHUP)
             self.scheduler.shutdown()
+            await self.scheduler.wait_closed()
             self.sync_watchers.close()
             if self.supervisor is not None:
                 await asyncio.to_thread(self.supervisor.stop)

@@ -141,6 +141,7 @@ class MonitorScheduler:
             "heartbeat": {},
             "probe": {},
         }
+        self._cancelled: list[asyncio.Task[None]] = []  # by shutdown(), for wait_closed()
         self._scheduler.add_listener(
             self._on_event, EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES | EVENT_JOB_ERROR
         )
@@ -532,18 +533,26 @@ class MonitorScheduler:
             self.stats.add("publish", "routing", "ok" if ok else "failed")
 
     def shutdown(self) -> None:
+        """Stop the jobs and cancel what runs; wait_closed() waits for the cancelled tasks."""
         self._stopping = True
         if self._scheduler.running:
             self._scheduler.shutdown(wait=False)
-        for task in (self._poll_task, *self._heartbeat_rounds):
-            if task is not None:
+        running = [self._poll_task, *self._heartbeat_rounds]
+        running += [task for pending in self._detached.values() for task in pending.values()]
+        for task in running:
+            if task is not None and not task.done():
                 task.cancel()
-        for pending in self._detached.values():
-            for task in pending.values():
-                task.cancel()
+                self._cancelled.append(task)
         for monitor in self.monitors.values():
             monitor.close()
         for prober, _ in self.probers.values():
             prober.close()
         if self.publisher is not None:
             self.publisher.close()
+
+    async def wait_closed(self) -> None:
+        """Until every task shutdown() cancelled has ended: a loop closed before that destroys
+        them pending (a detached heartbeat write mid-EVALSHA, say)."""
+        cancelled, self._cancelled = self._cancelled, []
+        if cancelled:
+            await asyncio.gather(*cancelled, return_exceptions=True)

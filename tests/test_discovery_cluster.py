@@ -176,5 +176,6 @@ def test_cluster_shards_failover_and_slot_migration(cluster: Cluster) -> None:
         assert table is not None and not table.degraded
     finally:
         scheduler.shutdown()
+        loop.run_until_complete(scheduler.wait_closed())
         fleet.close()
         loop.close()

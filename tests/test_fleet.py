@@ -145,6 +145,7 @@ def test_reconcile_follows_moves_keeps_monitors_and_survives_failures(
         assert fleet.monitors["carts:s0"].group.slots == ((0, 16383),)
     finally:
         scheduler.shutdown()
+        loop.run_until_complete(scheduler.wait_closed())
         fleet.close()
         loop.close()
 

@@ -324,3 +324,28 @@ def test_probe_rounds_batched_and_replica_count_changes(debian_servers: ServerSe
             sched.shutdown()
 
     asyncio.run(scenario())
+
+
+@pytest.mark.timeout(30)
+def test_wait_closed_ends_every_task_shutdown_cancelled() -> None:
+    """A heartbeat write detached on a master that never answers is still pending when the
+    daemon stops: shutdown() cancels it and wait_closed() returns once it has ended, so the
+    loop closes with nothing pending (a CI log showed "Task was destroyed but it is pending"
+    for such a write, its loop closed right after shutdown())."""
+    hole = BlackHole()
+    cfg = make_config(
+        [{"name": "holed", "master": hole.url}], poll={"interval": "2s", "timeout": "1500ms"}
+    )
+    sched, _, _ = make_scheduler(cfg)
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(sched.heartbeat_round())  # the write needs a connect: detached
+        pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+        assert pending, "no detached heartbeat write"
+        sched.shutdown()
+        assert not all(t.done() for t in pending)  # cancelled, not yet ended
+        loop.run_until_complete(sched.wait_closed())
+        assert all(t.done() for t in pending)
+    finally:
+        loop.close()
+        hole.close()
