@@ -43,7 +43,7 @@ from replwatch.sync.slots import (
     parse_redirect,
     route,
 )
-from replwatch.sync.writer import CLIENT_NAME
+from replwatch.sync.writer import CLIENT_NAME, Batch
 from replwatch.tasks.watch import SyncTaskView, SyncWatcher
 
 from .support.clustering import Cluster, assert_same_data
@@ -700,3 +700,81 @@ def test_non_empty_cluster_target_refused_or_flushed(
     start(cluster_task(source, cluster, existing_keys="flush"), runners)
     wait_floor(source, cluster)
     assert_same_data(source, cluster)  # the foreign keys are gone from every master
+
+
+def test_snapshot_commands_of_a_slot_keep_their_order_across_a_move(
+    debian_servers: ServerSet, cluster: Cluster
+) -> None:
+    """The full sync's commands of one slot are applied in the order sent, also while the
+    slot moves: chunks sent to the old owner come back MOVED and are resent, and a chunk sent
+    after the first MOVED changed the slot map must not overtake them (the RPUSH chunks of a
+    big list: their order is the list's). The link's slot map is made stale by moving the slot
+    after it was read; the replies are taken as a loader takes them (wait_some: one batch).
+    The link of before applied 0, 6, 3 here."""
+    task = cluster_task(debian_servers.start("source"), cluster)
+    assert isinstance(task.target, ClusterTarget)
+    key = b"{o}list"
+    slot = key_slot(key)
+    owner = cluster.owner(slot)
+    other = next(n for n in cluster.nodes if n is not owner)
+    link = ClusterTargetLink(task.target, None, 5, f"{CLIENT_NAME}:order")
+    lengths: dict[int, object] = {}  # a chunk's first value → RPUSH's reply (the length)
+
+    def chunk(first: int) -> None:
+        payload = encode_command((b"RPUSH", key, *(b"%d" % v for v in range(first, first + 3))))
+        link.send(payload, Batch(1, lambda r: lengths.update({first: r[0]}), "snapshot"))
+
+    try:
+        assert link.owner(slot) == (owner.host, owner.port)
+        cluster.finish_migration(slot, owner, other)  # (no keys to move: the slot is empty)
+        chunk(0)
+        chunk(3)  # both to the old owner, which answers MOVED
+        # one batch answered (MOVED): a link that followed it at once sent chunk 6 to the new
+        # owner ahead of chunk 3, still on its way back from the old owner
+        link.wait_some()
+        chunk(6)
+        link.drain()
+    finally:
+        link.close()
+    assert lengths == {0: 3, 3: 6, 6: 9}
+    with connect(other) as client:
+        assert client.lrange(key, 0, -1) == [b"%d" % v for v in range(9)]
+
+
+def test_snapshot_commands_asked_elsewhere_keep_their_order(
+    debian_servers: ServerSet, cluster: Cluster
+) -> None:
+    """A slot half moved, its key already on the importing node: the full sync's chunks sent
+    to the old owner are answered ASK and go to the importing node (after ASKING) one at a
+    time, in the order sent, and so does a chunk sent while they wait."""
+    task = cluster_task(debian_servers.start("source"), cluster)
+    assert isinstance(task.target, ClusterTarget)
+    key = b"{q}list"
+    slot = key_slot(key)
+    owner = cluster.owner(slot)
+    other = next(n for n in cluster.nodes if n is not owner)
+    with connect(owner) as client:
+        client.rpush(key, b"first")
+    link = ClusterTargetLink(task.target, None, 5, f"{CLIENT_NAME}:ask-order")
+    lengths: dict[int, object] = {}
+
+    def chunk(first: int) -> None:
+        payload = encode_command((b"RPUSH", key, *(b"%d" % v for v in range(first, first + 3))))
+        link.send(payload, Batch(1, lambda r: lengths.update({first: r[0]}), "snapshot"))
+
+    try:
+        cluster.begin_migration(slot, other)
+        with connect(owner) as old:
+            assert cluster.migrate_keys(old, slot, other, 10) == 1
+        chunk(0)
+        chunk(3)
+        link.wait_some()
+        chunk(6)
+        link.drain()
+        assert link.redirects["ASK"] >= 3
+    finally:
+        link.close()
+        cluster.finish_migration(slot, owner, other)
+    assert lengths == {0: 4, 3: 7, 6: 10}
+    with connect(other) as client:
+        assert client.lrange(key, 0, -1) == [b"first", *(b"%d" % v for v in range(9))]

@@ -24,11 +24,16 @@ batch `MULTI … HSET <checkpoint> offset … EXEC`) becomes one checkpoint per 
 - FLUSHALL / FLUSHDB / FUNCTION / SCRIPT: a barrier: everything before is confirmed, then the
   command runs on every master; the master holding the task record runs it as `MULTI
   FLUSHALL HSET <record> … offset <after it> EXEC` (last), so a crash in between replays it.
-- the snapshot: keys are written to the node owning them, pipelined per node, no MULTI.
+- the snapshot: keys are written to the node owning them, pipelined per node, no MULTI,
+  with at most SNAPSHOT_IN_AIR_BYTES unanswered. A command redirected holds its slot: it
+  and every later command of the slot wait until nothing older of the slot is unanswered,
+  then go out in the order they were sent (the chunks of one big key keep their order
+  across a slot move).
 """
 
 from __future__ import annotations
 
+import heapq
 import logging
 import time
 from collections import deque
@@ -67,6 +72,10 @@ RETRY_FOR = 120.0  # … for at most this long, then the session ends (and is re
 MAX_REDIRECTS = 16
 RECORD_EVERY = 0.5  # the task record (the floor) at most this often while busy
 NODE_IN_FLIGHT = 100_000  # batches in flight per node (bounded by BUFFER_LIMIT instead)
+# snapshot bytes sent and not yet answered: send() reads replies and, past this, waits for
+# them (the replies were read only at the end, and every command's bytes were kept for a
+# resend until then: 557 MB of RSS for a 130 MB dataset)
+SNAPSHOT_IN_AIR_BYTES = 16 * 1024 * 1024
 _ERROR = hiredis.ReplyError
 _SPECIAL = frozenset((b"MULTI", b"EXEC", b"SELECT", b"PING", b"REPLCONF"))
 _CHECKPOINT_PREFIX = CHECKPOINT_PREFIX.encode()
@@ -185,6 +194,12 @@ class ClusterTargetLink(TargetLink):
         self.outstanding = 0  # jobs sent and not yet finished (retries included)
         self._map_stale = False
         self.redirects = {"MOVED": 0, "ASK": 0, "TRYAGAIN": 0, "CLUSTERDOWN": 0}
+        # the snapshot (send): bytes unanswered; per slot, its commands unanswered, and for a
+        # slot one of whose commands was redirected, the commands held (oldest first)
+        self.snapshot_in_air = 0
+        self._sent_seq = 0
+        self._in_air: dict[int, int] = {}
+        self._held: dict[int, list[tuple[int, int, _Gather, Redirect | None]]] = {}
         self.refresh_slots()
         self.info = self.link(self.masters[0]).info
 
@@ -483,9 +498,11 @@ class ClusterTargetLink(TargetLink):
         """A snapshot batch (plain commands, one key each, no MULTI): each command to the
         owner of its key's slot, pipelined per node; `batch.on_done` gets every reply in the
         payload's order once all are in."""
-        gather = _Gather(batch)
+        gather = _Gather(batch, self, len(payload))
+        self.snapshot_in_air += len(payload)
         by_node: dict[Address, list[tuple[int, bytes]]] = {}
         broadcast: list[tuple[int, bytes]] = []
+        held: set[int] = set()
         for argv, data in split_payload(payload):
             index = len(gather.replies)
             gather.replies.append(None)
@@ -499,9 +516,16 @@ class ClusterTargetLink(TargetLink):
                 broadcast.append((index, data))
             else:
                 slot = r.slot if r.kind == "slot" else 0
-                by_node.setdefault(self.owner(slot), []).append((index, data))
                 gather.slots[index] = slot
                 gather.data[index] = data
+                self._sent_seq += 1
+                gather.seqs[index] = self._sent_seq
+                if slot in self._held:  # behind a redirected command of its slot
+                    self.hold(slot, gather, index, None)
+                    held.add(slot)
+                    continue
+                by_node.setdefault(self.owner(slot), []).append((index, data))
+                self._in_air[slot] = self._in_air.get(slot, 0) + 1
         for address, commands in by_node.items():
             gather.waiting += 1
             self.start(
@@ -510,7 +534,7 @@ class ClusterTargetLink(TargetLink):
                     b"".join(d for _, d in commands),
                     len(commands),
                     False,
-                    gather.part([i for i, _ in commands], self),
+                    gather.part([i for i, _ in commands]),
                     "snapshot",
                     node=address,
                     raw_errors=True,
@@ -520,12 +544,108 @@ class ClusterTargetLink(TargetLink):
         for index, data in broadcast:
             for address in self.masters:
                 gather.waiting += 1
-                self.start(
-                    Job(-1, data, 1, False, gather.part([index], self), "snapshot", node=address)
-                )
+                self.start(Job(-1, data, 1, False, gather.part([index]), "snapshot", node=address))
+        for slot in held:
+            self.release(slot)
         if not gather.waiting:
             gather.finish()
-        self._process()
+        self.poll_replies()
+        while self.snapshot_in_air > SNAPSHOT_IN_AIR_BYTES:
+            self.wait_some()
+
+    def hold(self, slot: int, gather: _Gather, index: int, redirect: Redirect | None) -> None:
+        """A snapshot command waits for its slot's older ones (it was redirected, or an older
+        one of its slot was); its gather waits for it. A command bounced by MOVED / ASK more
+        than MAX_REDIRECTS times in a row ends the session (as a stream batch does)."""
+        if redirect is not None:
+            if redirect.kind in ("MOVED", "ASK"):
+                bounces = gather.bounces.get(index, 0) + 1
+                gather.bounces[index] = bounces
+                if bounces > MAX_REDIRECTS:
+                    raise RedisError(
+                        f"cluster {self.cluster.label} redirected a snapshot write for slot "
+                        f"{slot} {MAX_REDIRECTS} times ({redirect.kind} to "
+                        f"{redirect.host}:{redirect.port} last): its nodes disagree on the "
+                        "slot's owner",
+                        reason="cluster",
+                    )
+            else:
+                gather.bounces[index] = 0
+        gather.waiting += 1
+        entry = (gather.seqs[index], index, gather, redirect)
+        heapq.heappush(self._held.setdefault(slot, []), entry)
+
+    def answered(self, slot: int) -> None:
+        """A snapshot command of `slot` was answered (or redirected and held)."""
+        self._in_air[slot] -= 1
+
+    def release(self, slot: int) -> None:
+        """Once nothing of the slot is unanswered, its held commands go out in the order they
+        were sent: a run to the slot's owner (a MOVED updates the map first), or one alone
+        where it must go differently (ASK: to the importing node; TRYAGAIN / CLUSTERDOWN:
+        after a wait), the rest held until it is answered. A redirected one holds the slot
+        again; a slot with nothing held is pipelined as usual again."""
+        queue = self._held.get(slot)
+        if queue is None or self._in_air.get(slot, 0):
+            return
+        run: list[tuple[int, _Gather]] = []
+        while queue:
+            _seq, index, gather, redirect = queue[0]
+            if redirect is not None and redirect.kind != "MOVED":
+                if not run:
+                    heapq.heappop(queue)
+                    self._send_alone(slot, gather, index, redirect)
+                return  # (the slot stays held, maybe with nothing queued, until answered)
+            heapq.heappop(queue)
+            if redirect is not None:
+                self.redirects["MOVED"] += 1
+                self.slot_owner[redirect.slot] = (redirect.host, redirect.port)
+                self._map_stale = True
+            run.append((index, gather))
+        del self._held[slot]
+        self._send_run(slot, run)
+
+    def _send_alone(self, slot: int, gather: _Gather, index: int, redirect: Redirect) -> None:
+        job = Job(slot, gather.data[index], 1, False, gather.one(index), "snapshot")
+        job.raw_errors = True
+        self._in_air[slot] = self._in_air.get(slot, 0) + 1
+        self.outstanding += 1
+        self.redirects[redirect.kind] += 1
+        if redirect.kind == "ASK":
+            job.ask = (redirect.host, redirect.port)
+            job.redirects = gather.bounces.get(index, 0)
+            self.submit(job)
+        else:  # TRYAGAIN / CLUSTERDOWN
+            if redirect.kind == "CLUSTERDOWN":
+                self._map_stale = True
+            self._retries.append((time.monotonic() + RETRY_WAIT, job))
+
+    def _send_run(self, slot: int, run: list[tuple[int, _Gather]]) -> None:
+        """Held commands of one slot, in order, as one job to its owner: each reply goes to
+        its command's gather (a redirected one is held again)."""
+        if not run:
+            return
+        parts = [gather.part([index]) for index, gather in run]  # (each held: counted)
+
+        def done(replies: list[Any]) -> None:
+            for part, reply in zip(parts, replies, strict=True):
+                part([reply])
+
+        self._in_air[slot] = self._in_air.get(slot, 0) + len(run)
+        body = b"".join(gather.data[index] for index, gather in run)
+        self.start(
+            Job(
+                -1,
+                body,
+                len(run),
+                False,
+                done,
+                "snapshot",
+                node=self.owner(slot),
+                raw_errors=True,
+                follow=False,
+            )
+        )
 
     def close(self) -> None:
         for node in self.links.values():
@@ -555,50 +675,60 @@ class ClusterTargetLink(TargetLink):
 
 class _Gather:
     """The replies of one snapshot batch, put back in order from its per-node parts; a
-    command redirected (MOVED / ASK / TRYAGAIN) is resent alone to where it goes."""
+    command redirected (MOVED / ASK / TRYAGAIN) is held by the link (ClusterTargetLink.hold)
+    and resent in its slot's order."""
 
-    def __init__(self, batch: Batch) -> None:
+    def __init__(self, batch: Batch, link: ClusterTargetLink, size: int) -> None:
         self.batch = batch
+        self.link = link
+        self.size = size  # the batch's bytes, in link.snapshot_in_air until finished
         self.replies: list[Any] = []
         self.slots: dict[int, int] = {}  # index → slot, for commands routed by key
         self.data: dict[int, bytes] = {}  # index → its bytes (resent when redirected)
+        self.seqs: dict[int, int] = {}  # index → its place in the order sent
+        self.bounces: dict[int, int] = {}  # index → MOVED / ASK followed in a row
         self.waiting = 0
 
-    def part(self, indexes: list[int], link: ClusterTargetLink) -> Callable[[list[Any]], None]:
+    def part(self, indexes: list[int]) -> Callable[[list[Any]], None]:
         def done(replies: list[Any]) -> None:
+            link = self.link
+            touched: set[int] = set()
             for index, reply in zip(indexes, replies, strict=True):
                 slot = self.slots.get(index)
-                if (
-                    slot is not None
-                    and isinstance(reply, _ERROR)
-                    and first_redirect([reply], _ERROR) is not None
-                ):
-                    # resent alone through the job machinery (which follows the redirect)
-                    self.waiting += 1
-                    redirect = first_redirect([reply], _ERROR)
-                    assert redirect is not None
-                    job = Job(slot, self.data[index], 1, False, self.one(index), "snapshot")
-                    job.raw_errors = True
-                    link.outstanding += 1
-                    link._redirected(job, redirect)
-                    continue
+                if slot is not None:
+                    link.answered(slot)
+                    touched.add(slot)
+                    if isinstance(reply, _ERROR):
+                        redirect = first_redirect([reply], _ERROR)
+                        if redirect is not None:
+                            link.hold(slot, self, index, redirect)
+                            continue
                 self.replies[index] = reply
             self.waiting -= 1
+            for slot in touched:
+                link.release(slot)
             if not self.waiting:
                 self.finish()
 
         return done
 
     def one(self, index: int) -> Callable[[list[Any]], None]:
+        """A held command sent alone (ASK, TRYAGAIN, CLUSTERDOWN): the job machinery follows
+        its further redirects; its slot's next commands go once it is answered."""
+
         def done(replies: list[Any]) -> None:
+            slot = self.slots[index]
             self.replies[index] = replies[0]
+            self.link.answered(slot)
             self.waiting -= 1
+            self.link.release(slot)
             if not self.waiting:
                 self.finish()
 
         return done
 
     def finish(self) -> None:
+        self.link.snapshot_in_air -= self.size
         if self.batch.on_done is not None:
             self.batch.on_done(self.replies)
 
