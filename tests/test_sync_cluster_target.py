@@ -10,6 +10,7 @@ import asyncio
 import os
 import random
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -778,3 +779,49 @@ def test_snapshot_commands_asked_elsewhere_keep_their_order(
     assert lengths == {0: 4, 3: 7, 6: 10}
     with connect(other) as client:
         assert client.lrange(key, 0, -1) == [b"first", *(b"%d" % v for v in range(9))]
+
+
+def test_snapshot_commands_follow_their_slots_unanswered_ones_when_the_map_changes(
+    debian_servers: ServerSet, cluster: Cluster
+) -> None:
+    """A slot's chunk is on its way to the old owner (asleep here, so it stays unanswered)
+    when the slot map changes under the link (a reload after another slot's MOVED, in a
+    resharding): the slot's next chunk goes after it, to the same node, and does not land
+    on the new owner first. The link of before sent it there and applied 3, 0."""
+    task = cluster_task(debian_servers.start("source"), cluster)
+    assert isinstance(task.target, ClusterTarget)
+    key = b"{r}list"
+    slot = key_slot(key)
+    owner = cluster.owner(slot)
+    other = next(n for n in cluster.nodes if n is not owner)
+    link = ClusterTargetLink(task.target, None, 5, f"{CLIENT_NAME}:pin")
+    lengths: dict[int, object] = {}
+
+    def chunk(first: int) -> None:
+        payload = encode_command((b"RPUSH", key, *(b"%d" % v for v in range(first, first + 3))))
+        link.send(payload, Batch(1, lambda r: lengths.update({first: r[0]}), "snapshot"))
+
+    def answers(node: RedisProcess) -> bool:
+        """PING answered within 50 ms (a raw socket: redis-py retries a timeout)."""
+        with socket.create_connection((node.host, node.port), timeout=1) as probe:
+            probe.settimeout(0.05)
+            probe.sendall(b"PING\r\n")
+            try:
+                return probe.recv(16) == b"+PONG\r\n"
+            except TimeoutError:
+                return False
+
+    try:
+        cluster.finish_migration(slot, owner, other)  # after the link read the map
+        with socket.create_connection((owner.host, owner.port)) as sleeper:
+            sleeper.sendall(encode_command((b"DEBUG", b"SLEEP", b"1")))
+            wait_for(lambda: not answers(owner), 5, "the old owner to be asleep", interval=0.01)
+            chunk(0)  # to the old owner, unanswered while it sleeps
+            link.slot_owner[slot] = (other.host, other.port)  # the map reloaded meanwhile
+            chunk(3)
+            link.drain()
+    finally:
+        link.close()
+    assert lengths == {0: 3, 3: 6}
+    with connect(other) as client:
+        assert client.lrange(key, 0, -1) == [b"%d" % v for v in range(6)]

@@ -25,10 +25,11 @@ batch `MULTI … HSET <checkpoint> offset … EXEC`) becomes one checkpoint per 
   command runs on every master; the master holding the task record runs it as `MULTI
   FLUSHALL HSET <record> … offset <after it> EXEC` (last), so a crash in between replays it.
 - the snapshot: keys are written to the node owning them, pipelined per node, no MULTI,
-  with at most SNAPSHOT_IN_AIR_BYTES unanswered. A command redirected holds its slot: it
-  and every later command of the slot wait until nothing older of the slot is unanswered,
-  then go out in the order they were sent (the chunks of one big key keep their order
-  across a slot move).
+  with at most SNAPSHOT_IN_AIR_BYTES unanswered. A slot's commands follow its unanswered
+  ones to their node (a map reloaded meanwhile does not send them ahead on another
+  connection), and a command redirected holds its slot: it and every later command of the
+  slot wait until nothing older of the slot is unanswered, then go out in the order they were
+  sent (the chunks of one big key keep their order across a slot move).
 """
 
 from __future__ import annotations
@@ -199,6 +200,7 @@ class ClusterTargetLink(TargetLink):
         self.snapshot_in_air = 0
         self._sent_seq = 0
         self._in_air: dict[int, int] = {}
+        self._air_node: dict[int, Address] = {}  # where the slot's unanswered commands went
         self._held: dict[int, list[tuple[int, int, _Gather, Redirect | None]]] = {}
         self.refresh_slots()
         self.info = self.link(self.masters[0]).info
@@ -524,7 +526,11 @@ class ClusterTargetLink(TargetLink):
                     self.hold(slot, gather, index, None)
                     held.add(slot)
                     continue
-                by_node.setdefault(self.owner(slot), []).append((index, data))
+                if self._in_air.get(slot):  # behind the slot's unanswered commands, on their
+                    address = self._air_node[slot]  # connection (the map may have moved on)
+                else:
+                    address = self._air_node[slot] = self.owner(slot)
+                by_node.setdefault(address, []).append((index, data))
                 self._in_air[slot] = self._in_air.get(slot, 0) + 1
         for address, commands in by_node.items():
             gather.waiting += 1
@@ -551,6 +557,8 @@ class ClusterTargetLink(TargetLink):
             gather.finish()
         self.poll_replies()
         while self.snapshot_in_air > SNAPSHOT_IN_AIR_BYTES:
+            if not self.outstanding and not self._finished:  # (a bug: it would spin for ever)
+                raise ProtocolFailure("snapshot batches unanswered with nothing in flight")
             self.wait_some()
 
     def hold(self, slot: int, gather: _Gather, index: int, redirect: Redirect | None) -> None:
@@ -592,7 +600,9 @@ class ClusterTargetLink(TargetLink):
         while queue:
             _seq, index, gather, redirect = queue[0]
             if redirect is not None and redirect.kind != "MOVED":
-                if not run:
+                if run:  # the older ones first; this one once they are answered
+                    self._send_run(slot, run)
+                else:
                     heapq.heappop(queue)
                     self._send_alone(slot, gather, index, redirect)
                 return  # (the slot stays held, maybe with nothing queued, until answered)
@@ -632,6 +642,7 @@ class ClusterTargetLink(TargetLink):
                 part([reply])
 
         self._in_air[slot] = self._in_air.get(slot, 0) + len(run)
+        address = self._air_node[slot] = self.owner(slot)
         body = b"".join(gather.data[index] for index, gather in run)
         self.start(
             Job(
@@ -641,7 +652,7 @@ class ClusterTargetLink(TargetLink):
                 False,
                 done,
                 "snapshot",
-                node=self.owner(slot),
+                node=address,
                 raw_errors=True,
                 follow=False,
             )
