@@ -825,3 +825,35 @@ def test_snapshot_commands_follow_their_slots_unanswered_ones_when_the_map_chang
     assert lengths == {0: 3, 3: 6}
     with connect(other) as client:
         assert client.lrange(key, 0, -1) == [b"%d" % v for v in range(6)]
+
+
+@pytest.mark.timeout(120)
+def test_a_slot_moved_while_the_full_sync_loads_it(
+    debian_servers: ServerSet, cluster: Cluster, runners: list[RunnerThread]
+) -> None:
+    """From outside: a target slot moves (IMPORTING, MIGRATE of what is there, NODE) while
+    the full sync writes its big lists chunk by chunk (write_mode commands: RESTORE would
+    write each whole); the task follows ASK and MOVED with the real loader and the cluster
+    ends equal to the source, every list in order."""
+    source = debian_servers.start("source")
+    names = [f"{{m}}:list{i}" for i in range(3)]
+    with connect(source) as client:
+        for name in names:
+            for first in range(0, 200_000, 10_000):
+                client.rpush(name, *range(first, first + 10_000))
+        client.set("elsewhere", "1")
+    slot = key_slot(b"m")
+    owner = cluster.owner(slot)
+    other = next(n for n in cluster.nodes if n is not owner)
+    runner = start(cluster_task(source, cluster, write_mode="commands"), runners)
+    with connect(owner) as old:
+
+        def loaded() -> int:
+            return sum(int(old.llen(name)) for name in names)
+
+        wait_for(lambda: loaded() > 0, 30, "the lists to be loading", interval=0.005)
+        assert loaded() < len(names) * 200_000, "loaded before the move began"
+        cluster.migrate_slot(slot, other)
+    cp = wait_floor(source, cluster, 60)
+    assert cp.full_resyncs == 1 and runner.runner.counters.sessions == 1, cp.last_error
+    assert_same_data(source, cluster)
