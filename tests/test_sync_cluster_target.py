@@ -857,3 +857,5 @@ def test_a_slot_moved_while_the_full_sync_loads_it(
     cp = wait_floor(source, cluster, 60)
     assert cp.full_resyncs == 1 and runner.runner.counters.sessions == 1, cp.last_error
     assert_same_data(source, cluster)
+    # the full sync's redirects are in the task record's counts
+    assert redirects_followed(cluster, "ask") + redirects_followed(cluster, "moved") > 0

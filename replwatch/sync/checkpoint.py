@@ -61,7 +61,8 @@ strings; times are unix milliseconds of the syncer's clock):
                              (host:pid:random), its fencing token (grows with every
                              takeover) and when the lease ends (the target's clock, ms)
     cluster_redirects:<kind> a cluster target: MOVED / ASK / TRYAGAIN / CLUSTERDOWN replies
-                             followed (moved, ask, tryagain, clusterdown)
+                             followed (moved, ask, tryagain, clusterdown), the full
+                             sync's included
 
 A cluster target (replwatch/sync/cluster_target.py) also has one hash per target slot the
 stream wrote to, `__replwatch:sync:<task>:{<tag>}` with `offset` and `gen` (full_resyncs),

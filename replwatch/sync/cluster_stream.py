@@ -89,7 +89,8 @@ class ClusterStreamApplier:
         self.last_record = 0.0
         self.confirmed = 0  # commands confirmed, not yet counted in the record
         self.skipped = 0  # commands found applied already (resume)
-        self.redirects_recorded = dict(target.redirects)  # (counted in the record)
+        # redirects counted in the record so far: none (the full sync's go in with the first)
+        self.redirects_recorded = dict.fromkeys(target.redirects, 0)
         # own keys left out, expiries a grace later; the record survives a FLUSH its own way
         self.rewriter = ctx.rewriter(False)
         self.later_forms = LAST_ARGUMENT_FORMS if self.rewriter.grace_ms else frozenset()
