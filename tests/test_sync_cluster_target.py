@@ -43,6 +43,7 @@ from replwatch.sync.slots import (
     parse_cluster_slots,
     parse_redirect,
     route,
+    snapshot_slot,
 )
 from replwatch.sync.writer import CLIENT_NAME, Batch
 from replwatch.tasks.watch import SyncTaskView, SyncWatcher
@@ -149,6 +150,32 @@ def test_route(argv: tuple[bytes, ...], expected: Route) -> None:
 def test_route_refuses(argv: tuple[bytes, ...], error: type[Exception], message: str) -> None:
     with pytest.raises(error, match=message):
         route(argv)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        (b"SET", b"{u}k", b"v"),
+        (b"SET", b"k2", b"v", b"PX", b"100"),
+        (b"RESTORE", b"k3", b"0", b"\x00payload", b"REPLACE", b"ABSTTL"),
+        (b"RPUSH", b"list", b"a", b"b"),
+        (b"SADD", b"set", b"a"),
+        (b"ZADD", b"zset", b"1", b"a", b"2", b"b"),
+        (b"HSET", b"hash", b"f", b"v", b"g", b"w"),
+        (b"HMSET", b"hash2", b"f", b"v"),
+        (b"XADD", b"stream", b"1-1", b"f", b"v"),
+        (b"PEXPIREAT", b"k", b"1700000000000"),
+    ],
+)
+def test_snapshot_slot_agrees_with_route(argv: tuple[bytes, ...]) -> None:
+    """The full sync's shortcut (the key is argv[1]) names the slot route() does."""
+    assert route(argv) == Route("slot", snapshot_slot(argv))
+    assert snapshot_slot((argv[0].lower(), *argv[1:])) is None  # (not as the loader writes)
+
+
+@pytest.mark.parametrize("argv", [(b"DEL", b"a", b"b"), (b"FUNCTION", b"LOAD", b"x"), (b"SET",)])
+def test_snapshot_slot_leaves_other_commands_to_route(argv: tuple[bytes, ...]) -> None:
+    assert snapshot_slot(argv) is None
 
 
 @pytest.mark.parametrize(

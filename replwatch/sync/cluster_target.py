@@ -51,7 +51,13 @@ from replwatch.observe.connection import classify_reply_error, encode_command
 from replwatch.sync.checkpoint import CHECKPOINT_PREFIX
 from replwatch.sync.checkpoint_store import CheckpointStore
 from replwatch.sync.lease import Fence
-from replwatch.sync.slots import Redirect, first_redirect, parse_cluster_slots, route
+from replwatch.sync.slots import (
+    Redirect,
+    first_redirect,
+    parse_cluster_slots,
+    route,
+    snapshot_slot,
+)
 from replwatch.sync.writer import (
     CLIENT_NAME,
     OK_REPLY,
@@ -508,30 +514,31 @@ class ClusterTargetLink(TargetLink):
         for argv, data in split_payload(payload):
             index = len(gather.replies)
             gather.replies.append(None)
-            name = argv[0].upper()
-            if name == b"SELECT":
-                self.select(int(argv[1]))
-                gather.replies[index] = b"OK"
-                continue
-            r = route(argv)
-            if r.kind == "every_master":
-                broadcast.append((index, data))
-            else:
-                slot = r.slot if r.kind == "slot" else 0
-                gather.slots[index] = slot
-                gather.data[index] = data
-                self._sent_seq += 1
-                gather.seqs[index] = self._sent_seq
-                if slot in self._held:  # behind a redirected command of its slot
-                    self.hold(slot, gather, index, None)
-                    held.add(slot)
+            slot = snapshot_slot(argv)
+            if slot is None:
+                if argv[0].upper() == b"SELECT":
+                    self.select(int(argv[1]))
+                    gather.replies[index] = b"OK"
                     continue
-                if self._in_air.get(slot):  # behind the slot's unanswered commands, on their
-                    address = self._air_node[slot]  # connection (the map may have moved on)
-                else:
-                    address = self._air_node[slot] = self.owner(slot)
-                by_node.setdefault(address, []).append((index, data))
-                self._in_air[slot] = self._in_air.get(slot, 0) + 1
+                r = route(argv)
+                if r.kind == "every_master":
+                    broadcast.append((index, data))
+                    continue
+                slot = r.slot if r.kind == "slot" else 0
+            gather.slots[index] = slot
+            gather.data[index] = data
+            self._sent_seq += 1
+            gather.seqs[index] = self._sent_seq
+            if slot in self._held:  # behind a redirected command of its slot
+                self.hold(slot, gather, index, None)
+                held.add(slot)
+                continue
+            if self._in_air.get(slot):  # behind the slot's unanswered commands, on their
+                address = self._air_node[slot]  # connection (the map may have moved on)
+            else:
+                address = self._air_node[slot] = self.owner(slot)
+            by_node.setdefault(address, []).append((index, data))
+            self._in_air[slot] = self._in_air.get(slot, 0) + 1
         for address, commands in by_node.items():
             gather.waiting += 1
             self.start(

@@ -46,6 +46,20 @@ class Route:
 
 ANYWHERE = Route("anywhere")
 EVERY = Route("every_master")
+# commands whose one key is argv[1] whatever their other arguments (what the full sync
+# writes: snapshot_slot routes them without the general key table; a table test holds it to
+# route())
+FIRST_ARGUMENT_KEY = frozenset(
+    (b"SET", b"RESTORE", b"RPUSH", b"SADD", b"ZADD", b"HSET", b"HMSET", b"XADD", b"PEXPIREAT")
+)
+
+
+def snapshot_slot(argv: Sequence[bytes]) -> int | None:
+    """The slot of a full-sync command whose one key is argv[1] (FIRST_ARGUMENT_KEY, named
+    in capitals as the loader writes them); None: ask route()."""
+    if len(argv) > 1 and argv[0] in FIRST_ARGUMENT_KEY:
+        return key_slot(argv[1])
+    return None
 
 
 def route(argv: Sequence[bytes]) -> Route:
