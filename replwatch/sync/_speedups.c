@@ -309,12 +309,75 @@ static PyObject *split_stream(PyObject *self, PyObject *args) {
     return result;
 }
 
+/* lzf_decompress(data, expected_length) -> bytes, or None when the data is not valid LZF
+ * expanding to exactly expected_length bytes (rdb.lzf_decompress, the Python path, then
+ * runs to say what is wrong). liblzf's lzf_d.c: literal runs and back references; every
+ * read and write is bounds-checked. */
+static PyObject *lzf_decompress(PyObject *self, PyObject *args) {
+    Py_buffer in;
+    Py_ssize_t expected;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "y*n", &in, &expected))
+        return NULL;
+    if (expected < 0) {
+        PyBuffer_Release(&in);
+        Py_RETURN_NONE;
+    }
+    PyObject *out = PyBytes_FromStringAndSize(NULL, expected);
+    if (out == NULL) {
+        PyBuffer_Release(&in);
+        return NULL;
+    }
+    unsigned char *const start = (unsigned char *)PyBytes_AS_STRING(out);
+    unsigned char *o = start;
+    unsigned char *const oe = start + expected;
+    const unsigned char *ip = (const unsigned char *)in.buf;
+    const unsigned char *const ie = ip + in.len;
+    while (ip < ie) {
+        unsigned int ctrl = *ip++;
+        if (ctrl < 32) { /* a literal run of ctrl + 1 bytes */
+            Py_ssize_t run = (Py_ssize_t)ctrl + 1;
+            if (run > ie - ip || run > oe - o)
+                goto bad;
+            memcpy(o, ip, (size_t)run);
+            o += run;
+            ip += run;
+        } else { /* a back reference: length 3..264, distance 1..8192 */
+            Py_ssize_t length = ctrl >> 5;
+            if (length == 7) {
+                if (ip >= ie)
+                    goto bad;
+                length += *ip++;
+            }
+            length += 2;
+            if (ip >= ie)
+                goto bad;
+            Py_ssize_t distance = (Py_ssize_t)(((ctrl & 0x1f) << 8) | *ip++) + 1;
+            if (distance > o - start || length > oe - o)
+                goto bad;
+            const unsigned char *ref = o - distance;
+            while (length--) /* forward, byte by byte: an overlap repeats the pattern */
+                *o++ = *ref++;
+        }
+    }
+    if (o != oe)
+        goto bad;
+    PyBuffer_Release(&in);
+    return out;
+bad:
+    Py_DECREF(out);
+    PyBuffer_Release(&in);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"string_run", string_run, METH_VARARGS,
      "string_run(buf, pos, end, limit, mset) -> (SET or MSET commands, count, position after)"},
     {"split_stream", split_stream, METH_VARARGS,
      "split_stream(raw, pos, room, always, counted, own_prefix) -> "
      "(run_end, run_count, marked argv or None, marked_end)"},
+    {"lzf_decompress", lzf_decompress, METH_VARARGS,
+     "lzf_decompress(data, expected_length) -> bytes, or None when it is not valid LZF"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -542,6 +542,21 @@ def _compiled_string_run() -> _StringRunLoop | None:
     return cast(_StringRunLoop, string_run)
 
 
+_LzfLoop: TypeAlias = Callable[[bytes, int], bytes | None]
+
+
+def _compiled_lzf() -> _LzfLoop | None:
+    """lzf_decompress compiled (_speedups.c: None for data that is not valid LZF, then the
+    Python function says why), when it was built and REPLWATCH_PURE_PYTHON is not set."""
+    if os.environ.get("REPLWATCH_PURE_PYTHON"):
+        return None
+    try:
+        from replwatch.sync._speedups import lzf_decompress as compiled
+    except ImportError:
+        return None
+    return cast(_LzfLoop, compiled)
+
+
 @dataclass(frozen=True)
 class StringRun:
     """Where runs of plain string keys go, as RESP `SET key value` commands or one `MSET`
@@ -568,6 +583,7 @@ class _Reader:
         "_crc",
         "_crc_from",
         "_end",
+        "_lzf_loop",
         "_pos",
         "_read_exact",
         "_read_some",
@@ -597,6 +613,7 @@ class _Reader:
         self._cap_limit = 0
         self.max_string = max_string
         self._run_loop = _compiled_string_run() or string_run_py
+        self._lzf_loop = _compiled_lzf()
 
     @property
     def offset(self) -> int:
@@ -720,7 +737,11 @@ class _Reader:
                     start,
                 )
             data = self.read(compressed_len)
-            return lzf_decompress(data, plain_len, offset=start)
+            if self._lzf_loop is not None:
+                plain = self._lzf_loop(data, plain_len)
+                if plain is not None:
+                    return plain
+            return lzf_decompress(data, plain_len, offset=start)  # (or says what is wrong)
         raise RdbFormatError(f"unknown string encoding byte {b:#04x}", start)
 
     # -- buffer management
