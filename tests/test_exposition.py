@@ -227,6 +227,18 @@ def test_generated_families_render_alike(fams: list[Metric], accept: str) -> Non
     assert fast(Families(fams)) == expected
 
 
+@pytest.mark.parametrize("accept", ACCEPTS)
+def test_reserved_label_names_render_alike(accept: str) -> None:
+    """A label name starting with "__" (reserved) is quoted by prometheus_client 0.26 under
+    allow-utf-8 escaping: the fast path hands such samples to it (hypothesis found it)."""
+    fam = Metric("_", "", "gauge")
+    fam.add_sample("_", {"_": "", "a": "", "__": ""}, 0.0)
+    fams: list[Metric] = [fam, Metric("_", "", "gauge")]
+    encoder, content_type = choose_encoder(accept)
+    fast = fast_encoder_for(encoder, content_type, {})
+    assert fast(Families(fams)) == encoder(Families(fams))
+
+
 def test_the_daemons_registry_renders_alike() -> None:
     """The real collectors over a fleet of 200 replicas (bench/status_page.py's generated
     snapshots), with scheduler statistics and probes: every format renders alike."""

@@ -157,7 +157,9 @@ class FastEncoder:
             out.append(f"{sample_name}{label_text} {go_float(value)}\n")
 
     def _label_text(self, labels: dict[str, str], key: tuple[tuple[str, str], ...]) -> str:
-        if not all(self._is_legacy(k) for k in labels):
+        # a label name starting with "__" is reserved: prometheus_client 0.26 quotes it under
+        # allow-utf-8 (older ones did not), so such labels take its own encoder
+        if not all(self._is_legacy(k) and not k.startswith("__") for k in labels):
             raise _NotSimple
         if len(self._labels) >= LABEL_CACHE_LIMIT:
             self._labels.clear()
