@@ -7,6 +7,7 @@ the compiled paths when they were built)."""
 
 from __future__ import annotations
 
+import functools
 import random
 import shutil
 from collections.abc import Callable, Iterator
@@ -66,16 +67,42 @@ def entry(key: bytes, value: bytes) -> bytes:
     return rdb_length(len(key)) + key + rdb_length(len(value)) + value
 
 
+@functools.cache
+def packed_once(plain: bytes) -> bytes:
+    """lzf_compress of `plain`, made once (compressing 16 KiB in Python takes a while)."""
+    return lzf_compress(plain, random.Random(len(plain)))
+
+
+def lzf_value(plain: bytes, rng: random.Random, damage: bool = False) -> bytes:
+    """An RDB string value stored LZF-compressed (0xC3, compressed and plain lengths);
+    `damage` flips a byte of the compressed data (or declares one byte more)."""
+    packed = packed_once(plain)
+    declared = len(plain)
+    if damage:
+        if packed and rng.random() < 0.7:
+            at = rng.randrange(len(packed))
+            packed = packed[:at] + bytes([packed[at] ^ rng.randrange(1, 256)]) + packed[at + 1 :]
+        else:
+            declared += 1
+    return b"\xc3" + rdb_length(len(packed)) + rdb_length(declared) + packed
+
+
 def random_entries(rng: random.Random) -> bytes:
     """String entries (the first one's type byte already read), with what ends a run
-    between them: a TTL opcode, another type, an encoded length, EOF."""
+    between them: a TTL opcode, another type, an encoded length, EOF; values plain or
+    LZF-compressed (some damaged: the per-key path must take those)."""
     keys = [b"k", b"_own", b"", b"x" * 63, b"x" * 64, b"x" * 16_383, b"x" * 16_384]
     values = [b"", b"v", b"y" * 63, b"y" * 64, b"y" * 200, b"y" * 16_384]
     data = b""
     for i in range(rng.randint(0, 8)):
         if i:
             data += rng.choice([b"\x00", b"\x00", b"\x00", b"\x02", b"\xfc" + b"\x00" * 8])
-        data += entry(rng.choice(keys) + b"%d" % i * rng.randint(0, 1), rng.choice(values))
+        key = rng.choice(keys) + b"%d" % i * rng.randint(0, 1)
+        if rng.random() < 0.3:
+            plain = rng.choice([b"ab" * 20, b"json {a: 1} " * 30, b"z" * 16_383, b"z" * 16_384])
+            data += rdb_length(len(key)) + key + lzf_value(plain, rng, rng.random() < 0.2)
+        else:
+            data += entry(key, rng.choice(values))
     return data + rng.choice([b"", b"\x00", b"\xff", b"\xc0\x05"])
 
 
@@ -85,7 +112,7 @@ def test_string_run_compiled_is_the_python_loop(mset: bool) -> None:
     rng = random.Random(7)
     taken = 0
     for _ in range(4000):
-        data = random_entries(rng)
+        data = random_entries(rng)  # (LZF values among them)
         end = rng.randint(0, len(data))
         limit = rng.randint(1, 6)
         expected = string_run_py(data, 0, end, limit, mset)
@@ -105,6 +132,16 @@ def test_string_run_compiled_is_the_python_loop(mset: bool) -> None:
         (b"\xc0\x05" + entry(b"a", b"1")[1:], 10, [], 0),  # an int-encoded key
         (entry(b"a", b"v" * 16_384), 10, [], 0),  # a 32-bit length
         (entry(b"a", b"12345")[:-1], 10, [], 0),  # not all buffered
+        # LZF values decoded in the run: a literal run then a back reference ("abcabc")
+        (b"\x01a\xc3\x06\x06\x02abc\x20\x02", 10, [(b"a", b"abcabc")], 11),
+        (b"\x01a\xc3\x06\x07\x02abc\x20\x02", 10, [], 0),  # declared 7: invalid
+        (  # an LZF value, then a plain one
+            b"\x01a\xc3\x06\x06\x02abc\x20\x02" + b"\x00" + entry(b"b", b"2"),
+            10,
+            [(b"a", b"abcabc"), (b"b", b"2")],
+            16,
+        ),
+        (b"\x01a\xc3\x06\x06\x02abc\x20\x02"[:-1], 10, [], 0),  # not all buffered
     ],
 )
 @pytest.mark.parametrize("mset", [False, True])
@@ -132,12 +169,15 @@ def resp_commands(data: bytes) -> list[Any]:
 
 @pytest.fixture
 def snapshot(debian_servers: ServerSet) -> Iterator[bytes]:
-    """A real server's RDB: strings of every shape the runs take or refuse, in two dbs."""
+    """A real server's RDB: strings of every shape the runs take or refuse (plain and
+    LZF-compressed values), in two dbs."""
     server = debian_servers.start("rdb")
     with connect(server) as client, connect(server, 4) as db4:
         pipe = client.pipeline(transaction=False)
         for i in range(3000):
             pipe.set(f"key:{i}", f"value:{i}")
+        for i in range(500):  # stored LZF-compressed (over 20 bytes, compressible)
+            pipe.set(f"zip:{i}", f"{i}:" + "compressible " * (2 + i % 40))
         pipe.set("_underscore", "x")
         pipe.set("__replwatch:heartbeat", "1")
         pipe.set("int", 12345)  # int-encoded
@@ -207,8 +247,9 @@ def test_snapshot_strings_by_runs_are_the_events(
     assert {k: (v if isinstance(v, bytes) else str(v).encode()) for k, v in got.items()} == {
         k: (v if isinstance(v, bytes) else str(v).encode()) for k, v in expected.items()
     }
-    # most keys came by runs (a run ends where a read ends: those keys take the per-key path)
-    assert sum(runs) > 0.9 * 3000 and max(runs) <= 500 and len(runs) > 6
+    # most keys came by runs (a run ends where a read ends: those keys take the per-key path),
+    # the compressed ones too
+    assert sum(runs) > 0.9 * 3500 and max(runs) <= 500 and len(runs) > 6
 
 
 def test_the_pure_python_switch_reaches_the_parser(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,7 +2,7 @@
  * pure-Python function that stays the reference (both are tested against each other:
  * tests/test_sync_speedups.py):
  * - string_run: rdb.string_run_py, a run of plain string keys of the snapshot formatted as
- *   RESP `SET key value` commands, or one `MSET`;
+ *   RESP `SET key value` commands, or one `MSET` (short LZF values decoded in it);
  * - split_stream: the replication stream's whole commands from a position, a run to forward
  *   as it is, then the first command a rule must look at: what stream_split's
  *   take_commands + marked + encoded_length find a read at a time with hiredis.
@@ -30,9 +30,69 @@ static char *put_bulk(char *out, const unsigned char *data, Py_ssize_t n) {
     return out;
 }
 
-/* The next entry at p (its key's length byte): 1 when it is taken, with its spans. */
+/* liblzf's lzf_d.c: literal runs and back references from in[0:n] into out, which must come
+ * to exactly `expected` bytes; every read and write is bounds-checked. 1: done, 0: not
+ * valid LZF of that length. */
+static int lzf_expand(const unsigned char *ip, Py_ssize_t n, unsigned char *out,
+                      Py_ssize_t expected) {
+    unsigned char *o = out;
+    unsigned char *const oe = out + expected;
+    const unsigned char *const ie = ip + n;
+    while (ip < ie) {
+        unsigned int ctrl = *ip++;
+        if (ctrl < 32) { /* a literal run of ctrl + 1 bytes */
+            Py_ssize_t run = (Py_ssize_t)ctrl + 1;
+            if (run > ie - ip || run > oe - o)
+                return 0;
+            memcpy(o, ip, (size_t)run);
+            o += run;
+            ip += run;
+        } else { /* a back reference: length 3..264, distance 1..8192 */
+            Py_ssize_t length = ctrl >> 5;
+            if (length == 7) {
+                if (ip >= ie)
+                    return 0;
+                length += *ip++;
+            }
+            length += 2;
+            if (ip >= ie)
+                return 0;
+            Py_ssize_t distance = (Py_ssize_t)(((ctrl & 0x1f) << 8) | *ip++) + 1;
+            if (distance > o - out || length > oe - o)
+                return 0;
+            const unsigned char *ref = o - distance;
+            while (length--) /* forward, byte by byte: an overlap repeats the pattern */
+                *o++ = *ref++;
+        }
+    }
+    return o == oe;
+}
+
+/* A 6- or 14-bit RDB length at p: 1 read (*value, *after), 0 anything else. */
+static int short_length(const unsigned char *buf, Py_ssize_t p, Py_ssize_t end,
+                        Py_ssize_t *value, Py_ssize_t *after) {
+    if (p >= end)
+        return 0;
+    unsigned int c = buf[p];
+    if (c < 0x40) {
+        *value = c;
+        *after = p + 1;
+        return 1;
+    }
+    if (c < 0x80 && p + 1 < end) {
+        *value = ((c & 0x3F) << 8) | buf[p + 1];
+        *after = p + 2;
+        return 1;
+    }
+    return 0;
+}
+
+/* The next entry at p (its key's length byte): 1 when it is taken, with its spans; an LZF
+ * value (encoding 0xC3, both lengths short) gives its compressed span and *plain >= 0, and
+ * `check` decodes it once into scratch (invalid: not taken). Plain values: *plain = -1. */
 static int entry_at(const unsigned char *buf, Py_ssize_t p, Py_ssize_t end, Py_ssize_t *ks,
-                    Py_ssize_t *ke, Py_ssize_t *vs, Py_ssize_t *ve) {
+                    Py_ssize_t *ke, Py_ssize_t *vs, Py_ssize_t *ve, Py_ssize_t *plain,
+                    unsigned char *scratch) {
     unsigned int b;
     if (p + 1 >= end)
         return 0;
@@ -49,12 +109,23 @@ static int entry_at(const unsigned char *buf, Py_ssize_t p, Py_ssize_t end, Py_s
     if (*ke + 1 >= end || *ke == *ks || buf[*ks] == '_')
         return 0;
     b = buf[*ke];
+    *plain = -1;
     if (b < 0x40) {
         *vs = *ke + 1;
         *ve = *vs + b;
     } else if (b < 0x80) {
         *vs = *ke + 2;
         *ve = *vs + (((b & 0x3F) << 8) | buf[*ke + 1]);
+    } else if (b == 0xC3) {
+        Py_ssize_t compressed, q;
+        if (!short_length(buf, *ke + 1, end, &compressed, &q) ||
+            !short_length(buf, q, end, plain, vs))
+            return 0;
+        *ve = *vs + compressed;
+        if (*ve > end)
+            return 0;
+        if (scratch != NULL && !lzf_expand(buf + *vs, compressed, scratch, *plain))
+            return 0;
     } else {
         return 0;
     }
@@ -65,7 +136,8 @@ static int entry_at(const unsigned char *buf, Py_ssize_t p, Py_ssize_t end, Py_s
  * one `SET key value` per key, or (mset) one `MSET key value …` for the run. */
 static PyObject *string_run(PyObject *self, PyObject *args) {
     Py_buffer view;
-    Py_ssize_t pos, end, limit, p, ks, ke, vs, ve, count = 0, total = 0, last;
+    Py_ssize_t pos, end, limit, p, ks, ke, vs, ve, plain, count = 0, total = 0, last;
+    unsigned char scratch[16384]; /* an LZF value decoded once to check it (14-bit length) */
     int mset;
     const unsigned char *buf;
     PyObject *data;
@@ -80,8 +152,9 @@ static PyObject *string_run(PyObject *self, PyObject *args) {
         pos = end; /* nothing to take */
     last = pos;
     p = pos;
-    while (pos >= 0 && entry_at(buf, p, end, &ks, &ke, &vs, &ve)) {
-        total += (mset ? 10 : 23) + digits(ke - ks) + digits(ve - vs) + (ke - ks) + (ve - vs);
+    while (pos >= 0 && entry_at(buf, p, end, &ks, &ke, &vs, &ve, &plain, scratch)) {
+        Py_ssize_t size = plain >= 0 ? plain : ve - vs;
+        total += (mset ? 10 : 23) + digits(ke - ks) + digits(size) + (ke - ks) + size;
         count++;
         last = ve;
         if (count >= limit || ve >= end || buf[ve] != 0)
@@ -103,13 +176,21 @@ static PyObject *string_run(PyObject *self, PyObject *args) {
     }
     p = pos;
     for (Py_ssize_t i = 0; i < count; i++) {
-        entry_at(buf, p, end, &ks, &ke, &vs, &ve);
+        entry_at(buf, p, end, &ks, &ke, &vs, &ve, &plain, NULL);
         if (!mset) {
             memcpy(out, "*3\r\n$3\r\nSET\r\n", 13);
             out += 13;
         }
         out = put_bulk(out, buf + ks, ke - ks);
-        out = put_bulk(out, buf + vs, ve - vs);
+        if (plain >= 0) { /* checked in the first pass */
+            out += sprintf(out, "$%zd\r\n", plain);
+            lzf_expand(buf + vs, ve - vs, (unsigned char *)out, plain);
+            out += plain;
+            *out++ = '\r';
+            *out++ = '\n';
+        } else {
+            out = put_bulk(out, buf + vs, ve - vs);
+        }
         p = ve + 1;
     }
     PyBuffer_Release(&view);
@@ -311,8 +392,7 @@ static PyObject *split_stream(PyObject *self, PyObject *args) {
 
 /* lzf_decompress(data, expected_length) -> bytes, or None when the data is not valid LZF
  * expanding to exactly expected_length bytes (rdb.lzf_decompress, the Python path, then
- * runs to say what is wrong). liblzf's lzf_d.c: literal runs and back references; every
- * read and write is bounds-checked. */
+ * runs to say what is wrong). */
 static PyObject *lzf_decompress(PyObject *self, PyObject *args) {
     Py_buffer in;
     Py_ssize_t expected;
@@ -328,46 +408,14 @@ static PyObject *lzf_decompress(PyObject *self, PyObject *args) {
         PyBuffer_Release(&in);
         return NULL;
     }
-    unsigned char *const start = (unsigned char *)PyBytes_AS_STRING(out);
-    unsigned char *o = start;
-    unsigned char *const oe = start + expected;
-    const unsigned char *ip = (const unsigned char *)in.buf;
-    const unsigned char *const ie = ip + in.len;
-    while (ip < ie) {
-        unsigned int ctrl = *ip++;
-        if (ctrl < 32) { /* a literal run of ctrl + 1 bytes */
-            Py_ssize_t run = (Py_ssize_t)ctrl + 1;
-            if (run > ie - ip || run > oe - o)
-                goto bad;
-            memcpy(o, ip, (size_t)run);
-            o += run;
-            ip += run;
-        } else { /* a back reference: length 3..264, distance 1..8192 */
-            Py_ssize_t length = ctrl >> 5;
-            if (length == 7) {
-                if (ip >= ie)
-                    goto bad;
-                length += *ip++;
-            }
-            length += 2;
-            if (ip >= ie)
-                goto bad;
-            Py_ssize_t distance = (Py_ssize_t)(((ctrl & 0x1f) << 8) | *ip++) + 1;
-            if (distance > o - start || length > oe - o)
-                goto bad;
-            const unsigned char *ref = o - distance;
-            while (length--) /* forward, byte by byte: an overlap repeats the pattern */
-                *o++ = *ref++;
-        }
+    int ok = lzf_expand((const unsigned char *)in.buf, in.len,
+                        (unsigned char *)PyBytes_AS_STRING(out), expected);
+    PyBuffer_Release(&in);
+    if (!ok) {
+        Py_DECREF(out);
+        Py_RETURN_NONE;
     }
-    if (o != oe)
-        goto bad;
-    PyBuffer_Release(&in);
     return out;
-bad:
-    Py_DECREF(out);
-    PyBuffer_Release(&in);
-    Py_RETURN_NONE;
 }
 
 static PyMethodDef methods[] = {

@@ -482,11 +482,12 @@ def string_run_py(buf: bytes, pos: int, end: int, limit: int, mset: bool) -> tup
     """Plain string keys in buf[pos:end] as RESP `SET key value` commands (joined), or as one
     `MSET key value …` (`mset`), how many keys, and the position after them; at most `limit`.
     `pos` is at the first entry's key (its type byte read), each next entry's type byte is 0
-    (a string without TTL or LRU/LFU data before it). Only keys and values stored plain with
-    lengths under 16 KiB and wholly in buf[:end], and keys not starting with "_" (maybe one
-    of replwatch's own), are taken; the position returned is the first entry not taken (its
-    key when that is the first, else its type byte). The loader's commonest key without a
-    call per key; the C loop in _speedups.c is this function, compiled."""
+    (a string without TTL or LRU/LFU data before it). Only keys stored plain and values stored
+    plain or LZF-compressed (decoded here), with lengths under 16 KiB and wholly in buf[:end],
+    and keys not starting with "_" (maybe one of replwatch's own), are taken; the position
+    returned is the first entry not taken (its key when that is the first, else its type
+    byte). The loader's commonest key without a call per key; the C loop in _speedups.c is
+    this function, compiled."""
     out: list[bytes] = []
     append = out.append
     template = _BULK_PAIR if mset else _SET_COMMAND
@@ -512,6 +513,17 @@ def string_run_py(buf: bytes, pos: int, end: int, limit: int, mset: bool) -> tup
         elif b < 0x80:
             vs = ke + 2
             ve = vs + (((b & 0x3F) << 8) | buf[ke + 1])
+        elif b == 0xC3:  # LZF, both lengths short: decoded here (invalid: the per-key path)
+            lzf = _short_lzf(buf, ke + 1, end)
+            if lzf is None:
+                break
+            vs, ve, value = lzf
+            append(template % (ke - ks, buf[ks:ke], len(value), value))
+            last = ve
+            if len(out) >= limit or ve >= end or buf[ve] != 0:
+                break
+            pos = ve + 1
+            continue
         else:
             break
         if ve > end:
@@ -525,6 +537,37 @@ def string_run_py(buf: bytes, pos: int, end: int, limit: int, mset: bool) -> tup
         out.insert(0, _MSET_HEAD % (2 * len(out) + 1))
         return b"".join(out), len(out) - 1, last
     return b"".join(out), len(out), last
+
+
+def _short_length(buf: bytes, p: int, end: int) -> tuple[int, int] | None:
+    """A 6- or 14-bit RDB length at p and the position after it; None for anything else."""
+    if p >= end:
+        return None
+    c = buf[p]
+    if c < 0x40:
+        return c, p + 1
+    if c < 0x80 and p + 1 < end:
+        return ((c & 0x3F) << 8) | buf[p + 1], p + 2
+    return None
+
+
+def _short_lzf(buf: bytes, p: int, end: int) -> tuple[int, int, bytes] | None:
+    """An LZF value's compressed span and its decoded bytes, from its lengths at p (both
+    short, the data wholly in buf[:end], valid LZF); None: the per-key path takes it."""
+    compressed = _short_length(buf, p, end)
+    if compressed is None:
+        return None
+    plain = _short_length(buf, compressed[1], end)
+    if plain is None:
+        return None
+    start = plain[1]
+    stop = start + compressed[0]
+    if stop > end:
+        return None
+    try:
+        return start, stop, lzf_decompress(buf[start:stop], plain[0])
+    except RdbFormatError:
+        return None
 
 
 _StringRunLoop: TypeAlias = Callable[[bytes, int, int, int, bool], tuple[bytes, int, int]]
