@@ -730,6 +730,21 @@ def test_non_empty_cluster_target_refused_or_flushed(
     assert_same_data(source, cluster)  # the foreign keys are gone from every master
 
 
+@dataclass
+class ChunkSender:
+    """Sends a full-sync chunk of a list as the loader does (link.send): RPUSH of three
+    numbers from `first`; `lengths` gets each chunk's reply (the list's length) by `first`."""
+
+    link: ClusterTargetLink
+    key: bytes
+    lengths: dict[int, object]
+
+    def __call__(self, first: int) -> None:
+        values = (b"%d" % v for v in range(first, first + 3))
+        batch = Batch(1, lambda r: self.lengths.update({first: r[0]}), "snapshot")
+        self.link.send(encode_command((b"RPUSH", self.key, *values)), batch)
+
+
 def test_snapshot_commands_of_a_slot_keep_their_order_across_a_move(
     debian_servers: ServerSet, cluster: Cluster
 ) -> None:
@@ -747,10 +762,7 @@ def test_snapshot_commands_of_a_slot_keep_their_order_across_a_move(
     other = next(n for n in cluster.nodes if n is not owner)
     link = ClusterTargetLink(task.target, None, 5, f"{CLIENT_NAME}:order")
     lengths: dict[int, object] = {}  # a chunk's first value → RPUSH's reply (the length)
-
-    def chunk(first: int) -> None:
-        payload = encode_command((b"RPUSH", key, *(b"%d" % v for v in range(first, first + 3))))
-        link.send(payload, Batch(1, lambda r: lengths.update({first: r[0]}), "snapshot"))
+    chunk = ChunkSender(link, key, lengths)
 
     try:
         assert link.owner(slot) == (owner.host, owner.port)
@@ -784,11 +796,8 @@ def test_snapshot_commands_asked_elsewhere_keep_their_order(
     with connect(owner) as client:
         client.rpush(key, b"first")
     link = ClusterTargetLink(task.target, None, 5, f"{CLIENT_NAME}:ask-order")
-    lengths: dict[int, object] = {}
-
-    def chunk(first: int) -> None:
-        payload = encode_command((b"RPUSH", key, *(b"%d" % v for v in range(first, first + 3))))
-        link.send(payload, Batch(1, lambda r: lengths.update({first: r[0]}), "snapshot"))
+    lengths: dict[int, object] = {}  # a chunk's first value → RPUSH's reply (the length)
+    chunk = ChunkSender(link, key, lengths)
 
     try:
         cluster.begin_migration(slot, other)
@@ -822,11 +831,8 @@ def test_snapshot_commands_follow_their_slots_unanswered_ones_when_the_map_chang
     owner = cluster.owner(slot)
     other = next(n for n in cluster.nodes if n is not owner)
     link = ClusterTargetLink(task.target, None, 5, f"{CLIENT_NAME}:pin")
-    lengths: dict[int, object] = {}
-
-    def chunk(first: int) -> None:
-        payload = encode_command((b"RPUSH", key, *(b"%d" % v for v in range(first, first + 3))))
-        link.send(payload, Batch(1, lambda r: lengths.update({first: r[0]}), "snapshot"))
+    lengths: dict[int, object] = {}  # a chunk's first value → RPUSH's reply (the length)
+    chunk = ChunkSender(link, key, lengths)
 
     def answers(node: RedisProcess) -> bool:
         """PING answered within 50 ms (a raw socket: redis-py retries a timeout)."""

@@ -33,7 +33,6 @@ re-encoded.
 
 from __future__ import annotations
 
-import os
 import struct
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ from typing import Any, BinaryIO, Literal, Protocol, TypeAlias, cast
 
 from replwatch.errors import ReplwatchError
 from replwatch.sync.dump import crc64
+from replwatch.sync.speedups import compiled
 
 __all__ = [
     "DEFAULT_MAX_STRING_BYTES",
@@ -576,13 +576,7 @@ _StringRunLoop: TypeAlias = Callable[[bytes, int, int, int, bool], tuple[bytes, 
 def _compiled_string_run() -> _StringRunLoop | None:
     """string_run_py compiled (_speedups.c), when it was built at install and
     REPLWATCH_PURE_PYTHON is not set."""
-    if os.environ.get("REPLWATCH_PURE_PYTHON"):
-        return None
-    try:
-        from replwatch.sync._speedups import string_run  # type: ignore[import-not-found]
-    except ImportError:
-        return None
-    return cast(_StringRunLoop, string_run)
+    return cast(_StringRunLoop | None, compiled("string_run"))
 
 
 _LzfLoop: TypeAlias = Callable[[bytes, int], bytes | None]
@@ -591,13 +585,7 @@ _LzfLoop: TypeAlias = Callable[[bytes, int], bytes | None]
 def _compiled_lzf() -> _LzfLoop | None:
     """lzf_decompress compiled (_speedups.c: None for data that is not valid LZF, then the
     Python function says why), when it was built and REPLWATCH_PURE_PYTHON is not set."""
-    if os.environ.get("REPLWATCH_PURE_PYTHON"):
-        return None
-    try:
-        from replwatch.sync._speedups import lzf_decompress as compiled
-    except ImportError:
-        return None
-    return cast(_LzfLoop, compiled)
+    return cast(_LzfLoop | None, compiled("lzf_decompress"))
 
 
 @dataclass(frozen=True)

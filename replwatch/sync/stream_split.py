@@ -11,7 +11,6 @@ replwatch's own keys); everything between them is forwarded as the stream's own 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Sequence
 from itertools import chain, compress
 from operator import itemgetter
@@ -21,6 +20,7 @@ import hiredis
 
 from replwatch.errors import ProtocolFailure
 from replwatch.observe.connection import READER_ERRORS
+from replwatch.sync.speedups import compiled
 
 
 class _NoCommand:
@@ -55,13 +55,7 @@ def compiled_split() -> CompiledSplit | None:
     argv and end; None when the run ended first). Raises ValueError on bytes that are not
     a stream of commands. The hiredis path here (take_commands, marked, encoded_length)
     finds the same, a read at a time."""
-    if os.environ.get("REPLWATCH_PURE_PYTHON"):
-        return None
-    try:
-        from replwatch.sync._speedups import split_stream  # type: ignore[import-not-found]
-    except ImportError:
-        return None
-    return cast(CompiledSplit, split_stream)
+    return cast(CompiledSplit | None, compiled("split_stream"))
 
 
 def counted_limits(counted: frozenset[bytes]) -> tuple[tuple[bytes, int], ...]:
