@@ -25,6 +25,7 @@ CAUGHT_UP. The measured worst error is printed (docs/lag.md,
 from __future__ import annotations
 
 import json
+import math
 import random
 import shutil
 import tempfile
@@ -113,6 +114,7 @@ def test_lag_stays_true_when_the_replica_cannot_be_polled_promptly(
             load_began = time.time()
             history: list[str] = []
             errors: list[float] = []
+            lower_only = 0  # scrapes whose reading was a lower bound only
             early_errors: list[float] = []
             late_errors: list[float] = []
             near_lags: list[float] = []
@@ -149,7 +151,13 @@ def test_lag_stays_true_when_the_replica_cannot_be_polled_promptly(
                 history.append(f"truth={truth:.3f} best={best} [{lower}, {upper}] near={near_lag}")
                 if truth < FROM_TRUTH:
                     continue
-                assert best is not None and lower is not None and upper is not None, history[-1]
+                assert best is not None and lower is not None, history[-1]
+                if upper is None:
+                    # not seen current this cycle (its poll timed out in the lossy queue and no
+                    # new ACK came): a lower bound only, "at least the time since it was last
+                    # seen current" (a CI run saw [1.35, -] at truth 1.37). Counted: rare
+                    lower_only += 1
+                    upper = math.inf
                 errors.append(best - truth)
                 (early_errors if truth < EARLY_UNTIL else late_errors).append(best - truth)
                 allowed = EARLY_TOLERANCE if truth < EARLY_UNTIL else TOLERANCE
@@ -180,6 +188,7 @@ def test_lag_stays_true_when_the_replica_cannot_be_polled_promptly(
                 f"the replica keeping up read at most {max(near_lags):.3f} s off its truth"
             )
             assert len(errors) >= 10, history
+            assert lower_only <= len(errors) // 4, (lower_only, len(errors))
             # (it read 0.31 s once while the machine was busy: off its truth, or truly
             # behind? its own marker tells)
             assert max(near_lags) <= CAUGHT_UP, near_lags
