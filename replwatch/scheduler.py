@@ -89,6 +89,22 @@ class SchedulerStats:
             return sorted(self._counts.items())
 
 
+class _CancelledRun(logging.Filter):
+    """Drops APScheduler's "Error running job" record for a run cancelled before it began:
+    shutdown cancels the executor's pending futures, and a run that never started cannot
+    end quietly in _run_job (a traceback in the log of a clean SIGTERM, rarely)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and record.exc_info[0] is asyncio.CancelledError)
+
+
+def quiet_cancelled_runs() -> None:
+    """_CancelledRun on APScheduler's default executor's logger (once)."""
+    executor_log = logging.getLogger("apscheduler.executors.default")
+    if not any(isinstance(f, _CancelledRun) for f in executor_log.filters):
+        executor_log.addFilter(_CancelledRun())
+
+
 class MonitorScheduler:
     def __init__(
         self,
@@ -535,6 +551,7 @@ class MonitorScheduler:
     def shutdown(self) -> None:
         """Stop the jobs and cancel what runs; wait_closed() waits for the cancelled tasks."""
         self._stopping = True
+        quiet_cancelled_runs()
         if self._scheduler.running:
             self._scheduler.shutdown(wait=False)
         running = [self._poll_task, *self._heartbeat_rounds]

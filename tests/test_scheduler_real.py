@@ -5,6 +5,7 @@ sent together (script + WAIT in one round trip once the replica count is known).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 import pytest
@@ -349,3 +350,21 @@ def test_wait_closed_ends_every_task_shutdown_cancelled() -> None:
     finally:
         loop.close()
         hole.close()
+
+
+def test_a_run_cancelled_before_it_began_logs_no_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """APScheduler's executor logs a run whose future shutdown cancelled before it began as
+    "Error running job" with a traceback; after shutdown() that record is dropped, other
+    job errors stay."""
+    sched, _, _ = make_scheduler(make_config([]))
+    sched.shutdown()
+    executor_log = logging.getLogger("apscheduler.executors.default")
+    with caplog.at_level(logging.ERROR, logger="apscheduler.executors.default"):
+        for error in (asyncio.CancelledError(), RuntimeError("a real failure")):
+            try:
+                raise error
+            except BaseException:
+                executor_log.exception('Job "tick:all" raised an exception')
+    assert [r.exc_info[0] for r in caplog.records if r.exc_info] == [RuntimeError]
